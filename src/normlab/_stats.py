@@ -1,0 +1,156 @@
+"""The one statistics path and the one normalization path that every normlab layer uses.
+
+Three pure functions on tensors (no modules, keyword-only flags):
+
+* :func:`moments` -> ``Moments(mean, var, count)`` over chosen dims, optionally under a mask. The variance is
+  the *biased* one (divide by ``count``), computed from centred values, never as E[x^2] - E[x]^2: that
+  difference cancels catastrophically in float32 when |mean| >> std. Half types accumulate in float32.
+  Returning ``count`` makes merges exact (ghost batches, masks, several processes): see :func:`merge_moments`.
+* :func:`normalize` -> ``(x - mean) * rsqrt(var + eps) * weight + bias`` along one channel axis.
+* :func:`update_running` -> the in-place running-average update of the buffers, in torch's convention
+  ``running <- (1 - momentum) * running + momentum * batch`` with the unbiased (torch) or biased (Keras/ONNX)
+  variance estimator.
+
+The variance convention, once for the whole package: batch statistics used to *normalize* are always biased;
+the *running* variance is unbiased (``count / (count - 1)``) by default, as in torch, or biased when asked
+(Keras, ONNX, ``running_var_unbiased=False``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class Moments(NamedTuple):
+    """Per-channel statistics: mean, biased variance and the number of values they were taken over.
+
+    ``count`` is a Python int when every channel saw the same number of values, else a tensor like ``mean``.
+    """
+
+    mean: Tensor
+    var: Tensor
+    count: int | Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are accumulated in: float32 for half types, the input's own otherwise."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def channel_axis(ndim: int, axis: int) -> int:
+    """``axis`` as a non-negative index into a tensor of rank ``ndim``."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"channel axis {axis} is out of range for a {ndim}D input")
+    return axis % ndim
+
+
+def reduce_dims(ndim: int, axis: int) -> tuple[int, ...]:
+    """All dims except the channel axis: the dims BatchNorm takes its statistics over."""
+    c = channel_axis(ndim, axis)
+    return tuple(d for d in range(ndim) if d != c)
+
+
+def channel_view(t: Tensor, ndim: int, axis: int) -> Tensor:
+    """View a per-channel vector ``(C,)`` so that it broadcasts along ``axis`` of a rank-``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[channel_axis(ndim, axis)] = -1
+    return t.reshape(shape)
+
+
+def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, keepdim: bool = False) -> Moments:
+    """Mean and biased variance of ``x`` over ``dims`` (float32 accumulation for half types).
+
+    With ``mask`` (bool, broadcastable to ``x``), only positions where it is True count; masked-out values never
+    enter the arithmetic (they may be NaN). Channels with no valid position get mean 0 and variance 0.
+    """
+    xc = x.to(compute_dtype(x.dtype))
+    if mask is None:
+        var, mean = torch.var_mean(xc, dim=dims, correction=0, keepdim=keepdim)
+        count = 1
+        for d in dims:
+            count *= x.shape[d]
+        return Moments(mean, var, count)
+    mask = mask.expand_as(x)
+    zero = xc.new_zeros(())
+    count = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
+    safe = count.clamp_min(1)
+    mean = torch.where(mask, xc, zero).sum(dim=dims, keepdim=True) / safe
+    centred = torch.where(mask, xc - mean, zero)
+    var = (centred * centred).sum(dim=dims, keepdim=True) / safe
+    if not keepdim:
+        mean, var, count = (t.squeeze(dims) if dims else t for t in (mean, var, count))
+    return Moments(mean, var, count)
+
+
+def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) -> Moments:
+    """Exact pooled statistics of several groups stacked along ``dim`` (ghost batches, ranks, ...).
+
+    pooled mean = sum(n_i m_i) / N;  pooled var = sum(n_i (v_i + (m_i - mean)^2)) / N   (biased, like the parts).
+    """
+    counts = counts.to(means.dtype)
+    total = counts.sum(dim=dim)
+    safe = total.clamp_min(1)
+    mean = (counts * means).sum(dim=dim) / safe
+    var = (counts * (vars_ + (means - mean.unsqueeze(dim)) ** 2)).sum(dim=dim) / safe
+    return Moments(mean, var, total)
+
+
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    *,
+    axis: int = 1,
+) -> Tensor:
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with per-channel vectors along ``axis``.
+
+    Computed in the statistics' dtype (float32 for half inputs) and returned in ``x``'s dtype. The mean is
+    subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
+    """
+    nd = x.ndim
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(scale.dtype)
+    y = (x.to(mean.dtype) - channel_view(mean, nd, axis)) * channel_view(scale, nd, axis)
+    if bias is not None:
+        y = y + channel_view(bias.to(y.dtype), nd, axis)
+    return y.to(x.dtype)
+
+
+def unbiased(var: Tensor, count: int | Tensor) -> Tensor:
+    """Bessel's correction ``var * n / (n - 1)``; a channel with a single value keeps its (zero) variance."""
+    if isinstance(count, Tensor):
+        return var * count / (count - 1).clamp_min(1)
+    return var * (count / max(count - 1, 1))
+
+
+@torch.no_grad()
+def update_running(
+    running_mean: Tensor,
+    running_var: Tensor,
+    stats: Moments,
+    *,
+    momentum: float,
+    running_var_unbiased: bool = True,
+    valid: Tensor | None = None,
+) -> None:
+    """In place: ``running <- (1 - momentum) * running + momentum * batch`` for mean and variance.
+
+    ``valid`` (bool per channel) leaves channels that saw no value untouched (masked layers).
+    """
+    var = unbiased(stats.var, stats.count) if running_var_unbiased else stats.var
+    new_mean = running_mean.lerp(stats.mean.detach().to(running_mean.dtype), momentum)
+    new_var = running_var.lerp(var.detach().to(running_var.dtype), momentum)
+    if valid is not None:
+        new_mean = torch.where(valid, new_mean, running_mean)
+        new_var = torch.where(valid, new_var, running_var)
+    running_mean.copy_(new_mean)
+    running_var.copy_(new_var)

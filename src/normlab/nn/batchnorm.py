@@ -1,0 +1,265 @@
+"""BatchNorm (Ioffe & Szegedy 2015), drop-in compatible with ``torch.nn.BatchNorm1d/2d/3d``.
+
+For each channel c, over every other axis of the mini-batch B (m values):
+
+    mu_B = (1/m) sum x_i            sigma2_B = (1/m) sum (x_i - mu_B)^2          (biased, used to normalize)
+    y_i  = gamma * (x_i - mu_B) / sqrt(sigma2_B + eps) + beta
+
+Training mode also updates the running averages used at inference (torch's convention, ``momentum`` is the
+weight of the *new* value; ``momentum=None`` is the cumulative average, as in torch):
+
+    running_mean <- (1 - momentum) * running_mean + momentum * mu_B
+    running_var  <- (1 - momentum) * running_var  + momentum * sigma2_B * m / (m - 1)   (unbiased, as torch)
+
+Parameters (``weight`` = gamma, ``bias`` = beta) are learned by backprop; buffers (``running_mean``,
+``running_var``, ``num_batches_tracked``) are updated by the running average. The names and the state_dict
+layout are torch's, so checkpoints load both ways.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validate
+from .. import functional as F
+
+__all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+EVAL_STATS = ("running", "batch")
+
+
+def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Callable[[Tensor], None]:
+    """Keras-style initializer names (or a number, or a callable filling the tensor in place)."""
+    if callable(spec):
+        return lambda t: spec(t)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return lambda t: nn.init.constant_(t, float(spec))
+    table = {"zeros": nn.init.zeros_, "ones": nn.init.ones_}
+    if spec not in table:
+        raise ValueError(f"BatchNorm.keras: unknown {what} {spec!r}; expected one of {sorted(table)}, a number or a callable")
+    return table[spec]
+
+
+class BatchNormBase(nn.Module):
+    """Parameters, buffers, state_dict layout and input checks shared by every batch-statistic layer.
+
+    Subclasses set ``_ranks`` (accepted input ranks, ``None`` = any rank >= 2) and may override
+    :meth:`_normalize`, which receives a checked input and returns the output.
+    """
+
+    _version = 2
+    _ranks: tuple[int, ...] | None = None
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        axis: int = 1,
+        eval_stats: str = "running",
+        running_var_unbiased: bool = True,
+        check_finite: bool = False,
+        scale: bool | None = None,
+        center: bool | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+        if eps <= 0:
+            raise ValueError(f"{name}: eps must be positive, got {eps}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
+        if eval_stats not in EVAL_STATS:
+            raise ValueError(f"{name}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.axis = axis
+        self.eval_stats = eval_stats
+        self.running_var_unbiased = running_var_unbiased
+        self.check_finite = check_finite
+        use_scale = affine if scale is None else scale
+        use_center = affine if center is None else center
+        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if use_scale else None
+        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if use_center else None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked",
+                torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}),
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Checkpoints written before torch 0.4.1 (version < 2) have no num_batches_tracked: start it at 0, as torch does.
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.long, device=self.running_mean.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+        if self.axis != 1:
+            s += f", axis={self.axis}"
+        if self.eval_stats != "running":
+            s += f", eval_stats={self.eval_stats!r}"
+        if not self.running_var_unbiased:
+            s += ", running_var_unbiased=False"
+        return s
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    @property
+    def layer_name(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
+
+    def uses_batch_stats(self) -> bool:
+        """True when this call normalizes with the batch's statistics (training, no running stats, or asked)."""
+        return self.training or not self.track_running_stats or self.eval_stats == "batch"
+
+    def updates_running_stats(self) -> bool:
+        return self.training and self.track_running_stats
+
+    def check_input(self, x: Tensor) -> int:
+        """Validate ``x`` before anything changes; return the channel axis as a non-negative index."""
+        name = self.layer_name
+        _validate.check_float(x, name)
+        if self._ranks is not None:
+            _validate.check_rank(x, name, self._ranks)
+        elif x.ndim < 2:
+            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
+        c = _validate.check_channels(x, name, self.num_features, self.axis)
+        if self.uses_batch_stats():
+            _validate.check_batch_size(x, name, c)
+        if self.check_finite:
+            _validate.check_finite(x, name, c)
+        return c
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.check_input(x)
+        return self._normalize(x, c)
+
+    def _normalize(self, x: Tensor, axis: int) -> Tensor:
+        update = self.updates_running_stats()
+        batch = self.uses_batch_stats()
+        keep_running = update or not batch
+        return F.batch_norm(
+            x,
+            self.running_mean if keep_running else None,
+            self.running_var if keep_running else None,
+            self.weight,
+            self.bias,
+            training=batch,
+            momentum=self.momentum,
+            eps=self.eps,
+            axis=axis,
+            running_var_unbiased=self.running_var_unbiased,
+            num_batches_tracked=self.num_batches_tracked if update else None,
+            name=self.layer_name,
+        )
+
+
+class BatchNorm(BatchNormBase):
+    """BatchNorm over any rank: the channel axis is ``axis`` (``1`` as torch, ``-1`` for channels-last and
+    ``(N, L, C)`` sequences); statistics are taken over every other axis.
+
+    Extras over torch: ``eval_stats="batch"`` normalizes with batch statistics in eval mode too;
+    ``running_var_unbiased=False`` keeps the biased running variance (Keras, ONNX); ``check_finite=True`` raises
+    on NaN/Inf naming the first bad channel; :meth:`keras` builds the layer from Keras' names and defaults.
+    """
+
+    @classmethod
+    def keras(
+        cls,
+        num_features: int,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: str | float | Callable = "zeros",
+        gamma_initializer: str | float | Callable = "ones",
+        moving_mean_initializer: str | float | Callable = "zeros",
+        moving_variance_initializer: str | float | Callable = "ones",
+        **kwargs,
+    ) -> "BatchNorm":
+        """Keras' ``BatchNormalization`` arguments and defaults.
+
+        Keras' ``momentum`` is the weight of the *old* running value and its running variance is the *biased* batch
+        variance, as the ONNX ``BatchNormalization`` operator defines training mode:
+        ``running = momentum * running + (1 - momentum) * batch``. Here that is ``momentum = 1 - keras_momentum`` and
+        ``running_var_unbiased=False``.
+        """
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm.keras: momentum must lie in [0, 1] (weight of the old value), got {momentum}")
+        layer = cls(
+            num_features,
+            eps=epsilon,
+            momentum=1.0 - momentum,
+            axis=axis,
+            scale=scale,
+            center=center,
+            running_var_unbiased=False,
+            **kwargs,
+        )
+        with torch.no_grad():
+            if layer.weight is not None:
+                _initializer(gamma_initializer, "gamma_initializer")(layer.weight)
+            if layer.bias is not None:
+                _initializer(beta_initializer, "beta_initializer")(layer.bias)
+            if layer.track_running_stats:
+                _initializer(moving_mean_initializer, "moving_mean_initializer")(layer.running_mean)
+                _initializer(moving_variance_initializer, "moving_variance_initializer")(layer.running_var)
+        return layer
+
+
+class BatchNorm1d(BatchNorm):
+    """``torch.nn.BatchNorm1d``: input ``(N, C)`` or ``(N, C, L)``."""
+
+    _ranks = (2, 3)
+
+
+class BatchNorm2d(BatchNorm):
+    """``torch.nn.BatchNorm2d``: input ``(N, C, H, W)``."""
+
+    _ranks = (4,)
+
+
+class BatchNorm3d(BatchNorm):
+    """``torch.nn.BatchNorm3d``: input ``(N, C, D, H, W)``."""
+
+    _ranks = (5,)
