@@ -4,7 +4,7 @@ freeze norms, record activation statistics, export to ONNX.
 The ONNX export needs the optional ``normlab[export]`` extra (onnx, onnxruntime), imported only when called.
 """
 
-from .convert import freeze, is_frozen, unfreeze
+from .convert import convert_norm, freeze, is_frozen, unfreeze
 from .export import ExportResult, export_onnx
 from .fold import FoldReport, fold_batchnorm, fold_into, plan_fold
 from .recalibrate import recalibrate
@@ -15,6 +15,7 @@ __all__ = [
     "ExportResult",
     "FoldReport",
     "LayerRecord",
+    "convert_norm",
     "export_onnx",
     "fold_batchnorm",
     "fold_into",

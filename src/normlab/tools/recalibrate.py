@@ -8,7 +8,8 @@ by the population statistics of the layer's input over many batches B_1..B_K (n_
     sigma2_pop  = sum_k n_k (sigma2_k + (mu_k - mu_pop)^2) / N                  (pooled moments, exact)
 
 i.e. the mean of the batch means and the variance of all the values seen, with every value weighted equally (for
-equal-sized batches: every batch weighted equally). The batch variance alone would miss the spread of the batch
+equal-sized batches: every batch weighted equally). For MABN, which normalizes by the second moment without
+centring, the running variance becomes the population second moment sigma2_pop + mu_pop^2. The batch variance alone would miss the spread of the batch
 means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased running
 variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
 
@@ -58,6 +59,14 @@ class _PooledMoments:
         return self.m2 / (self.count - 1 if unbiased and self.count > 1 else self.count)
 
 
+def _uncentred(norm: nn.Module) -> bool:
+    """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020)."""
+    from .. import nn as nlnn
+
+    mabn = getattr(nlnn, "MovingAverageBatchNorm", None)
+    return mabn is not None and isinstance(norm, mabn)
+
+
 def _default_forward(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, Tensor):
         return model(batch)
@@ -97,8 +106,8 @@ def recalibrate(
     not exceed what ``batches`` holds. Handles torch's ``BatchNorm*d``/``SyncBatchNorm`` and every
     ``normlab.nn.BatchNormBase`` layer that keeps running statistics. Runs under ``torch.no_grad()``.
 
-    Only the running mean and variance change: the layers' ``training`` flags, ``momentum`` and
-    ``num_batches_tracked`` are restored afterwards, and on any error (a bad batch, too few batches) the running
+    Only the running mean and variance change: the layers' ``training`` flags, ``momentum`` and their other
+    buffers (``num_batches_tracked``, MABN's histories, ...) are restored afterwards, and on any error (a bad batch, too few batches) the running
     statistics are left as they were. A layer that no batch reached keeps its statistics, with a warning.
     """
     if not isinstance(model, nn.Module):
@@ -116,8 +125,13 @@ def recalibrate(
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)
 
-    saved = [(m, m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for _, m in norms]
+    # Everything a training-mode pass may touch besides the two statistics (num_batches_tracked, the moving-average
+    # histories of MABN, ...) is put back afterwards.
+    saved = [
+        (m, m.training, m.momentum,
+         {n: b.clone() for n, b in m.named_buffers(recurse=False) if n not in ("running_mean", "running_var")})
+        for _, m in norms
+    ]
     pooled = {id(m): _PooledMoments() for _, m in norms}
     handles = []
 
@@ -151,17 +165,21 @@ def recalibrate(
                 acc = pooled[id(m)]
                 if acc.mean is None:
                     continue
+                if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+                    m.running_var.copy_((acc.variance(False) + acc.mean**2).to(m.running_var.dtype))
+                    continue
                 unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
                 m.running_mean.copy_(acc.mean.to(m.running_mean.dtype))
                 m.running_var.copy_(acc.variance(unbiased).to(m.running_var.dtype))
     finally:
         for handle in handles:
             handle.remove()
-        for m, training, momentum, tracked in saved:
+        for m, training, momentum, buffers in saved:
             m.train(training)
             m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+            with torch.no_grad():
+                for n, b in buffers.items():
+                    getattr(m, n).copy_(b)
     if missed:
         warnings.warn(f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2)
     return model
