@@ -310,6 +310,9 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = Fa
     bias gains one); everything else, the model's class included, stays. The result matches the eval-mode model.
     Handles ``torch.nn.BatchNorm*d`` (and ``SyncBatchNorm``) and every ``normlab.nn.BatchNormBase`` layer.
 
+    A norm with channel axis 1 after a ``Linear`` is folded as the ``(N, C)`` case, the only input on which a
+    Linear's features lie on axis 1; for ``(N, L, C)`` sequences use a channels-last norm (``axis=-1``).
+
     ``inplace=False`` folds a deep copy. :func:`plan_fold` returns the :class:`FoldReport` of what this call folds.
     Norms that cannot fold are skipped with a warning listing the reasons, or, with ``strict=True``, make it raise
     ``ValueError``. A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
