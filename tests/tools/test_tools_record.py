@@ -77,6 +77,21 @@ def test_percentiles_of_large_tensors_are_sampled_close_to_exact():
     assert r.mean == pytest.approx(float(x.mean()), abs=1e-6)  # mean/std use every value
 
 
+def test_weight_gradient_norm_of_watched_layers():
+    model = mlp()
+    x = torch.randn(16, 5)
+    with ActivationRecorder(model, modules=["0", "2"], every=2) as rec:
+        for step in range(3):
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+            if step % 2 == 0:
+                want = {n: float(model[int(n)].weight.grad.norm()) for n in ("0", "2")}
+                got = {r.layer: r.weight_grad_norm for r in rec.records if r.step == step}
+                assert got == pytest.approx(want, rel=1e-6)
+    assert [r.step for r in rec.records] == [0, 0, 2, 2]
+    assert not model[0].weight._backward_hooks
+
+
 def test_explicit_modules_and_hooks_removed_on_error():
     model = mlp()
     with pytest.raises(RuntimeError, match="boom"):

@@ -14,7 +14,9 @@ function, its pre-activation) and stores one :class:`LayerRecord`:
 * ``dead_fraction``: the fraction of channels (axis 1) whose input is <= 0 at every position of the batch, i.e.
   ReLU units that output zero for the whole batch and pass no gradient;
 * ``grad_norm``: the L2 norm of the gradient of the loss with respect to that input, filled in when ``backward``
-  reaches it (``None`` until then, or if no backward runs).
+  reaches it (``None`` until then, or if no backward runs);
+* ``weight_grad_norm``: for a watched module with a ``weight`` parameter (a Linear or Conv), the L2 norm of that
+  weight's gradient from the same step's backward (``None`` otherwise).
 
 A step is one forward call of the root model in training mode; every ``every``-th step is sampled (steps
 0, every, 2 * every, ...). Eval-mode forward calls are neither counted nor recorded. Hooks exist only inside the
@@ -48,6 +50,7 @@ class LayerRecord:
     p85: float
     dead_fraction: float
     grad_norm: float | None = None
+    weight_grad_norm: float | None = None
 
 
 class ActivationRecorder:
@@ -56,7 +59,7 @@ class ActivationRecorder:
     ``modules``: names of the modules to watch (their inputs are recorded); by default every activation-function
     module of :data:`ACTIVATIONS` (functional calls such as ``torch.relu`` inside a forward are invisible to hooks:
     name the module after which they come instead). ``every``: record one step in ``every``. ``max_values``:
-    values used for the percentiles (``seed`` seeds their draw). ``grads``: also record input-gradient norms.
+    values used for the percentiles (``seed`` seeds their draw). ``grads``: also record gradient norms.
 
     >>> with ActivationRecorder(model, every=10) as rec:
     ...     for x, y in loader:
@@ -104,6 +107,7 @@ class ActivationRecorder:
         self.records: list[LayerRecord] = []
         self.step = -1  # incremented at the start of each training forward of the root model
         self._sampled = False
+        self._latest: dict[str, LayerRecord] = {}  # this step's record per layer, for the weight-gradient hooks
         self._handles: list = []
         self._modules = {n: named[n] for n in names}
         self._gen = torch.Generator().manual_seed(seed)
@@ -123,6 +127,7 @@ class ActivationRecorder:
             x = args[0]
             rec = self._summarize(name, x)
             self.records.append(rec)
+            self._latest[name] = rec
             if self.grads and x.requires_grad:
                 def on_grad(grad: Tensor, rec: LayerRecord = rec) -> None:
                     rec.grad_norm = float(torch.linalg.vector_norm(grad.detach().float()))
@@ -148,6 +153,14 @@ class ActivationRecorder:
         values = torch.stack([mean, std, q[0], q[1], q[2], dead]).tolist()
         return LayerRecord(self.step, name, *values)
 
+    def _watch_weight(self, name: str):
+        def hook(grad: Tensor) -> None:
+            rec = self._latest.get(name)
+            if rec is not None and rec.step == self.step:
+                rec.weight_grad_norm = float(torch.linalg.vector_norm(grad.detach().float()))
+
+        return hook
+
     # -- context manager -----------------------------------------------------------------------------------------
     def __enter__(self) -> "ActivationRecorder":
         if self._handles:
@@ -156,6 +169,9 @@ class ActivationRecorder:
             self._handles.append(self.model.register_forward_pre_hook(self._on_root_forward))
             for name, module in self._modules.items():
                 self._handles.append(module.register_forward_pre_hook(self._watch(name)))
+                weight = getattr(module, "weight", None)
+                if self.grads and isinstance(weight, nn.Parameter) and weight.requires_grad:
+                    self._handles.append(weight.register_hook(self._watch_weight(name)))
         except BaseException:
             self.close()
             raise
@@ -170,6 +186,7 @@ class ActivationRecorder:
             handle.remove()
         self._handles.clear()
         self._sampled = False
+        self._latest.clear()
 
     # -- reading -------------------------------------------------------------------------------------------------
     def series(self, layer: str, field: str) -> list[tuple[int, float | None]]:
