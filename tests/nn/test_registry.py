@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import normlab
-from normlab.nn import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, make_norm
+from normlab.nn import BatchLayerNorm, BatchNorm, BatchRenorm, MovingAverageBatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, make_norm
 
 
 def test_top_level_export_is_the_same_function():
@@ -11,6 +11,10 @@ def test_top_level_export_is_the_same_function():
 
 def test_specs_build_the_named_layers():
     assert type(make_norm("bn", 8)) is BatchNorm
+    assert isinstance(make_norm("brn", 8), BatchRenorm)
+    assert make_norm("gbn:16", 8).virtual_batch_size == 16
+    assert isinstance(make_norm("mabn", 8), MovingAverageBatchNorm)
+    assert isinstance(make_norm("bln", 8), BatchLayerNorm)
     gn = make_norm("gn:4", 8)
     assert isinstance(gn, GroupNorm) and gn.num_groups == 4
     assert make_norm("gn", 64).num_groups == 32
@@ -21,14 +25,14 @@ def test_specs_build_the_named_layers():
     assert make_norm("bn", 8, momentum=0.3, axis=-1).momentum == 0.3
 
 
-@pytest.mark.parametrize("spec", ["bn", "gn:2", "ln", "in", "rms", "none"])
+@pytest.mark.parametrize("spec", ["bn", "brn", "gbn:2", "mabn", "bln", "gn:2", "ln", "in", "rms", "none"])
 def test_every_spec_runs_on_conv_maps_and_keeps_shape(spec):
     layer = make_norm(spec, 4)
     x = torch.randn(3, 4, 5, 5)
     assert layer(x).shape == x.shape
 
 
-@pytest.mark.parametrize("spec", ["bn", "ln", "rms", "gn:2", "none"])
+@pytest.mark.parametrize("spec", ["bn", "brn", "gbn:3", "mabn", "bln", "ln", "rms", "gn:2", "none"])
 def test_specs_on_2d_features(spec):
     x = torch.randn(6, 4)
     assert make_norm(spec, 4)(x).shape == (6, 4)
