@@ -10,3 +10,6 @@ from .variants import BatchLayerNorm, BatchRenorm, GhostBatchNorm, MovingAverage
 
 __all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "make_norm", "norm_specs", "register_norm"]
 __all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
+from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
+
+__all__ += ["MaskedBatchNorm", "TimeStepBatchNorm"]
