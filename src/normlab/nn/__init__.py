@@ -13,3 +13,7 @@ __all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLay
 from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
 
 __all__ += ["MaskedBatchNorm", "TimeStepBatchNorm"]
+from .act import NormAct  # noqa: E402
+from .sync import convert_sync_batchnorm  # noqa: E402
+
+__all__ += ["NormAct", "convert_sync_batchnorm"]
