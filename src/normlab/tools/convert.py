@@ -71,10 +71,12 @@ def convert_norm(
     ``spec`` is any :func:`normlab.nn.make_norm` spec (``"bn"``, ``"brn"``, ``"gbn:16"``, ``"mabn"``, ``"bln"``,
     ``"gn:32"``, ``"ln"``, ``"in"``, ``"rms"``, ``"none"``, ...) or ``"sync"``: synchronized statistics over
     ``torch.distributed`` (:func:`normlab.nn.convert_sync_batchnorm` on each picked layer; ``process_group=``
-    is its one keyword; torch's batch norms become normlab ``BatchNorm`` with the same state_dict). ``where(name, module)`` picks the layers
-    (default: every batch norm, torch's and normlab's); ``kw`` goes to every new layer's constructor and wins
-    over the carried-over ``eps``/``momentum``/``axis``. Affine parameters and running statistics are copied where
-    both layers have them with the same shape; dtype, device and training mode follow the old layer.
+    is its one keyword; torch's batch norms become normlab ``BatchNorm`` with the same state_dict).
+
+    ``where(name, module)`` picks the layers (default: every batch norm, torch's and normlab's); ``kw`` goes to
+    every new layer's constructor and wins over the carried-over ``eps``/``momentum``/``axis``. Affine parameters
+    and running statistics are copied where both layers have them with the same shape; dtype, device and training
+    mode follow the old layer.
     ``inplace=False`` converts a deep copy (a model that is itself a norm layer is returned converted). Every new
     layer is built before anything is replaced, so an error (bad spec, a layer make_norm cannot build, e.g.
     ``gn:32`` for 48 channels) leaves the model unchanged.

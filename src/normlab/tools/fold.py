@@ -180,7 +180,8 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
         return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
     tol = 64 * torch.finfo(dtype).eps
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=tol * (1 + float(expected.abs().max()))):
+    atol = tol * (1 + float(expected.abs().max()))
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=atol):
         return f"its eval-mode output is not the running-statistics affine map ({type(norm).__name__})"
     return None
 
@@ -237,7 +238,8 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
             and src.op == "call_module"
             and isinstance(root.get_submodule(src.target), FOLD_TARGETS)
         ):
-            decisions[name] = (None, f"its input is {_describe(src)}, not the output of a Conv, ConvTranspose or Linear")
+            what = "not the output of a Conv, ConvTranspose or Linear"
+            decisions[name] = (None, f"its input is {_describe(src)}, {what}")
         elif len(src.users) != 1:
             others = ", ".join(_describe(u) for u in src.users if u is not node)
             decisions[name] = (None, f"the output of {src.target!r} is also used by {others}")

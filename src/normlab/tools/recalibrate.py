@@ -8,10 +8,11 @@ by the population statistics of the layer's input over many batches B_1..B_K (n_
     sigma2_pop  = sum_k n_k (sigma2_k + (mu_k - mu_pop)^2) / N                  (pooled moments, exact)
 
 i.e. the mean of the batch means and the variance of all the values seen, with every value weighted equally (for
-equal-sized batches: every batch weighted equally). For MABN, which normalizes by the second moment without
-centring, the running variance becomes the population second moment sigma2_pop + mu_pop^2. The batch variance alone would miss the spread of the batch
-means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased running
-variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+equal-sized batches: every batch weighted equally). The average batch variance alone would miss the spread of
+the batch means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased
+running variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+For MABN, which normalizes by the second moment without centring, the running variance becomes the population
+second moment sigma2_pop + mu_pop^2.
 
 During the passes every batch norm normalizes with batch statistics, as in training, so that each layer sees the
 inputs it saw during training. Accumulation is in float64 with Chan's pairwise update (no E[x^2] - E[x]^2).
@@ -125,14 +126,16 @@ def recalibrate(
     ``normlab.nn.BatchNormBase`` layer that keeps running statistics. Runs under ``torch.no_grad()``.
 
     Only the running mean and variance of these layers change: their ``training`` flags and every buffer of the
-    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and on any error (a bad batch, too few batches) the running
-    statistics are left as they were. A layer that no batch reached keeps its statistics, with a warning.
-    ``MaskedBatchNorm`` counts only the valid positions of its ``mask``/``lengths``; layers with statistics per time
-    step (``TimeStepBatchNorm``) are left alone, with a warning.
+    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and
+    on any error (a bad batch, too few batches) the running statistics are left as they were. A layer that no
+    batch reached keeps its statistics, with a warning. ``MaskedBatchNorm`` counts only the valid positions of its
+    ``mask``/``lengths``; layers with statistics per time step (``TimeStepBatchNorm``) are left alone, with a
+    warning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
-    if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1):
+    bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
+    if num_batches is not None and bad_count:
         raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
     norms, per_step = [], []
     for name, m in model.named_modules():
@@ -206,7 +209,9 @@ def recalibrate(
             m.running_mean.copy_(torch.where(seen, mean, m.running_mean.to(mean.dtype)))
             m.running_var.copy_(torch.where(seen, var, m.running_var.to(var.dtype)))
     if missed:
-        warnings.warn(f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2)
+        warnings.warn(
+            f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2
+        )
     if per_step:
         warnings.warn(
             f"recalibrate: {', '.join(n for n, _ in per_step)} keep running statistics per time step; not recalibrated",
