@@ -388,7 +388,8 @@ class BatchLayerNorm(BatchNormBase):
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
             # B = samples behind the statistics (all processes' when synchronized).
             per_sample = x[:1].numel() // x.shape[axis]
-            batch = int(stats.count) // per_sample
+            count = stats.count.reshape(-1)[0] if isinstance(stats.count, Tensor) else stats.count
+            batch = round(float(count)) // per_sample
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
