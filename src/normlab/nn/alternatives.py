@@ -118,12 +118,7 @@ class _SampleNorm(nn.Module):
         if c is None:
             return self._native(x, self.normalized_shape, self.weight, self.bias)
         # Feature-map mode: normalize each sample over all its values, then the per-channel affine.
-        y = self._native(x, tuple(x.shape[1:]), None, None)
-        if self.weight is not None:
-            y = y * _stats.channel_view(self.weight, x.ndim, c)
-        if self.bias is not None:
-            y = y + _stats.channel_view(self.bias, x.ndim, c)
-        return y
+        return _stats.affine(self._native(x, tuple(x.shape[1:]), None, None), self.weight, self.bias, axis=c)
 
 
 class LayerNorm(_SampleNorm):
