@@ -210,7 +210,7 @@ class InstanceNorm(nn.Module):
 
     Statistics per (sample, channel) over the spatial positions. With ``track_running_stats=True`` training also
     keeps torch's running averages (the batch mean of the per-instance mean and unbiased variance, updated with
-    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is torch's cumulative average.
+    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is the cumulative average (as BatchNorm's).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
