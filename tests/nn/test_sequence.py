@@ -201,3 +201,13 @@ def test_masked_property_any_lengths_equal_batchnorm_on_the_valid_positions(leng
     stats = seq_x[valid]
     torch.testing.assert_close(layer.running_mean, 0.9 * torch.zeros(channels) + 0.1 * stats.mean(0))
     torch.testing.assert_close(layer.running_var, 0.9 * torch.ones(channels) + 0.1 * stats.var(0, unbiased=True))
+
+
+def test_timestep_cumulative_average_counts_each_step_separately():
+    layer = TimeStepBatchNorm(2, max_steps=3, momentum=None)
+    seqs = [torch.randn(4, 3, 2) for _ in range(2)] + [torch.randn(4, 1, 2)]  # the last sequence is 1 step long
+    for x in seqs:
+        layer(x)
+    assert layer.num_batches_tracked.tolist() == [3, 2, 2]
+    torch.testing.assert_close(layer.running_mean[0], torch.stack([x[:, 0].mean(0) for x in seqs]).mean(0))
+    torch.testing.assert_close(layer.running_mean[1], torch.stack([x[:, 1].mean(0) for x in seqs[:2]]).mean(0))
