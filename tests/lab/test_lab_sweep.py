@@ -157,13 +157,13 @@ def test_cli_run_reports_spec_errors_and_creates_nothing(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------------- sweeps
 def test_run_grid_then_rerun_skips_everything(tmp_path):
     spec = _spec(tmp_path)
-    s1 = run_grid(spec, jobs=1, echo=None)
+    s1 = run_grid(spec, jobs=1, echo=None, threads=1)
     assert (s1.total, s1.skipped, s1.ran, s1.failed) == (4, 0, 4, [])
     with open_store(tmp_path / "normlab-runs") as store:
         first = {r.key: r.created for r in store.runs()}
         assert set(first) == set(s1.keys)
         assert store.count() == {"runs": 4, "steps": 40, "evals": 4 * 3}
-    s2 = run_grid(spec, jobs=1, echo=None)
+    s2 = run_grid(spec, jobs=1, echo=None, threads=1)
     assert (s2.skipped, s2.ran) == (4, 0)
     with open_store(tmp_path / "normlab-runs") as store:
         assert {r.key: r.created for r in store.runs()} == first
@@ -172,7 +172,7 @@ def test_run_grid_then_rerun_skips_everything(tmp_path):
 def test_parallel_sweep_equals_serial_sweep(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    run_grid(_spec(a), jobs=1, echo=None)
+    run_grid(_spec(a), jobs=1, echo=None, threads=1)
     summary = run_grid(_spec(b), jobs=2, echo=None)
     assert summary.ran == 4
     with open_store(a / "normlab-runs") as sa, open_store(b / "normlab-runs") as sb:
@@ -199,7 +199,7 @@ def test_kill_9_mid_sweep_then_rerun_resumes(tmp_path):
     total, steps = 8, 100
     spec = _spec(tmp_path, steps=steps, seeds=range(4))
     db = tmp_path / "normlab-runs" / DB_NAME
-    cmd = [sys.executable, "-m", "normlab.cli", "run", str(spec), "--jobs", "2"]
+    cmd = [sys.executable, "-m", "normlab.cli", "run", str(spec), "--threads", "1", "--jobs", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             env=os.environ)
     deadline = time.time() + 120
@@ -229,7 +229,7 @@ def test_kill_9_mid_sweep_then_rerun_resumes(tmp_path):
 # ---------------------------------------------------------------------------------------------------------- CLI
 def test_cli_ls_show_export_plot(tmp_path, capsys):
     spec = _spec(tmp_path)
-    assert main(["run", str(spec), "--jobs", "1"]) == 0
+    assert main(["run", str(spec), "--jobs", "1", "--threads", "1"]) == 0
     out_dir = tmp_path / "normlab-runs"
     capsys.readouterr()
     assert main(["ls", str(out_dir)]) == 0
@@ -267,7 +267,7 @@ def test_cli_ls_show_export_plot(tmp_path, capsys):
 def test_group_curves_mean_and_std_over_seeds(tmp_path):
     from normlab.lab.plots import group_curves
 
-    run_grid(_spec(tmp_path), jobs=1, echo=None)
+    run_grid(_spec(tmp_path), jobs=1, echo=None, threads=1)
     with open_store(tmp_path / "normlab-runs") as store:
         curves = group_curves(store, store.runs(), metric="val_loss")
         xs, mean, std, n = curves["norm=bn"]

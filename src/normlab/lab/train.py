@@ -12,7 +12,9 @@ a separate seeded generator for the order of examples; the data split uses ``spl
 Distributed: when ``torch.distributed`` is initialized (or ``WORLD_SIZE > 1`` in the environment, as under
 ``torchrun``; the gloo backend is used on CPU), the model is wrapped in DistributedDataParallel and every global
 minibatch of ``batch_size`` is split into equal contiguous shards, one per rank; step metrics are averaged
-over ranks, so every rank returns the same :class:`RunResult`.
+over ranks, and the buffers (BN running statistics) are broadcast from rank 0 before every evaluation, as DDP does
+before every forward, so every rank returns the same :class:`RunResult`. Batch statistics are each rank's own
+(BN layers are not synchronized by the engine).
 """
 
 from __future__ import annotations
@@ -396,6 +398,11 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     since_eval: list[float] = [0.0, 0.0, 0]  # loss sum, acc sum, steps since the last evaluation
 
     def run_eval(step: int, epoch: int) -> bool:
+        if world > 1:  # each rank's last forward updated its own running statistics: use rank 0's, as DDP does
+            import torch.distributed as dist
+
+            for buf in net.buffers():
+                dist.broadcast(buf, 0)
         val_loss, val_acc = evaluate(net, ds.x_val, ds.y_val, config.eval_batch_size) if len(ds.y_val) else (
             float("nan"), float("nan"))
         k = since_eval[2]
@@ -458,7 +465,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
                 if world > 1:
                     import torch.distributed as dist
 
-                    packed = torch.stack([loss.detach(), correct_t.to(loss.dtype) / len(yb)])
+                    packed = torch.stack([loss.detach().double(), correct_t.double() / len(yb)])
                     dist.all_reduce(packed)
                     loss_v, acc_v = (packed / world).tolist()
                 else:
