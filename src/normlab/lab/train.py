@@ -14,7 +14,7 @@ Distributed: when ``torch.distributed`` is initialized (or ``WORLD_SIZE > 1`` in
 minibatch of ``batch_size`` is split into equal contiguous shards, one per rank; step metrics are averaged
 over ranks, and the buffers (BN running statistics) are broadcast from rank 0 before every evaluation, as DDP does
 before every forward, so every rank returns the same :class:`RunResult`. Batch statistics are each rank's own
-(BN layers are not synchronized by the engine).
+(unless ``sync_bn=True``: then they are pooled over ranks and a k-process run equals a one-process run).
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class TrainConfig:
     ``batch_size`` is the global batch; ``drop_last`` drops a final short batch (a final batch of one example
     is always dropped: batch statistics of one example are undefined). ``eval_every`` = k evaluates every k
     steps (0 = at the end of every epoch); evaluation also runs at step 0 and at the end.
+    Distributed: ``sync_bn=True`` pools batch statistics over all processes
+    (``normlab.nn.convert_sync_batchnorm``), so a run on k processes equals one process on the global batch; it
+    changes nothing in a single process.
     """
 
     data: str = "mnist5k"
@@ -103,6 +106,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batch_size: int = 1000
     seed: int = 0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,6 +131,9 @@ class TrainConfig:
                 bad(key, "an int >= 0")
         if self.epochs == 0 and self.steps == 0:
             bad("epochs", "an int >= 1 when steps == 0 (a run needs a length)")
+        for key in ("nesterov", "drop_last", "sync_bn"):
+            if not isinstance(getattr(self, key), bool):
+                bad(key, "true or false")
         for key in ("lr", "momentum", "weight_decay", "grad_clip", "lr_decay"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
@@ -375,6 +382,10 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if config.sync_bn:
+            from ..nn import convert_sync_batchnorm
+
+            net = convert_sync_batchnorm(net)
         fwd = DistributedDataParallel(net)
     order_gen = torch.Generator().manual_seed(config.seed)
 
