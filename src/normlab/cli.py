@@ -84,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for config, params in spec.runs:
             print(f"  {config.key()[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
         return 0
-    summary = run_grid(spec, jobs=args.jobs)
+    summary = run_grid(spec, jobs=args.jobs, threads=args.threads)
     for key, err in summary.failed:
         print(f"normlab run: run {key} failed: {err}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -210,6 +210,7 @@ def _add_lab_commands(sub) -> None:
     p.add_argument("spec", help="experiment spec, a TOML file")
     p.add_argument("--out", help="output directory (default: the spec's `out`, else normlab-runs next to the spec)")
     p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the number of cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
     p.set_defaults(func=_cmd_run)
 
