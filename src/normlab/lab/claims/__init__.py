@@ -14,6 +14,11 @@ __all__ = ["Claim", "ClaimResult", "Context", "Outcome", "run_claim", "all_claim
 
 _MODULES = (
     "faster_convergence",
+    "higher_learning_rates",
+    "careless_init",
+    "regularization",
+    "vanishing_gradients",
+    "dying_relu",
 )
 
 

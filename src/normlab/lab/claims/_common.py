@@ -340,3 +340,24 @@ def band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, co
 
 def per_seed(results: Sequence[dict], arm: str, key: str) -> list[list[float]]:
     return [r[key] for r in results if r["arm"] == arm]
+
+
+def mean(values) -> float:
+    vals = list(values.values()) if isinstance(values, dict) else list(values)
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def seed_table(out, metrics: Sequence[str], title: str = "Per-seed values"):
+    """A table of every (metric, arm) with its per-seed values and mean, from ``out.metrics``."""
+    from .base import Table
+
+    rows = []
+    for metric in metrics:
+        for arm, vals in out.metrics.get(metric, {}).items():
+            rows.append((metric, arm, ", ".join(f"{vals[s]:.4g}" for s in sorted(vals)), f"{mean(vals):.4g}"))
+    return Table(title, ("metric", "arm", "per seed", "mean"), tuple(rows))
+
+
+def final_accuracy(result: dict) -> float:
+    """Last validation accuracy of a run; a diverged run keeps its last evaluated accuracy (usually chance)."""
+    return float(result["val_acc"][-1])
