@@ -19,6 +19,14 @@ _MODULES = (
     "regularization",
     "vanishing_gradients",
     "dying_relu",
+    "covariate_shift",
+    "small_batches",
+    "dropout_order",
+    "train_vs_inference",
+    "inference_overhead",
+    "batch_layer_norm",
+    "recurrent",
+    "bn_only_training",
 )
 
 

@@ -93,10 +93,10 @@ def norm(spec: str, num_features: int, **kw) -> nn.Module:
     except ImportError:
         make_norm = None
     if make_norm is None:
-        from ...nn import BatchNorm1d
+        from ...nn import BatchNorm
 
         if spec == "bn":
-            return BatchNorm1d(num_features, **kw)
+            return BatchNorm(num_features, **kw)
         if spec == "none":
             return nn.Identity()
         raise MissingDependency(f"normlab.make_norm (the family layers) is not available for spec {spec!r}")
@@ -114,7 +114,8 @@ class MLP(nn.Module):
 
     ``order="norm-act"`` puts the norm before the nonlinearity (Ioffe & Szegedy 2015, Sec. 3.2);
     ``"act-norm"`` after it (the seed article's Keras model). ``dropout_pos`` places dropout ``"before"`` the
-    norm or ``"after"`` the activation (Li et al. 2019 compare the two). ``init_std`` replaces the default init of
+    norm or ``"after"`` the activation of every block, or ``"last"``: only after the last block, i.e. after every
+    norm (Li et al. 2019's recommendation). ``init_std`` replaces the default init of
     every Linear weight by N(0, init_std^2) (``init_gain`` instead scales the default Kaiming-uniform init).
     The pre-activations (the norm's output, the activation's input) of block i are kept in ``self.pre[i]`` when
     ``self.keep = True``.
@@ -128,19 +129,20 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if order not in ("norm-act", "act-norm"):
             raise ValueError(f"MLP: order must be 'norm-act' or 'act-norm', got {order!r}")
-        if dropout_pos not in ("before", "after"):
-            raise ValueError(f"MLP: dropout_pos must be 'before' or 'after', got {dropout_pos!r}")
+        if dropout_pos not in ("before", "after", "last"):
+            raise ValueError(f"MLP: dropout_pos must be 'before', 'after' or 'last', got {dropout_pos!r}")
         self.order, self.dropout_pos = order, dropout_pos
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.acts = nn.ModuleList()
         self.drops = nn.ModuleList()
         prev = in_features
-        for w in widths:
+        for i, w in enumerate(widths):
             self.linears.append(nn.Linear(prev, w))
             self.norms.append(norm(norm_spec, w, **(norm_kw or {})))
             self.acts.append(ACTIVATIONS[activation]())
-            self.drops.append(nn.Dropout(dropout) if dropout > 0 else nn.Identity())
+            use = dropout > 0 and (dropout_pos != "last" or i == len(widths) - 1)
+            self.drops.append(nn.Dropout(dropout) if use else nn.Identity())
             prev = w
         self.head = nn.Linear(prev, num_classes)
         for lin in [*self.linears, self.head]:
@@ -172,7 +174,7 @@ class MLP(nn.Module):
                 x = nrm(act(x))
             if self.keep:
                 self.post.append(x)
-            if self.dropout_pos == "after":
+            if self.dropout_pos in ("after", "last"):
                 x = drop(x)
         return self.head(x)
 
@@ -198,6 +200,7 @@ class History:
     val_loss: list[float]
     val_acc: list[float]
     train_acc: list[float]  # eval-mode accuracy on (a fixed subset of) the training set
+    train_eval_loss: list[float]  # eval-mode loss on the same training subset
     diverged_at: int | None
     seconds: float
 
@@ -257,18 +260,19 @@ def train(model: nn.Module, data: Split, *, steps: int, batch_size: int, lr: flo
     """
     opt = make_optimizer(optimizer, model.parameters() if params is None else params, lr)
     xt, yt = data.x_train[:train_eval_size], data.y_train[:train_eval_size]
-    hist = History([], [], [], [], [], None, 0.0)
+    hist = History([], [], [], [], [], [], None, 0.0)
     start = time.perf_counter()
     running, count = 0.0, 0
 
     def record(step: int) -> None:
         vl, va = evaluate(model, data.x_val, data.y_val)
-        _, ta = evaluate(model, xt, yt)
+        tl, ta = evaluate(model, xt, yt)
         hist.steps.append(step)
         hist.train_loss.append(running / count if count else math.nan)
         hist.val_loss.append(vl if math.isfinite(vl) else math.nan)
         hist.val_acc.append(va)
         hist.train_acc.append(ta)
+        hist.train_eval_loss.append(tl if math.isfinite(tl) else math.nan)
 
     model.train()
     record(0)
@@ -282,9 +286,10 @@ def train(model: nn.Module, data: Split, *, steps: int, batch_size: int, lr: flo
         if not math.isfinite(value) or value > 1e4:
             hist.diverged_at = step
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if loss.requires_grad:  # False only when nothing is trained (a frozen-network reference arm)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         running += value
         count += 1
         step += 1
@@ -361,3 +366,12 @@ def seed_table(out, metrics: Sequence[str], title: str = "Per-seed values"):
 def final_accuracy(result: dict) -> float:
     """Last validation accuracy of a run; a diverged run keeps its last evaluated accuracy (usually chance)."""
     return float(result["val_acc"][-1])
+
+
+def unavailable(spec: str) -> str | None:
+    """None if ``norm(spec, ...)`` can be built here, else the reason (a family layer not merged, ...)."""
+    try:
+        norm(spec, 8)
+    except MissingDependency as exc:
+        return str(exc)
+    return None

@@ -11,7 +11,8 @@ from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
 
-GAP = "train - validation accuracy gap at the end"
+GAP = "validation - training loss gap at the end (eval mode)"
+ACC_GAP = "train - validation accuracy gap at the end"
 VAL = "final validation accuracy"
 ARMS = {"neither": ("none", 0.0), "bn": ("bn", 0.0), "dropout": ("none", 0.5), "bn+dropout": ("bn", 0.5)}
 
@@ -34,20 +35,21 @@ def run(ctx: Context) -> Outcome:
     res = ctx.map(_unit, units)
     out = Outcome()
     for r in res:
-        out.add(GAP, r["arm"], r["seed"], r["train_acc"][-1] - r["val_acc"][-1])
+        out.add(GAP, r["arm"], r["seed"], r["val_loss"][-1] - r["train_eval_loss"][-1])
+        out.add(ACC_GAP, r["arm"], r["seed"], r["train_acc"][-1] - r["val_acc"][-1])
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])
     fig, axes = C.new_figure(2)
     for i, arm in enumerate(ARMS):
         rs = [r for r in res if r["arm"] == arm]
-        C.band(axes[0], rs[0]["steps"], [[a - b for a, b in zip(r["train_acc"], r["val_acc"])] for r in rs], arm,
-               C.COLORS[i])
+        C.band(axes[0], rs[0]["steps"], [[a - b for a, b in zip(r["val_loss"], r["train_eval_loss"])] for r in rs],
+               arm, C.COLORS[i])
         C.band(axes[1], rs[0]["steps"], [r["val_loss"] for r in rs], arm, C.COLORS[i])
-    axes[0].set(title="train - validation accuracy (eval mode)", xlabel="training step", ylabel="gap")
+    axes[0].set(title="validation - training loss (eval mode)", xlabel="training step", ylabel="gap")
     axes[1].set(title="validation loss", xlabel="training step", ylabel="cross-entropy")
     axes[0].legend()
     out.figures.append(Figure("gap", f"Generalization gap and validation loss on a {cfg['n_train']}-image training "
                               "set (Adam). Line: mean over seeds; band: min..max.", fig))
-    out.tables.append(C.seed_table(out, (GAP, VAL)))
+    out.tables.append(C.seed_table(out, (GAP, ACC_GAP, VAL)))
     g = {a: C.mean(out.metrics[GAP][a]) for a in ARMS}
     out.measured = "gap: " + ", ".join(f"{a} {v:.3f}" for a, v in g.items())
     return out
@@ -75,13 +77,17 @@ CLAIM = Claim(
             "effect comes from each example being normalized with its mini-batch's statistics)."),
     measures=("784-256-256-10 ReLU MLP trained to overfit 1,000 training images (Adam 1e-3, batch 32); arms: "
               "neither, BN (after each Linear), dropout 0.5 (after each ReLU), both. Gap = training accuracy minus "
-              "validation accuracy, both in eval mode, at the end."),
+              "validation accuracy; loss gap = validation minus training cross-entropy; both in eval mode, at the end."),
     rule=Rule(metric=GAP, treatment="bn", control="neither", direction="less"),
     secondary=(
         Rule(metric=VAL, treatment="bn", control="neither", direction="greater"),
         Rule(metric=GAP, treatment="dropout", control="neither", direction="less"),
         Rule(metric=GAP, treatment="bn+dropout", control="bn", direction="less"),
+        Rule(metric=ACC_GAP, treatment="bn", control="neither", direction="less"),
     ),
+    interpretation=("The primary metric was first the accuracy gap; a pilot run showed training accuracy saturating "
+                    "at 100% in every arm, which leaves the accuracy gap blind to overfitting, so the loss gap "
+                    "became primary and the accuracy gap is kept as a secondary rule."),
     configs={"tiny": _cfg(10, 5), "quick": _cfg(800, 100), "full": _cfg(2500, 100)},
     run=run,
 )
