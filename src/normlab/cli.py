@@ -27,6 +27,47 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(args: argparse.Namespace) -> int:
+    """``normlab claims``: run the literature's claims about BN and write the report."""
+    from .lab.claims import all_claims, run_claims
+    from .lab.report import verdict_table_markdown
+
+    if args.list:
+        for c in all_claims():
+            print(f"{c.id:24s} {c.title}")
+        return 0
+    ids = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    command = "normlab claims " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
+    try:
+        results, paths = run_claims(ids, level=args.level, seeds=args.seeds, out_dir=args.out, jobs=args.jobs,
+                                    command=command.strip(), log=(lambda s: None) if args.quiet else print)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_table:
+        print(verdict_table_markdown(results, link=False))
+    print(f"report: {paths['html']} (also {paths['md'].name}, {paths['json'].name})")
+    return 0
+
+
+def _add_claims_parser(sub) -> None:
+    import os
+
+    p = sub.add_parser("claims", help="test the literature's claims about BN; write an HTML/Markdown/JSON report")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--quick", dest="level", action="store_const", const="quick", help="the demo (default)")
+    level.add_argument("--full", dest="level", action="store_const", const="full", help="more seeds, longer runs")
+    level.add_argument("--tiny", dest="level", action="store_const", const="tiny", help="seconds; for tests")
+    p.set_defaults(level="quick", func=_claims, command_line=None)
+    p.add_argument("--only", metavar="ID,...", help="comma-separated claim ids (see --list)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 1 tiny, 3 quick, 5 full)")
+    p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("--print-table", action="store_true", help="print the verdict table as Markdown at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 # ------------------------------------------------------------------------------------------- the lab's commands
 def _lab_demo() -> None:
     """The seed comparison: seed_mlp with and without BN on the embedded MNIST subset, printed Keras-style."""
@@ -84,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for config, params in spec.runs:
             print(f"  {config.key()[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
         return 0
-    summary = run_grid(spec, jobs=args.jobs)
+    summary = run_grid(spec, jobs=args.jobs, threads=args.threads)
     for key, err in summary.failed:
         print(f"normlab run: run {key} failed: {err}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -210,6 +251,7 @@ def _add_lab_commands(sub) -> None:
     p.add_argument("spec", help="experiment spec, a TOML file")
     p.add_argument("--out", help="output directory (default: the spec's `out`, else normlab-runs next to the spec)")
     p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the number of cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
     p.set_defaults(func=_cmd_run)
 
@@ -250,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job of `make demo`")
     p.set_defaults(func=_demo)
     _add_lab_commands(sub)
+    _add_claims_parser(sub)
     return parser
 
 

@@ -128,3 +128,23 @@ def test_bad_options_are_named():
 def test_model_options_lists_builder_keywords():
     opts = models.model_options("mlp")
     assert opts["depth"] == 4 and opts["dropout_position"] == "after" and "norm" in opts
+
+
+# InstanceNorm needs spatial positions: an MLP's or a recurrent cell's (N, C) features have none.
+_SPEC_MODEL = [(s, m) for s in ("brn", "gbn:4", "mabn", "bln", "gn:4", "ln", "in", "rms")
+               for m in ("mlp", "cnn", "resnet", "rnn") if not (s == "in" and m in ("mlp", "rnn"))]
+
+
+@pytest.mark.parametrize("spec,name", _SPEC_MODEL)
+def test_family_specs_build_and_train_one_step(spec, name):
+    from normlab.nn import make_norm
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    net = models.build_model(name, shape, 10, norm=spec, **({"widths": (8, 8)} if name == "resnet" else {}))
+    want = type(make_norm(spec, 8))
+    assert any(type(m) is want for m in net.modules())
+    x = torch.rand(16, *shape)
+    loss = torch.nn.functional.cross_entropy(net(x), torch.arange(16) % 10)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -51,17 +51,9 @@ DROPOUT_POSITIONS = ("after", "before")
 
 
 def norm_layer(spec: str, num_features: int, **kw) -> nn.Module:
-    """``normlab.nn.make_norm(spec, num_features, **kw)``, with ``"none"`` meaning no layer (an Identity)."""
-    try:
-        from ..nn import make_norm
-    except ImportError:  # the registry is not merged yet: the two specs the foundation already provides
-        from ..nn import BatchNorm
+    """``normlab.nn.make_norm(spec, num_features, **kw)`` (``"none"`` gives an Identity)."""
+    from ..nn import make_norm
 
-        if spec == "none":
-            return nn.Identity()
-        if spec == "bn":
-            return BatchNorm(num_features, **kw)
-        raise ValueError(f"norm spec {spec!r}: this build knows only 'bn' and 'none' (normlab.nn.make_norm missing)")
     return make_norm(spec, num_features, **kw)
 
 

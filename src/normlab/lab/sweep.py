@@ -206,12 +206,6 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; intra-op threads would only fight each other
-
-
 def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None) -> tuple[str, bool, dict, float]:
     """Train one run and store it (in the worker, so a dying parent loses nothing that finished)."""
     config = TrainConfig(**config_dict)
@@ -231,11 +225,13 @@ def run_grid(
     out: str | os.PathLike | None = None,
     jobs: int | None = None,
     echo: Callable[[str], None] | None = print,
+    threads: int | None = None,
 ) -> SweepSummary:
     """Run every not-yet-stored run of ``spec`` (a :class:`Spec` or a TOML path) and return a summary.
 
     ``jobs``: parallel processes (default: the number of cores, at most the number of pending runs); with 1 the
-    runs go in this process. ``echo`` prints one line per finished run (None: silent). Runs that raise are
+    runs go in this process. ``threads``: torch threads per run (default: cores // jobs; small models on a busy
+    machine are fastest with 1). ``echo`` prints one line per finished run (None: silent). Runs that raise are
     reported in ``summary.failed`` and not stored, so a rerun retries them.
     """
     if not isinstance(spec, Spec):
@@ -255,6 +251,9 @@ def run_grid(
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"run_grid: jobs must be an int >= 1, got {jobs!r}")
     jobs = min(jobs or default_jobs(), len(pending))
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"run_grid: threads must be an int >= 1, got {threads!r}")
+    threads = threads or max(1, default_jobs() // jobs)
     width = len(str(len(pending)))
     t0 = time.perf_counter()
 
@@ -268,7 +267,7 @@ def run_grid(
     if jobs == 1:
         for i, (config, params) in enumerate(pending, 1):
             try:
-                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, None)
+                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads)
             except Exception as e:  # a crashing run must not take the sweep down; it is retried next time
                 summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
                 say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
@@ -276,9 +275,9 @@ def run_grid(
             report(i, params, key, diverged, final, wall)
     else:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's thread pools
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {
-                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, None): (c, p) for c, p in pending
+                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, threads): (c, p) for c, p in pending
             }
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 config, params = futures[fut]
