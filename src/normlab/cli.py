@@ -84,6 +84,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for config, params in spec.runs:
             print(f"  {config.key()[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
         return 0
+    if args.download:
+        from .lab.sweep import prefetch
+
+        try:
+            prefetch(spec)
+        except (SpecError, OSError) as e:
+            print(f"normlab run: error: {e}", file=sys.stderr)
+            return 2
     summary = run_grid(spec, jobs=args.jobs, threads=args.threads)
     for key, err in summary.failed:
         print(f"normlab run: run {key} failed: {err}", file=sys.stderr)
@@ -212,6 +220,8 @@ def _add_lab_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the number of cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
+    p.add_argument("--download", action="store_true",
+                   help="first download MNIST / Fashion-MNIST / CIFAR-10 into the runs' data_args.root if missing")
     p.set_defaults(func=_cmd_run)
 
     db_help = "run database or output directory (default: normlab-runs)"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # the data tests write the IDX files used here
+
 from normlab.cli import main
 from normlab.lab import data
 from normlab.lab.store import DB_NAME, Store, open_store
@@ -278,3 +280,27 @@ def test_group_curves_mean_and_std_over_seeds(tmp_path):
         assert std == pytest.approx([abs(u - v) / 2 for u, v in zip(a, b)])
         with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; expected one of \['train_loss'"):
             group_curves(store, store.runs(), metric="accuracy")
+
+
+def test_cli_run_download_prefetches_into_root(tmp_path, monkeypatch, capsys):
+    from test_lab_data import _write_mnist
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_mnist(src, compress=True)
+    calls = []
+
+    def fake(url, dest, *, md5=None):
+        calls.append(url)
+        dest.write_bytes((src / url.rsplit("/", 1)[1]).read_bytes())
+        return dest
+
+    monkeypatch.setattr(data, "download", fake)
+    root = tmp_path / "mnist"
+    text = f'[base]\ndata = "mnist"\nmodel = "seed_mlp"\nsteps = 3\nbatch_size = 8\ndata_args = {{root = "{root}"}}\n'
+    spec = _spec(tmp_path, text=text)
+    assert main(["run", str(spec), "--jobs", "1", "--threads", "1", "--download"]) == 0
+    assert len(calls) == 4 and "fetching mnist into" in capsys.readouterr().out
+    with open_store(tmp_path / "normlab-runs") as store:
+        (rec,) = store.runs()
+        assert rec.config["data_args"] == {"root": str(root)}  # download is not part of the run's identity
