@@ -54,3 +54,14 @@ def test_unknown_and_malformed_specs_list_valid_ones():
         make_norm("bn:3", 4)
     with pytest.raises(TypeError, match=r"spec must be a string"):
         make_norm(None, 4)
+
+
+@pytest.mark.parametrize("spec", ["bn", "brn", "gbn:2", "mabn", "bln", "gn:2", "ln", "in", "rms"])
+def test_half_input_with_float32_parameters_keeps_the_input_dtype(spec):
+    # regression: MABN, BLN and the feature-map LN/RMS used to return float32 for bfloat16 inputs
+    layer = make_norm(spec, 4)
+    x = torch.randn(4, 4, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()

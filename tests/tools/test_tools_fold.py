@@ -327,3 +327,9 @@ def test_wrong_axis_and_odd_subclass_are_refused():
     reasons = dict(plan_fold(model).skipped)
     assert "channel axis -1 is not the channel axis (1) of the Conv1d" in reasons["1"]
     assert "not the running-statistics affine map (Doubling)" in reasons["3"]
+
+
+def test_per_time_step_statistics_are_not_folded():
+    model = nn.Sequential(nn.Linear(3, 3), nlnn.TimeStepBatchNorm(3, max_steps=4)).eval()
+    [(name, reason)] = plan_fold(model).skipped
+    assert name == "1" and "running statistics have shape (4, 3), not one value per channel" in reason

@@ -194,6 +194,8 @@ def _pair_problem(layer: nn.Module, norm: nn.Module, counts: dict[int, int]) -> 
         return f"{type(layer).__name__} before it is lazy and not initialized yet"
     if counts.get(id(layer), 1) > 1 or counts.get(id(norm), 1) > 1:
         return "the layer or the norm is shared (registered under several names), so folding would change other uses"
+    if tuple(norm.running_mean.shape) != (norm.num_features,):
+        return f"its running statistics have shape {tuple(norm.running_mean.shape)}, not one value per channel"
     if _out_channels(layer) != norm.num_features:
         return f"{norm.num_features} channels, but the {type(layer).__name__} before it has {_out_channels(layer)}"
     axis = channel_axis(norm)
