@@ -173,9 +173,23 @@ class NormAct(nn.Module):
             return _activate(self.norm(x, *args, **kwargs), self.activation, self.negative_slope, self.alpha)
         return self._inplace(x)
 
+    def _check_overwritable(self, x: Tensor) -> None:
+        """The in-place mode overwrites x: refuse (before any state changes) what autograd would refuse."""
+        if not torch.is_grad_enabled():
+            return
+        base = x._base if x._base is not None else x
+        if base.is_leaf and base.requires_grad:
+            what = "a leaf tensor" if base is x else "a view of a leaf tensor"
+            raise ValueError(
+                f"NormAct(inplace_abn=True): got {what} that requires grad; the in-place mode overwrites its input, "
+                f"which autograd forbids for leaves. Feed it the output of a previous layer (e.g. conv -> NormAct), "
+                f"or x * 1.0, or use inplace_abn=False"
+            )
+
     def _inplace(self, x: Tensor) -> Tensor:
         bn = self.norm
         c = bn.check_input(x)
+        self._check_overwritable(x)
         weight = bn.weight
         if weight is not None:
             # gamma must be invertible: keep its sign, floor its size (straight-through above the floor)
@@ -187,14 +201,16 @@ class NormAct(nn.Module):
         if batch_stats:
             with torch.no_grad():
                 stats = bn.batch_moments(x.detach(), _stats.reduce_dims(x.ndim, c))
-            if bn.updates_running_stats():
-                bn.update_running(stats)
             mean, var, count = stats.mean, stats.var, stats.count
             if bn.sync_statistics:
                 group = bn.process_group
         else:
             mean, var, count = bn.running_mean, bn.running_var, 1
-        return _InPlaceABN.apply(
+        y = _InPlaceABN.apply(
             x, weight, bn.bias, mean.detach(), var.detach(), count, batch_stats, bn.eps, c,
             self.activation, self.negative_slope, self.alpha, group,
         )
+        # Only once the in-place step has succeeded: a failure leaves the running statistics as they were.
+        if batch_stats and bn.updates_running_stats():
+            bn.update_running(stats)
+        return y
