@@ -189,3 +189,17 @@ def test_time_step_statistics_are_left_alone_with_a_warning():
         recalibrate(model, [x], progress=False)  # the model is in training mode: its buffers still stay put
     assert all(torch.equal(v, before[k]) for k, v in model[1].state_dict().items())
     torch.testing.assert_close(model[0].running_mean, x.mean(dim=(0, 2)))  # the plain layer was recalibrated
+
+
+def test_recalibrate_reaches_batch_norm_inside_inplace_norm_act():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 1).double()
+    model = nn.Sequential(conv, nlnn.NormAct(nlnn.BatchNorm2d(3), activation="elu", inplace_abn=True).double()).eval()
+    batches = [torch.randn(4, 2, 3, 3, dtype=torch.float64) * (k + 1) + k for k in range(3)]
+    with torch.no_grad():
+        h = torch.cat([conv(b) for b in batches]).transpose(0, 1).reshape(3, -1).numpy()
+    recalibrate(model, batches, progress=False)
+    bn = model[1].norm
+    np.testing.assert_allclose(bn.running_mean.numpy(), h.mean(axis=1), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.running_var.numpy(), h.var(axis=1, ddof=1), rtol=1e-10, atol=1e-12)
+    assert not bn.training and int(bn.num_batches_tracked) == 0

@@ -22,6 +22,9 @@ so a conv -> BN -> activation block stores one tensor instead of two. The rules 
   gamma_floor)`` (1e-5; the paper uses ``|gamma| + eps``), identical to the standard mode unless |gamma| < 1e-5;
 * the norm must be a plain :class:`~normlab.nn.BatchNorm` (1d/2d/3d, any axis, synchronized or not); the input is
   overwritten, so it must not be needed elsewhere (torch raises if it is: the usual conv -> NormAct is fine).
+
+The norm's forward pre-hooks run as if it were called (so ``freeze`` and ``recalibrate`` reach it); its forward
+(post) hooks do not, since the norm's own output never exists apart from the activation's.
 """
 
 from __future__ import annotations
@@ -59,6 +62,25 @@ def _invert(y: Tensor, dy: Tensor, activation: str, slope: float, alpha: float) 
         return torch.where(neg, y / slope, y), torch.where(neg, dy * slope, dy)
     # elu: y = alpha * (exp(z) - 1) for z <= 0, so z = log1p(y / alpha) and dy/dz = y + alpha there
     return torch.where(neg, torch.log1p(y / alpha), y), torch.where(neg, dy * (y + alpha), dy)
+
+
+def _run_forward_pre_hooks(module: nn.Module, x: Tensor) -> Tensor:
+    """What ``module(x)`` does before its ``forward``: torch's global and the module's forward pre-hooks, in torch's
+    order (each may replace the input). The in-place mode never calls ``norm(x)``, so without this the hooks that
+    tools put on the norm (``freeze``, ``recalibrate``, ``record``) would never see it."""
+    args: tuple = (x,)
+    kwargs: dict = {}
+    hooks = (*nn.modules.module._global_forward_pre_hooks.items(), *module._forward_pre_hooks.items())
+    for hook_id, hook in hooks:
+        if hook_id in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return args[0]
 
 
 class _InPlaceABN(torch.autograd.Function):
@@ -188,6 +210,7 @@ class NormAct(nn.Module):
 
     def _inplace(self, x: Tensor) -> Tensor:
         bn = self.norm
+        x = _run_forward_pre_hooks(bn, x)
         c = bn.check_input(x)
         self._check_overwritable(x)
         weight = bn.weight
