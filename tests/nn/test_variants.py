@@ -285,3 +285,33 @@ def test_bln_state_dict_round_trip_and_errors():
         BatchLayerNorm(3, batch_size=0)
     with pytest.raises(ValueError, match=r"BatchLayerNorm\(3\): the channel axis cannot be the batch axis 0"):
         BatchLayerNorm(3, axis=0)(torch.randn(3, 4))
+
+
+def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
+    """A batch no larger than one virtual batch must still be normalized with its own (local) statistics when the
+    layer is synchronized; only the running statistics pool. The other process is faked by a fixed batch."""
+    from normlab import _stats
+    from normlab.nn import sync
+
+    torch.manual_seed(0)
+    other = torch.randn(5, 3, 4, dtype=torch.float64) * 3 + 2
+    calls = []
+
+    def fake_all_merge(stats, group=None):
+        calls.append(group)
+        theirs = _stats.moments(other, (0, 2))
+        counts = torch.tensor([[float(stats.count)], [float(theirs.count)]], dtype=torch.float64)
+        pooled = _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
+        return _stats.Moments(pooled.mean, pooled.var, int(stats.count) + theirs.count)
+
+    monkeypatch.setattr(sync, "all_merge_moments", fake_all_merge)
+    gbn = GhostBatchNorm(3, virtual_batch_size=8, momentum=1.0).double()
+    gbn.sync_statistics = True
+    x = torch.randn(4, 3, 4, dtype=torch.float64)
+    y = gbn(x)
+    bn = BatchNorm(3).double()
+    torch.testing.assert_close(y, bn(x))  # local statistics: BatchNorm on this process's batch alone
+    assert calls  # ... and the running statistics were pooled
+    both = torch.cat([x, other]).transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(gbn.running_mean, both.mean(dim=1))
+    torch.testing.assert_close(gbn.running_var, both.var(dim=1, unbiased=True))

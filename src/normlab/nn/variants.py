@@ -163,7 +163,9 @@ class GhostBatchNorm(BatchNormBase):
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
-        if not self.uses_batch_stats() or x.shape[0] <= self.virtual_batch_size:
+        # One virtual batch is BatchNorm's path, but only locally: synchronized, that path would pool the batch
+        # over processes, and virtual batches stay local.
+        if not self.uses_batch_stats() or (x.shape[0] <= self.virtual_batch_size and not self.sync_statistics):
             return super()._normalize(x, axis)
         _check_batch_axis(self, axis)
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
@@ -186,11 +188,7 @@ class GhostBatchNorm(BatchNormBase):
                 pooled = _stats.merge_moments(
                     torch.stack([m.mean for m in parts]), torch.stack([m.var for m in parts]), counts[:, None]
                 )
-                pooled = _stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts)))
-                if self.sync_statistics:
-                    from . import sync
-
-                    pooled = sync.all_merge_moments(pooled, self.process_group)
+                pooled = self._pool(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
             self.update_running(pooled)
         return out
 
