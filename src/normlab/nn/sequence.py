@@ -87,20 +87,21 @@ class MaskedBatchNorm(BatchNormBase):
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"{name}: expected a bool mask (True = valid), got {got}")
+        given = tuple(mask.shape)
         if mask.ndim == x.ndim - 1:
             mask = mask.unsqueeze(c)
         try:
-            torch.broadcast_shapes(mask.shape, x.shape)
-            ok = mask.ndim == x.ndim
+            # The mask broadcasts *to* x: a larger mask would broadcast x up and change the output's shape.
+            ok = mask.ndim == x.ndim and torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
             ok = False
         if not ok:
             without = tuple(s for d, s in enumerate(x.shape) if d != c)
             raise ValueError(
                 f"{name}: expected a mask of shape {without} (the input without its channel axis) or broadcastable "
-                f"to {tuple(x.shape)}, got {tuple(mask.shape)}"
+                f"to the input's shape {tuple(x.shape)}, got a mask of shape {given}"
             )
-        return mask
+        return mask.to(x.device)
 
 
 class TimeStepBatchNorm(BatchNormBase):
