@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats
-from ._common import channel_axis, has_running_stats, is_batch_norm
+from ._common import channel_axis, has_running_stats, is_batch_norm, is_uncentred
 
 __all__ = ["recalibrate"]
 
@@ -76,14 +76,6 @@ def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | 
     mask = args[1] if len(args) > 1 else kwargs.get("mask")
     lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
     return x, norm._mask(x, channel_axis(norm) % x.ndim, mask, lengths)
-
-
-def _uncentred(norm: nn.Module) -> bool:
-    """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020)."""
-    from .. import nn as nlnn
-
-    mabn = getattr(nlnn, "MovingAverageBatchNorm", None)
-    return mabn is not None and isinstance(norm, mabn)
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
@@ -200,7 +192,7 @@ def recalibrate(
                 missed.append(name)
                 continue
             seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
-            if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+            if is_uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
                 second = acc.variance(False) + acc.mean**2
                 m.running_var.copy_(torch.where(seen, second, m.running_var.to(second.dtype)))
                 continue
