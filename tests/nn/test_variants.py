@@ -315,3 +315,26 @@ def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
     both = torch.cat([x, other]).transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(gbn.running_mean, both.mean(dim=1))
     torch.testing.assert_close(gbn.running_var, both.var(dim=1, unbiased=True))
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda v: BatchNorm(v), "num_features"),
+    (lambda v: GhostBatchNorm(3, v), "virtual_batch_size"),
+    (lambda v: MovingAverageBatchNorm(3, buffer_size=v), "buffer_size"),
+    (lambda v: BatchLayerNorm(3, batch_size=v), r"batch_size must be a positive int or None"),
+])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_positive_int_arguments_share_one_check(build, what, bad):
+    what = what if " " in what else f"{what} must be a positive int"
+    with pytest.raises(ValueError, match=rf"\w+: {what}, got {bad!r}"):
+        build(bad)
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda v: BatchRenorm(3, warmup_steps=v), "warmup_steps"),
+    (lambda v: MovingAverageBatchNorm(3, renorm_warmup_iters=v), "renorm_warmup_iters"),
+])
+@pytest.mark.parametrize("bad", [-1, 2.0, True])
+def test_non_negative_int_arguments_share_one_check(build, what, bad):
+    with pytest.raises(ValueError, match=rf"{what} must be a non-negative int, got {bad!r}"):
+        build(bad)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as TF
 
-from .. import _stats
+from .. import _stats, _validate
 from .. import functional as F
 from .batchnorm import BatchNormBase
 
@@ -82,8 +82,7 @@ class BatchRenorm(BatchNormBase):
         if not d_max >= 0.0:
             raise ValueError(f"{name}: d_max must be >= 0, got {d_max}")
         for what, v in (("warmup_steps", warmup_steps), ("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: {what} must be a non-negative int, got {v!r}")
+            _validate.check_non_negative_int(v, name, what)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.r_max, self.d_max = float(r_max), float(d_max)
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
@@ -154,8 +153,7 @@ class GhostBatchNorm(BatchNormBase):
         dtype=None,
         **kwargs,
     ) -> None:
-        if not isinstance(virtual_batch_size, int) or isinstance(virtual_batch_size, bool) or virtual_batch_size < 1:
-            raise ValueError(f"GhostBatchNorm: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+        _validate.check_positive_int(virtual_batch_size, type(self).__name__, "virtual_batch_size")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.virtual_batch_size = virtual_batch_size
 
@@ -267,10 +265,9 @@ class MovingAverageBatchNorm(BatchNormBase):
     ) -> None:
         name = type(self).__name__
         _require_running_stats(self, {"track_running_stats": track_running_stats})
-        for what, v in (("buffer_size", buffer_size), ("warmup_iters", warmup_iters),
-                        ("renorm_warmup_iters", renorm_warmup_iters)):
-            if not isinstance(v, int) or v < (1 if what == "buffer_size" else 0):
-                raise ValueError(f"{name}: {what} must be a {'positive' if what == 'buffer_size' else 'non-negative'} int, got {v!r}")
+        _validate.check_positive_int(buffer_size, name, "buffer_size")
+        _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
+        _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
         if not r_max >= 1.0:
             raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
@@ -361,8 +358,7 @@ class BatchLayerNorm(BatchNormBase):
         scale_by_sqrt_features: bool = True,
         **kwargs,
     ) -> None:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"BatchLayerNorm: batch_size must be a positive int or None, got {batch_size!r}")
+        _validate.check_positive_int(batch_size, type(self).__name__, "batch_size", or_none=True)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.batch_size = batch_size
         self.scale_by_sqrt_features = scale_by_sqrt_features
