@@ -102,6 +102,34 @@ def test_renorm_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b: brn(x), (x, brn.weight, brn.bias))
 
 
+def test_renorm_gradient_with_unclipped_r_d_treats_them_as_constants():
+    # Inside the limits r and d depend on the batch, and the paper's gradient holds them constant, so finite
+    # differences in x would not match by design: gradcheck the parameters (r, d do not depend on them), and
+    # compare the input gradient with the float64 formula y = gamma * (x_hat * r + d) + beta with r, d detached.
+    torch.manual_seed(4)
+    brn = _randomize(BatchRenorm(3, momentum=0.0, r_max=3.0, d_max=5.0, warmup_steps=0, r_max_steps=0,
+                                 d_max_steps=0, dtype=torch.float64))
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+        brn.running_var.copy_(torch.tensor([4.0, 0.25, 2.5]))
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    mu = x.mean(dim=(0, 2))
+    sigma_b = torch.sqrt(x.var(dim=(0, 2), unbiased=False) + brn.eps)
+    sigma = torch.sqrt(brn.running_var + brn.eps)
+    r, d = (sigma_b / sigma).detach(), ((mu - brn.running_mean) / sigma).detach()
+    assert bool(((r - 1).abs() > 0.05).all()) and bool((r < 3.0).all()) and bool((r > 1 / 3.0).all())
+    assert bool((d.abs() > 0.01).all()) and bool((d.abs() < 5.0).all())  # unclipped and far from r=1, d=0
+    assert torch.autograd.gradcheck(lambda w, b: brn(x.detach()), (brn.weight, brn.bias))
+    view = lambda t: t[None, :, None]  # noqa: E731
+    want = view(brn.weight) * ((x - view(mu)) / view(sigma_b) * view(r) + view(d)) + view(brn.bias)
+    got = brn(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    (dx_got,) = torch.autograd.grad(got, x, g)
+    (dx_want,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(dx_got, dx_want)
+
+
 def test_renorm_state_dict_round_trip_and_errors():
     a = _randomize(BatchRenorm(3))
     a(torch.randn(4, 3))
