@@ -95,7 +95,7 @@ def test_tbn_spec_builds_time_step_batchnorm_with_the_papers_defaults():
 
 
 def test_tbn_spec_without_or_with_conflicting_step_count_is_refused():
-    with pytest.raises(ValueError, match=r"make_norm: spec 'tbn' needs the number of time steps T_max: write 'tbn:<int>'"):
+    with pytest.raises(ValueError, match=r"spec 'tbn' needs the number of time steps T_max: write 'tbn:<int>'"):
         make_norm("tbn", 4)
     with pytest.raises(ValueError, match=r"make_norm: spec 'tbn:3' and max_steps=4 disagree"):
         make_norm("tbn:3", 4, max_steps=4)

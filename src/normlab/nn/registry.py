@@ -93,7 +93,8 @@ def _time_step_bn(num_features: int, arg: int | None, /, **kw) -> nn.Module:
         given = kw.pop("max_steps")
         if max_steps is not None and given != max_steps:
             raise ValueError(
-                f"make_norm: spec 'tbn:{max_steps}' and max_steps={given!r} disagree; give the number of time steps once"
+                f"make_norm: spec 'tbn:{max_steps}' and max_steps={given!r} disagree; give the number of time "
+                f"steps once"
             )
         max_steps = given
     if max_steps is None:
