@@ -137,8 +137,9 @@ class GhostBatchNorm(BatchNormBase):
     call with the exact pooled statistics of all virtual batches (``merge_moments``, i.e. the whole batch's mean
     and variance), so inference is BatchNorm's. With a virtual batch >= the batch the layer *is* BatchNorm.
 
-    When synchronized over processes, each process's virtual batches stay local (they are the point of the layer);
-    only the running statistics pool every process's batch.
+    When synchronized over processes, each process's virtual batches stay local (they are the point of the layer),
+    also when a process's whole batch fits in one virtual batch; only the running statistics pool every process's
+    batch.
     """
 
     def __init__(
