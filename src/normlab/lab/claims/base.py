@@ -174,8 +174,12 @@ class Context:
 def _run_unit(fn: Callable[[dict], dict], unit: dict) -> dict:
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # units run side by side; one thread each is fastest on a small machine
-    return fn(unit)
+    try:
+        return fn(unit)
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

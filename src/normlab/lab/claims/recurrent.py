@@ -22,9 +22,7 @@ def _build(spec: str, hidden: int):
         from ..models import build_model
     except ImportError as exc:
         raise MissingDependency(f"the lab's recurrent model (normlab.lab.models) is not available ({exc})") from exc
-    from torch import nn
-
-    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), build_model("rnn", (1, 28, 28), 10, norm=spec, hidden=hidden))
+    return build_model("rnn", (1, 28, 28), 10, norm=spec, hidden=hidden)
 
 
 def _unit(u: dict) -> dict:
