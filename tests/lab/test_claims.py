@@ -209,3 +209,16 @@ def test_mlp_dropout_positions_and_kept_preactivations():
     assert torch.allclose(m.post[0], torch.sigmoid(m.pre[0]))
     with pytest.raises(ValueError, match="dropout_pos must be"):
         MLP(784, [8], dropout_pos="middle")
+
+
+def test_digits_split_is_shuffled_so_slices_mix_classes():
+    # Regression: the lab's split is grouped by class; the first examples were all zeros, which made small
+    # evaluation batches non-i.i.d. and the eval-mode training subset three classes only.
+    from normlab.lab.claims._common import digits
+
+    d = digits(0)
+    assert len(d.y_train) == 4000 and len(d.y_val) == 1000
+    assert len(set(d.y_val[:50].tolist())) >= 8 and len(set(d.y_train[:50].tolist())) >= 8
+    assert sorted(d.y_val.tolist()) == sorted(digits(0).y_val.tolist())
+    small = digits(1, n_train=300)
+    assert len(small.y_train) == 300 and len(set(small.y_train.tolist())) == 10

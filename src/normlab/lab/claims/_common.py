@@ -36,10 +36,13 @@ def digits(seed: int, n_train: int | None = None):
     import dataclasses
 
     ds = _mnist5k(seed)
-    if n_train is not None:
-        keep = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(10_000 + seed))[:n_train]
-        ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
-    return ds
+    # The split comes grouped by class; shuffle both parts (seeded) so that any slice -- the training subset
+    # evaluated in eval mode, the step-0 probe batch, small evaluation batches -- is a mix of classes.
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    keep = torch.randperm(len(ds.y_train), generator=gen)[:n_train]
+    val = torch.randperm(len(ds.y_val), generator=gen)
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep], x_val=ds.x_val[val],
+                               y_val=ds.y_val[val])
 
 
 # -------------------------------------------------------------------------------------------------------- models

@@ -37,7 +37,7 @@ __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResu
 
 LEVELS = ("tiny", "quick", "full")
 DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
-UNIT_FORMAT = 1  # bump when the meaning of stored units changes, so old files are not reused
+UNIT_FORMAT = 2  # bump when the meaning of stored units changes, so old files are not reused
 
 
 class MissingDependency(RuntimeError):

@@ -92,6 +92,6 @@ CLAIM = Claim(
                Rule(metric=VAL, treatment="bn", control="none", direction="greater"),
                Rule(metric=VAL, treatment="bn", control="ln", direction="greater")),
     interpretation="The norm layers start at gamma = 1 (the lab model's default), not Cooijmans' 0.1.",
-    configs={"tiny": _cfg(4, 2), "quick": _cfg(300, 50), "full": _cfg(1500, 100)},
+    configs={"tiny": _cfg(4, 2), "quick": _cfg(250, 50), "full": _cfg(1500, 100)},
     run=run,
 )

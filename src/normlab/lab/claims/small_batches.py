@@ -106,6 +106,6 @@ CLAIM = Claim(
     interpretation=("Primary rule: BN loses more accuracy at small batches than the same network without "
                     "normalization (so the loss is BN's, not the batch size's). Secondary rules: each alternative "
                     "beats BN at the smallest batch size."),
-    configs={"tiny": _cfg([2, 16], 6), "quick": _cfg([2, 8, 32, 128], 300), "full": _cfg([2, 4, 8, 16, 32, 128], 800)},
+    configs={"tiny": _cfg([2, 16], 6), "quick": _cfg([2, 8, 32, 128], 250), "full": _cfg([2, 4, 8, 16, 32, 128], 800)},
     run=run,
 )
