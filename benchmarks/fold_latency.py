@@ -2,8 +2,8 @@
 
 Prints one table (median milliseconds per forward at batch 1 and 32, eval mode, torch.inference_mode) and the
 unfolded/folded ratio measured in this run; ``--json PATH`` also writes the figures. Not a test: nothing is
-asserted about speed. The model is the lab's ``normlab.lab.models.resnet`` when it is installed, else a local
-copy of the same shape (3x3 stem, basic blocks with 1x1 projection shortcuts, global pooling, linear head).
+asserted about speed. The model is the lab's ``normlab.lab.models.resnet`` (3x3 stem, one basic block per width
+16/32/64 with 1x1 projection shortcuts, global pooling, linear head) with normlab BatchNorm layers, 32x32 input.
 
     python benchmarks/fold_latency.py [--repeats 30] [--threads 1] [--json out.json]
 """
@@ -19,41 +19,11 @@ import time
 import torch
 from torch import nn
 
-from normlab import nn as nlnn
+from normlab.lab.models import resnet
 from normlab.tools import fold_batchnorm, plan_fold
 
 
-class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = nlnn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = nlnn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nlnn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        h = torch.relu(self.norm1(self.conv1(x)))
-        return torch.relu(self.norm2(self.conv2(h)) + self.shortcut(x))
-
-
-def local_resnet(widths=(16, 32, 64), num_classes: int = 10) -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nlnn.BatchNorm2d(widths[0]), nn.ReLU()]
-    c_in = widths[0]
-    for i, w in enumerate(widths):
-        layers.append(_Block(c_in, w, 2 if i > 0 else 1))
-        c_in = w
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
-    return nn.Sequential(*layers)
-
-
 def build_model() -> tuple[nn.Module, str]:
-    try:
-        from normlab.lab.models import resnet
-    except ImportError:
-        return local_resnet(), "local ResNet-style CNN (normlab.lab.models not installed)"
     return resnet((3, 32, 32), 10, norm="bn"), "normlab.lab.models.resnet((3, 32, 32), 10, norm='bn')"
 
 

@@ -54,3 +54,50 @@ def test_unknown_and_malformed_specs_list_valid_ones():
         make_norm("bn:3", 4)
     with pytest.raises(TypeError, match=r"spec must be a string"):
         make_norm(None, 4)
+
+
+@pytest.mark.parametrize("spec", ["bn", "brn", "gbn:2", "mabn", "bln", "gn:2", "ln", "in", "rms"])
+def test_half_input_with_float32_parameters_keeps_the_input_dtype(spec):
+    # regression: MABN, BLN and the feature-map LN/RMS used to return float32 for bfloat16 inputs
+    layer = make_norm(spec, 4)
+    x = torch.randn(4, 4, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()
+
+
+def test_masked_spec_is_masked_batchnorm_and_ignores_padding():
+    from normlab.nn import MaskedBatchNorm
+
+    layer = make_norm("masked", 3, momentum=0.2)
+    assert type(layer) is MaskedBatchNorm and layer.momentum == 0.2
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 4, 5])
+    y = layer.double()(x, lengths=lengths)
+    valid = torch.cat([x[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1)  # (C, sum of lengths)
+    mu, var = valid.mean(1), valid.var(1, unbiased=False)
+    want0 = (x[0] - mu[:, None]) / torch.sqrt(var[:, None] + layer.eps)
+    torch.testing.assert_close(y[0], want0)
+    assert torch.equal(y[1, :, 2:], torch.zeros(3, 4, dtype=torch.float64))
+
+
+def test_tbn_spec_builds_time_step_batchnorm_with_the_papers_defaults():
+    from normlab.nn import TimeStepBatchNorm
+
+    a = make_norm("tbn:7", 5)
+    b = make_norm("tbn", 5, max_steps=7, momentum=0.3)
+    assert type(a) is TimeStepBatchNorm and type(b) is TimeStepBatchNorm
+    assert a.max_steps == b.max_steps == 7 and b.momentum == 0.3
+    assert a.running_mean.shape == (7, 5) and a.weight.shape == (5,)  # shared affine, per-step statistics
+    assert torch.equal(a.weight, torch.full((5,), 0.1))  # Cooijmans et al.: gamma starts at 0.1
+    assert make_norm("TBN:7", 5, max_steps=7, gamma_init=1.0).weight[0] == 1.0  # agreeing twice is fine
+
+
+def test_tbn_spec_without_or_with_conflicting_step_count_is_refused():
+    with pytest.raises(ValueError, match=r"spec 'tbn' needs the number of time steps T_max: write 'tbn:<int>'"):
+        make_norm("tbn", 4)
+    with pytest.raises(ValueError, match=r"make_norm: spec 'tbn:3' and max_steps=4 disagree"):
+        make_norm("tbn:3", 4, max_steps=4)
+    with pytest.raises(ValueError, match=r"TimeStepBatchNorm: max_steps must be a positive int, got 0"):
+        make_norm("tbn", 4, max_steps=0)

@@ -125,3 +125,20 @@ def test_recalibrate_mabn_sets_the_second_moment():
     torch.testing.assert_close(norm.running_var, (data**2).mean(0))
     assert torch.equal(norm.running_mean, torch.zeros(3, dtype=torch.float64))
     assert int(norm.num_batches_tracked) == 0 and torch.equal(norm.x2_history, torch.zeros_like(norm.x2_history))
+
+
+def test_sync_conversion_keeps_state_and_refuses_mabn():
+    model = trained_model()
+    converted = convert_norm(model, "sync")
+    for i in (1, 4):
+        assert isinstance(converted[i], nlnn.BatchNormBase) and converted[i].sync_statistics
+        for k, v in model[i].state_dict().items():
+            assert torch.equal(converted[i].state_dict()[k], v), k
+    assert isinstance(model[1], nn.BatchNorm2d) and not model[4].sync_statistics  # original untouched
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():  # eval mode needs no process group
+        torch.testing.assert_close(converted(x), model(x))
+    with pytest.raises(ValueError, match="MovingAverageBatchNorm.*cannot be synchronized"):
+        convert_norm(convert_norm(model, "mabn"), "sync", inplace=True)
+    with pytest.raises(ValueError, match=r"spec 'sync' takes only process_group=, got \['eps'\]"):
+        convert_norm(model, "sync", eps=1e-3)

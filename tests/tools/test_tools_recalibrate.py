@@ -161,3 +161,31 @@ def test_layer_never_reached_warns_and_keeps_its_statistics():
     with pytest.warns(UserWarning, match="no batch reached unused"):
         recalibrate(model, [torch.randn(5, 2) + 1], progress=False)
     assert torch.equal(model.unused.running_mean, torch.full((2,), 4.0))
+
+
+def test_masked_batch_norm_counts_only_valid_positions():
+    norm = nlnn.MaskedBatchNorm(3, axis=-1)
+    xs, lengths = [], []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(4, 6, 3, generator=gen, dtype=torch.float64) * 2 + 1
+        n = torch.randint(1, 7, (4,), generator=gen)
+        for i, k in enumerate(n.tolist()):
+            x[i, k:] = float("nan")  # padding never enters the statistics
+        xs.append(x)
+        lengths.append(n)
+    norm = norm.double()
+    recalibrate(norm, list(zip(xs, lengths)), forward=lambda m, b: m(b[0], lengths=b[1]), progress=False)
+    valid = torch.cat([x[i, :k] for x, n in zip(xs, lengths) for i, k in enumerate(n.tolist())])
+    torch.testing.assert_close(norm.running_mean, valid.mean(0))
+    torch.testing.assert_close(norm.running_var, valid.var(0))
+
+
+def test_time_step_statistics_are_left_alone_with_a_warning():
+    model = nn.Sequential(nn.BatchNorm1d(3), nlnn.TimeStepBatchNorm(3, max_steps=4, axis=1, time_axis=2))
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    x = torch.randn(5, 3, 4) * 3 + 1
+    with pytest.warns(UserWarning, match="1 keep running statistics per time step; not recalibrated"):
+        recalibrate(model, [x], progress=False)  # the model is in training mode: its buffers still stay put
+    assert all(torch.equal(v, before[k]) for k, v in model[1].state_dict().items())
+    torch.testing.assert_close(model[0].running_mean, x.mean(dim=(0, 2)))  # the plain layer was recalibrated

@@ -44,7 +44,7 @@ from .models import MODELS, build_model, model_options
 from .store import DB_NAME, Store
 from .train import TrainConfig, train
 
-__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs"]
+__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch"]
 
 _TOP_KEYS = ("name", "out", "description", "base", "grid")
 _CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
@@ -202,20 +202,37 @@ def load_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = None) 
     return spec
 
 
+def prefetch(spec: Spec, echo: Callable[[str], None] | None = print) -> list[tuple[str, Path]]:
+    """Download the file data sets (MNIST, Fashion-MNIST, CIFAR-10) that ``spec``'s runs read, unless present.
+
+    Runs read ``data_args["root"]``; fetching first keeps ``download`` out of the configs (and the run keys).
+    """
+    from .data import FILE_SETS, fetch
+
+    wanted = []
+    for config, _ in spec.runs:
+        if config.data in FILE_SETS:
+            if "root" not in config.data_args:
+                raise SpecError(f"{spec.path or spec.name}: data {config.data!r} needs data_args.root (a directory)")
+            item = (config.data, Path(config.data_args["root"]).expanduser())
+            if item not in wanted:
+                wanted.append(item)
+    for name, root in wanted:
+        if echo:
+            echo(f"fetching {name} into {root} (files already there are kept)")
+        fetch(name, root)
+    return wanted
+
+
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; intra-op threads would only fight each other
-
-
-def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None) -> tuple[str, bool, dict, float]:
+def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None,
+             progress: str = "none") -> tuple[str, bool, dict, float]:
     """Train one run and store it (in the worker, so a dying parent loses nothing that finished)."""
     config = TrainConfig(**config_dict)
-    result = train(config, progress="none", threads=threads)
+    result = train(config, progress=progress, threads=threads)
     with Store(db_path) as store:
         store.save(result, sweep=sweep, params=params)
     return config.key(), result.diverged, result.final, result.wall_time
@@ -231,11 +248,13 @@ def run_grid(
     out: str | os.PathLike | None = None,
     jobs: int | None = None,
     echo: Callable[[str], None] | None = print,
+    threads: int | None = None,
 ) -> SweepSummary:
     """Run every not-yet-stored run of ``spec`` (a :class:`Spec` or a TOML path) and return a summary.
 
     ``jobs``: parallel processes (default: the number of cores, at most the number of pending runs); with 1 the
-    runs go in this process. ``echo`` prints one line per finished run (None: silent). Runs that raise are
+    runs go in this process. ``threads``: torch threads per run (default: cores // jobs; small models on a busy
+    machine are fastest with 1). ``echo`` prints one line per finished run (None: silent). Runs that raise are
     reported in ``summary.failed`` and not stored, so a rerun retries them.
     """
     if not isinstance(spec, Spec):
@@ -255,6 +274,9 @@ def run_grid(
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"run_grid: jobs must be an int >= 1, got {jobs!r}")
     jobs = min(jobs or default_jobs(), len(pending))
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"run_grid: threads must be an int >= 1, got {threads!r}")
+    threads = threads or max(1, default_jobs() // jobs)
     width = len(str(len(pending)))
     t0 = time.perf_counter()
 
@@ -268,7 +290,7 @@ def run_grid(
     if jobs == 1:
         for i, (config, params) in enumerate(pending, 1):
             try:
-                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, None)
+                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads, "auto")
             except Exception as e:  # a crashing run must not take the sweep down; it is retried next time
                 summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
                 say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
@@ -276,9 +298,9 @@ def run_grid(
             report(i, params, key, diverged, final, wall)
     else:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's thread pools
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {
-                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, None): (c, p) for c, p in pending
+                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, threads): (c, p) for c, p in pending
             }
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 config, params = futures[fut]

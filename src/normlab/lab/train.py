@@ -12,7 +12,9 @@ a separate seeded generator for the order of examples; the data split uses ``spl
 Distributed: when ``torch.distributed`` is initialized (or ``WORLD_SIZE > 1`` in the environment, as under
 ``torchrun``; the gloo backend is used on CPU), the model is wrapped in DistributedDataParallel and every global
 minibatch of ``batch_size`` is split into equal contiguous shards, one per rank; step metrics are averaged
-over ranks, so every rank returns the same :class:`RunResult`.
+over ranks, and the buffers (BN running statistics) are broadcast from rank 0 before every evaluation, as DDP does
+before every forward, so every rank returns the same :class:`RunResult`. Batch statistics are each rank's own
+(unless ``sync_bn=True``: then they are pooled over ranks and a k-process run equals a one-process run).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class TrainConfig:
     ``batch_size`` is the global batch; ``drop_last`` drops a final short batch (a final batch of one example
     is always dropped: batch statistics of one example are undefined). ``eval_every`` = k evaluates every k
     steps (0 = at the end of every epoch); evaluation also runs at step 0 and at the end.
+    Distributed: ``sync_bn=True`` pools batch statistics over all processes
+    (``normlab.nn.convert_sync_batchnorm``), so a run on k processes equals one process on the global batch; it
+    changes nothing in a single process.
     """
 
     data: str = "mnist5k"
@@ -101,6 +106,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batch_size: int = 1000
     seed: int = 0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +131,9 @@ class TrainConfig:
                 bad(key, "an int >= 0")
         if self.epochs == 0 and self.steps == 0:
             bad("epochs", "an int >= 1 when steps == 0 (a run needs a length)")
+        for key in ("nesterov", "drop_last", "sync_bn"):
+            if not isinstance(getattr(self, key), bool):
+                bad(key, "true or false")
         for key in ("lr", "momentum", "weight_decay", "grad_clip", "lr_decay"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
@@ -373,6 +382,10 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if config.sync_bn:
+            from ..nn import convert_sync_batchnorm
+
+            net = convert_sync_batchnorm(net)
         fwd = DistributedDataParallel(net)
     order_gen = torch.Generator().manual_seed(config.seed)
 
@@ -396,6 +409,11 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     since_eval: list[float] = [0.0, 0.0, 0]  # loss sum, acc sum, steps since the last evaluation
 
     def run_eval(step: int, epoch: int) -> bool:
+        if world > 1:  # each rank's last forward updated its own running statistics: use rank 0's, as DDP does
+            import torch.distributed as dist
+
+            for buf in net.buffers():
+                dist.broadcast(buf, 0)
         val_loss, val_acc = evaluate(net, ds.x_val, ds.y_val, config.eval_batch_size) if len(ds.y_val) else (
             float("nan"), float("nan"))
         k = since_eval[2]
@@ -458,7 +476,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
                 if world > 1:
                     import torch.distributed as dist
 
-                    packed = torch.stack([loss.detach(), correct_t.to(loss.dtype) / len(yb)])
+                    packed = torch.stack([loss.detach().double(), correct_t.double() / len(yb)])
                     dist.all_reduce(packed)
                     loss_v, acc_v = (packed / world).tolist()
                 else:

@@ -118,12 +118,7 @@ class _SampleNorm(nn.Module):
         if c is None:
             return self._native(x, self.normalized_shape, self.weight, self.bias)
         # Feature-map mode: normalize each sample over all its values, then the per-channel affine.
-        y = self._native(x, tuple(x.shape[1:]), None, None)
-        if self.weight is not None:
-            y = y * _stats.channel_view(self.weight, x.ndim, c)
-        if self.bias is not None:
-            y = y + _stats.channel_view(self.bias, x.ndim, c)
-        return y
+        return _stats.affine(self._native(x, tuple(x.shape[1:]), None, None), self.weight, self.bias, axis=c)
 
 
 class LayerNorm(_SampleNorm):
@@ -215,7 +210,7 @@ class InstanceNorm(nn.Module):
 
     Statistics per (sample, channel) over the spatial positions. With ``track_running_stats=True`` training also
     keeps torch's running averages (the batch mean of the per-instance mean and unbiased variance, updated with
-    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is torch's cumulative average.
+    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is the cumulative average (as BatchNorm's).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,

@@ -237,7 +237,8 @@ class TimeStepBatchNorm(BatchNormBase):
             step = first_step + k
             if step >= self.max_steps:
                 break
-            part = _stats.Moments(stats.mean[k * C:(k + 1) * C], stats.var[k * C:(k + 1) * C], stats.count)
+            count = stats.count[k * C:(k + 1) * C] if isinstance(stats.count, Tensor) else stats.count
+            part = _stats.Moments(stats.mean[k * C:(k + 1) * C], stats.var[k * C:(k + 1) * C], count)
             factor = F.momentum_factor(self.momentum, self.num_batches_tracked[step] + 1, self.layer_name)
             _stats.update_running(
                 self.running_mean[step], self.running_var[step], part, momentum=factor,

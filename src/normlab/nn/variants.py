@@ -322,12 +322,7 @@ class MovingAverageBatchNorm(BatchNormBase):
                 momentum=factor, running_var_unbiased=False,
             )
         out = _MovingAverageNormalize.apply(x, chi2, r, self.gz_history, slot, use_average, axis, self.eps)
-        nd = x.ndim
-        if self.weight is not None:
-            out = out * _stats.channel_view(self.weight, nd, axis)
-        if self.bias is not None:
-            out = out + _stats.channel_view(self.bias, nd, axis)
-        return out
+        return _stats.affine(out, self.weight, self.bias, axis=axis)
 
 
 class BatchLayerNorm(BatchNormBase):
@@ -388,7 +383,8 @@ class BatchLayerNorm(BatchNormBase):
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
             # B = samples behind the statistics (all processes' when synchronized).
             per_sample = x[:1].numel() // x.shape[axis]
-            batch = int(stats.count) // per_sample
+            count = stats.count.reshape(-1)[0] if isinstance(stats.count, Tensor) else stats.count
+            batch = round(float(count)) // per_sample
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
@@ -408,10 +404,4 @@ class BatchLayerNorm(BatchNormBase):
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)
         x_f = TF.layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
-        out = w_f * x_f + w_b * x_b
-        nd = x.ndim
-        if self.weight is not None:
-            out = out * _stats.channel_view(self.weight, nd, axis)
-        if self.bias is not None:
-            out = out + _stats.channel_view(self.bias, nd, axis)
-        return out
+        return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)

@@ -69,15 +69,19 @@ def convert_norm(
     """Replace normalization layers of ``model`` by ``make_norm(spec, C, **kw)`` layers; return the model.
 
     ``spec`` is any :func:`normlab.nn.make_norm` spec (``"bn"``, ``"brn"``, ``"gbn:16"``, ``"mabn"``, ``"bln"``,
-    ``"gn:32"``, ``"ln"``, ``"in"``, ``"rms"``, ``"none"``, ...). ``where(name, module)`` picks the layers
-    (default: every batch norm, torch's and normlab's); ``kw`` goes to every new layer's constructor and wins
-    over the carried-over ``eps``/``momentum``/``axis``. Affine parameters and running statistics are copied where
-    both layers have them with the same shape; dtype, device and training mode follow the old layer.
+    ``"gn:32"``, ``"ln"``, ``"in"``, ``"rms"``, ``"none"``, ...) or ``"sync"``: synchronized statistics over
+    ``torch.distributed`` (:func:`normlab.nn.convert_sync_batchnorm` on each picked layer; ``process_group=``
+    is its one keyword; torch's batch norms become normlab ``BatchNorm`` with the same state_dict).
+
+    ``where(name, module)`` picks the layers (default: every batch norm, torch's and normlab's); ``kw`` goes to
+    every new layer's constructor and wins over the carried-over ``eps``/``momentum``/``axis``. Affine parameters
+    and running statistics are copied where both layers have them with the same shape; dtype, device and training
+    mode follow the old layer.
     ``inplace=False`` converts a deep copy (a model that is itself a norm layer is returned converted). Every new
     layer is built before anything is replaced, so an error (bad spec, a layer make_norm cannot build, e.g.
     ``gn:32`` for 48 channels) leaves the model unchanged.
     """
-    from ..nn import make_norm  # the registry of the layer family
+    from ..nn import convert_sync_batchnorm, make_norm  # the layer family's registry and synchronization
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_norm: expected a torch.nn.Module, got {type(model).__name__}")
@@ -91,7 +95,14 @@ def convert_norm(
     if not targets:
         raise ValueError(f"convert_norm: no normalization layer of the model matched: looked for {picked}")
     built: dict[int, nn.Module] = {}
-    for name, old in targets:
+    if isinstance(spec, str) and spec.strip().lower() == "sync":
+        unknown = set(kw) - {"process_group"}
+        if unknown:
+            raise ValueError(f"convert_norm: spec 'sync' takes only process_group=, got {sorted(unknown)}")
+        for name, old in targets:
+            # normlab layers are switched to synchronized statistics; torch's become normlab BatchNorm (same keys).
+            built[id(old)] = convert_sync_batchnorm(copy.deepcopy(old), kw.get("process_group"))
+    for name, old in targets if not built else ():
         channels = _num_channels(name, old)
         probe = make_norm(spec, channels, **kw)
         options = {**_carried_options(old, type(probe)), **kw} if not isinstance(probe, nn.Identity) else {}

@@ -8,10 +8,11 @@ by the population statistics of the layer's input over many batches B_1..B_K (n_
     sigma2_pop  = sum_k n_k (sigma2_k + (mu_k - mu_pop)^2) / N                  (pooled moments, exact)
 
 i.e. the mean of the batch means and the variance of all the values seen, with every value weighted equally (for
-equal-sized batches: every batch weighted equally). For MABN, which normalizes by the second moment without
-centring, the running variance becomes the population second moment sigma2_pop + mu_pop^2. The batch variance alone would miss the spread of the batch
-means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased running
-variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+equal-sized batches: every batch weighted equally). The average batch variance alone would miss the spread of
+the batch means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased
+running variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+For MABN, which normalizes by the second moment without centring, the running variance becomes the population
+second moment sigma2_pop + mu_pop^2.
 
 During the passes every batch norm normalizes with batch statistics, as in training, so that each layer sees the
 inputs it saw during training. Accumulation is in float64 with Chan's pairwise update (no E[x^2] - E[x]^2).
@@ -33,30 +34,48 @@ __all__ = ["recalibrate"]
 
 
 class _PooledMoments:
-    """Running per-channel count, mean and sum of squared deviations (float64), merged batch by batch."""
+    """Per-channel count, mean and sum of squared deviations (float64), merged batch by batch (Chan et al.)."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count: Tensor | None = None
         self.mean: Tensor | None = None
         self.m2: Tensor | None = None
 
-    def add(self, x: Tensor, axis: int) -> None:
+    def add(self, x: Tensor, axis: int, mask: Tensor | None = None) -> None:
         x = x.detach().to(torch.float64)
-        batch = _stats.moments(x, _stats.reduce_dims(x.ndim, axis))
-        n_b = batch.count
-        if n_b == 0:
-            return
+        batch = _stats.moments(x, _stats.reduce_dims(x.ndim, axis), mask=mask)
+        n_b = torch.as_tensor(batch.count, dtype=torch.float64, device=x.device).expand_as(batch.mean)
         if self.mean is None:
-            self.count, self.mean, self.m2 = n_b, batch.mean.clone(), batch.var * n_b
-            return
+            self.count, self.mean, self.m2 = (torch.zeros_like(batch.mean) for _ in range(3))
         total = self.count + n_b
+        weight = n_b / total.clamp_min(1)  # 0 for a channel that has seen nothing yet in both
         delta = batch.mean - self.mean
-        self.mean = self.mean + delta * (n_b / total)
-        self.m2 = self.m2 + batch.var * n_b + delta * delta * (self.count * n_b / total)
+        self.mean = self.mean + delta * weight
+        self.m2 = self.m2 + batch.var * n_b + delta * delta * self.count * weight
         self.count = total
 
+    def seen(self) -> Tensor | None:
+        """Per channel: did any value arrive?"""
+        return None if self.count is None else self.count > 0
+
     def variance(self, unbiased: bool) -> Tensor:
-        return self.m2 / (self.count - 1 if unbiased and self.count > 1 else self.count)
+        var = self.m2 / self.count.clamp_min(1)
+        return _stats.unbiased(var, self.count) if unbiased else var
+
+
+def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+    """The input of a batch-norm call and, for MaskedBatchNorm, its validity mask (padding must not count)."""
+    from .. import nn as nlnn
+
+    x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+    if not isinstance(x, Tensor):
+        return None, None
+    masked = getattr(nlnn, "MaskedBatchNorm", None)
+    if masked is None or not isinstance(norm, masked):
+        return x, None
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+    return x, norm._mask(x, channel_axis(norm) % x.ndim, mask, lengths)
 
 
 def _uncentred(norm: nn.Module) -> bool:
@@ -106,15 +125,23 @@ def recalibrate(
     not exceed what ``batches`` holds. Handles torch's ``BatchNorm*d``/``SyncBatchNorm`` and every
     ``normlab.nn.BatchNormBase`` layer that keeps running statistics. Runs under ``torch.no_grad()``.
 
-    Only the running mean and variance change: the layers' ``training`` flags, ``momentum`` and their other
-    buffers (``num_batches_tracked``, MABN's histories, ...) are restored afterwards, and on any error (a bad batch, too few batches) the running
-    statistics are left as they were. A layer that no batch reached keeps its statistics, with a warning.
+    Only the running mean and variance of these layers change: their ``training`` flags and every buffer of the
+    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and
+    on any error (a bad batch, too few batches) the running statistics are left as they were. A layer that no
+    batch reached keeps its statistics, with a warning. ``MaskedBatchNorm`` counts only the valid positions of its
+    ``mask``/``lengths``; layers with statistics per time step (``TimeStepBatchNorm``) are left alone, with a
+    warning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
-    if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1):
+    bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
+    if num_batches is not None and bad_count:
         raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
-    norms = [(name, m) for name, m in model.named_modules() if is_batch_norm(m) and has_running_stats(m)]
+    norms, per_step = [], []
+    for name, m in model.named_modules():
+        if is_batch_norm(m) and has_running_stats(m):
+            # Statistics per time step (TimeStepBatchNorm) are not one population per channel.
+            (norms if tuple(m.running_mean.shape) == (m.num_features,) else per_step).append((name, m))
     if not norms:
         raise ValueError(
             "recalibrate: the model has no batch norm with running statistics (torch.nn.BatchNorm*d, SyncBatchNorm "
@@ -125,26 +152,23 @@ def recalibrate(
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)
 
-    # Everything a training-mode pass may touch besides the two statistics (num_batches_tracked, the moving-average
-    # histories of MABN, ...) is put back afterwards.
-    saved = [
-        (m, m.training, m.momentum,
-         {n: b.clone() for n, b in m.named_buffers(recurse=False) if n not in ("running_mean", "running_var")})
-        for _, m in norms
-    ]
+    # The passes run the model as it is (training mode where it is in training mode), so any layer may touch its
+    # buffers (num_batches_tracked, running averages, MABN's histories, other stateful layers): every buffer of the
+    # model is put back afterwards, and only then are the new statistics written.
+    saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    modes = [(m, m.training) for _, m in norms]
     pooled = {id(m): _PooledMoments() for _, m in norms}
     handles = []
 
-    def record(module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], Tensor):
-            pooled[id(module)].add(args[0], channel_axis(module))
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x, mask = _masked_input(module, args, kwargs)
+        if x is not None:
+            pooled[id(module)].add(x, channel_axis(module), mask)
 
     try:
         for _, m in norms:
-            # Batch statistics normalize, as in training; momentum 0 keeps the buffers untouched until the end.
-            m.train()
-            m.momentum = 0.0
-            handles.append(m.register_forward_pre_hook(record))
+            m.train()  # batch statistics normalize, as in training
+            handles.append(m.register_forward_pre_hook(record, with_kwargs=True))
         seen = 0
         with torch.no_grad():
             for batch in _progress(batches, total, progress):
@@ -159,27 +183,38 @@ def recalibrate(
                 f"recalibrate: asked for num_batches={num_batches} but batches held only {seen}; "
                 f"running statistics unchanged"
             )
-        missed = [name for name, m in norms if pooled[id(m)].mean is None]
-        with torch.no_grad():
-            for _, m in norms:
-                acc = pooled[id(m)]
-                if acc.mean is None:
-                    continue
-                if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
-                    m.running_var.copy_((acc.variance(False) + acc.mean**2).to(m.running_var.dtype))
-                    continue
-                unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
-                m.running_mean.copy_(acc.mean.to(m.running_mean.dtype))
-                m.running_var.copy_(acc.variance(unbiased).to(m.running_var.dtype))
     finally:
         for handle in handles:
             handle.remove()
-        for m, training, momentum, buffers in saved:
+        for m, training in modes:
             m.train(training)
-            m.momentum = momentum
-            with torch.no_grad():
-                for n, b in buffers.items():
-                    getattr(m, n).copy_(b)
+        with torch.no_grad():
+            buffers = dict(model.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+    missed = []
+    with torch.no_grad():
+        for name, m in norms:
+            acc = pooled[id(m)]
+            if acc.mean is None or not bool(acc.seen().any()):
+                missed.append(name)
+                continue
+            seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
+            if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+                second = acc.variance(False) + acc.mean**2
+                m.running_var.copy_(torch.where(seen, second, m.running_var.to(second.dtype)))
+                continue
+            unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
+            mean, var = acc.mean, acc.variance(unbiased)
+            m.running_mean.copy_(torch.where(seen, mean, m.running_mean.to(mean.dtype)))
+            m.running_var.copy_(torch.where(seen, var, m.running_var.to(var.dtype)))
     if missed:
-        warnings.warn(f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2)
+        warnings.warn(
+            f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2
+        )
+    if per_step:
+        warnings.warn(
+            f"recalibrate: {', '.join(n for n, _ in per_step)} keep running statistics per time step; not recalibrated",
+            stacklevel=2,
+        )
     return model

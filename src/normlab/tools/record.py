@@ -145,7 +145,7 @@ class ActivationRecorder:
         if flat.numel() > self.max_values:
             # Uniform draws (with replacement, O(max_values)): a stride could alias with the feature-map layout.
             sample = flat[torch.randint(flat.numel(), (self.max_values,), generator=self._gen)]
-        q = torch.quantile(sample, torch.tensor([0.15, 0.50, 0.85]))
+        q = torch.quantile(sample, torch.tensor([0.15, 0.50, 0.85], device=sample.device))
         if x.ndim >= 2:
             dead = (x <= 0).transpose(0, 1).reshape(x.shape[1], -1).all(dim=1).float().mean()
         else:
