@@ -51,7 +51,7 @@ def run(ctx: Context) -> Outcome:
                               "set (Adam). Line: mean over seeds; band: min..max.", fig))
     out.tables.append(C.seed_table(out, (GAP, ACC_GAP, VAL)))
     g = {a: C.mean(out.metrics[GAP][a]) for a in ARMS}
-    out.measured = "gap: " + ", ".join(f"{a} {v:.3f}" for a, v in g.items())
+    out.measured = "val - train loss gap: " + ", ".join(f"{a} {v:.3f}" for a, v in g.items())
     return out
 
 
