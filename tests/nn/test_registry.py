@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import normlab
-from normlab.nn import BatchLayerNorm, BatchNorm, BatchRenorm, MovingAverageBatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, make_norm
+from normlab.nn import (BatchLayerNorm, BatchNorm, BatchRenorm, GhostBatchNorm, GroupNorm, InstanceNorm, LayerNorm,
+                        MovingAverageBatchNorm, RMSNorm, make_norm)
 
 
 def test_top_level_export_is_the_same_function():
@@ -65,6 +66,39 @@ def test_half_input_with_float32_parameters_keeps_the_input_dtype(spec):
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad.float()).all()
+
+
+DIRECT = {
+    "bn": lambda: BatchNorm(4),
+    "brn": lambda: BatchRenorm(4),
+    "gbn:2": lambda: GhostBatchNorm(4, virtual_batch_size=2),
+    "mabn": lambda: MovingAverageBatchNorm(4),
+    "bln": lambda: BatchLayerNorm(4),
+    "gn:2": lambda: GroupNorm(2, 4),
+    "ln": lambda: LayerNorm(4, axis=1),
+    "in": lambda: InstanceNorm(4, affine=True),
+    "rms": lambda: RMSNorm(4, axis=1),
+}
+
+
+@pytest.mark.parametrize("spec", list(DIRECT))
+def test_spec_equals_the_directly_built_layer_with_the_same_state(spec):
+    torch.manual_seed(0)
+    built = make_norm(spec, 4)
+    with torch.no_grad():
+        for p in built.parameters():
+            p.uniform_(0.5, 1.5)
+    direct = DIRECT[spec]()
+    assert type(built) is type(direct) and repr(built) == repr(direct)
+    direct.load_state_dict(built.state_dict())
+    for step in range(2):  # training: outputs and every buffer stay equal
+        x = torch.randn(6, 4, 3, 3) * 2 + step
+        torch.testing.assert_close(built(x), direct(x), rtol=0, atol=0)
+    for key, value in built.state_dict().items():
+        torch.testing.assert_close(direct.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    built.eval(), direct.eval()
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(built(x), direct(x), rtol=0, atol=0)
 
 
 def test_masked_spec_is_masked_batchnorm_and_ignores_padding():

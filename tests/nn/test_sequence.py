@@ -211,3 +211,19 @@ def test_timestep_cumulative_average_counts_each_step_separately():
     assert layer.num_batches_tracked.tolist() == [3, 2, 2]
     torch.testing.assert_close(layer.running_mean[0], torch.stack([x[:, 0].mean(0) for x in seqs]).mean(0))
     torch.testing.assert_close(layer.running_mean[1], torch.stack([x[:, 1].mean(0) for x in seqs[:2]]).mean(0))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_mask_larger_than_input_is_rejected(training):
+    layer = MaskedBatchNorm(3).train(training)
+    x = torch.randn(2, 3, 1)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    # (2, 4) would broadcast x (2, 3, 1) up to (2, 3, 4): more outputs and counts than the input holds
+    with pytest.raises(ValueError, match=r"MaskedBatchNorm\(3\): .*input's shape \(2, 3, 1\), got a mask of shape \(2, 4\)"):
+        layer(x, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"MaskedBatchNorm\(3\): .*got a mask of shape \(4, 3, 1\)"):
+        layer(x, mask=torch.ones(4, 3, 1, dtype=torch.bool))
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    y = layer(x, mask=torch.ones(2, 1, 1, dtype=torch.bool))  # smaller masks still broadcast to the input
+    assert y.shape == x.shape

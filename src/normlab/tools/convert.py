@@ -5,6 +5,13 @@ meaning: the per-channel affine parameters (gamma, beta), the running statistics
 (BN -> batch renorm, ghost BN, another BN class), and ``eps``, ``momentum`` and the channel ``axis`` when the new
 class takes them. Everything else starts as the new class initializes it.
 
+MABN (``"mabn"``) keeps the uncentred second moment as its running variance and a zero running mean, so a centred
+layer's statistics are carried over as ``running_var = var + mean^2``, ``running_mean = 0``. A torch-convention
+running variance is unbiased; the batch size behind it is not stored, so its Bessel factor cannot be undone, and
+it is used as it is: it estimates the population variance, which is what E[x^2] = var + mean^2 needs. MABN's
+iteration counter (``num_batches_tracked``) starts at 0, since its moving-average histories start empty and its
+warm-up must run again.
+
 ``freeze`` fixes the statistics: every layer with running statistics normalizes with them from now on, even after
 ``model.train()``, and its running statistics stop changing. Affine parameters (gamma, beta) of every
 normalization layer stop training unless ``train_affine=True``. Nothing is replaced, so the class of each layer
@@ -20,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._common import has_running_stats, is_batch_norm, is_norm, set_submodule
+from ._common import has_running_stats, is_batch_norm, is_norm, is_uncentred, set_submodule
 
 __all__ = ["convert_norm", "freeze", "unfreeze", "is_frozen"]
 
@@ -56,6 +63,15 @@ def _copy_matching(old: nn.Module, new: nn.Module, names: tuple[str, ...]) -> No
         src, dst = getattr(old, attr, None), getattr(new, attr, None)
         if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
             dst.copy_(src.detach())
+
+
+def _carry_second_moment(old: nn.Module, new: nn.Module) -> None:
+    """Centred running statistics (mean, var) -> MABN's (0, E[x^2] = var + mean^2); see the module docstring."""
+    if old.running_mean.shape != new.running_mean.shape:
+        return
+    mean = old.running_mean.detach().to(new.running_var.dtype)
+    new.running_var.copy_(old.running_var.detach().to(new.running_var.dtype) + mean * mean)
+    new.running_mean.zero_()
 
 
 def convert_norm(
@@ -117,7 +133,10 @@ def convert_norm(
         with torch.no_grad():
             _copy_matching(old, new, ("weight", "bias"))
             if has_running_stats(old) and has_running_stats(new):
-                _copy_matching(old, new, ("running_mean", "running_var", "num_batches_tracked"))
+                if is_uncentred(new) and not is_uncentred(old):
+                    _carry_second_moment(old, new)
+                else:
+                    _copy_matching(old, new, ("running_mean", "running_var", "num_batches_tracked"))
         built[id(old)] = new.train(old.training)
     if id(model) in built:  # the model is itself one norm layer
         return built[id(model)]

@@ -31,6 +31,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .. import _validate
+
 __all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATIONS"]
 
 ACTIVATIONS = (
@@ -79,8 +81,7 @@ class ActivationRecorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationRecorder: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"ActivationRecorder: every must be a positive int, got {every!r}")
+        _validate.check_positive_int(every, "ActivationRecorder", "every")
         if not isinstance(max_values, int) or max_values < 3:
             raise ValueError(f"ActivationRecorder: max_values must be an int >= 3, got {max_values!r}")
         named = dict(model.named_modules())
