@@ -8,7 +8,9 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+from torch.nn import functional as _torch_F
 
 from . import _stats, _validate, kernels
 
@@ -74,16 +76,35 @@ def batch_norm(
     if check_finite:
         _validate.check_finite(input, name, c)
 
+    factor = 0.0
+    if training and has_running:
+        batches = num_batches_tracked + 1 if num_batches_tracked is not None else None
+        factor = momentum_factor(momentum, batches, name)
+
+    if not kernels.use_fast(input) and _torch_can_run(input, c, running_var_unbiased or not has_running,
+                                                      (running_mean, running_var, weight, bias)):
+        # Stepping aside to torch's own kernel (same convention: momentum, unbiased running variance): one
+        # operator call instead of a dozen for tiny tensors, cuDNN/oneDNN on their devices.
+        out = _torch_F.batch_norm(input, running_mean, running_var, weight, bias, training, factor, eps)
+        if training and has_running and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return out
+
     if not training:
         return kernels.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
 
     out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
     if has_running:
-        if num_batches_tracked is not None:
-            factor = momentum_factor(momentum, num_batches_tracked + 1, name)
-        else:
-            factor = momentum_factor(momentum, None, name)
         _stats.update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
     return out
+
+
+def _torch_can_run(input: Tensor, c: int, unbiased_running: bool, vectors) -> bool:
+    """Whether torch.nn.functional.batch_norm computes exactly this call: channel axis 1, torch's running-variance
+    convention, float32/float64 with every vector of the input's dtype and device (half types stay on normlab's
+    float32-accumulating path)."""
+    if c != 1 or not unbiased_running or input.dtype not in (torch.float32, torch.float64):
+        return False
+    return all(t is None or (t.dtype == input.dtype and t.device == input.device) for t in vectors)
