@@ -9,3 +9,7 @@ from . import functional, nn, reference
 __version__ = "0.1.0"
 
 __all__ = ["functional", "nn", "reference", "__version__"]
+
+from .nn.registry import make_norm  # noqa: E402
+
+__all__ += ["make_norm"]

@@ -125,6 +125,17 @@ def normalize(
     return y.to(x.dtype)
 
 
+def affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, *, axis: int = 1) -> Tensor:
+    """``y * weight + bias`` with per-channel vectors along ``axis``, returned in ``y``'s dtype (layers whose
+    normalization is not :func:`normalize`'s, e.g. mixed or uncentred, apply their affine with this)."""
+    nd = y.ndim
+    if weight is not None:
+        y = y * channel_view(weight.to(y.dtype), nd, axis)
+    if bias is not None:
+        y = y + channel_view(bias.to(y.dtype), nd, axis)
+    return y
+
+
 def unbiased(var: Tensor, count: int | Tensor) -> Tensor:
     """Bessel's correction ``var * n / (n - 1)``; a channel with a single value keeps its (zero) variance."""
     if isinstance(count, Tensor):

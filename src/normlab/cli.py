@@ -23,6 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     x = torch.randn(4, 8, 6, 6)
     print(f"  eval:   max |y_normlab - y_torch| = {(ours(x) - theirs(x)).abs().max().item():.2e}")
     print(f"  running_var max difference = {(ours.running_var - theirs.running_var).abs().max().item():.2e}")
+    _lab_demo()
     return 0
 
 
@@ -42,6 +43,265 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(args: argparse.Namespace) -> int:
+    """``normlab claims``: run the literature's claims about BN and write the report."""
+    from .lab.claims import all_claims, run_claims
+    from .lab.report import verdict_table_markdown
+
+    if args.list:
+        for c in all_claims():
+            print(f"{c.id:24s} {c.title}")
+        return 0
+    ids = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    command = "normlab claims " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
+    try:
+        results, paths = run_claims(ids, level=args.level, seeds=args.seeds, out_dir=args.out, jobs=args.jobs,
+                                    command=command.strip(), log=(lambda s: None) if args.quiet else print)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_table:
+        print(verdict_table_markdown(results, link=False))
+    print(f"report: {paths['html']} (also {paths['md'].name}, {paths['json'].name})")
+    return 0
+
+
+def _add_claims_parser(sub) -> None:
+    import os
+
+    p = sub.add_parser("claims", help="test the literature's claims about BN; write an HTML/Markdown/JSON report")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--quick", dest="level", action="store_const", const="quick", help="the demo (default)")
+    level.add_argument("--full", dest="level", action="store_const", const="full", help="more seeds, longer runs")
+    level.add_argument("--tiny", dest="level", action="store_const", const="tiny", help="seconds; for tests")
+    p.set_defaults(level="quick", func=_claims, command_line=None)
+    p.add_argument("--only", metavar="ID,...", help="comma-separated claim ids (see --list)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 1 tiny, 3 quick, 5 full)")
+    p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("--print-table", action="store_true", help="print the verdict table as Markdown at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+# ------------------------------------------------------------------------------------------- the lab's commands
+def _lab_demo() -> None:
+    """The seed comparison: seed_mlp with and without BN on the embedded MNIST subset, printed Keras-style."""
+    import time
+
+    from .lab.train import Callback, TrainConfig, train
+
+    class KerasLines(Callback):
+        def __init__(self, epochs: int, per_epoch: int) -> None:
+            self.epochs, self.per_epoch, self.t = epochs, per_epoch, 0.0
+
+        def on_train_start(self, state) -> None:
+            self.t = time.perf_counter()
+
+        def on_eval(self, state, m) -> None:
+            if m["step"] == 0:
+                return
+            now = time.perf_counter()
+            print(f"  Epoch {m['epoch']:>2}/{self.epochs} - {self.per_epoch}/{self.per_epoch} - {now - self.t:.1f}s - "
+                  f"loss: {m['train_loss']:.4f} - accuracy: {m['train_acc']:.4f} - "
+                  f"val_loss: {m['val_loss']:.4f} - val_accuracy: {m['val_acc']:.4f}")
+            self.t = now
+
+    epochs = 10
+    print(f"\nnormlab demo: seed_mlp (Flatten -> Dense(128, ReLU) -> [BN] -> Dense(10)), mnist5k (4000 train / 1000 "
+          f"val, stratified), Adam lr 1e-3, batch 32, {epochs} epochs")
+    results = {}
+    for norm in ("bn", "none"):
+        print(f"model with norm={norm!r}:")
+        cfg = TrainConfig(data="mnist5k", model="seed_mlp", norm=norm, epochs=epochs, batch_size=32, seed=0)
+        results[norm] = train(cfg, callbacks=[KerasLines(epochs, 125)], progress="none", threads=1)
+    print(f"\n  {'model':<12}{'val_loss':>10}{'val_acc':>10}{'best val_acc':>14}{'time':>8}")
+    for norm, r in results.items():
+        best = max(e["val_acc"] for e in r.evals)
+        name = "with BN" if norm == "bn" else "without BN"
+        print(f"  {name:<12}{r.final['val_loss']:>10.4f}{r.final['val_acc']:>10.4f}{best:>14.4f}{r.wall_time:>7.1f}s")
+
+
+def _db_arg(value: str):
+    from .lab.store import open_store
+
+    return open_store(value)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .lab.sweep import SpecError, load_spec, run_grid
+
+    try:
+        spec = load_spec(args.spec, out=args.out)
+    except SpecError as e:
+        print(f"normlab run: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"{spec.name}: {len(spec.runs)} runs -> {spec.db_path}")
+        for config, params in spec.runs:
+            print(f"  {config.key()[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
+        return 0
+    summary = run_grid(spec, jobs=args.jobs, threads=args.threads)
+    for key, err in summary.failed:
+        print(f"normlab run: run {key} failed: {err}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4f}"
+    return str(v)
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    store = _db_arg(args.db)
+    runs = store.runs(sweep=args.sweep)
+    print(f"{store.path}: {len(runs)} runs")
+    if runs:
+        print(f"  {'key':<12}{'sweep':<16}{'val_acc':>9}{'val_loss':>10}{'steps':>7}{'time':>8}  params")
+    for r in runs:
+        status = "  DIVERGED at %s" % r.diverged_step if r.diverged else ""
+        print(f"  {r.key[:10]:<12}{r.sweep[:15]:<16}{_fmt(r.final.get('val_acc', float('nan'))):>9}"
+              f"{_fmt(r.final.get('val_loss', float('nan'))):>10}{r.final.get('steps', 0):>7}{r.wall_time:>7.1f}s  "
+              f"{' '.join(f'{k}={v}' for k, v in r.params.items())}{status}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    store = _db_arg(args.db)
+    try:
+        r = store.get(args.run)
+    except KeyError as e:
+        print(f"normlab show: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(f"run {r.key}  sweep={r.sweep!r}  {'DIVERGED at step %s' % r.diverged_step if r.diverged else 'finished'}"
+          f"  wall {r.wall_time:.1f}s  normlab {r.version}")
+    print("params: " + json.dumps(r.params))
+    print("config: " + json.dumps(r.config, sort_keys=True))
+    print("final:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.final.items()))
+    evals = store.evals(r.key)
+    print(f"  {'step':>7}{'epoch':>6}{'train_loss':>12}{'train_acc':>11}{'val_loss':>10}{'val_acc':>9}{'time':>8}")
+    for e in evals:
+        print(f"  {e['step']:>7}{e['epoch']:>6}{_fmt(e['train_loss']):>12}{_fmt(e['train_acc']):>11}"
+              f"{_fmt(e['val_loss']):>10}{_fmt(e['val_acc']):>9}{e['time']:>7.1f}s")
+    steps = store.steps(r.key)
+    if steps:
+        print(f"  {len(steps)} step rows (normlab export --steps for all); last: "
+              + ", ".join(f"{k}={_fmt(v)}" for k, v in steps[-1].items()))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .lab.plots import plot_runs
+    from .lab.store import open_store
+    from .lab.sweep import SpecError, load_spec
+
+    try:
+        if args.source.endswith(".toml"):
+            spec = load_spec(args.source, out=args.out)
+            store, name = open_store(spec.db_path), spec.name
+            records = store.runs(keys=spec.keys)
+            default_dir = spec.out
+        else:
+            store, name = open_store(args.source), "runs"
+            records = store.runs(sweep=args.sweep)
+            default_dir = store.path.parent
+        out = Path(args.output) if args.output else default_dir / f"{name}-{args.metric}.{args.format}"
+        path = plot_runs(store, records, metric=args.metric, out=out, x=args.x, logy=args.logy)
+    except (SpecError, ValueError) as e:
+        print(f"normlab plot: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({len(records)} runs)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    import math
+
+    store = _db_arg(args.db)
+    runs = store.runs(sweep=args.sweep)
+
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    if args.table == "runs":
+        rows = []
+        for r in runs:
+            row = {"key": r.key, "sweep": r.sweep, "diverged": r.diverged, "diverged_step": r.diverged_step,
+                   "wall_time": r.wall_time}
+            row.update({f"config.{k}": (json.dumps(v) if isinstance(v, (dict, list)) else v)
+                        for k, v in r.config.items()})
+            row.update({f"final.{k}": clean(v) for k, v in r.final.items()})
+            rows.append(row)
+    else:
+        fetch = store.steps if args.table == "steps" else store.evals
+        rows = [{"key": r.key, **{k: clean(v) for k, v in m.items()}} for r in runs for m in fetch(r.key)]
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=1)
+            out.write("\n")
+        else:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output:
+        print(f"wrote {len(rows)} {args.table} rows to {args.output}")
+    return 0
+
+
+def _add_lab_commands(sub) -> None:
+    from .lab.plots import METRICS
+
+    p = sub.add_parser("run", help="run (or resume) the grid of an experiment spec (TOML)")
+    p.add_argument("spec", help="experiment spec, a TOML file")
+    p.add_argument("--out", help="output directory (default: the spec's `out`, else normlab-runs next to the spec)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the number of cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
+    p.set_defaults(func=_cmd_run)
+
+    db_help = "run database or output directory (default: normlab-runs)"
+    p = sub.add_parser("ls", help="list stored runs")
+    p.add_argument("db", nargs="?", default="normlab-runs", help=db_help)
+    p.add_argument("--sweep", help="only runs of this sweep name")
+    p.set_defaults(func=_cmd_ls)
+
+    p = sub.add_parser("show", help="show one run: config, final metrics, evaluations")
+    p.add_argument("run", help="run key (a unique prefix is enough)")
+    p.add_argument("--db", default="normlab-runs", help=db_help)
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("plot", help="plot curves (mean and a +-1 std band over seeds) of a spec's or a database's runs")
+    p.add_argument("source", help="experiment spec (.toml) or run database / output directory")
+    p.add_argument("--out", help="output directory of the spec's runs (as given to `normlab run --out`)")
+    p.add_argument("--metric", default="val_acc", choices=METRICS)
+    p.add_argument("--x", default="step", choices=("step", "epoch", "time"))
+    p.add_argument("--format", default="png", choices=("png", "svg"))
+    p.add_argument("--logy", action="store_true", help="logarithmic y axis")
+    p.add_argument("--sweep", help="only runs of this sweep name (database source)")
+    p.add_argument("-o", "--output", help="image file (.png/.svg); default <out>/<name>-<metric>.<format>")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("export", help="export runs, per-step metrics or evaluations as CSV or JSON")
+    p.add_argument("db", nargs="?", default="normlab-runs", help=db_help)
+    p.add_argument("--table", default="runs", choices=("runs", "steps", "evals"))
+    p.add_argument("--format", default="csv", choices=("csv", "json"))
+    p.add_argument("--sweep", help="only runs of this sweep name")
+    p.add_argument("-o", "--output", help="file to write (default: standard output)")
+    p.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     p.add_argument("--json", default="bench_kernels.json", help="where to write the results")
     p.set_defaults(func=_bench)
+    _add_lab_commands(sub)
+    _add_claims_parser(sub)
     return parser
 
 

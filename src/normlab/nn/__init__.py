@@ -3,3 +3,17 @@
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
+
+from .alternatives import GroupNorm, InstanceNorm, LayerNorm, RMSNorm  # noqa: E402
+from .registry import make_norm, norm_specs, register_norm  # noqa: E402
+from .variants import BatchLayerNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm  # noqa: E402
+
+__all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "make_norm", "norm_specs", "register_norm"]
+__all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
+from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
+
+__all__ += ["MaskedBatchNorm", "TimeStepBatchNorm"]
+from .act import NormAct  # noqa: E402
+from .sync import convert_sync_batchnorm  # noqa: E402
+
+__all__ += ["NormAct", "convert_sync_batchnorm"]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .. import _validate
+from .. import _stats, _validate
 from .. import functional as F
 
 __all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -52,6 +52,8 @@ class BatchNormBase(nn.Module):
 
     _version = 2
     _ranks: tuple[int, ...] | None = None
+    # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
+    _needs_batch_variance = True
 
     def __init__(
         self,
@@ -90,6 +92,9 @@ class BatchNormBase(nn.Module):
         self.eval_stats = eval_stats
         self.running_var_unbiased = running_var_unbiased
         self.check_finite = check_finite
+        # Synchronized statistics over torch.distributed (see normlab.nn.sync); off by default.
+        self.sync_statistics = False
+        self.process_group = None
         use_scale = affine if scale is None else scale
         use_center = affine if center is None else center
         self.weight = nn.Parameter(torch.empty(num_features, **factory)) if use_scale else None
@@ -163,7 +168,7 @@ class BatchNormBase(nn.Module):
         elif x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if self.uses_batch_stats():
+        if self.uses_batch_stats() and self._needs_batch_variance:
             _validate.check_batch_size(x, name, c)
         if self.check_finite:
             _validate.check_finite(x, name, c)
@@ -173,25 +178,34 @@ class BatchNormBase(nn.Module):
         c = self.check_input(x)
         return self._normalize(x, c)
 
-    def _normalize(self, x: Tensor, axis: int) -> Tensor:
-        update = self.updates_running_stats()
-        batch = self.uses_batch_stats()
-        keep_running = update or not batch
-        return F.batch_norm(
-            x,
-            self.running_mean if keep_running else None,
-            self.running_var if keep_running else None,
-            self.weight,
-            self.bias,
-            training=batch,
-            momentum=self.momentum,
-            eps=self.eps,
-            axis=axis,
-            running_var_unbiased=self.running_var_unbiased,
-            num_batches_tracked=self.num_batches_tracked if update else None,
-            name=self.layer_name,
-        )
+    # -- the shared batch-statistic path (variants override pieces of it) ------------------------------------
+    def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
+        """Batch statistics of ``x`` over ``dims``: local, or pooled over every process of ``process_group`` when
+        the layer is synchronized (:func:`normlab.nn.sync.convert_sync_batchnorm`). Differentiable either way."""
+        stats = _stats.moments(x, dims, mask=mask)
+        if self.sync_statistics:
+            from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
 
+            stats = sync.all_merge_moments(stats, self.process_group)
+        return stats
+
+    def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
+        """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
+        ``momentum=None``) and count the batch."""
+        factor = F.momentum_factor(self.momentum, self.num_batches_tracked + 1, self.layer_name)
+        _stats.update_running(
+            self.running_mean, self.running_var, stats, momentum=factor,
+            running_var_unbiased=self.running_var_unbiased, valid=valid,
+        )
+        self.num_batches_tracked.add_(1)
+
+    def _normalize(self, x: Tensor, axis: int) -> Tensor:
+        if not self.uses_batch_stats():
+            return _stats.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+        stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
+        if self.updates_running_stats():
+            self.update_running(stats)
+        return _stats.normalize(x, stats.mean, stats.var, self.weight, self.bias, self.eps, axis=axis)
 
 class BatchNorm(BatchNormBase):
     """BatchNorm over any rank: the channel axis is ``axis`` (``1`` as torch, ``-1`` for channels-last and

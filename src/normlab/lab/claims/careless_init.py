@@ -1,0 +1,84 @@
+"""Claim 3, ``careless-init``: with BN the result depends less on the scale of the initial weights.
+
+The same ReLU MLP, with and without BN, is trained from Gaussian initial weights N(0, std^2) over a grid of stds
+spanning four orders of magnitude (same seeds, optimizer and steps). Per seed: the spread (max - min) of the final
+validation accuracy over the grid, and the worst accuracy on the grid.
+"""
+
+from __future__ import annotations
+
+from ..verdict import Rule
+from . import _common as C
+from .base import Claim, Context, Figure, Outcome, Quote
+
+SPREAD = "spread (max - min) of final validation accuracy over init scales"
+WORST = "worst final validation accuracy over init scales"
+
+
+def _unit(u: dict) -> dict:
+    import torch
+
+    torch.manual_seed(u["seed"])
+    data = C.digits(u["seed"])
+    model = C.MLP(784, u["widths"], norm_spec=u["arm"], activation="relu", init_std=u["init_std"])
+    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
+                eval_every=u["steps"], seed=u["seed"])
+    return {**u, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
+
+
+def run(ctx: Context) -> Outcome:
+    cfg = ctx.config
+    stds = cfg["init_stds"]
+    units = [{"arm": arm, "seed": s, "init_std": sd, **{k: cfg[k] for k in ("widths", "steps", "batch_size", "lr")}}
+             for s in ctx.seeds for arm in ("bn", "none") for sd in stds]
+    res = ctx.map(_unit, units)
+    out = Outcome()
+    curves = {}
+    for arm in ("bn", "none"):
+        curves[arm] = []
+        for s in ctx.seeds:
+            accs = [next(r["val_acc"] for r in res if r["arm"] == arm and r["seed"] == s and r["init_std"] == sd)
+                    for sd in stds]
+            curves[arm].append(accs)
+            out.add(SPREAD, arm, s, max(accs) - min(accs))
+            out.add(WORST, arm, s, min(accs))
+    fig, (ax,) = C.new_figure(1, width=6.0)
+    for i, arm in enumerate(("bn", "none")):
+        C.band(ax, stds, curves[arm], "with BN" if arm == "bn" else "without BN", C.COLORS[i], marker="o")
+    ax.set(xscale="log", xlabel="initial weight std (every Linear layer)", ylabel="final validation accuracy",
+           ylim=(0, 1), title=f"Accuracy after {cfg['steps']} steps vs init scale")
+    ax.legend()
+    out.figures.append(Figure("init-sweep", "Final validation accuracy per initial weight scale, with and without BN "
+                              "(SGD with momentum 0.9, same learning rate). Line: mean over seeds; band: min..max.",
+                              fig))
+    out.tables.append(C.seed_table(out, (SPREAD, WORST)))
+    out.measured = (f"accuracy spread over init scales: BN {C.mean(out.metrics[SPREAD]['bn']):.3f} vs none "
+                    f"{C.mean(out.metrics[SPREAD]['none']):.3f}")
+    return out
+
+
+def _cfg(stds, steps):
+    return {"init_stds": stds, "steps": steps, "batch_size": 64, "lr": 0.02, "widths": [100, 100, 100, 100]}
+
+
+CLAIM = Claim(
+    id="careless-init",
+    title="BN makes training less sensitive to weight initialization",
+    articles=(
+        Quote("This leads to higher learning rates and less careful initialization, and acts as a form of "
+              "regularization, in some cases eliminating the need for Dropout.", "seed article 000"),
+        Quote("Batch normalization makes weight initialization simpler by permitting us to be much less cautious when "
+              "selecting our initial starting weights especially when creating deeper networks.",
+              "seed article 002 (machine-translated from 'Easier Weight Initialization')"),
+    ),
+    papers=("Ioffe & Szegedy 2015 (Sec. 3.3): BN makes back-propagation through a layer invariant to the scale of "
+            "its parameters, BN(Wu) = BN((aW)u), so larger weights lead to smaller gradients and stable growth."),
+    measures=("A 784-100-100-100-100-10 ReLU MLP (BN before each ReLU, or none) initialized with N(0, std^2) "
+              "weights for std in a grid over 4 decades, trained with the same SGD+momentum settings; per seed the "
+              "spread (max - min) of final validation accuracy over the grid and the worst accuracy."),
+    rule=Rule(metric=SPREAD, treatment="bn", control="none", direction="less"),
+    secondary=(Rule(metric=WORST, treatment="bn", control="none", direction="greater"),),
+    configs={"tiny": _cfg([0.01, 1.0], 10), "quick": _cfg([0.001, 0.01, 0.05, 0.2, 1.0], 300),
+             "full": _cfg([0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], 800)},
+    run=run,
+)

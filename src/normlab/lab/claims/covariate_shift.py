@@ -1,0 +1,216 @@
+"""Claim 7, ``covariate-shift``: BN works by reducing internal covariate shift — tested, and what BN changes instead.
+
+Three parts, on Ioffe & Szegedy's Fig. 1 network (784-100-100-100-10, sigmoid, BN before each sigmoid, SGD,
+batch 60):
+
+(a) validation accuracy vs steps, with and without BN;
+(b, c) the 15th/50th/85th percentiles of the input of the last hidden layer's sigmoids over training. The shift
+    of each unit is the path length of its three percentiles between probes, in units of its mean 15-85 spread
+    (scale-free, so a network that merely has larger activations is not penalized), averaged over the 100 units;
+(d) Santurkar et al. 2018: a "noisy BN" arm — BN followed by random per-unit shifts and scales that change every
+    step (a covariate shift injected on purpose) — and, along the gradient direction at probe steps, the range of
+    the loss and the largest change of the gradient (their loss-landscape and gradient-predictiveness measures).
+
+The percentiles are measured in training mode (the distribution the next layer sees while it trains; noise
+included for noisy BN) on 1,000 fixed validation images; every probe restores the weights and BN buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..verdict import Rule
+from . import _common as C
+from .base import Claim, Context, Figure, Outcome, Quote
+
+SHIFT = "shift of the last hidden layer's sigmoid inputs (percentile path / spread)"
+VAL = "final validation accuracy"
+LOSS_RANGE = "loss range along the gradient (mean over probes)"
+GRAD_CHANGE = "largest gradient change along the gradient (mean over probes)"
+ARMS = ("bn", "none", "noisy_bn")
+LABEL = {"bn": "with BN", "none": "without BN", "noisy_bn": "noisy BN (Santurkar)"}
+
+
+def _noisy_bn_factory(noise_mean: float, noise_scale: float):
+    import torch
+    from torch import nn
+
+    class NoisyBN(nn.Module):
+        """BN followed, in training only, by y * s + m with s ~ U(1 - noise_scale, 1 + noise_scale) and
+        m ~ U(-noise_mean, noise_mean) drawn per unit at every forward (Santurkar et al. 2018, Sec. 2.1)."""
+
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.bn = C.norm("bn", n)
+
+        def forward(self, x):
+            y = self.bn(x)
+            if not self.training:
+                return y
+            n = y.shape[1]
+            s = 1 + noise_scale * (2 * torch.rand(n) - 1)
+            m = noise_mean * (2 * torch.rand(n) - 1)
+            return y * s + m
+
+    return NoisyBN
+
+
+def _build(u: dict):
+    if u["arm"] != "noisy_bn":
+        return C.ioffe_mlp(u["arm"], init_std=u["init_std"])
+    model = C.ioffe_mlp("none", init_std=u["init_std"])
+    noisy = _noisy_bn_factory(u["noise_mean"], u["noise_scale"])
+    for i, lin in enumerate(model.linears):
+        model.norms[i] = noisy(lin.out_features)
+    return model
+
+
+def _unit(u: dict) -> dict:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(u["seed"])
+    data = C.digits(u["seed"])
+    model = _build(u)
+    probe_x = data.x_val
+    pct = torch.tensor([0.15, 0.50, 0.85])
+    percentiles, landscape = [], []
+
+    def probe(step, m, xb, yb):
+        if step % u["probe_every"]:
+            return
+        saved = copy.deepcopy(m.state_dict())
+        rng_state = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                m.keep = True
+                m(probe_x)
+                last = m.pre[-1]  # (N, 100): input of the last hidden sigmoids
+                m.keep = False
+                percentiles.append({"step": step, "q": torch.quantile(last, pct, dim=0).T.tolist()})
+            params = list(m.parameters())
+            base = [p.detach().clone() for p in params]
+            loss0 = nn.functional.cross_entropy(m(xb), yb)
+            g0 = torch.autograd.grad(loss0, params)
+            losses, changes = [loss0.item()], []
+            for eta in u["etas"]:
+                with torch.no_grad():
+                    for p, g, b in zip(params, g0, base):
+                        p.copy_(b - eta * g)
+                loss = nn.functional.cross_entropy(m(xb), yb)
+                g1 = torch.autograd.grad(loss, params)
+                losses.append(loss.item())
+                changes.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g1, g0)))))
+            landscape.append({"step": step, "loss_range": max(losses) - min(losses), "grad_change": max(changes)})
+        finally:
+            m.keep = False
+            m.load_state_dict(saved)
+            torch.set_rng_state(rng_state)  # probes must not change the training run's random stream
+
+    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="sgd",
+                eval_every=u["eval_every"], seed=u["seed"], on_step=probe)
+    return {**u, **h.to_dict(), "percentiles": percentiles, "landscape": landscape}
+
+
+def _shift(percentiles: list[dict]) -> float:
+    """Mean over units of sum_t sum_q |q_t - q_{t-1}| / (3 * mean_t (p85_t - p15_t))."""
+    import numpy as np
+
+    q = np.array([p["q"] for p in percentiles])  # (T, units, 3)
+    if q.shape[0] < 2:
+        return 0.0
+    path = np.abs(np.diff(q, axis=0)).sum(axis=(0, 2))  # per unit
+    spread = (q[:, :, 2] - q[:, :, 0]).mean(axis=0)
+    return float(np.mean(path / (3 * np.maximum(spread, 1e-12))))
+
+
+def run(ctx: Context) -> Outcome:
+    cfg = ctx.config
+    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ARMS]
+    res = ctx.map(_unit, units)
+    out = Outcome()
+    for r in res:
+        out.add(SHIFT, r["arm"], r["seed"], _shift(r["percentiles"]))
+        out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])
+        out.add(LOSS_RANGE, r["arm"], r["seed"], C.mean([p["loss_range"] for p in r["landscape"]]))
+        out.add(GRAD_CHANGE, r["arm"], r["seed"], C.mean([p["grad_change"] for p in r["landscape"]]))
+    by = {arm: [r for r in res if r["arm"] == arm] for arm in ARMS}
+    # Fig. 1 (a, b, c) of Ioffe & Szegedy: accuracy, then one sigmoid's input percentiles without and with BN.
+    fig, axes = C.new_figure(3, width=4.2)
+    for i, arm in enumerate(ARMS):
+        C.band(axes[0], by[arm][0]["steps"], [r["val_acc"] for r in by[arm]], LABEL[arm], C.COLORS[i])
+    axes[0].set(title="(a) validation accuracy", xlabel="training step", ylim=(0, 1))
+    axes[0].legend(fontsize=8)
+    for ax, arm, tag in ((axes[1], "none", "(b) without BN"), (axes[2], "bn", "(c) with BN")):
+        r = by[arm][0]
+        steps = [p["step"] for p in r["percentiles"]]
+        for k, style in ((0, "--"), (1, "-"), (2, "--")):
+            ax.plot(steps, [p["q"][0][k] for p in r["percentiles"]], style, color=C.COLORS[0 if arm == "bn" else 1])
+        ax.set(title=f"{tag}: unit 0, 15/50/85th pct", xlabel="training step", ylabel="sigmoid input")
+    out.figures.append(Figure("ioffe-fig1", "Ioffe & Szegedy Fig. 1 remeasured on the MNIST 5k subset: (a) validation "
+                              "accuracy (mean and min..max over seeds), (b, c) 15th, 50th and 85th percentiles of the "
+                              "input to one sigmoid of the last hidden layer over training (seed 0).", fig))
+    fig, axes = C.new_figure(2)
+    for i, arm in enumerate(ARMS):
+        steps = [p["step"] for p in by[arm][0]["landscape"]]
+        C.band(axes[0], steps, [[p["loss_range"] for p in r["landscape"]] for r in by[arm]], LABEL[arm], C.COLORS[i])
+        C.band(axes[1], steps, [[p["grad_change"] for p in r["landscape"]] for r in by[arm]], LABEL[arm],
+               C.COLORS[i])
+    axes[0].set(title="loss range along the gradient", xlabel="training step", yscale="log")
+    axes[1].set(title="max ||grad(x - eta g) - grad(x)||", xlabel="training step", yscale="log")
+    axes[0].legend(fontsize=8)
+    out.figures.append(Figure("santurkar-landscape", "Santurkar et al. 2018's measures: at probe steps, moving the "
+                              f"weights along the gradient by eta in {cfg['etas']}, the range of the mini-batch loss "
+                              "and the largest change of the gradient. Line: mean over seeds; band: min..max.", fig))
+    out.tables.append(C.seed_table(out, (SHIFT, VAL, LOSS_RANGE, GRAD_CHANGE)))
+    s = {a: C.mean(out.metrics[SHIFT][a]) for a in ARMS}
+    out.measured = (f"percentile shift: BN {s['bn']:.2f}, none {s['none']:.2f}, noisy BN {s['noisy_bn']:.2f}; "
+                    f"val acc BN {C.mean(out.metrics[VAL]['bn']):.3f}, none {C.mean(out.metrics[VAL]['none']):.3f}, "
+                    f"noisy BN {C.mean(out.metrics[VAL]['noisy_bn']):.3f}")
+    return out
+
+
+def _cfg(steps, probe_every, eval_every):
+    return {"steps": steps, "probe_every": probe_every, "eval_every": eval_every, "batch_size": 60, "lr": 0.5,
+            "init_std": 0.1, "noise_mean": 0.5, "noise_scale": 0.5, "etas": [0.25, 0.5, 1.0, 2.0]}
+
+
+CLAIM = Claim(
+    id="covariate-shift",
+    title="BN works by reducing internal covariate shift",
+    articles=(
+        Quote("Solves internal covariate shift: In a neural network, each hidden unit's input distribution changes "
+              "every time when there is a parameter update in the previous layer. This is called internal covariate "
+              "shift. [...] This problem is solved by normalizing the layer's inputs over a mini-batch.",
+              "seed article 001"),
+        Quote("The method aims to reduce the internal covariate shift in training deep networks, making the network "
+              "training more efficient and stable.", "seed article 000"),
+        Quote("Since the input distribution of each layer does not change significantly when we use batch "
+              "normalization, it significantly speeds up the training process of neural networks while boosting "
+              "the performance of it.", "seed article 003"),
+    ),
+    papers=("Ioffe & Szegedy 2015 Fig. 1: MNIST, 3x100 sigmoid, 50k steps, batch 60 — BN reaches higher test "
+            "accuracy faster; the 15/50/85th percentiles of a last-layer sigmoid input drift without BN and stay "
+            "stable with BN. Santurkar et al. 2018: BN with injected time-varying noise ('noisy BN') trains about "
+            "as well as BN despite a larger distribution shift; BN networks show similar or higher ICS by their "
+            "gradient measure; what BN does change is the landscape: smaller loss variation and gradient change "
+            "along the gradient (better beta-smoothness)."),
+    measures=("Ioffe's network (SGD lr 0.5, batch 60, N(0, 0.1^2) init) with BN, without, and with noisy BN "
+              "(after BN, per unit and per step: scale U(0.5, 1.5), shift U(-0.5, 0.5)). Shift = path length of the "
+              "15/50/85th percentiles of each last-hidden-layer sigmoid input between probes, over its mean 15-85 "
+              "spread, averaged over the 100 units. Landscape: loss range and largest gradient change when moving "
+              "eta * gradient, eta in {0.25, 0.5, 1, 2}."),
+    rule=Rule(metric=SHIFT, treatment="bn", control="none", direction="less"),
+    secondary=(
+        Rule(metric=VAL, treatment="noisy_bn", control="none", direction="greater"),
+        Rule(metric=SHIFT, treatment="noisy_bn", control="bn", direction="greater"),
+        Rule(metric=LOSS_RANGE, treatment="bn", control="none", direction="less"),
+        Rule(metric=GRAD_CHANGE, treatment="bn", control="none", direction="less"),
+    ),
+    interpretation=("The primary rule tests the articles' mechanism (less distribution shift with BN, Ioffe's "
+                    "Fig. 1). The secondary rules test Santurkar et al.'s counterpoint: if noisy BN (more shift "
+                    "than BN, by construction) still beats no BN, reduced shift is not why BN helps; the landscape "
+                    "rules test what they propose instead."),
+    configs={"tiny": _cfg(8, 4, 4), "quick": _cfg(1000, 50, 50), "full": _cfg(4000, 100, 100)},
+    run=run,
+)

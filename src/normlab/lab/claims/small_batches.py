@@ -1,0 +1,111 @@
+"""Claim 8, ``small-batches``: BN degrades with small mini-batches; batch-independent or corrected norms do not.
+
+The same MLP with each normalization (BN, batch renorm, ghost BN, moving-average BN, batch-layer norm, group norm,
+layer norm, and none as the batch-size-only baseline) is trained at each batch size for the same number of steps
+and evaluated in eval mode. Per seed: each arm's accuracy drop from the largest to the smallest batch size, and
+the accuracy at the smallest batch size.
+"""
+
+from __future__ import annotations
+
+from ..verdict import Rule
+from . import _common as C
+from .base import Claim, Context, Figure, Outcome, Quote
+
+DROP = "accuracy drop from the largest to the smallest batch size"
+SMALL = "validation accuracy at the smallest batch size"
+NORMS = ("bn", "brn", "gbn", "mabn", "bln", "gn", "ln", "none")
+LABEL = {"bn": "BN", "brn": "batch renorm", "gbn": "ghost BN (16)", "mabn": "moving-average BN",
+         "bln": "batch-layer norm", "gn": "group norm (8)", "ln": "layer norm", "none": "no norm"}
+
+
+def _spec(arm: str, batch_size: int) -> str:
+    # Ghost BN normalizes virtual batches of 16 (the whole batch when it is smaller: then it *is* BN).
+    return {"gbn": f"gbn:{min(16, batch_size)}", "gn": "gn:8"}.get(arm, arm)
+
+
+def _unit(u: dict) -> dict:
+    import torch
+
+    torch.manual_seed(u["seed"])
+    data = C.digits(u["seed"])
+    model = C.MLP(784, u["widths"], norm_spec=_spec(u["arm"], u["batch_size"]), activation="relu")
+    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="adam",
+                eval_every=u["steps"], seed=u["seed"])
+    return {**u, "val_acc": h.val_acc[-1], "train_acc": h.train_acc[-1], "diverged_at": h.diverged_at}
+
+
+def run(ctx: Context) -> Outcome:
+    cfg = ctx.config
+    sizes = cfg["batch_sizes"]
+    out = Outcome()
+    arms = []
+    for arm in NORMS:
+        why = C.unavailable(_spec(arm, sizes[-1]))
+        if why:
+            out.not_run[arm] = why
+        else:
+            arms.append(arm)
+    units = [{"arm": arm, "seed": s, "batch_size": bs, **{k: cfg[k] for k in ("widths", "steps", "lr")}}
+             for s in ctx.seeds for arm in arms for bs in sizes]
+    res = ctx.map(_unit, units)
+    curves = {}
+    for arm in arms:
+        curves[arm] = []
+        for s in ctx.seeds:
+            accs = [next(r["val_acc"] for r in res if r["arm"] == arm and r["seed"] == s and r["batch_size"] == bs)
+                    for bs in sizes]
+            curves[arm].append(accs)
+            out.add(DROP, arm, s, accs[-1] - accs[0])
+            out.add(SMALL, arm, s, accs[0])
+    fig, (ax,) = C.new_figure(1, width=7.0, height=4.2)
+    for i, arm in enumerate(arms):
+        C.band(ax, sizes, curves[arm], LABEL[arm], C.COLORS[i % len(C.COLORS)], marker="o",
+               style="--" if arm == "none" else "-")
+    ax.set(xscale="log", xlabel="batch size", ylabel="validation accuracy (eval mode)", ylim=(0, 1),
+           title=f"Accuracy after {cfg['steps']} steps vs batch size")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.legend(fontsize=8, ncol=2)
+    out.figures.append(Figure("batch-size", "Validation accuracy (eval mode) vs training batch size for each "
+                              "normalization, same steps and optimizer (Adam). Line: mean over seeds; band: "
+                              "min..max.", fig))
+    out.tables.append(C.seed_table(out, (SMALL, DROP)))
+    out.measured = (f"drop from batch {sizes[-1]} to {sizes[0]}: " +
+                    ", ".join(f"{a} {C.mean(out.metrics[DROP][a]):.3f}" for a in arms))
+    if "gbn" in arms:
+        out.notes.append("ghost BN uses virtual batches of 16, i.e. it equals BN at batch sizes <= 16")
+    return out
+
+
+def _cfg(sizes, steps):
+    return {"batch_sizes": sizes, "steps": steps, "lr": 1e-3, "widths": [64, 64]}
+
+
+CLAIM = Claim(
+    id="small-batches",
+    title="BN is problematic with small mini-batches; renorm, MABN, BLN, GN and LN are not",
+    articles=(
+        Quote("Batch Normalization can be problematic when used with small mini-batches. This is because the "
+              "estimates of the mean and variance become less accurate as the mini-batch size decreases.",
+              "seed article 000"),
+        Quote("This is known as Moving Average Batch Normalization.", "seed article 000, on keeping running averages "
+              "to normalize small batches"),
+        Quote("Training with very small batch sizes can lead to noisy statistics which may destabilize training.",
+              "seed article 004"),
+    ),
+    papers=("Group Norm (Wu & He 2018), ResNet-50 top-1 error at 32/16/8/4/2 images per GPU: BN 23.6/23.7/24.8/27.3/"
+            "34.7, GN 24.1/24.2/24.0/24.2/24.1. Batch Renorm at batch 4: 26.3 vs BN 27.3 (GN paper). MABN (Yan et "
+            "al. 2020): ImageNet error BN(2) 35.22, BRN(2) 30.29, MABN(2) 23.67 vs BN(32) 23.41. BLN (Ziaee & Cano "
+            "2022): no quantitative table found."),
+    measures=("784-64-64-10 ReLU MLP, each norm before each ReLU, Adam 1e-3, the same number of steps at every "
+              "batch size (so small batches also see fewer images — the 'none' arm measures that effect alone). "
+              "Eval-mode validation accuracy; per arm and seed the drop from the largest to the smallest batch."),
+    rule=Rule(metric=DROP, treatment="bn", control="none", direction="greater"),
+    secondary=tuple(Rule(metric=SMALL, treatment=a, control="bn", direction="greater")
+                    for a in ("brn", "mabn", "bln", "gn", "ln")),
+    interpretation=("Primary rule: BN loses more accuracy at small batches than the same network without "
+                    "normalization (so the loss is BN's, not the batch size's). Secondary rules: each alternative "
+                    "beats BN at the smallest batch size."),
+    configs={"tiny": _cfg([2, 16], 6), "quick": _cfg([2, 8, 32, 128], 300), "full": _cfg([2, 4, 8, 16, 32, 128], 800)},
+    run=run,
+)

@@ -1,0 +1,127 @@
+"""Claim 10, ``train-vs-inference``: at inference BN uses running statistics, which makes the output independent
+of the batch — and how good those statistics are.
+
+One BN network is trained (SGD with momentum, a large learning rate: weights move fast, which is when the moving
+average lags — Wu & Johnson 2021). At checkpoints, a copy is evaluated four ways: running (EMA) statistics,
+statistics recalibrated on 2,000 training images (PreciseBN, ``normlab.tools.recalibrate``), batch statistics of
+evaluation batches of 1,000, and batch statistics of evaluation batches of 8. Per seed: validation accuracy
+averaged over the checkpoints, for each way.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..verdict import Rule
+from . import _common as C
+from .base import Claim, Context, Figure, Outcome, Quote
+
+ACC = "validation accuracy, mean over checkpoints"
+MODES = ("running", "recalibrated", "batch-1000", "batch-8")
+
+
+def _recalibrate_available() -> str | None:
+    try:
+        from ...tools import recalibrate  # noqa: F401
+    except ImportError as exc:
+        return f"normlab.tools.recalibrate is not available ({exc})"
+    return None
+
+
+def _eval_all(model, data, modes) -> dict:
+    import torch
+
+    out = {}
+    for mode in modes:
+        m = copy.deepcopy(model)
+        batch = 1000
+        if mode == "recalibrated":
+            from ...tools import recalibrate
+
+            recalibrate(m, [data.x_train[i:i + 200] for i in range(0, 2000, 200)], progress=False)
+        elif mode.startswith("batch-"):
+            batch = int(mode.split("-")[1])
+            for mod in m.modules():
+                if hasattr(mod, "eval_stats"):
+                    mod.eval_stats = "batch"
+        with torch.no_grad():
+            out[mode] = C.evaluate(m, data.x_val, data.y_val, batch=batch)[1]
+    return out
+
+
+def _unit(u: dict) -> dict:
+    import torch
+
+    torch.manual_seed(u["seed"])
+    data = C.digits(u["seed"])
+    model = C.MLP(784, u["widths"], norm_spec="bn", activation="relu")
+    checkpoints: list[dict] = []
+
+    def probe(step, m, xb, yb):
+        if step and step % u["probe_every"] == 0:
+            checkpoints.append({"step": step, **_eval_all(m, data, u["modes"])})
+
+    C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
+            eval_every=u["steps"], seed=u["seed"], on_step=probe)
+    checkpoints.append({"step": u["steps"], **_eval_all(model, data, u["modes"])})
+    return {**u, "checkpoints": checkpoints}
+
+
+def run(ctx: Context) -> Outcome:
+    cfg = ctx.config
+    out = Outcome()
+    modes = list(MODES)
+    why = _recalibrate_available()
+    if why:
+        out.not_run["recalibrated"] = why
+        modes.remove("recalibrated")
+    units = [{"arm": "bn", "seed": s, "modes": modes, **cfg} for s in ctx.seeds]
+    res = ctx.map(_unit, units)
+    for r in res:
+        for mode in modes:
+            out.add(ACC, mode, r["seed"], C.mean([c[mode] for c in r["checkpoints"]]))
+    fig, (ax,) = C.new_figure(1, width=6.4)
+    for i, mode in enumerate(modes):
+        C.band(ax, [c["step"] for c in res[0]["checkpoints"]], [[c[mode] for c in r["checkpoints"]] for r in res],
+               mode, C.COLORS[i], marker="o")
+    ax.set(title="validation accuracy by inference statistics", xlabel="training step", ylabel="accuracy")
+    ax.legend()
+    out.figures.append(Figure("inference-stats", "The same trained BN network evaluated with running (EMA) "
+                              "statistics, recalibrated population statistics (PreciseBN), and batch statistics of "
+                              "evaluation batches of 1,000 and of 8. Line: mean over seeds; band: min..max.", fig))
+    out.tables.append(C.seed_table(out, (ACC,)))
+    out.measured = "mean val acc: " + ", ".join(f"{m} {C.mean(out.metrics[ACC][m]):.3f}" for m in modes)
+    return out
+
+
+def _cfg(steps, probe_every):
+    return {"steps": steps, "probe_every": probe_every, "batch_size": 32, "lr": 0.1, "widths": [100, 100, 100]}
+
+
+CLAIM = Claim(
+    id="train-vs-inference",
+    title="At inference BN uses running statistics, so outputs do not depend on the batch",
+    articles=(
+        Quote("During training, statistics are computed per mini-batch, but during inference, moving averages of "
+              "means and variances obtained during training are used. This ensures consistency in model behavior "
+              "irrespective of batch size.", "seed article 004"),
+        Quote("Whereas coaching, the layer makes use of the imply and customary deviation of the present batch. "
+              "Throughout inference, nevertheless, it depends on a shifting common from batches encountered "
+              "throughout coaching.", "seed article 002 (machine-translated: 'while training, the layer uses the "
+              "mean and standard deviation of the current batch; during inference it relies on a moving average')"),
+    ),
+    papers=("Wu & Johnson 2021 (arXiv:2105.07576): EMA statistics can be inaccurate (unstable at large batch / "
+            "fast-moving weights); PreciseBN population statistics over 10^3-10^4 samples are near-optimal; "
+            "normalizing with small-batch statistics at test time causes a train-test inconsistency."),
+    measures=("784-100-100-100-10 ReLU MLP with BN, SGD momentum 0.9, lr 0.1, batch 32; at checkpoints, eval-mode "
+              "validation accuracy with running statistics, recalibrated statistics (2,000 training images), and "
+              "batch statistics over evaluation batches of 1,000 and of 8; averaged over checkpoints."),
+    rule=Rule(metric=ACC, treatment="running", control="batch-8", direction="greater"),
+    secondary=(Rule(metric=ACC, treatment="recalibrated", control="running", direction="greater"),
+               Rule(metric=ACC, treatment="batch-1000", control="running", direction="greater")),
+    interpretation=("Primary rule: running statistics beat per-batch statistics of small evaluation batches (the "
+                    "articles' consistency argument). Secondary: PreciseBN beats the EMA (Wu & Johnson), and "
+                    "large-batch test statistics vs the EMA."),
+    configs={"tiny": _cfg(6, 3), "quick": _cfg(500, 100), "full": _cfg(2000, 200)},
+    run=run,
+)

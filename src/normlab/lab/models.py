@@ -1,0 +1,356 @@
+"""The lab's models. Every builder takes ``norm=<make_norm spec>`` ("bn", "ln", "gn:32", "none", ...).
+
+All builders share one signature shape: ``builder(input_shape, num_classes, *, norm=..., <options>)`` and return
+an ``nn.Module`` mapping ``(N, *input_shape)`` to logits ``(N, num_classes)``. :func:`build_model` looks builders
+up by name in :data:`MODELS`, and :func:`model_options` lists the options of one (the sweep validates grid keys
+against it).
+
+Shared options
+- ``init``: "default" (torch's), "he" (Kaiming normal, fan_in), "xavier" (Glorot normal), "lecun" (normal with
+  std 1/sqrt(fan_in)), "normal" (N(0, 0.01^2)); ``init_scale`` multiplies every weight matrix after init (bad
+  scales are where BN is claimed to help). Biases start at zero unless ``init == "default"``.
+- ``dropout``: rate in [0, 1); ``dropout_position``: "after" (norm -> activation -> dropout, the usual place) or
+  "before" (dropout -> norm, the order Li et al. 2019 call the variance shift).
+- ``norm_kw``: extra keyword arguments passed to ``make_norm`` (e.g. momentum, eps).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "model_options",
+    "norm_layer",
+    "seed_mlp",
+    "ioffe_mlp",
+    "mlp",
+    "cnn",
+    "resnet",
+    "rnn",
+    "INITS",
+    "ACTIVATIONS",
+]
+
+INITS = ("default", "he", "xavier", "lecun", "normal")
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "identity": nn.Identity,
+}
+DROPOUT_POSITIONS = ("after", "before")
+
+
+def norm_layer(spec: str, num_features: int, **kw) -> nn.Module:
+    """``normlab.nn.make_norm(spec, num_features, **kw)`` (``"none"`` gives an Identity)."""
+    from ..nn import make_norm
+
+    return make_norm(spec, num_features, **kw)
+
+
+def _check_choice(builder: str, key: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{builder}: {key}={value!r} is not allowed; expected one of {list(allowed)}")
+
+
+def _check_common(builder: str, init: str, init_scale: float, dropout: float, dropout_position: str) -> None:
+    _check_choice(builder, "init", init, INITS)
+    _check_choice(builder, "dropout_position", dropout_position, DROPOUT_POSITIONS)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{builder}: dropout must lie in [0, 1), got {dropout}")
+    if not init_scale > 0:
+        raise ValueError(f"{builder}: init_scale must be positive, got {init_scale}")
+
+
+def _activation(builder: str, name: str) -> nn.Module:
+    _check_choice(builder, "activation", name, list(ACTIVATIONS))
+    return ACTIVATIONS[name]()
+
+
+def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0) -> nn.Module:
+    """Re-initialize every Linear/Conv/RNN weight of ``model`` with scheme ``init`` times ``scale`` (in place)."""
+    _check_choice("init_weights", "init", init, INITS)
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                continue
+            w = m.weight
+            fan_in = w[0].numel()
+            if init == "he":
+                nn.init.kaiming_normal_(w, nonlinearity="relu")
+            elif init == "xavier":
+                nn.init.xavier_normal_(w)
+            elif init == "lecun":
+                nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+            elif init == "normal":
+                nn.init.normal_(w, 0.0, 0.01)
+            if init != "default" and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if scale != 1.0:
+                w.mul_(scale)
+    return model
+
+
+def _block(
+    layer: nn.Module, norm: nn.Module, act: nn.Module, dropout: float, dropout_position: str, dropout_cls=nn.Dropout
+) -> list[nn.Module]:
+    """layer -> norm -> act with dropout before the norm or after the activation."""
+    drop = [dropout_cls(dropout)] if dropout > 0 else []
+    if dropout_position == "before":
+        return [layer, *drop, norm, act]
+    return [layer, norm, act, *drop]
+
+
+def _flat_features(input_shape: Sequence[int]) -> int:
+    return int(math.prod(input_shape))
+
+
+# ------------------------------------------------------------------------------------------------------------ MLPs
+def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", norm_kw: dict | None = None) -> nn.Module:
+    """The seed article's Keras model: Flatten -> Dense(128, ReLU) -> [norm] -> Dense(num_classes)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(_flat_features(input_shape), 128),
+        nn.ReLU(),
+        norm_layer(norm, 128, **(norm_kw or {})),
+        nn.Linear(128, num_classes),
+    )
+
+
+def ioffe_mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: str = "bn",
+    init: str = "default",
+    init_scale: float = 1.0,
+    norm_kw: dict | None = None,
+) -> nn.Module:
+    """Ioffe & Szegedy (2015), Fig. 1: three hidden layers of 100 sigmoid units, norm before each nonlinearity."""
+    return mlp(
+        input_shape, num_classes, norm=norm, depth=3, width=100, activation="sigmoid", init=init,
+        init_scale=init_scale, norm_kw=norm_kw,
+    )
+
+
+def mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: str = "bn",
+    depth: int = 4,
+    width: int = 128,
+    activation: str = "relu",
+    init: str = "default",
+    init_scale: float = 1.0,
+    dropout: float = 0.0,
+    dropout_position: str = "after",
+    norm_kw: dict | None = None,
+) -> nn.Module:
+    """``depth`` hidden blocks Linear(width) -> norm -> activation (-> dropout), then Linear(num_classes)."""
+    _check_common("mlp", init, init_scale, dropout, dropout_position)
+    if depth < 1 or width < 1:
+        raise ValueError(f"mlp: depth and width must be >= 1, got depth={depth}, width={width}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = _flat_features(input_shape)
+    for _ in range(depth):
+        layers += _block(
+            nn.Linear(fan_in, width), norm_layer(norm, width, **(norm_kw or {})), _activation("mlp", activation),
+            dropout, dropout_position,
+        )
+        fan_in = width
+    layers.append(nn.Linear(fan_in, num_classes))
+    return init_weights(nn.Sequential(*layers), init, init_scale)
+
+
+# ------------------------------------------------------------------------------------------------------------ CNNs
+def cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: str = "bn",
+    channels: Sequence[int] = (16, 32),
+    activation: str = "relu",
+    init: str = "default",
+    init_scale: float = 1.0,
+    dropout: float = 0.0,
+    dropout_position: str = "after",
+    norm_kw: dict | None = None,
+) -> nn.Module:
+    """Small CNN: per entry of ``channels`` a 3x3 conv -> norm -> activation (-> dropout) -> 2x2 max-pool (while the
+    map is at least 2 wide), then global average pooling and a linear classifier. Input ``(N, C, H, W)``."""
+    _check_common("cnn", init, init_scale, dropout, dropout_position)
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn: expected an image input_shape (C, H, W), got {tuple(input_shape)}")
+    c_in, size = input_shape[0], min(input_shape[1:])
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += _block(
+            nn.Conv2d(c_in, c, 3, padding=1), norm_layer(norm, c, **(norm_kw or {})), _activation("cnn", activation),
+            dropout, dropout_position, nn.Dropout2d,
+        )
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return init_weights(nn.Sequential(*layers), init, init_scale)
+
+
+class _BasicBlock(nn.Module):
+    """He et al. (2016) basic residual block: conv-norm-relu-conv-norm, plus identity (or 1x1 conv-norm) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, norm_kw: dict, dropout: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = norm_layer(norm, c_out, **norm_kw)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = norm_layer(norm, c_out, **norm_kw)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(norm, c_out, **norm_kw)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))
+        h = self.norm2(self.conv2(self.drop(h)))
+        return torch.relu(h + self.shortcut(x))
+
+
+def resnet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: str = "bn",
+    widths: Sequence[int] = (16, 32, 64),
+    blocks_per_stage: int = 1,
+    init: str = "he",
+    init_scale: float = 1.0,
+    dropout: float = 0.0,
+    norm_kw: dict | None = None,
+) -> nn.Module:
+    """A small ResNet (He et al. 2016, CIFAR style): 3x3 stem, one stage per width (stride 2 after the first),
+    ``blocks_per_stage`` basic blocks each, global average pooling, linear classifier."""
+    _check_common("resnet", init, init_scale, dropout, "after")
+    if len(input_shape) != 3:
+        raise ValueError(f"resnet: expected an image input_shape (C, H, W), got {tuple(input_shape)}")
+    kw = norm_kw or {}
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False), norm_layer(norm, widths[0], **kw), nn.ReLU()
+    ]
+    c_in = widths[0]
+    for i, w in enumerate(widths):
+        for b in range(blocks_per_stage):
+            layers.append(_BasicBlock(c_in, w, 2 if (i > 0 and b == 0) else 1, norm, kw, dropout))
+            c_in = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return init_weights(nn.Sequential(*layers), init, init_scale)
+
+
+# ------------------------------------------------------------------------------------------------------- recurrent
+class _NormRNN(nn.Module):
+    """Recurrent BN (Cooijmans et al. 2017), tanh cell with separate statistics for every time step t:
+
+        h_t = tanh( N_t^h(W_h h_{t-1}) + N_t^x(W_x x_t) + b )
+
+    ``N_t`` are norm layers built per time step (steps beyond ``max_steps`` reuse the last one), so batch
+    statistics are never pooled over time. The classifier reads the last hidden state.
+    """
+
+    def __init__(
+        self, features: int, hidden: int, num_classes: int, max_steps: int, norm: str, norm_kw: dict, dropout: float
+    ) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w_x = nn.Linear(features, hidden, bias=False)
+        self.w_h = nn.Linear(hidden, hidden, bias=False)
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.norm_x = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
+        self.norm_h = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(hidden, num_classes)
+        nn.init.orthogonal_(self.w_h.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (N, T, F): time-major loop; the input projection of every step is computed in one matmul.
+        n, steps = x.shape[0], x.shape[1]
+        xs = self.w_x(x)
+        h = x.new_zeros(n, self.hidden)
+        last = len(self.norm_x) - 1
+        for t in range(steps):
+            k = min(t, last)
+            h = torch.tanh(self.norm_h[k](self.w_h(h)) + self.norm_x[k](xs[:, t]) + self.bias)
+        return self.head(self.drop(h))
+
+
+def rnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: str = "bn",
+    hidden: int = 64,
+    init: str = "default",
+    init_scale: float = 1.0,
+    dropout: float = 0.0,
+    norm_kw: dict | None = None,
+) -> nn.Module:
+    """Recurrent classifier with per-time-step norm. Images (C, H, W) are read row by row (H steps of C*W
+    features, "sequential MNIST by rows"); inputs (T, F) are sequences already."""
+    _check_common("rnn", init, init_scale, dropout, "after")
+    if len(input_shape) == 3:
+        steps, features = input_shape[1], input_shape[0] * input_shape[2]
+        pre: nn.Module = _RowsAsSequence()
+    elif len(input_shape) == 2:
+        steps, features = input_shape
+        pre = nn.Identity()
+    else:
+        raise ValueError(f"rnn: expected input_shape (T, F) or (C, H, W), got {tuple(input_shape)}")
+    cell = _NormRNN(features, hidden, num_classes, steps, norm, norm_kw or {}, dropout)
+    init_weights(cell, init, init_scale)
+    return nn.Sequential(pre, cell)
+
+
+class _RowsAsSequence(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, H, C*W)
+        return x.permute(0, 2, 1, 3).flatten(2)
+
+
+# -------------------------------------------------------------------------------------------------------- registry
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "seed_mlp": seed_mlp,
+    "ioffe_mlp": ioffe_mlp,
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet": resnet,
+    "rnn": rnn,
+}
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The keyword options of model ``name`` with their defaults (``norm`` included)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    sig = inspect.signature(MODELS[name])
+    return {k: p.default for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", **options
+) -> nn.Module:
+    """Build model ``name`` (see :data:`MODELS`) for inputs ``input_shape`` and ``num_classes`` outputs."""
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
+    return MODELS[name](tuple(input_shape), int(num_classes), norm=norm, **options)

@@ -1,0 +1,295 @@
+"""Experiment specs (TOML) expanded into grids of runs, run in parallel processes, stored, resumable.
+
+A spec::
+
+    name = "seed-comparison"        # optional (default: the file's stem); stored with each run
+    out = "runs"                    # optional output directory (relative to the spec file); --out overrides
+    description = "..."             # optional
+
+    [base]                          # TrainConfig fields shared by every run
+    data = "mnist5k"
+    model = "seed_mlp"
+    epochs = 10
+    [base.model_args]               # builder options (see normlab.lab.models.model_options)
+    [base.data_args]                # load_dataset keywords
+
+    [grid]                          # every key a list of values; the runs are the cartesian product
+    norm = ["bn", "none"]
+    seed = [0, 1, 2]
+    model_args.init_scale = [0.5, 1.0]     # dotted keys reach into model_args / data_args
+
+:func:`load_spec` validates everything before any run starts (unknown keys, bad values, model options, norm
+specs, by building each distinct model once) and names the offending key and what is allowed. :func:`run_grid`
+skips runs whose key is already in the store, runs the others in up to ``jobs`` processes (each stores its run
+in one transaction when it finishes), and returns a :class:`SweepSummary`. Killed at any moment, the same call
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import itertools
+import multiprocessing
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from .data import DATASETS
+from .models import MODELS, build_model, model_options
+from .store import DB_NAME, Store
+from .train import TrainConfig, train
+
+__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs"]
+
+_TOP_KEYS = ("name", "out", "description", "base", "grid")
+_CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
+# Input shapes used only to check that every model of a grid can be built before anything runs.
+_PROBE_SHAPES = {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8),
+                 "cifar10": (3, 32, 32)}
+
+
+class SpecError(ValueError):
+    """A spec is malformed; the message names the file, the key, what is allowed and what was given."""
+
+
+@dataclass
+class Spec:
+    """An expanded spec: ``runs`` is a list of (TrainConfig, params) with params the run's grid values."""
+
+    name: str
+    path: Path | None
+    out: Path
+    base: dict
+    grid: dict[str, list]
+    runs: list[tuple[TrainConfig, dict]]
+    description: str = ""
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key() for c, _ in self.runs]
+
+    @property
+    def db_path(self) -> Path:
+        return self.out / DB_NAME
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    db_path: Path
+    total: int
+    skipped: int
+    ran: int = 0
+    diverged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error message)
+    keys: list[str] = field(default_factory=list)
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _set(config: dict, dotted: str, value: Any) -> None:
+    head, _, tail = dotted.partition(".")
+    if tail:
+        config.setdefault(head, {})[tail] = value
+    else:
+        config[head] = value
+
+
+def parse_spec(doc: dict, *, where: str = "spec", out: str | os.PathLike | None = None,
+               base_dir: Path | None = None) -> Spec:
+    """Validate and expand a spec given as a dict (the parsed TOML). ``where`` names it in error messages."""
+
+    def fail(msg: str) -> None:
+        raise SpecError(f"{where}: {msg}")
+
+    unknown = sorted(set(doc) - set(_TOP_KEYS))
+    if unknown:
+        fail(f"unknown top-level key(s) {unknown}; allowed: {list(_TOP_KEYS)}")
+    base = doc.get("base", {})
+    grid_doc = doc.get("grid", {})
+    if not isinstance(base, dict):
+        fail(f"base must be a table of TrainConfig fields, got {type(base).__name__}")
+    if not isinstance(grid_doc, dict):
+        fail(f"grid must be a table of lists, got {type(grid_doc).__name__}")
+    for k in base:
+        if k not in _CONFIG_KEYS:
+            fail(f"base.{k} is not a TrainConfig field; allowed: {list(_CONFIG_KEYS)}")
+    grid: dict[str, list] = {}
+    for k, v in _flatten(grid_doc).items():
+        head, _, tail = k.partition(".")
+        if head not in _CONFIG_KEYS or (tail and head not in ("model_args", "data_args")):
+            fail(f"grid.{k} is not a TrainConfig field (or model_args.X / data_args.X); allowed: {list(_CONFIG_KEYS)}")
+        if head in ("model_args", "data_args") and not tail:
+            fail(f"grid.{k}: give the option as a dotted key, e.g. grid.{head}.depth = [2, 4]")
+        if not isinstance(v, list) or not v:
+            fail(f"grid.{k} must be a non-empty list of values, got {v!r}")
+        grid[k] = v
+    name = doc.get("name", "sweep")
+    if not isinstance(name, str) or not name:
+        fail(f"name must be a non-empty string, got {name!r}")
+
+    runs: list[tuple[TrainConfig, dict]] = []
+    seen: set[str] = set()
+    probed: set[str] = set()
+    combos = itertools.product(*grid.values()) if grid else [()]
+    for combo in combos:
+        params = dict(zip(grid, combo))
+        cfg = copy.deepcopy(base)
+        for k, v in params.items():
+            _set(cfg, k, v)
+        shown = " ".join(f"{k}={v!r}" for k, v in params.items())
+        try:
+            config = TrainConfig(**cfg)
+        except (TypeError, ValueError) as e:
+            fail(f"run [{shown}]: {e}")
+        if config.model not in MODELS:
+            key = "grid.model" if "model" in params else "base.model"
+            fail(f"{key}={config.model!r} is not a model; allowed: {sorted(MODELS)}")
+        if config.data not in DATASETS:
+            key = "grid.data" if "data" in params else "base.data"
+            fail(f"{key}={config.data!r} is not a data set; allowed: {sorted(DATASETS)}")
+        allowed = model_options(config.model)
+        bad = sorted(set(config.model_args) - set(allowed))
+        if bad:
+            fail(f"model_args {bad} are not options of model {config.model!r}; allowed: "
+                 f"{sorted(k for k in allowed if k != 'norm')}")
+        probe = repr((config.model, config.norm, sorted(config.model_args.items()), config.data,
+                      sorted(config.data_args.items())))
+        if probe not in probed:
+            probed.add(probe)
+            shape = _PROBE_SHAPES.get(config.data, (int(config.data_args.get("dim", 20)),))
+            try:
+                build_model(config.model, shape, 10, norm=config.norm, **config.model_args)
+            except (TypeError, ValueError) as e:
+                which = "norm" if "norm" in str(e).lower() and "norm" in params else "model"
+                fail(f"run [{shown}]: cannot build the {which}: {e}")
+        key = config.key()
+        if key in seen:
+            continue  # two grid points giving one config (e.g. an option the model ignores) are one run
+        seen.add(key)
+        runs.append((config, params))
+
+    base_dir = base_dir or Path.cwd()
+    out_dir = Path(out) if out is not None else base_dir / doc.get("out", "normlab-runs")
+    return Spec(name, None, out_dir, base, grid, runs, doc.get("description", ""))
+
+
+def load_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = None) -> Spec:
+    """Read, validate and expand a TOML spec file (errors name the file and the key)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: spec file is missing")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: expected TOML, found a syntax error ({e})") from None
+    doc.setdefault("name", path.stem)
+    spec = parse_spec(doc, where=str(path), out=out, base_dir=path.parent)
+    spec.path = path
+    return spec
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None) -> tuple[str, bool, dict, float]:
+    """Train one run and store it (in the worker, so a dying parent loses nothing that finished)."""
+    config = TrainConfig(**config_dict)
+    result = train(config, progress="none", threads=threads)
+    with Store(db_path) as store:
+        store.save(result, sweep=sweep, params=params)
+    return config.key(), result.diverged, result.final, result.wall_time
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def run_grid(
+    spec: Spec | str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    echo: Callable[[str], None] | None = print,
+    threads: int | None = None,
+) -> SweepSummary:
+    """Run every not-yet-stored run of ``spec`` (a :class:`Spec` or a TOML path) and return a summary.
+
+    ``jobs``: parallel processes (default: the number of cores, at most the number of pending runs); with 1 the
+    runs go in this process. ``threads``: torch threads per run (default: cores // jobs; small models on a busy
+    machine are fastest with 1). ``echo`` prints one line per finished run (None: silent). Runs that raise are
+    reported in ``summary.failed`` and not stored, so a rerun retries them.
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec, out=out)
+    elif out is not None:
+        spec.out = Path(out)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    db_path = spec.db_path
+    with Store(db_path) as store:
+        done = store.keys()
+    pending = [(c, p) for c, p in spec.runs if c.key() not in done]
+    summary = SweepSummary(spec.name, db_path, len(spec.runs), len(spec.runs) - len(pending), keys=spec.keys)
+    say = echo or (lambda s: None)
+    say(f"{spec.name}: {len(spec.runs)} runs, {summary.skipped} already stored, {len(pending)} to run -> {db_path}")
+    if not pending:
+        return summary
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"run_grid: jobs must be an int >= 1, got {jobs!r}")
+    jobs = min(jobs or default_jobs(), len(pending))
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"run_grid: threads must be an int >= 1, got {threads!r}")
+    threads = threads or max(1, default_jobs() // jobs)
+    width = len(str(len(pending)))
+    t0 = time.perf_counter()
+
+    def report(i: int, params: dict, key: str, diverged: bool, final: dict, wall: float) -> None:
+        summary.ran += 1
+        summary.diverged += int(diverged)
+        status = "DIVERGED " if diverged else ""
+        acc = final.get("val_acc", float("nan"))
+        say(f"[{i:>{width}}/{len(pending)}] {key[:10]} {_fmt_params(params)}  {status}val_acc {acc:.4f}  {wall:.1f}s")
+
+    if jobs == 1:
+        for i, (config, params) in enumerate(pending, 1):
+            try:
+                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads)
+            except Exception as e:  # a crashing run must not take the sweep down; it is retried next time
+                summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
+                say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
+                continue
+            report(i, params, key, diverged, final, wall)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's thread pools
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, threads): (c, p) for c, p in pending
+            }
+            for i, fut in enumerate(cf.as_completed(futures), 1):
+                config, params = futures[fut]
+                try:
+                    key, diverged, final, wall = fut.result()
+                except Exception as e:
+                    summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
+                    say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
+                    continue
+                report(i, params, key, diverged, final, wall)
+    say(f"{spec.name}: ran {summary.ran}, diverged {summary.diverged}, failed {len(summary.failed)}, "
+        f"skipped {summary.skipped} in {time.perf_counter() - t0:.1f}s")
+    if echo is not None:
+        sys.stdout.flush()
+    return summary

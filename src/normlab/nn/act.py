@@ -1,0 +1,200 @@
+"""Normalization followed by an activation, with an in-place, memory-saving mode (In-Place Activated BatchNorm).
+
+:class:`NormAct` wraps any normalization layer (a module, or a :func:`~normlab.nn.make_norm` spec) and applies
+``identity``, ``relu``, ``leaky_relu`` or ``elu`` after it. ``inplace_abn=True`` (Rota Bulò, Porzi & Kontschieder,
+"In-Place Activated BatchNorm for Memory-Optimized Training of DNNs", CVPR 2018, arXiv:1712.02616) computes
+
+    y = act(z),   z = gamma * (x - mu) / sqrt(sigma2 + eps) + beta
+
+*into the storage of x* and keeps only y (and the per-channel statistics) for the backward pass, which recovers
+
+    z = act^-1(y),   x_hat = (z - beta) / gamma,   dz = dy * act'(z)
+    dgamma = sum(dz * x_hat),   dbeta = sum(dz)
+    dx = gamma / sqrt(sigma2 + eps) * (dz - mean(dz) - x_hat * mean(dz * x_hat))     (batch statistics)
+    dx = gamma / sqrt(sigma2 + eps) * dz                                             (running statistics)
+
+so a conv -> BN -> activation block stores one tensor instead of two. The rules this imposes (the paper's):
+
+* the activation must be invertible: ``leaky_relu`` with ``negative_slope > 0`` (0.01 by default, as the paper),
+  ``elu`` with ``alpha > 0``, or ``identity``. ReLU maps every negative z to 0 and cannot be inverted, so
+  ``activation="relu"`` with ``inplace_abn=True`` raises (use ``leaky_relu``);
+* x_hat = (z - beta) / gamma needs gamma != 0: in in-place mode gamma is used as ``sign(gamma) * max(|gamma|,
+  gamma_floor)`` (1e-5; the paper uses ``|gamma| + eps``), identical to the standard mode unless |gamma| < 1e-5;
+* the norm must be a plain :class:`~normlab.nn.BatchNorm` (1d/2d/3d, any axis, synchronized or not); the input is
+  overwritten, so it must not be needed elsewhere (torch raises if it is: the usual conv -> NormAct is fine).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as TF
+
+from .. import _stats
+from .batchnorm import BatchNorm, BatchNormBase
+from .registry import make_norm
+
+__all__ = ["NormAct", "ACTIVATIONS"]
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu")
+INVERTIBLE = ("identity", "leaky_relu", "elu")
+
+
+def _activate(z: Tensor, activation: str, slope: float, alpha: float, inplace: bool = False) -> Tensor:
+    if activation == "identity":
+        return z
+    if activation == "relu":
+        return TF.relu(z, inplace=inplace)
+    if activation == "leaky_relu":
+        return TF.leaky_relu(z, slope, inplace=inplace)
+    return TF.elu(z, alpha, inplace=inplace)
+
+
+def _invert(y: Tensor, dy: Tensor, activation: str, slope: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """``(z, dL/dz)`` from the activation's output y and dL/dy."""
+    if activation == "identity":
+        return y, dy
+    neg = y < 0
+    if activation == "leaky_relu":
+        return torch.where(neg, y / slope, y), torch.where(neg, dy * slope, dy)
+    # elu: y = alpha * (exp(z) - 1) for z <= 0, so z = log1p(y / alpha) and dy/dz = y + alpha there
+    return torch.where(neg, torch.log1p(y / alpha), y), torch.where(neg, dy * (y + alpha), dy)
+
+
+class _InPlaceABN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, count, batch_stats, eps, axis, activation, slope, alpha, group):
+        nd = x.ndim
+        inv_std = torch.rsqrt(var + eps)
+        scale = inv_std if weight is None else inv_std * weight
+        with torch.no_grad():
+            x.sub_(_stats.channel_view(mean.to(x.dtype), nd, axis)).mul_(_stats.channel_view(scale.to(x.dtype), nd, axis))
+            if bias is not None:
+                x.add_(_stats.channel_view(bias.to(x.dtype), nd, axis))
+            _activate(x, activation, slope, alpha, inplace=True)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x, weight, bias, inv_std)
+        ctx.conf = (count, batch_stats, axis, activation, slope, alpha, group)
+        return x
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, weight, bias, inv_std = ctx.saved_tensors
+        count, batch_stats, axis, activation, slope, alpha, group = ctx.conf
+        nd = y.ndim
+        dims = _stats.reduce_dims(nd, axis)
+        z, dz = _invert(y, dy, activation, slope, alpha)
+        if bias is not None:
+            z = z - _stats.channel_view(bias, nd, axis)
+        x_hat = z if weight is None else z / _stats.channel_view(weight, nd, axis)
+        sum_dz = dz.sum(dim=dims)
+        sum_dz_xhat = (dz * x_hat).sum(dim=dims)
+        gamma = torch.ones_like(inv_std) if weight is None else weight
+        if batch_stats:
+            sums = torch.stack([sum_dz, sum_dz_xhat])
+            if group is not False:
+                from . import sync
+
+                sums = sync.all_reduce_sum(sums, group)
+            mean_dz, mean_dz_xhat = sums[0] / count, sums[1] / count
+            dx = _stats.channel_view(gamma * inv_std, nd, axis) * (
+                dz - _stats.channel_view(mean_dz, nd, axis) - x_hat * _stats.channel_view(mean_dz_xhat, nd, axis)
+            )
+        else:
+            dx = dz * _stats.channel_view(gamma * inv_std, nd, axis)
+        dweight = sum_dz_xhat if weight is not None and ctx.needs_input_grad[1] else None
+        dbias = sum_dz if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None, None
+
+
+class NormAct(nn.Module):
+    """``act(norm(x))`` with ``activation`` in ``identity``, ``relu``, ``leaky_relu``, ``elu``.
+
+    ``norm`` is a module or a :func:`make_norm` spec (then ``num_features`` and ``**norm_kwargs`` build it). Extra
+    forward arguments go to the norm (e.g. ``mask=`` for :class:`MaskedBatchNorm`). The norm's state_dict keys are
+    prefixed with ``norm.``. ``inplace_abn=True`` turns on the in-place mode described in the module docstring.
+    """
+
+    def __init__(
+        self,
+        norm: nn.Module | str,
+        num_features: int | None = None,
+        activation: str = "relu",
+        *,
+        negative_slope: float = 0.01,
+        alpha: float = 1.0,
+        inplace_abn: bool = False,
+        gamma_floor: float = 1e-5,
+        **norm_kwargs,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"NormAct: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(norm, str):
+            if num_features is None:
+                raise ValueError(f"NormAct: building the norm from the spec {norm!r} needs num_features")
+            norm = make_norm(norm, num_features, **norm_kwargs)
+        elif not isinstance(norm, nn.Module):
+            raise TypeError(f"NormAct: norm must be an nn.Module or a make_norm spec string, got {type(norm).__name__}")
+        elif norm_kwargs:
+            raise ValueError(f"NormAct: keyword arguments {sorted(norm_kwargs)} only apply when norm is a spec string")
+        if inplace_abn:
+            if activation not in INVERTIBLE:
+                raise ValueError(
+                    f"NormAct: inplace_abn=True needs an invertible activation ({INVERTIBLE}), got {activation!r}; "
+                    f"ReLU sends all negative values to 0 and cannot be inverted, use 'leaky_relu' (slope 0.01, "
+                    f"as In-Place ABN) instead"
+                )
+            if activation == "leaky_relu" and not negative_slope > 0:
+                raise ValueError(f"NormAct: inplace_abn=True needs negative_slope > 0, got {negative_slope}")
+            if activation == "elu" and not alpha > 0:
+                raise ValueError(f"NormAct: inplace_abn=True needs alpha > 0 for elu, got {alpha}")
+            if not isinstance(norm, BatchNorm) or type(norm)._normalize is not BatchNormBase._normalize:
+                raise ValueError(
+                    f"NormAct: inplace_abn=True supports plain BatchNorm layers, got {type(norm).__name__}; use "
+                    f"inplace_abn=False for the other norms"
+                )
+            if not gamma_floor > 0:
+                raise ValueError(f"NormAct: gamma_floor must be positive, got {gamma_floor}")
+        self.norm = norm
+        self.activation, self.negative_slope, self.alpha = activation, float(negative_slope), float(alpha)
+        self.inplace_abn, self.gamma_floor = inplace_abn, float(gamma_floor)
+
+    def extra_repr(self) -> str:
+        s = f"activation={self.activation!r}"
+        if self.activation == "leaky_relu":
+            s += f", negative_slope={self.negative_slope}"
+        if self.activation == "elu":
+            s += f", alpha={self.alpha}"
+        return s + (", inplace_abn=True" if self.inplace_abn else "")
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if not self.inplace_abn:
+            return _activate(self.norm(x, *args, **kwargs), self.activation, self.negative_slope, self.alpha)
+        return self._inplace(x)
+
+    def _inplace(self, x: Tensor) -> Tensor:
+        bn = self.norm
+        c = bn.check_input(x)
+        weight = bn.weight
+        if weight is not None:
+            # gamma must be invertible: keep its sign, floor its size (straight-through above the floor)
+            floor = self.gamma_floor
+            sign = torch.where(weight < 0, -1.0, 1.0).to(weight.dtype)
+            weight = torch.where(weight.abs() < floor, sign * floor, weight)
+        batch_stats = bn.uses_batch_stats()
+        group = False
+        if batch_stats:
+            with torch.no_grad():
+                stats = bn.batch_moments(x.detach(), _stats.reduce_dims(x.ndim, c))
+            if bn.updates_running_stats():
+                bn.update_running(stats)
+            mean, var, count = stats.mean, stats.var, stats.count
+            if bn.sync_statistics:
+                group = bn.process_group
+        else:
+            mean, var, count = bn.running_mean, bn.running_var, 1
+        return _InPlaceABN.apply(
+            x, weight, bn.bias, mean.detach(), var.detach(), count, batch_stats, bn.eps, c,
+            self.activation, self.negative_slope, self.alpha, group,
+        )

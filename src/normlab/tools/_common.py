@@ -1,0 +1,65 @@
+"""What the model tools need to know about normalization layers, torch's and normlab's, in one place."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..nn.batchnorm import BatchNormBase
+
+# Every torch batch-statistic layer (BatchNorm1d/2d/3d, SyncBatchNorm, the lazy ones) derives from _BatchNorm.
+TORCH_BATCH_NORM = nn.modules.batchnorm._BatchNorm
+BATCH_NORM_TYPES = (TORCH_BATCH_NORM, BatchNormBase)
+TORCH_NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,  # batch norms and instance norms
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """A layer that normalizes with batch statistics in training and (usually) running statistics in eval."""
+    return isinstance(module, BATCH_NORM_TYPES)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Any normalization layer: torch's, or any layer defined in ``normlab.nn`` (all of which are norms)."""
+    return isinstance(module, TORCH_NORM_TYPES) or type(module).__module__.startswith("normlab.nn")
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    return getattr(module, "running_mean", None) is not None and getattr(module, "running_var", None) is not None
+
+
+def channel_axis(norm: nn.Module) -> int:
+    """The axis a batch-norm layer takes as channels (torch's are always 1)."""
+    return int(getattr(norm, "axis", 1)) if isinstance(norm, BatchNormBase) else 1
+
+
+def eval_uses_running_stats(norm: nn.Module) -> str | None:
+    """``None`` when ``norm`` normalizes with its running statistics now, else the reason it does not."""
+    if norm.training:
+        return "in training mode (it normalizes with batch statistics); call model.eval() first"
+    if not has_running_stats(norm):
+        return "has no running statistics (track_running_stats=False), so it always uses batch statistics"
+    if isinstance(norm, BatchNormBase) and norm.uses_batch_stats():
+        return f"uses batch statistics in eval mode (eval_stats={norm.eval_stats!r})"
+    if isinstance(norm, TORCH_BATCH_NORM) and not norm.track_running_stats:
+        return "has track_running_stats=False, so it always uses batch statistics"
+    return None
+
+
+def module_use_counts(model: nn.Module) -> dict[int, int]:
+    """How many names each module object is registered under (a shared module appears more than once)."""
+    counts: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    return counts
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule registered as ``name`` (dotted path) by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

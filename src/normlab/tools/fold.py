@@ -1,0 +1,350 @@
+"""Fold eval-mode batch normalization into the preceding Conv / ConvTranspose / Linear ("fused BN").
+
+In eval mode a batch-norm layer is a fixed per-channel affine map of its input z:
+
+    BN(z) = gamma * (z - mu) / sqrt(sigma2 + eps) + beta = s * z + (beta - s * mu),   s = gamma / sqrt(sigma2 + eps)
+
+with mu, sigma2 the running statistics. When z = W * x + b is the output of a convolution or a linear layer,
+the composition is again a convolution / linear layer with
+
+    W' = s * W   (scaling output channel o of W by s_o)      b' = s * (b - mu) + beta
+
+so the normalization costs nothing at inference. For ``ConvTranspose*d`` the weight is laid out
+``(in_channels, out_channels / groups, *kernel)``: output channel ``o = g * (out / groups) + j`` is column ``j``
+of the rows of group ``g``, which is where the scale goes.
+
+:func:`fold_into` is the pure tensor function; :func:`plan_fold` decides which pairs fold (through ``torch.fx``
+data flow where the model traces, through ``nn.Sequential`` order where it does not) and says why the others do
+not; :func:`fold_batchnorm` applies the plan to a copy of the model (or in place).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, fx, nn
+
+from ._common import (
+    BatchNormBase,
+    channel_axis,
+    eval_uses_running_stats,
+    is_batch_norm,
+    module_use_counts,
+    set_submodule,
+)
+
+__all__ = ["FoldReport", "fold_into", "plan_fold", "fold_batchnorm"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+FOLD_TARGETS = _CONV + _CONV_T + (nn.Linear,)
+
+
+# -- the pure tensor function ------------------------------------------------------------------------------------
+def fold_into(
+    weight: Tensor,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+    *,
+    transposed: bool = False,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Weight and bias of the layer equal to ``norm(layer(x))`` for an eval-mode batch norm after a layer.
+
+    ``weight`` is a ``Linear`` (out, in), ``Conv`` (out, in / groups, *k) or, with ``transposed=True``, a
+    ``ConvTranspose`` (in, out / groups, *k) weight. A missing ``bias`` counts as zero, a missing ``norm_weight``
+    (gamma) as one and a missing ``norm_bias`` (beta) as zero. Computed in float64 and returned in ``weight``'s
+    dtype and device; the bias is always returned (a conv without bias gains one).
+    """
+    if weight.ndim < 2:
+        raise ValueError(f"fold_into: expected a layer weight of rank >= 2, got shape {tuple(weight.shape)}")
+    if groups < 1 or (transposed and weight.shape[0] % groups):
+        raise ValueError(f"fold_into: groups={groups} does not divide the weight's {weight.shape[0]} input channels")
+    out = weight.shape[1] * groups if transposed else weight.shape[0]
+    for what, t in (("running_mean", running_mean), ("running_var", running_var), ("bias", bias),
+                    ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
+        if t is not None and tuple(t.shape) != (out,):
+            raise ValueError(
+                f"fold_into: expected {what} of shape ({out},) to match the layer's {out} output channels, "
+                f"got {tuple(t.shape)}"
+            )
+    if eps < 0:
+        raise ValueError(f"fold_into: eps must be non-negative, got {eps}")
+    f64 = dict(dtype=torch.float64, device=weight.device)
+    scale = torch.rsqrt(running_var.detach().to(**f64) + eps)
+    if norm_weight is not None:
+        scale = scale * norm_weight.detach().to(**f64)
+    b = bias.detach().to(**f64) if bias is not None else torch.zeros(out, **f64)
+    new_bias = (b - running_mean.detach().to(**f64)) * scale
+    if norm_bias is not None:
+        new_bias = new_bias + norm_bias.detach().to(**f64)
+    w = weight.detach().to(**f64)
+    if transposed:
+        kernel = w.shape[2:]
+        per_group = w.reshape(groups, w.shape[0] // groups, w.shape[1], *kernel)
+        shape = (groups, 1, w.shape[1]) + (1,) * len(kernel)
+        new_weight = (per_group * scale.reshape(shape)).reshape(w.shape)
+    else:
+        new_weight = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    return new_weight.to(weight.dtype), new_bias.to(weight.dtype)
+
+
+# -- the plan ----------------------------------------------------------------------------------------------------
+@dataclass
+class FoldReport:
+    """What :func:`fold_batchnorm` folds and why it leaves the rest.
+
+    ``folded``: ``(layer name, norm name)`` pairs; ``skipped``: ``(norm name, reason)``; ``traced``: modules whose
+    data flow was read with ``torch.fx`` (``""`` is the whole model); ``untraced``: ``(module name, error)`` for
+    modules that did not trace, where only ``nn.Sequential`` order was used.
+    """
+
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def num_norms(self) -> int:
+        return len(self.folded) + len(self.skipped)
+
+    def __str__(self) -> str:
+        if not self.num_norms:
+            return "fold: the model has no batch-norm layer (torch.nn.BatchNorm*d or normlab.nn.BatchNormBase)"
+        lines = [f"fold: {len(self.folded)} of {self.num_norms} batch-norm layers folded"]
+        lines += [f"  folded  {norm or '<model>'} into {layer}" for layer, norm in self.folded]
+        lines += [f"  skipped {norm or '<model>'}: {reason}" for norm, reason in self.skipped]
+        lines += [f"  not traceable with torch.fx: {name or '<model>'} ({err})" for name, err in self.untraced]
+        return "\n".join(lines)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps layers and every normlab layer opaque: their input checks need concrete shapes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (
+            isinstance(m, FOLD_TARGETS)
+            or is_batch_norm(m)
+            or type(m).__module__.startswith("normlab.nn")
+            or super().is_leaf_module(m, qualname)
+        )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _output_rank(layer: nn.Module, norm: nn.Module) -> int:
+    """The rank of the layer's output as the norm sees it (batched input assumed)."""
+    if isinstance(layer, nn.Linear):
+        return 2  # (N, C): the one rank where axis 1 and axis -1 both name Linear's features
+    return layer.weight.ndim  # conv weights have the same rank as the batched input/output
+
+
+def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
+    """Check numerically that the norm's eval-mode output is the running-statistics affine map.
+
+    Guards against batch-norm subclasses whose eval mode does something else (they would fold wrongly).
+    """
+    rank = _output_rank(layer, norm)
+    c = channel_axis(norm) % rank
+    shape = [2] * rank
+    shape[c] = norm.num_features
+    dtype = norm.running_mean.dtype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=norm.running_mean.device)
+    view = [1] * rank
+    view[c] = -1
+    f64 = torch.float64
+    expected = (x.to(f64) - norm.running_mean.to(f64).reshape(view)) * torch.rsqrt(
+        norm.running_var.to(f64).reshape(view) + norm.eps
+    )
+    if norm.weight is not None:
+        expected = expected * norm.weight.detach().to(f64).reshape(view)
+    if norm.bias is not None:
+        expected = expected + norm.bias.detach().to(f64).reshape(view)
+    try:
+        with torch.no_grad():
+            got = norm(x).to(f64)
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
+        return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
+    tol = 64 * torch.finfo(dtype).eps
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=tol * (1 + float(expected.abs().max()))):
+        return f"its eval-mode output is not the running-statistics affine map ({type(norm).__name__})"
+    return None
+
+
+def _pair_problem(layer: nn.Module, norm: nn.Module, counts: dict[int, int]) -> str | None:
+    """Why ``norm(layer(x))`` cannot be folded into ``layer``, or ``None`` if it can."""
+    reason = eval_uses_running_stats(norm)
+    if reason:
+        return reason
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        return f"{type(layer).__name__} before it is lazy and not initialized yet"
+    if counts.get(id(layer), 1) > 1 or counts.get(id(norm), 1) > 1:
+        return "the layer or the norm is shared (registered under several names), so folding would change other uses"
+    if tuple(norm.running_mean.shape) != (norm.num_features,):
+        return f"its running statistics have shape {tuple(norm.running_mean.shape)}, not one value per channel"
+    if _out_channels(layer) != norm.num_features:
+        return f"{norm.num_features} channels, but the {type(layer).__name__} before it has {_out_channels(layer)}"
+    axis = channel_axis(norm)
+    if isinstance(layer, nn.Linear):
+        if axis not in (1, -1):
+            return f"channel axis {axis} is not the feature axis of the Linear before it (use axis=-1)"
+    elif axis not in (1, 1 - layer.weight.ndim):
+        return f"channel axis {axis} is not the channel axis (1) of the {type(layer).__name__} before it"
+    return _probe(layer, norm)
+
+
+def _describe(node: object) -> str:
+    if isinstance(node, fx.Node):
+        if node.op == "call_module":
+            return f"module {node.target!r}"
+        if node.op == "placeholder":
+            return f"the input {node.target!r}"
+        return f"{node.op} {getattr(node.target, '__name__', node.target)!s}"
+    return repr(node)
+
+
+def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict) -> None:
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module" or not is_batch_norm(root.get_submodule(node.target)):
+            continue
+        name = _join(prefix, node.target)
+        norm = root.get_submodule(node.target)
+        src = node.args[0] if node.args else None
+        if len(node.args) != 1 or node.kwargs:
+            decisions[name] = (None, "called with more than one argument")
+        elif calls[node.target] > 1:
+            decisions[name] = (None, "called more than once in forward")
+        elif not (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(root.get_submodule(src.target), FOLD_TARGETS)
+        ):
+            decisions[name] = (None, f"its input is {_describe(src)}, not the output of a Conv, ConvTranspose or Linear")
+        elif len(src.users) != 1:
+            others = ", ".join(_describe(u) for u in src.users if u is not node)
+            decisions[name] = (None, f"the output of {src.target!r} is also used by {others}")
+        elif calls[src.target] > 1:
+            decisions[name] = (None, f"{src.target!r} is called more than once in forward")
+        else:
+            layer = root.get_submodule(src.target)
+            decisions[name] = (_join(prefix, src.target), _pair_problem(layer, norm, counts))
+
+
+def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict) -> None:
+    if isinstance(module, FOLD_TARGETS) or is_batch_norm(module):
+        return
+    if not any(is_batch_norm(m) for m in module.modules()):
+        return
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure sends us to the module-order fallback
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
+    else:
+        report.traced.append(prefix)
+        _plan_graph(graph, module, prefix, counts, decisions)
+        return
+    children = list(module.named_children())
+    if isinstance(module, nn.Sequential):
+        # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
+        for (layer_name, layer), (norm_name, norm) in zip(children, children[1:]):
+            if is_batch_norm(norm) and isinstance(layer, FOLD_TARGETS):
+                decisions[_join(prefix, norm_name)] = (_join(prefix, layer_name), _pair_problem(layer, norm, counts))
+    for child_name, child in children:
+        _plan_module(child, _join(prefix, child_name), counts, report, decisions)
+
+
+def plan_fold(model: nn.Module) -> FoldReport:
+    """What :func:`fold_batchnorm` would fold in ``model`` and why it would skip the rest; changes nothing.
+
+    Data flow comes from ``torch.fx`` (a norm folds when its only input is a Conv/ConvTranspose/Linear output that
+    feeds nothing else, each called once). A module that does not trace is searched for ``nn.Sequential``
+    neighbours (layer then norm) and its children are traced one by one.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"plan_fold: expected a torch.nn.Module, got {type(model).__name__}")
+    report = FoldReport()
+    decisions: dict[str, tuple[str | None, str | None]] = {}
+    _plan_module(model, "", module_use_counts(model), report, decisions)
+    for name, norm in model.named_modules():
+        if not is_batch_norm(norm):
+            continue
+        if name not in decisions:
+            reason = eval_uses_running_stats(norm) or (
+                "not reached: no traced forward calls it, and it does not follow a Conv/Linear in an nn.Sequential"
+            )
+            report.skipped.append((name, reason))
+            continue
+        layer, reason = decisions[name]
+        if reason is not None:
+            reason = eval_uses_running_stats(norm) or reason  # the actionable reason first
+        if reason is None:
+            report.folded.append((layer, name))
+        else:
+            report.skipped.append((name, reason))
+    return report
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = False) -> nn.Module:
+    """Fold every foldable eval-mode batch norm into the layer before it; return the folded model.
+
+    The folded norms become ``nn.Identity`` and their layers get the weights of :func:`fold_into` (a conv without
+    bias gains one); everything else, the model's class included, stays. The result matches the eval-mode model.
+    Handles ``torch.nn.BatchNorm*d`` (and ``SyncBatchNorm``) and every ``normlab.nn.BatchNormBase`` layer.
+
+    A norm with channel axis 1 after a ``Linear`` is folded as the ``(N, C)`` case, the only input on which a
+    Linear's features lie on axis 1; for ``(N, L, C)`` sequences use a channels-last norm (``axis=-1``).
+
+    ``inplace=False`` folds a deep copy. :func:`plan_fold` returns the :class:`FoldReport` of what this call folds.
+    Norms that cannot fold are skipped with a warning listing the reasons, or, with ``strict=True``, make it raise
+    ``ValueError``. A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
+    """
+    report = plan_fold(model)
+    if not report.num_norms:
+        raise ValueError(
+            "fold_batchnorm: the model has no batch-norm layer to fold (looked for torch.nn.BatchNorm*d, "
+            "SyncBatchNorm and normlab.nn.BatchNormBase subclasses)"
+        )
+    if strict and report.skipped:
+        raise ValueError(f"fold_batchnorm(strict=True): cannot fold every batch norm; model unchanged.\n{report}")
+    # Compute every new weight before touching any module, so an error leaves the model as it was.
+    folded = []
+    for layer_name, norm_name in report.folded:
+        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
+        transposed = isinstance(layer, _CONV_T)
+        weight, bias = fold_into(
+            layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
+            transposed=transposed, groups=layer.groups if transposed else 1,
+        )
+        folded.append((layer_name, norm_name, weight, bias))
+    target = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for layer_name, norm_name, weight, bias in folded:
+            layer = target.get_submodule(layer_name)
+            layer.weight.copy_(weight)
+            if layer.bias is None:
+                layer.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
+            else:
+                layer.bias.copy_(bias)
+            set_submodule(target, norm_name, nn.Identity())
+    if report.skipped:
+        warnings.warn(str(report), stacklevel=2)
+    return target

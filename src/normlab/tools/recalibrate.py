@@ -1,0 +1,215 @@
+"""Precise batch-norm statistics (PreciseBN; Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
+
+Training leaves each batch norm with an exponential moving average of batch statistics, dominated by the last
+few hundred batches and taken while the weights were still moving. PreciseBN replaces it, with the weights fixed,
+by the population statistics of the layer's input over many batches B_1..B_K (n_k values per channel each):
+
+    mu_pop      = sum_k n_k mu_k / N                                              (N = sum_k n_k)
+    sigma2_pop  = sum_k n_k (sigma2_k + (mu_k - mu_pop)^2) / N                  (pooled moments, exact)
+
+i.e. the mean of the batch means and the variance of all the values seen, with every value weighted equally (for
+equal-sized batches: every batch weighted equally). For MABN, which normalizes by the second moment without
+centring, the running variance becomes the population second moment sigma2_pop + mu_pop^2. The batch variance alone would miss the spread of the batch
+means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased running
+variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+
+During the passes every batch norm normalizes with batch statistics, as in training, so that each layer sees the
+inputs it saw during training. Accumulation is in float64 with Chan's pairwise update (no E[x^2] - E[x]^2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import _stats
+from ._common import channel_axis, has_running_stats, is_batch_norm
+
+__all__ = ["recalibrate"]
+
+
+class _PooledMoments:
+    """Per-channel count, mean and sum of squared deviations (float64), merged batch by batch (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.count: Tensor | None = None
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def add(self, x: Tensor, axis: int, mask: Tensor | None = None) -> None:
+        x = x.detach().to(torch.float64)
+        batch = _stats.moments(x, _stats.reduce_dims(x.ndim, axis), mask=mask)
+        n_b = torch.as_tensor(batch.count, dtype=torch.float64, device=x.device).expand_as(batch.mean)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = (torch.zeros_like(batch.mean) for _ in range(3))
+        total = self.count + n_b
+        weight = n_b / total.clamp_min(1)  # 0 for a channel that has seen nothing yet in both
+        delta = batch.mean - self.mean
+        self.mean = self.mean + delta * weight
+        self.m2 = self.m2 + batch.var * n_b + delta * delta * self.count * weight
+        self.count = total
+
+    def seen(self) -> Tensor | None:
+        """Per channel: did any value arrive?"""
+        return None if self.count is None else self.count > 0
+
+    def variance(self, unbiased: bool) -> Tensor:
+        var = self.m2 / self.count.clamp_min(1)
+        return _stats.unbiased(var, self.count) if unbiased else var
+
+
+def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+    """The input of a batch-norm call and, for MaskedBatchNorm, its validity mask (padding must not count)."""
+    from .. import nn as nlnn
+
+    x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+    if not isinstance(x, Tensor):
+        return None, None
+    masked = getattr(nlnn, "MaskedBatchNorm", None)
+    if masked is None or not isinstance(norm, masked):
+        return x, None
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+    return x, norm._mask(x, channel_axis(norm) % x.ndim, mask, lengths)
+
+
+def _uncentred(norm: nn.Module) -> bool:
+    """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020)."""
+    from .. import nn as nlnn
+
+    mabn = getattr(nlnn, "MovingAverageBatchNorm", None)
+    return mabn is not None and isinstance(norm, mabn)
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return model(batch)
+    if isinstance(batch, (tuple, list)) and batch:
+        return model(batch[0])  # (input, target) as a DataLoader yields
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    raise TypeError(
+        f"recalibrate: cannot feed a batch of type {type(batch).__name__} to the model; expected a Tensor, an "
+        f"(input, target) tuple/list or a dict of keyword arguments, or pass forward=lambda model, batch: ..."
+    )
+
+
+def _progress(iterable: Iterable, total: int | None, enabled: bool) -> Iterable:
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is part of the lab extra; without it there is simply no bar
+        return iterable
+    return tqdm(iterable, total=total, desc="recalibrate", unit="batch", leave=False)
+
+
+def recalibrate(
+    model: nn.Module,
+    batches: Iterable,
+    num_batches: int | None = None,
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Set the running statistics of every batch norm in ``model`` to its exact population statistics over
+    ``batches`` (PreciseBN). Changes ``model`` in place and returns it.
+
+    ``batches`` yields inputs (a Tensor, an ``(input, target)`` pair, or a dict of keyword arguments; any other
+    form with ``forward(model, batch)``); ``num_batches`` stops after that many (``None``: all of them) and must
+    not exceed what ``batches`` holds. Handles torch's ``BatchNorm*d``/``SyncBatchNorm`` and every
+    ``normlab.nn.BatchNormBase`` layer that keeps running statistics. Runs under ``torch.no_grad()``.
+
+    Only the running mean and variance of these layers change: their ``training`` flags and every buffer of the
+    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and on any error (a bad batch, too few batches) the running
+    statistics are left as they were. A layer that no batch reached keeps its statistics, with a warning.
+    ``MaskedBatchNorm`` counts only the valid positions of its ``mask``/``lengths``; layers with statistics per time
+    step (``TimeStepBatchNorm``) are left alone, with a warning.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
+    if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1):
+        raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
+    norms, per_step = [], []
+    for name, m in model.named_modules():
+        if is_batch_norm(m) and has_running_stats(m):
+            # Statistics per time step (TimeStepBatchNorm) are not one population per channel.
+            (norms if tuple(m.running_mean.shape) == (m.num_features,) else per_step).append((name, m))
+    if not norms:
+        raise ValueError(
+            "recalibrate: the model has no batch norm with running statistics (torch.nn.BatchNorm*d, SyncBatchNorm "
+            "or normlab.nn.BatchNormBase with track_running_stats=True)"
+        )
+    forward = forward or _default_forward
+    total = num_batches
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)
+
+    # The passes run the model as it is (training mode where it is in training mode), so any layer may touch its
+    # buffers (num_batches_tracked, running averages, MABN's histories, other stateful layers): every buffer of the
+    # model is put back afterwards, and only then are the new statistics written.
+    saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    modes = [(m, m.training) for _, m in norms]
+    pooled = {id(m): _PooledMoments() for _, m in norms}
+    handles = []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x, mask = _masked_input(module, args, kwargs)
+        if x is not None:
+            pooled[id(module)].add(x, channel_axis(module), mask)
+
+    try:
+        for _, m in norms:
+            m.train()  # batch statistics normalize, as in training
+            handles.append(m.register_forward_pre_hook(record, with_kwargs=True))
+        seen = 0
+        with torch.no_grad():
+            for batch in _progress(batches, total, progress):
+                if num_batches is not None and seen >= num_batches:
+                    break
+                forward(model, batch)
+                seen += 1
+        if seen == 0:
+            raise ValueError("recalibrate: batches yielded no batch; running statistics unchanged")
+        if num_batches is not None and seen < num_batches:
+            raise ValueError(
+                f"recalibrate: asked for num_batches={num_batches} but batches held only {seen}; "
+                f"running statistics unchanged"
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.train(training)
+        with torch.no_grad():
+            buffers = dict(model.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+    missed = []
+    with torch.no_grad():
+        for name, m in norms:
+            acc = pooled[id(m)]
+            if acc.mean is None or not bool(acc.seen().any()):
+                missed.append(name)
+                continue
+            seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
+            if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+                second = acc.variance(False) + acc.mean**2
+                m.running_var.copy_(torch.where(seen, second, m.running_var.to(second.dtype)))
+                continue
+            unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
+            mean, var = acc.mean, acc.variance(unbiased)
+            m.running_mean.copy_(torch.where(seen, mean, m.running_mean.to(mean.dtype)))
+            m.running_var.copy_(torch.where(seen, var, m.running_var.to(var.dtype)))
+    if missed:
+        warnings.warn(f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2)
+    if per_step:
+        warnings.warn(
+            f"recalibrate: {', '.join(n for n, _ in per_step)} keep running statistics per time step; not recalibrated",
+            stacklevel=2,
+        )
+    return model

@@ -1,0 +1,150 @@
+"""normlab.lab.models: structure of the seed/Ioffe models, options, init schemes, per-time-step recurrent BN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from normlab.lab import models
+from normlab.nn import BatchNormBase
+
+SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
+
+
+def _kinds(model: nn.Module) -> list[str]:
+    return [type(m).__name__ for m in model if not isinstance(m, nn.Flatten)]
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("shape", ["mnist", "digits"])
+def test_every_model_maps_images_to_logits(name, norm, shape):
+    torch.manual_seed(0)
+    net = models.build_model(name, SHAPES[shape], 10, norm=norm)
+    out = net(torch.rand(6, *SHAPES[shape]))
+    assert out.shape == (6, 10) and torch.isfinite(out).all()
+    n_bn = sum(isinstance(m, BatchNormBase) for m in net.modules())
+    assert (n_bn > 0) == (norm == "bn")
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_seed_mlp_is_the_keras_model():
+    net = models.seed_mlp((1, 28, 28), 10, norm="bn")
+    assert _kinds(net) == ["Linear", "ReLU", "BatchNorm", "Linear"]
+    assert (net[1].in_features, net[1].out_features, net[4].out_features) == (784, 128, 10)
+    assert net[3].num_features == 128
+    assert _kinds(models.seed_mlp((1, 28, 28), 10, norm="none")) == ["Linear", "ReLU", "Identity", "Linear"]
+
+
+def test_ioffe_mlp_norm_before_sigmoid():
+    net = models.ioffe_mlp((1, 28, 28), 10, norm="bn")
+    assert _kinds(net) == ["Linear", "BatchNorm", "Sigmoid"] * 3 + ["Linear"]
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [100, 100, 100, 10]
+
+
+def test_dropout_position():
+    after = models.mlp((4,), 3, depth=2, width=8, dropout=0.3, dropout_position="after")
+    before = models.mlp((4,), 3, depth=2, width=8, dropout=0.3, dropout_position="before")
+    assert _kinds(after) == ["Linear", "BatchNorm", "ReLU", "Dropout"] * 2 + ["Linear"]
+    assert _kinds(before) == ["Linear", "Dropout", "BatchNorm", "ReLU"] * 2 + ["Linear"]
+    cnn = models.cnn((1, 8, 8), 10, channels=(4,), dropout=0.2, dropout_position="before")
+    assert _kinds(cnn)[:4] == ["Conv2d", "Dropout2d", "BatchNorm", "ReLU"]
+
+
+@pytest.mark.parametrize("init,std", [("he", lambda f: math.sqrt(2 / f)), ("lecun", lambda f: math.sqrt(1 / f)),
+                                      ("normal", lambda f: 0.01)])
+def test_init_schemes_have_their_std_and_scale_multiplies(init, std):
+    torch.manual_seed(0)
+    net = models.mlp((400,), 10, depth=1, width=500, init=init, norm="none")
+    w = net[1].weight
+    assert abs(w.std().item() / std(400) - 1) < 0.03  # 200k samples: the relative error of the std is ~0.2%
+    assert net[1].bias.abs().max() == 0
+    torch.manual_seed(0)
+    scaled = models.mlp((400,), 10, depth=1, width=500, init=init, norm="none", init_scale=3.0)
+    torch.testing.assert_close(scaled[1].weight, 3.0 * w)
+
+
+def test_xavier_std():
+    torch.manual_seed(1)
+    net = models.mlp((300,), 10, depth=1, width=600, init="xavier", norm="none")
+    assert abs(net[1].weight.std().item() / math.sqrt(2 / 900) - 1) < 0.03
+
+
+def test_resnet_shortcuts_and_stages():
+    net = models.resnet((3, 16, 16), 5, widths=(4, 8), blocks_per_stage=2)
+    blocks = [m for m in net if isinstance(m, models._BasicBlock)]
+    assert len(blocks) == 4
+    assert isinstance(blocks[0].shortcut, nn.Identity) and not isinstance(blocks[2].shortcut, nn.Identity)
+    assert blocks[2].conv1.stride == (2, 2)
+    assert net(torch.rand(3, 3, 16, 16)).shape == (3, 5)
+
+
+def test_rnn_normalizes_every_time_step_with_its_own_statistics():
+    torch.manual_seed(0)
+    net = models.rnn((5, 3), 4, hidden=6, norm="bn")  # sequences of 5 steps of 3 features
+    cell = net[1]
+    assert len(cell.norm_x) == 5 and len(cell.norm_h) == 5
+    x = torch.randn(32, 5, 3) * torch.arange(1, 6).view(1, 5, 1)  # every step has its own scale
+    net.train()
+    net(x)
+    with torch.no_grad():
+        for t in range(5):
+            pre = cell.w_x(x[:, t])  # input projection of step t
+            m = cell.norm_x[t].momentum
+            torch.testing.assert_close(cell.norm_x[t].running_mean, m * pre.mean(0))
+            torch.testing.assert_close(cell.norm_x[t].running_var, (1 - m) + m * pre.var(0, unbiased=True))
+
+
+def test_rnn_reads_images_row_by_row():
+    net = models.rnn((1, 8, 8), 10, hidden=5)
+    assert len(net[1].norm_x) == 8 and net[1].w_x.in_features == 8
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(net[0](x), x[:, 0])
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match=r"model 'mlp': unknown option\(s\) \['deepth'\]; expected some of"):
+        models.build_model("mlp", (4,), 2, deepth=3)
+    with pytest.raises(ValueError, match=r"unknown model 'vgg'; expected one of \['cnn', 'ioffe_mlp'"):
+        models.build_model("vgg", (4,), 2)
+    with pytest.raises(ValueError, match=r"mlp: init='glorot' is not allowed; expected one of \['default', 'he'"):
+        models.mlp((4,), 2, init="glorot")
+    with pytest.raises(ValueError, match=r"mlp: dropout_position='middle' is not allowed"):
+        models.mlp((4,), 2, dropout_position="middle")
+    with pytest.raises(ValueError, match=r"mlp: activation='swish' is not allowed; expected one of \['relu'"):
+        models.mlp((4,), 2, activation="swish")
+    with pytest.raises(ValueError, match=r"mlp: dropout must lie in \[0, 1\), got 1.5"):
+        models.mlp((4,), 2, dropout=1.5)
+    with pytest.raises(ValueError, match=r"cnn: expected an image input_shape \(C, H, W\), got \(4,\)"):
+        models.cnn((4,), 2)
+    with pytest.raises(ValueError, match=r"norm spec|make_norm: unknown spec 'bogus'"):
+        models.seed_mlp((4,), 2, norm="bogus")
+
+
+def test_model_options_lists_builder_keywords():
+    opts = models.model_options("mlp")
+    assert opts["depth"] == 4 and opts["dropout_position"] == "after" and "norm" in opts
+
+
+# InstanceNorm needs spatial positions: an MLP's or a recurrent cell's (N, C) features have none.
+_SPEC_MODEL = [(s, m) for s in ("brn", "gbn:4", "mabn", "bln", "gn:4", "ln", "in", "rms")
+               for m in ("mlp", "cnn", "resnet", "rnn") if not (s == "in" and m in ("mlp", "rnn"))]
+
+
+@pytest.mark.parametrize("spec,name", _SPEC_MODEL)
+def test_family_specs_build_and_train_one_step(spec, name):
+    from normlab.nn import make_norm
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    net = models.build_model(name, shape, 10, norm=spec, **({"widths": (8, 8)} if name == "resnet" else {}))
+    want = type(make_norm(spec, 8))
+    assert any(type(m) is want for m in net.modules())
+    x = torch.rand(16, *shape)
+    loss = torch.nn.functional.cross_entropy(net(x), torch.arange(16) % 10)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

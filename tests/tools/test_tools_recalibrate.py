@@ -1,0 +1,191 @@
+"""normlab.tools.recalibrate (PreciseBN): exact population statistics on data with known per-channel moments,
+deeper layers against an independent computation, restored flags, and errors that leave the model unchanged."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normlab import nn as nlnn
+from normlab.tools import recalibrate
+
+
+def dataset_with_moments(n, c, spatial, mean, std, dtype=torch.float64, channel_axis=1, seed=0):
+    """Values whose per-channel population mean and (biased) std over the whole dataset are exactly mean, std."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, c, *spatial), generator=gen, dtype=torch.float64) ** 3  # skewed: not a Gaussian shortcut
+    dims = tuple(d for d in range(z.ndim) if d != 1)
+    z = (z - z.mean(dim=dims, keepdim=True)) / z.std(dim=dims, correction=0, keepdim=True)
+    x = z * std.reshape(1, c, *[1] * len(spatial)) + mean.reshape(1, c, *[1] * len(spatial))
+    return x.movedim(1, channel_axis).to(dtype)
+
+
+MEAN = torch.tensor([3.0, -2.0, 0.5, 100.0], dtype=torch.float64)
+STD = torch.tensor([0.5, 2.0, 1.0, 0.01], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "make_norm,unbiased",
+    [
+        (lambda: nn.BatchNorm2d(4, momentum=0.1), True),
+        (lambda: nlnn.BatchNorm2d(4, momentum=None), True),
+        (lambda: nlnn.BatchNorm2d(4, running_var_unbiased=False), False),
+    ],
+)
+def test_recalibrated_statistics_equal_the_known_population_moments(make_norm, unbiased):
+    data = dataset_with_moments(50, 4, (3, 3), MEAN, STD)
+    batches = list(data.split(16))  # 16, 16, 16, 2: the ragged last batch still counts value by value
+    norm = make_norm().double()
+    recalibrate(nn.Sequential(norm), batches, progress=False)
+    n = data.numel() // 4
+    want_var = STD**2 * (n / (n - 1) if unbiased else 1.0)
+    torch.testing.assert_close(norm.running_mean, MEAN, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(norm.running_var, want_var, rtol=1e-12, atol=1e-14)
+
+
+def test_channels_last_sequence_norm_in_float32():
+    data = dataset_with_moments(24, 4, (5,), MEAN, STD, dtype=torch.float32, channel_axis=-1)  # (N, L, C)
+    norm = nlnn.BatchNorm(4, axis=-1)
+    recalibrate(norm, data.split(5), progress=False)
+    n = 24 * 5
+    torch.testing.assert_close(norm.running_mean, MEAN.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, (STD**2 * n / (n - 1)).float(), rtol=1e-5, atol=1e-7)
+
+
+def test_deeper_layer_matches_independent_pooled_statistics():
+    """bn2's input depends on bn1 normalizing with batch statistics; the truth is computed without hooks."""
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(3, 5, 3), nn.Conv2d(5, 6, 1)
+    bn1, bn2 = nlnn.BatchNorm2d(5), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn1.weight.uniform_(0.5, 2.0), bn1.bias.uniform_(-1, 1)
+    model = nn.Sequential(conv1, bn1, nn.ReLU(), conv2, bn2).double().eval()
+    batches = [torch.randn(8, 3, 6, 6, dtype=torch.float64) * 2 + 1 for _ in range(5)]
+    with torch.no_grad():
+        z1 = [conv1(x) for x in batches]
+        z2 = [conv2(F.relu(F.batch_norm(z, None, None, bn1.weight, bn1.bias, training=True))) for z in z1]
+    flat = lambda zs: torch.cat(zs).transpose(0, 1).reshape(zs[0].shape[1], -1).numpy()  # noqa: E731
+    recalibrate(model, batches, progress=False)
+    np.testing.assert_allclose(bn1.running_mean.numpy(), flat(z1).mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(bn1.running_var.numpy(), flat(z1).var(axis=1, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(bn2.running_mean.numpy(), flat(z2).mean(axis=1), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn2.running_var.numpy(), flat(z2).var(axis=1, ddof=1), rtol=1e-10)
+    assert not model.training and not bn1.training and not bn2.training
+
+
+def test_flags_and_counters_are_restored_and_num_batches_limits():
+    bn_a, bn_b = nn.BatchNorm1d(3, momentum=None), nlnn.BatchNorm1d(3, momentum=0.3)
+    model = nn.Sequential(bn_a, bn_b)
+    bn_b.eval()  # mixed flags on purpose
+    bn_a.num_batches_tracked.fill_(7)
+    batches = [(torch.randn(10, 3) + i, torch.zeros(10)) for i in range(4)]  # (input, target) pairs
+    recalibrate(model, batches, num_batches=2, progress=False)
+    assert bn_a.training and not bn_b.training
+    assert bn_a.momentum is None and bn_b.momentum == 0.3
+    assert int(bn_a.num_batches_tracked) == 7 and int(bn_b.num_batches_tracked) == 0
+    first_two = torch.cat([batches[0][0], batches[1][0]])
+    torch.testing.assert_close(bn_a.running_mean, first_two.mean(0))
+    torch.testing.assert_close(bn_a.running_var, first_two.var(0, correction=1))
+
+
+def test_dict_batches_and_custom_forward():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(2)
+
+        def forward(self, features):
+            return self.bn(features)
+
+    model = Keyword()
+    data = torch.randn(12, 2) * 3
+    recalibrate(model, [{"features": data[:6]}, {"features": data[6:]}], progress=False)
+    torch.testing.assert_close(model.bn.running_mean, data.mean(0))
+    model.bn.reset_running_stats()
+    recalibrate(model, [[None, data]], forward=lambda m, b: m(b[1]), progress=False)
+    torch.testing.assert_close(model.bn.running_var, data.var(0))
+
+
+def test_progress_bar_is_shown(capsys):
+    recalibrate(nn.BatchNorm1d(2), [torch.randn(4, 2)] * 3, progress=True)
+    assert "recalibrate" in capsys.readouterr().err
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_bad_batch_midway_leaves_statistics_and_flags_unchanged():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nlnn.BatchNorm2d(4, momentum=0.2)).eval()
+    with torch.no_grad():
+        model[2].running_mean.fill_(0.5)
+    before = snapshot(model)
+    batches = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(3, 4, 4)]  # last one unbatched
+    with pytest.raises(ValueError, match="expected 4D input"):  # the conv accepts unbatched input, the norms do not
+        recalibrate(model, batches, progress=False)
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model[2].training and model[2].momentum == 0.2
+    assert not model[1]._forward_pre_hooks and not model[2]._forward_pre_hooks  # hooks removed
+
+
+def test_too_few_batches_no_batch_and_bad_arguments():
+    model = nn.Sequential(nn.BatchNorm1d(3))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="asked for num_batches=5 but batches held only 2; running statistics unchanged"):
+        recalibrate(model, [torch.randn(4, 3)] * 2, num_batches=5, progress=False)
+    with pytest.raises(ValueError, match="batches yielded no batch"):
+        recalibrate(model, [], progress=False)
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    with pytest.raises(ValueError, match="num_batches must be a positive int or None"):
+        recalibrate(model, [torch.randn(4, 3)], num_batches=0)
+    with pytest.raises(ValueError, match="recalibrate: the model has no batch norm with running statistics"):
+        recalibrate(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False)), [torch.randn(4, 3)])
+    with pytest.raises(TypeError, match="cannot feed a batch of type int"):
+        recalibrate(model, [3], progress=False)
+
+
+def test_layer_never_reached_warns_and_keeps_its_statistics():
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Partial()
+    with torch.no_grad():
+        model.unused.running_mean.fill_(4.0)
+    with pytest.warns(UserWarning, match="no batch reached unused"):
+        recalibrate(model, [torch.randn(5, 2) + 1], progress=False)
+    assert torch.equal(model.unused.running_mean, torch.full((2,), 4.0))
+
+
+def test_masked_batch_norm_counts_only_valid_positions():
+    norm = nlnn.MaskedBatchNorm(3, axis=-1)
+    xs, lengths = [], []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(4, 6, 3, generator=gen, dtype=torch.float64) * 2 + 1
+        n = torch.randint(1, 7, (4,), generator=gen)
+        for i, k in enumerate(n.tolist()):
+            x[i, k:] = float("nan")  # padding never enters the statistics
+        xs.append(x)
+        lengths.append(n)
+    norm = norm.double()
+    recalibrate(norm, list(zip(xs, lengths)), forward=lambda m, b: m(b[0], lengths=b[1]), progress=False)
+    valid = torch.cat([x[i, :k] for x, n in zip(xs, lengths) for i, k in enumerate(n.tolist())])
+    torch.testing.assert_close(norm.running_mean, valid.mean(0))
+    torch.testing.assert_close(norm.running_var, valid.var(0))
+
+
+def test_time_step_statistics_are_left_alone_with_a_warning():
+    model = nn.Sequential(nn.BatchNorm1d(3), nlnn.TimeStepBatchNorm(3, max_steps=4, axis=1, time_axis=2))
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    x = torch.randn(5, 3, 4) * 3 + 1
+    with pytest.warns(UserWarning, match="1 keep running statistics per time step; not recalibrated"):
+        recalibrate(model, [x], progress=False)  # the model is in training mode: its buffers still stay put
+    assert all(torch.equal(v, before[k]) for k, v in model[1].state_dict().items())
+    torch.testing.assert_close(model[0].running_mean, x.mean(dim=(0, 2)))  # the plain layer was recalibrated

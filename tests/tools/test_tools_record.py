@@ -1,0 +1,116 @@
+"""normlab.tools.ActivationRecorder: statistics against an independent computation, sampling, dead units,
+gradient norms, hook removal and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from normlab.tools import ActivationRecorder
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 1))
+
+
+def test_records_sampled_steps_and_matches_independent_statistics():
+    model = mlp()
+    xs = [torch.randn(32, 5) * 2 for _ in range(5)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with ActivationRecorder(model, every=2) as rec:
+        for step, x in enumerate(xs):
+            if step % 2 == 0:  # the independent truth, with the weights of this step
+                h = model[0](x)
+                h.retain_grad()
+                out = model[4](torch.tanh(model[2](torch.relu(h))))  # no watched module called
+                out.pow(2).mean().backward()
+                expected.append((step, h.detach().numpy().ravel(), float(h.grad.norm())))
+                opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        model(xs[0])  # eval forwards are neither counted nor recorded
+    assert [r.step for r in rec.records if r.layer == "1"] == [0, 2, 4]
+    assert [s for s, _ in rec.series("3", "mean")] == [0, 2, 4]
+    for (step, values, grad_norm), rec_row in zip(expected, [r for r in rec.records if r.layer == "1"]):
+        assert rec_row.step == step
+        np.testing.assert_allclose(rec_row.mean, values.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rec_row.std, values.std(), rtol=1e-5)
+        np.testing.assert_allclose([rec_row.p15, rec_row.p50, rec_row.p85], np.percentile(values, [15, 50, 85]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rec_row.grad_norm, grad_norm, rtol=1e-5)
+    assert len(rec.rows()) == 6 and set(rec.rows()[0]) >= {"step", "layer", "p15", "dead_fraction", "grad_norm"}
+    assert not model[1]._forward_pre_hooks and not model._forward_pre_hooks
+
+
+def test_dead_relu_fraction_per_unit_and_per_channel():
+    lin = nn.Linear(4, 8)
+    with torch.no_grad():
+        lin.weight[:3].zero_()
+        lin.bias[:3] = -1.0  # units 0..2 never fire
+        lin.weight[3:].mul_(0.01)
+        lin.bias[3:] = 10.0  # units 3..7 always fire
+    model = nn.Sequential(lin, nn.ReLU())
+    conv = nn.Conv2d(2, 4, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([-1.0, 0.0, 1.0, 2.0]))  # channels 0 and 1 are <= 0 everywhere
+    cnn = nn.Sequential(conv, nn.ReLU())
+    with ActivationRecorder(model) as rec, ActivationRecorder(cnn, grads=False) as rec_cnn:
+        model(torch.randn(16, 4))
+        cnn(torch.randn(3, 2, 4, 4))
+    assert rec.records[0].dead_fraction == pytest.approx(3 / 8)
+    assert rec.records[0].grad_norm is None  # no backward ran
+    assert rec_cnn.records[0].dead_fraction == pytest.approx(2 / 4)
+
+
+def test_percentiles_of_large_tensors_are_sampled_close_to_exact():
+    model = nn.Sequential(nn.Identity(), nn.ReLU())
+    x = torch.randn(64, 16, 16, 16)  # 262144 values, 4096 drawn
+    with ActivationRecorder(model, max_values=4096) as rec:
+        model(x)
+    exact = np.percentile(x.numpy().ravel(), [15, 50, 85])
+    r = rec.records[0]
+    np.testing.assert_allclose([r.p15, r.p50, r.p85], exact, atol=0.1)
+    assert r.mean == pytest.approx(float(x.mean()), abs=1e-6)  # mean/std use every value
+
+
+def test_weight_gradient_norm_of_watched_layers():
+    model = mlp()
+    x = torch.randn(16, 5)
+    with ActivationRecorder(model, modules=["0", "2"], every=2) as rec:
+        for step in range(3):
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+            if step % 2 == 0:
+                want = {n: float(model[int(n)].weight.grad.norm()) for n in ("0", "2")}
+                got = {r.layer: r.weight_grad_norm for r in rec.records if r.step == step}
+                assert got == pytest.approx(want, rel=1e-6)
+    assert [r.step for r in rec.records] == [0, 0, 2, 2]
+    assert not model[0].weight._backward_hooks
+
+
+def test_explicit_modules_and_hooks_removed_on_error():
+    model = mlp()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ActivationRecorder(model, modules=["0", "2"]):
+            model(torch.randn(3, 5))
+            raise RuntimeError("boom")
+    assert not model[0]._forward_pre_hooks and not model._forward_pre_hooks
+
+
+def test_bad_input():
+    model = mlp()
+    with pytest.raises(ValueError, match=r"ActivationRecorder: no module named \['nope'\]"):
+        ActivationRecorder(model, modules=["nope"])
+    with pytest.raises(ValueError, match="ActivationRecorder: the model has no activation module"):
+        ActivationRecorder(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="every must be a positive int, got 0"):
+        ActivationRecorder(model, every=0)
+    rec = ActivationRecorder(model)
+    with pytest.raises(ValueError, match="unknown field 'median'"):
+        rec.series("1", "median")
+    with pytest.raises(ValueError, match="layer '0' is not watched"):
+        rec.series("0", "mean")
