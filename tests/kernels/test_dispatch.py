@@ -151,3 +151,14 @@ def test_functional_eval_without_grad_on_fast_path_keeps_buffers():
         y_native = F.batch_norm(x, rm, rv, training=False)
     torch.testing.assert_close(y, y_native)
     assert torch.equal(rm, before[0]) and torch.equal(rv, before[1])
+
+
+@needs_numba
+def test_jit_tracing_takes_native_path():
+    """The ONNX exporter traces with TorchScript, which cannot map normlab's custom ops: stay on torch ops."""
+    layer = BatchNorm2d(3).eval()
+    with kernels.backend("fast"):
+        traced = torch.jit.trace(layer, torch.randn(2, 3, 4, 4))
+    assert "normlab::" not in str(traced.graph)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(traced(x), layer(x))

@@ -5,7 +5,8 @@ variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
 
 * ``"native"``: always torch's operators (the code in :mod:`normlab._stats`).
 * ``"fast"``: the kernels for every tensor they support (CPU, float32/float64, non-empty, numba installed);
-  anything else (GPU tensors, half types) still takes the native path, since no kernel exists for it.
+  anything else (GPU tensors, half types) still takes the native path, since no kernel exists for it; so does
+  TorchScript tracing / ONNX export (``torch.compile``, ``torch.export`` and fx do see the custom ops).
 * ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least :data:`AUTO_MIN_NUMEL`
   values (below that, calling into numba costs more than torch's whole kernel; measured by ``normlab bench``).
 """
@@ -92,5 +93,8 @@ def use_fast(x: Tensor) -> bool:
     """Whether a call on ``x`` takes the kernels under the current setting."""
     name = get_backend()
     if name == "native" or not supported(x):
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
         return False
     return name == "fast" or x.numel() >= AUTO_MIN_NUMEL

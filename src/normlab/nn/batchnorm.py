@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 
 __all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -189,6 +189,10 @@ class BatchNormBase(nn.Module):
             stats = sync.all_merge_moments(stats, self.process_group)
         return stats
 
+    def _local_plain_moments(self) -> bool:
+        """Whether :meth:`batch_moments` is the base one without synchronization, so the fused kernel computes it."""
+        return not self.sync_statistics and type(self).batch_moments is BatchNormBase.batch_moments
+
     def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
         ``momentum=None``) and count the batch."""
@@ -201,7 +205,13 @@ class BatchNormBase(nn.Module):
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         if not self.uses_batch_stats():
-            return _stats.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+        if self._local_plain_moments() and kernels.use_fast(x):
+            # the same statistics + normalize, fused on the fast CPU kernels (one op for autograd and compile)
+            y, stats = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=axis)
+            if self.updates_running_stats():
+                self.update_running(stats)
+            return y
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         if self.updates_running_stats():
             self.update_running(stats)
