@@ -38,7 +38,12 @@ def _bench(args: argparse.Namespace) -> int:
     cases = bench_kernels.run_grid(names, reps=args.reps, compile_=args.compile,
                                    progress=lambda s: print(f"  timing {s}", file=sys.stderr, flush=True))
     print(bench_kernels.format_table(cases))
-    bench_kernels.write_json(cases, args.json, env)
+    steps = None
+    if not args.no_train_step:
+        print(f"  timing lab cnn training steps", file=sys.stderr, flush=True)
+        steps = bench_kernels.train_step_cases(reps=max(3, args.reps // 2))
+        print(bench_kernels.format_train_steps(steps))
+    bench_kernels.write_json(cases, args.json, env, steps)
     print(f"wrote {args.json}")
     return 0
 
@@ -313,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", default="", help="comma-separated grid names, e.g. '32x64x56x56,256x128'")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     p.add_argument("--json", default="bench_kernels.json", help="where to write the results")
+    p.add_argument("--no-train-step", action="store_true", help="skip the lab cnn end-to-end training step")
     p.set_defaults(func=_bench)
     _add_lab_commands(sub)
     _add_claims_parser(sub)

@@ -203,6 +203,45 @@ def environment() -> dict:
     }
 
 
-def write_json(cases: list[Case], path: str, env: dict) -> None:
+def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] | None = None) -> None:
+    data = {"environment": env, "cases": [c.as_dict() | {"name": c.name} for c in cases]}
+    if train_steps is not None:
+        data["train_steps"] = train_steps
     with open(path, "w") as fh:
-        json.dump({"environment": env, "cases": [c.as_dict() | {"name": c.name} for c in cases]}, fh, indent=1)
+        json.dump(data, fh, indent=1)
+
+
+def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:
+    """End to end: one SGD step (forward, loss, backward, update) of the lab's ``cnn`` model with BN, on the
+    dispatched path (``auto``) and on torch operators only (``native``), interleaved; medians in ms."""
+    from ..lab.models import build_model
+
+    out = []
+    for bs in batch_sizes:
+        torch.manual_seed(0)
+        x = torch.randn((bs,) + tuple(image))
+        target = torch.randint(0, 10, (bs,))
+        steps = {}
+        for setting in ("auto", "native"):
+            model = build_model("cnn", image, 10, norm="bn", channels=tuple(channels))
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+            def step(model=model, opt=opt, setting=setting):
+                with kernels.backend(setting):
+                    opt.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(model(x), target).backward()
+                    opt.step()
+            steps[setting] = step
+        t = interleaved(steps, reps=reps, warmup=2)
+        bn_values = bs * channels[0] * image[1] * image[2]
+        out.append({"batch_size": bs, "first_bn_values": bn_values, "auto_ms": t["auto"].median * 1e3,
+                    "native_ms": t["native"].median * 1e3, "speedup": t["native"].median / t["auto"].median})
+    return out
+
+
+def format_train_steps(rows: list[dict]) -> str:
+    lines = ["lab cnn training step (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), medians in ms:",
+             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'speed-up':>10}"]
+    for r in rows:
+        lines.append(f"{r['batch_size']:>7}{r['first_bn_values']:>15}{r['auto_ms']:>10.2f}{r['native_ms']:>10.2f}{r['speedup']:>10.2f}")
+    return "\n".join(lines)
