@@ -219,30 +219,23 @@ def ncs_train_backward(dy, x, groups, mean, var, weight, bias, eps, act, dx, sum
 
 
 @njit(**_OPTS)
-def ncs_reduce(dy, x, groups, mean, scale, shift, act, sum_dy, sum_dy_xc):
-    """Per (group, channel) sum dy' and sum dy' * (x - mean) (ReLU'-masked by the recomputed pre-activation)."""
+def ncs_apply_backward(dy, x, groups, mean, scale, shift, act, dx, sum_dy, sum_dy_xc):
+    """Backward of ``ncs_apply`` per (group, channel): sum dy' and sum dy' * (x - mean) (dy' = dy masked by the
+    recomputed ReLU'), then dx = scale * dy' while the channel's dy and x are still in L2."""
     N, C = x.shape[0], x.shape[1]
     per = N // groups
     for gc in prange(groups * C):
         g, c = gc // C, gc % C
+        mu, a, b = mean[g, c], scale[g, c], shift[g, c]
         sdy, sdyx = 0.0, 0.0
         for n in range(g * per, (g + 1) * per):
-            s1, s2 = _reduce_row(dy[n, c], x[n, c], mean[g, c], scale[g, c], shift[g, c], act)
+            s1, s2 = _reduce_row(dy[n, c], x[n, c], mu, a, b, act)
             sdy += s1
             sdyx += s2
         sum_dy[g, c] = sdy
         sum_dy_xc[g, c] = sdyx
-
-
-@njit(**_OPTS)
-def ncs_backward_apply(dy, x, groups, mean, scale, shift, k_dy, k_x, k_0, act, dx):
-    """dx = k_dy * dy' + k_x * (x - mean) + k_0 with (G, C) coefficients; parallel over rows."""
-    N, C = x.shape[0], x.shape[1]
-    per = N // groups
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        g = n // per
-        _dx_row(dy[n, c], x[n, c], dx[n, c], mean[g, c], scale[g, c], shift[g, c], k_dy[g, c], k_x[g, c], k_0[g, c], act)
+        for n in range(g * per, (g + 1) * per):
+            _dx_row(dy[n, c], x[n, c], dx[n, c], mu, a, b, a, 0.0, 0.0, act)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -125,10 +125,14 @@ def apply_backward(
     xv, dyv = _layout.view(xs, p), _layout.view(dys, p)
     mu, a, b = (_gc(t, groups, p.c) for t in (mean, scale, shift))
     s_dy, s_dyx = np.empty((groups, p.c)), np.empty((groups, p.c))
-    _kernel(p, "reduce")(dyv, xv, groups, mu, a, b, act, s_dy, s_dyx)
     dx = torch.empty_like(xs)
-    zero = np.zeros((groups, p.c))
-    _kernel(p, "backward_apply")(dyv, xv, groups, mu, a, b, a, zero, zero, act, _layout.view(dx, p))
+    dxv = _layout.view(dx, p)
+    if p.kind == _layout.NCS:  # fused: the reductions, then dx while the channel is in L2
+        _k().ncs_apply_backward(dyv, xv, groups, mu, a, b, act, dxv, s_dy, s_dyx)
+    else:
+        _k().mc_reduce(dyv, xv, groups, mu, a, b, act, s_dy, s_dyx)
+        zero = np.zeros((groups, p.c))
+        _k().mc_backward_apply(dyv, xv, groups, mu, a, b, a, zero, zero, act, dxv)
     return dx, torch.from_numpy(s_dy).to(x.dtype), torch.from_numpy(s_dyx).to(x.dtype)
 
 
