@@ -8,9 +8,7 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
-from torch.nn import functional as _torch_F
 
 from . import _stats, _validate, kernels
 
@@ -81,15 +79,6 @@ def batch_norm(
         batches = num_batches_tracked + 1 if num_batches_tracked is not None else None
         factor = momentum_factor(momentum, batches, name)
 
-    if not kernels.use_fast(input) and _torch_can_run(input, c, running_var_unbiased or not has_running,
-                                                      (running_mean, running_var, weight, bias)):
-        # Stepping aside to torch's own kernel (same convention: momentum, unbiased running variance): one
-        # operator call instead of a dozen for tiny tensors, cuDNN/oneDNN on their devices.
-        out = _torch_F.batch_norm(input, running_mean, running_var, weight, bias, training, factor, eps)
-        if training and has_running and num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
-        return out
-
     if not training:
         return kernels.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
 
@@ -99,12 +88,3 @@ def batch_norm(
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
     return out
-
-
-def _torch_can_run(input: Tensor, c: int, unbiased_running: bool, vectors) -> bool:
-    """Whether torch.nn.functional.batch_norm computes exactly this call: channel axis 1, torch's running-variance
-    convention, float32/float64 with every vector of the input's dtype and device (half types stay on normlab's
-    float32-accumulating path)."""
-    if c != 1 or not unbiased_running or input.dtype not in (torch.float32, torch.float64):
-        return False
-    return all(t is None or (t.dtype == input.dtype and t.device == input.device) for t in vectors)
