@@ -9,6 +9,7 @@ operator per step instead of an opaque Python call that breaks the graph. Every 
 * ``normlab::apply(x, mean, scale, shift, axis, groups, act)`` -> ``act((x - mean) * scale + shift)``.
   (Written with the mean subtracted first rather than as ``x * a + b``: with |mean| >> std, ``x * a`` and ``b``
   are both large and their sum cancels in float32; the subtraction is free in a memory-bound kernel.)
+  Its backward is ``normlab::apply_backward`` -> ``(dx, sum dy', sum dy' * (x - mean))``.
 * ``normlab::batch_norm_train(x, weight, bias, eps, axis, groups, act)`` -> ``(y, mean, var)``: statistics and
   apply fused; its backward is ``normlab::batch_norm_train_backward`` (the two per-channel reductions and the
   backward apply, fused).
