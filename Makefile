@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/normlab demo
+	$(BIN)/normlab claims --quick --out claims-report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

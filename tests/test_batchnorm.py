@@ -264,3 +264,26 @@ def test_one_value_per_channel_is_fine_in_eval_mode():
 def test_bad_constructor_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         nlnn.BatchNorm(**kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_buffers_still_normalize_in_float32(dtype):
+    """Regression: with half running buffers (module.to(half)), eval-mode normalize ran in half precision."""
+    torch.manual_seed(0)
+    layer = nlnn.BatchNorm2d(4)
+    layer.train()
+    for _ in range(3):
+        layer(torch.randn(16, 4, 4, 4) * 2 + 100)
+    layer.eval()
+    x = (torch.randn(8, 4, 4, 4) * 2 + 100).to(dtype)
+    half_layer = copy.deepcopy(layer).to(dtype)
+    y = half_layer(x)
+    assert y.dtype == dtype
+    # Only the final rounding to the half type may remain (the buffers' own rounding to half is part of the input):
+    # y must equal the float64 result for those buffers rounded once to the half type, up to one unit in the last place.
+    exact_half_buffers = ref.batch_norm_inference(x.double().numpy(), half_layer.running_mean.double().numpy(),
+                                                  half_layer.running_var.double().numpy(), eps=layer.eps)
+    rounded = torch.from_numpy(exact_half_buffers).to(dtype)
+    ulp = torch.nextafter(rounded.abs(), torch.tensor(float("inf"), dtype=dtype)) - rounded.abs()
+    assert bool(((y.detach() - rounded).abs() <= ulp).all())
+    assert (y.detach() == rounded).double().mean().item() > 0.95

@@ -55,18 +55,22 @@ def test_eval_mode_uses_running_statistics():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda x: nlF.batch_norm(x, None, None, training=False), "eval mode .* needs running_mean and running_var"),
-        (lambda x: nlF.batch_norm(x, torch.zeros(3), torch.ones(3), training=True), r"running_mean of shape \(4,\), got \(3,\)"),
-        (lambda x: nlF.batch_norm(x, torch.zeros(4), None, training=True), "give both running_mean and running_var"),
-        (lambda x: nlF.batch_norm(x, None, None, torch.ones(5), training=True), r"weight of shape \(4,\), got \(5,\)"),
-        (lambda x: nlF.batch_norm(x, torch.zeros(4), torch.ones(4), training=True, momentum=None), "num_batches_tracked"),
-        (lambda x: nlF.batch_norm(x, torch.zeros(4), torch.ones(4), training=True, momentum=2.0), r"momentum must lie in \[0, 1\]"),
+        (lambda x, rm, rv: nlF.batch_norm(x, None, None, training=False), "eval mode .* needs running_mean and running_var"),
+        (lambda x, rm, rv: nlF.batch_norm(x, rm[:3], rv, training=True), r"running_mean of shape \(4,\), got \(3,\)"),
+        (lambda x, rm, rv: nlF.batch_norm(x, rm, None, training=True), "give both running_mean and running_var"),
+        (lambda x, rm, rv: nlF.batch_norm(x, rm, rv, torch.ones(5), training=True), r"weight of shape \(4,\), got \(5,\)"),
+        (lambda x, rm, rv: nlF.batch_norm(x, rm, rv, training=True, momentum=None), "num_batches_tracked"),
+        (lambda x, rm, rv: nlF.batch_norm(x, rm, rv, training=True, momentum=2.0), r"momentum must lie in \[0, 1\]"),
+        (lambda x, rm, rv: nlF.batch_norm(x[:1], rm, rv, training=True), "more than 1 value per channel"),
     ],
 )
 def test_bad_arguments_raise_before_buffers_change(call, match):
     x = torch.randn(3, 4)
+    rm, rv = torch.randn(4), torch.rand(4) + 0.5
+    rm0, rv0 = rm.clone(), rv.clone()
     with pytest.raises(ValueError, match=match):
-        call(x)
+        call(x, rm, rv)
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
 
 
 def test_error_leaves_running_buffers_untouched():

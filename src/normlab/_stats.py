@@ -112,14 +112,17 @@ def normalize(
 ) -> Tensor:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with per-channel vectors along ``axis``.
 
-    Computed in the statistics' dtype (float32 for half inputs) and returned in ``x``'s dtype. The mean is
+    Computed in the promoted dtype of x and the statistics, never below float32 and returned in ``x``'s dtype. The mean is
     subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
     """
     nd = x.ndim
+    # Half buffers (e.g. after module.to(torch.bfloat16)) must not pull the arithmetic down to half precision.
+    ct = compute_dtype(torch.promote_types(x.dtype, mean.dtype))
+    mean, var = mean.to(ct), var.to(ct)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
-        scale = scale * weight.to(scale.dtype)
-    y = (x.to(mean.dtype) - channel_view(mean, nd, axis)) * channel_view(scale, nd, axis)
+        scale = scale * weight.to(ct)
+    y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale, nd, axis)
     if bias is not None:
         y = y + channel_view(bias.to(y.dtype), nd, axis)
     return y.to(x.dtype)

@@ -18,6 +18,23 @@ def check_float(x: Tensor, name: str) -> None:
         )
 
 
+def _check_int(value, name: str, what: str, minimum: int, kind: str, or_none: bool) -> None:
+    if or_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: {what} must be a {kind} int{' or None' if or_none else ''}, got {value!r}")
+
+
+def check_positive_int(value, name: str, what: str, *, or_none: bool = False) -> None:
+    """``value`` is an int >= 1 (not a bool; ``None`` too if ``or_none``), e.g. a size or a count."""
+    _check_int(value, name, what, 1, "positive", or_none)
+
+
+def check_non_negative_int(value, name: str, what: str) -> None:
+    """``value`` is an int >= 0 (not a bool), e.g. a number of steps."""
+    _check_int(value, name, what, 0, "non-negative", False)
+
+
 def check_rank(x: Tensor, name: str, ranks: tuple[int, ...]) -> None:
     if x.ndim not in ranks:
         want = " or ".join(f"{r}D" for r in ranks)

@@ -146,6 +146,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for config, params in spec.runs:
             print(f"  {config.key()[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
         return 0
+    if args.download:
+        from .lab.sweep import prefetch
+
+        try:
+            prefetch(spec)
+        except (SpecError, OSError) as e:
+            print(f"normlab run: error: {e}", file=sys.stderr)
+            return 2
     summary = run_grid(spec, jobs=args.jobs, threads=args.threads)
     for key, err in summary.failed:
         print(f"normlab run: run {key} failed: {err}", file=sys.stderr)
@@ -193,7 +201,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
               f"{_fmt(e['val_loss']):>10}{_fmt(e['val_acc']):>9}{e['time']:>7.1f}s")
     steps = store.steps(r.key)
     if steps:
-        print(f"  {len(steps)} step rows (normlab export --steps for all); last: "
+        print(f"  {len(steps)} step rows (normlab export --table steps for all); last: "
               + ", ".join(f"{k}={_fmt(v)}" for k, v in steps[-1].items()))
     return 0
 
@@ -225,7 +233,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import csv
     import json
     import math
 
@@ -249,20 +256,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
         rows = [{"key": r.key, **{k: clean(v) for k, v in m.items()}} for r in runs for m in fetch(r.key)]
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
-        if args.format == "json":
-            json.dump(rows, out, indent=1)
-            out.write("\n")
-        else:
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            writer = csv.DictWriter(out, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_rows(out, rows, args.format)
+    except BrokenPipeError:  # `normlab export | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         if out is not sys.stdout:
             out.close()
     if args.output:
         print(f"wrote {len(rows)} {args.table} rows to {args.output}")
     return 0
+
+
+def _write_rows(out, rows: list[dict], fmt: str) -> None:
+    import csv
+    import json
+
+    if fmt == "json":
+        json.dump(rows, out, indent=1)
+        out.write("\n")
+    else:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    out.flush()
 
 
 def _add_lab_commands(sub) -> None:
@@ -274,6 +294,8 @@ def _add_lab_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: the number of cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
+    p.add_argument("--download", action="store_true",
+                   help="first download MNIST / Fashion-MNIST / CIFAR-10 into the runs' data_args.root if missing")
     p.set_defaults(func=_cmd_run)
 
     db_help = "run database or output directory (default: normlab-runs)"

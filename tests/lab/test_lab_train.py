@@ -211,3 +211,10 @@ def test_key_is_a_hash_of_the_whole_config():
     assert cfg().key() != cfg(lr=0.1000001).key()
     assert cfg().key() != cfg(model_args={"depth": 2, "width": 17}).key()
     assert len(cfg().key()) == 16
+
+
+def test_progress_bar_when_asked_and_quiet_otherwise(mixture, capsys):
+    train(cfg(epochs=1), dataset=mixture, progress="bar")
+    assert "step" in capsys.readouterr().err  # tqdm's "n/N [.., step/s]" line
+    train(cfg(epochs=1), dataset=mixture, progress="auto")  # stderr is captured, not a terminal: no bar
+    assert capsys.readouterr().err == ""

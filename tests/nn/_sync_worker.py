@@ -67,6 +67,23 @@ def run(name, model, lo, hi):
     return out
 
 
+RECAL_SPLIT = (3, 5)
+
+
+def recalibrate_case(lo, hi, synchronized):
+    """normlab.tools.recalibrate over 3 batches, each process on its slice [lo, hi); returns the state_dict."""
+    from normlab.tools import recalibrate
+
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(BatchNorm(3), torch.nn.Conv1d(3, 3, 1), torch.nn.BatchNorm1d(3)).double().eval()
+    if synchronized:
+        model = convert_sync_batchnorm(model)
+    g = torch.Generator().manual_seed(11)
+    batches = [torch.randn(N, 3, 4, generator=g, dtype=torch.float64) * (k + 1) + k for k in range(3)]
+    recalibrate(model, [b[lo:hi] for b in batches], progress=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def main(rank: int, world: int, store: str, out_file: str) -> None:
     import torch.distributed as dist
 
@@ -77,6 +94,8 @@ def main(rank: int, world: int, store: str, out_file: str) -> None:
             model = convert_sync_batchnorm(build(name))
             lo = sum(split[:rank])
             results[name] = run(name, model, lo, lo + split[rank])
+        lo = sum(RECAL_SPLIT[:rank])
+        results["recalibrate"] = recalibrate_case(lo, lo + RECAL_SPLIT[rank], synchronized=True)
         torch.save(results, out_file)
     finally:
         dist.destroy_process_group()

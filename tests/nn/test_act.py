@@ -101,3 +101,18 @@ def test_inplace_tiny_gamma_is_floored_not_divided_by_zero():
     y = layer(x * 1.0)
     y.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(layer.norm.weight.grad).all()
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_inplace_leaf_input_raises_before_running_stats_move(view):
+    layer = NormAct(BatchNorm(3), activation="leaky_relu", inplace_abn=True)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    leaf = torch.randn(4, 3, 2, requires_grad=True)
+    x = leaf[:, :, :1] if view else leaf
+    with pytest.raises(ValueError, match=r"NormAct\(inplace_abn=True\): got a (view of a )?leaf tensor that requires grad"):
+        layer(x)
+    for k, v in layer.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    with torch.no_grad():  # without autograd the leaf may be overwritten, as torch allows
+        layer(leaf)
+    assert int(layer.norm.num_batches_tracked) == 1

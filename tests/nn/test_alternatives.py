@@ -125,3 +125,28 @@ def test_bad_inputs():
         RMSNorm(4, axis=1)(torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"LayerNorm: eps must be positive"):
         LayerNorm(4, eps=0.0)
+
+
+def test_instance_norm_momentum_none_is_the_cumulative_average():
+    torch.manual_seed(0)
+    layer = InstanceNorm(2, momentum=None, track_running_stats=True).double()
+    xs = [torch.randn(3, 2, 5, dtype=torch.float64) * (k + 1) + k for k in range(3)]
+    for x in xs:
+        layer(x)
+    # torch's running update per batch: mean over instances of the instance mean / unbiased variance
+    means = [x.mean(dim=2).mean(dim=0) for x in xs]
+    varis = [x.var(dim=2, unbiased=True).mean(dim=0) for x in xs]
+    torch.testing.assert_close(layer.running_mean, torch.stack(means).mean(dim=0))
+    torch.testing.assert_close(layer.running_var, torch.stack(varis).mean(dim=0))
+    assert int(layer.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda v: InstanceNorm(v), "num_features"),
+    (lambda v: GroupNorm(v, 4), "num_groups"),
+    (lambda v: GroupNorm(1, v), "num_channels"),
+])
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True, None])
+def test_positive_int_arguments_share_one_check(build, what, bad):
+    with pytest.raises(ValueError, match=rf"{what} must be a positive int, got {bad!r}"):
+        build(bad)

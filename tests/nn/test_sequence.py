@@ -177,3 +177,53 @@ def test_timestep_state_dict_and_errors():
         TimeStepBatchNorm(2, 3)(torch.randn(1, 4, 2))
     with pytest.raises(ValueError, match=r"step must be a non-negative int, got -1"):
         TimeStepBatchNorm(2, 3)(torch.randn(4, 2), step=-1)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=5).filter(lambda ls: sum(ls) >= 2),
+    channels=st.integers(1, 3),
+    channels_last=st.booleans(),
+)
+def test_masked_property_any_lengths_equal_batchnorm_on_the_valid_positions(lengths, channels, channels_last):
+    x, valid = _padded_batch(lengths, channels, 6, channels_last)
+    layer = MaskedBatchNorm(channels, axis=-1 if channels_last else 1)
+    y = layer(x, lengths=torch.tensor(lengths))
+    seq_x = x if channels_last else x.transpose(1, 2)
+    seq_y = y if channels_last else y.transpose(1, 2)
+    want = torch.nn.functional.batch_norm(seq_x[valid], None, None, training=True)
+    torch.testing.assert_close(seq_y[valid], want)
+    assert bool((seq_y[~valid] == 0).all())
+    stats = seq_x[valid]
+    torch.testing.assert_close(layer.running_mean, 0.9 * torch.zeros(channels) + 0.1 * stats.mean(0))
+    torch.testing.assert_close(layer.running_var, 0.9 * torch.ones(channels) + 0.1 * stats.var(0, unbiased=True))
+
+
+def test_timestep_cumulative_average_counts_each_step_separately():
+    layer = TimeStepBatchNorm(2, max_steps=3, momentum=None)
+    seqs = [torch.randn(4, 3, 2) for _ in range(2)] + [torch.randn(4, 1, 2)]  # the last sequence is 1 step long
+    for x in seqs:
+        layer(x)
+    assert layer.num_batches_tracked.tolist() == [3, 2, 2]
+    torch.testing.assert_close(layer.running_mean[0], torch.stack([x[:, 0].mean(0) for x in seqs]).mean(0))
+    torch.testing.assert_close(layer.running_mean[1], torch.stack([x[:, 1].mean(0) for x in seqs[:2]]).mean(0))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_mask_larger_than_input_is_rejected(training):
+    layer = MaskedBatchNorm(3).train(training)
+    x = torch.randn(2, 3, 1)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    # (2, 4) would broadcast x (2, 3, 1) up to (2, 3, 4): more outputs and counts than the input holds
+    with pytest.raises(ValueError, match=r"MaskedBatchNorm\(3\): .*input's shape \(2, 3, 1\), got a mask of shape \(2, 4\)"):
+        layer(x, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"MaskedBatchNorm\(3\): .*got a mask of shape \(4, 3, 1\)"):
+        layer(x, mask=torch.ones(4, 3, 1, dtype=torch.bool))
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    y = layer(x, mask=torch.ones(2, 1, 1, dtype=torch.bool))  # smaller masks still broadcast to the input
+    assert y.shape == x.shape

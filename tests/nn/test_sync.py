@@ -52,6 +52,13 @@ def test_two_gloo_processes_equal_one_process_on_the_whole_batch(name, two_proce
             torch.testing.assert_close(r["state"][key], want, msg=f"{name}: buffer {key}")
 
 
+def test_recalibrate_pools_synchronized_layers_over_two_gloo_processes(two_process_results):
+    single = worker.recalibrate_case(0, worker.N, synchronized=False)
+    for res in two_process_results:  # each process saw its shard; both hold the whole data's statistics
+        for key, want in single.items():
+            torch.testing.assert_close(res["recalibrate"][key], want, msg=f"recalibrate: buffer {key}")
+
+
 def test_convert_without_process_group_is_a_no_op_and_keeps_checkpoints():
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.ReLU())
     model(torch.randn(4, 2, 3, 3))

@@ -102,6 +102,34 @@ def test_renorm_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b: brn(x), (x, brn.weight, brn.bias))
 
 
+def test_renorm_gradient_with_unclipped_r_d_treats_them_as_constants():
+    # Inside the limits r and d depend on the batch, and the paper's gradient holds them constant, so finite
+    # differences in x would not match by design: gradcheck the parameters (r, d do not depend on them), and
+    # compare the input gradient with the float64 formula y = gamma * (x_hat * r + d) + beta with r, d detached.
+    torch.manual_seed(4)
+    brn = _randomize(BatchRenorm(3, momentum=0.0, r_max=3.0, d_max=5.0, warmup_steps=0, r_max_steps=0,
+                                 d_max_steps=0, dtype=torch.float64))
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+        brn.running_var.copy_(torch.tensor([4.0, 0.25, 2.5]))
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    mu = x.mean(dim=(0, 2))
+    sigma_b = torch.sqrt(x.var(dim=(0, 2), unbiased=False) + brn.eps)
+    sigma = torch.sqrt(brn.running_var + brn.eps)
+    r, d = (sigma_b / sigma).detach(), ((mu - brn.running_mean) / sigma).detach()
+    assert bool(((r - 1).abs() > 0.05).all()) and bool((r < 3.0).all()) and bool((r > 1 / 3.0).all())
+    assert bool((d.abs() > 0.01).all()) and bool((d.abs() < 5.0).all())  # unclipped and far from r=1, d=0
+    assert torch.autograd.gradcheck(lambda w, b: brn(x.detach()), (brn.weight, brn.bias))
+    view = lambda t: t[None, :, None]  # noqa: E731
+    want = view(brn.weight) * ((x - view(mu)) / view(sigma_b) * view(r) + view(d)) + view(brn.bias)
+    got = brn(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    (dx_got,) = torch.autograd.grad(got, x, g)
+    (dx_want,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(dx_got, dx_want)
+
+
 def test_renorm_state_dict_round_trip_and_errors():
     a = _randomize(BatchRenorm(3))
     a(torch.randn(4, 3))
@@ -285,3 +313,56 @@ def test_bln_state_dict_round_trip_and_errors():
         BatchLayerNorm(3, batch_size=0)
     with pytest.raises(ValueError, match=r"BatchLayerNorm\(3\): the channel axis cannot be the batch axis 0"):
         BatchLayerNorm(3, axis=0)(torch.randn(3, 4))
+
+
+def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
+    """A batch no larger than one virtual batch must still be normalized with its own (local) statistics when the
+    layer is synchronized; only the running statistics pool. The other process is faked by a fixed batch."""
+    from normlab import _stats
+    from normlab.nn import sync
+
+    torch.manual_seed(0)
+    other = torch.randn(5, 3, 4, dtype=torch.float64) * 3 + 2
+    calls = []
+
+    def fake_all_merge(stats, group=None):
+        calls.append(group)
+        theirs = _stats.moments(other, (0, 2))
+        counts = torch.tensor([[float(stats.count)], [float(theirs.count)]], dtype=torch.float64)
+        pooled = _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
+        return _stats.Moments(pooled.mean, pooled.var, int(stats.count) + theirs.count)
+
+    monkeypatch.setattr(sync, "all_merge_moments", fake_all_merge)
+    gbn = GhostBatchNorm(3, virtual_batch_size=8, momentum=1.0).double()
+    gbn.sync_statistics = True
+    x = torch.randn(4, 3, 4, dtype=torch.float64)
+    y = gbn(x)
+    bn = BatchNorm(3).double()
+    torch.testing.assert_close(y, bn(x))  # local statistics: BatchNorm on this process's batch alone
+    assert calls  # ... and the running statistics were pooled
+    both = torch.cat([x, other]).transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(gbn.running_mean, both.mean(dim=1))
+    torch.testing.assert_close(gbn.running_var, both.var(dim=1, unbiased=True))
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda v: BatchNorm(v), "num_features"),
+    (lambda v: GhostBatchNorm(3, v), "virtual_batch_size"),
+    (lambda v: MovingAverageBatchNorm(3, buffer_size=v), "buffer_size"),
+    (lambda v: BatchLayerNorm(3, batch_size=v), r"batch_size must be a positive int or None"),
+])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_positive_int_arguments_share_one_check(build, what, bad):
+    what = what if " " in what else f"{what} must be a positive int"
+    with pytest.raises(ValueError, match=rf"\w+: {what}, got {bad!r}"):
+        build(bad)
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda v: BatchRenorm(3, warmup_steps=v), "warmup_steps"),
+    (lambda v: MovingAverageBatchNorm(3, renorm_warmup_iters=v), "renorm_warmup_iters"),
+])
+@pytest.mark.parametrize("bad", [-1, 2.0, True])
+def test_non_negative_int_arguments_share_one_check(build, what, bad):
+    with pytest.raises(ValueError, match=rf"{what} must be a non-negative int, got {bad!r}"):
+        build(bad)

@@ -41,8 +41,11 @@ def test_batch_norm_kinds_carry_statistics_affine_and_options(spec):
         assert isinstance(new, nlnn.BatchNormBase) and not new.training
         assert torch.equal(new.weight, old.weight) and torch.equal(new.bias, old.bias)
         assert new.eps == old.eps and new.momentum == old.momentum
-        if spec != "mabn":  # MABN's running statistics mean something else; they start fresh
+        if spec != "mabn":
             assert torch.equal(new.running_var, old.running_var)
+        else:  # MABN keeps the uncentred second moment E[x^2] = var + mean^2 and a zero mean
+            torch.testing.assert_close(new.running_var, old.running_var + old.running_mean**2)
+            assert torch.equal(new.running_mean, torch.zeros_like(old.running_mean))
     assert converted[1].eps == 1e-3 and converted[1].momentum == 0.05
     if spec != "mabn":  # in eval mode BN, batch renorm and ghost BN are the same running-statistics map
         x = torch.randn(4, 3, 6, 6)
@@ -142,3 +145,25 @@ def test_sync_conversion_keeps_state_and_refuses_mabn():
         convert_norm(convert_norm(model, "mabn"), "sync", inplace=True)
     with pytest.raises(ValueError, match=r"spec 'sync' takes only process_group=, got \['eps'\]"):
         convert_norm(model, "sync", eps=1e-3)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_bn_to_mabn_carries_second_moment_not_mean_and_var(unbiased):
+    torch.manual_seed(2)
+    bn = nlnn.BatchNorm1d(3, momentum=None, running_var_unbiased=unbiased).double()
+    batches = [torch.randn(6, 3, dtype=torch.float64) * 2 + 3 for _ in range(4)]
+    for b in batches:
+        bn(b)
+    mabn = convert_norm(bn.eval(), "mabn")
+    assert isinstance(mabn, nlnn.MovingAverageBatchNorm) and not mabn.training
+    # momentum=None: the running statistics are the average of the batch statistics, in float64 from scratch
+    x = np.stack([b.numpy() for b in batches])
+    mean = x.mean(axis=1).mean(axis=0)
+    var = x.var(axis=1, ddof=1 if unbiased else 0).mean(axis=0)
+    np.testing.assert_allclose(mabn.running_var.numpy(), var + mean**2, rtol=1e-12)
+    np.testing.assert_allclose(mabn.running_mean.numpy(), 0.0)
+    assert int(mabn.num_batches_tracked) == 0  # its moving-average histories are empty: warm-up runs again
+    # eval: MABN divides by sqrt(E[x^2] + eps) without centring
+    z = torch.randn(5, 3, dtype=torch.float64)
+    want = z.numpy() / np.sqrt(var + mean**2 + mabn.eps) * bn.weight.detach().numpy() + bn.bias.detach().numpy()
+    np.testing.assert_allclose(mabn(z).detach().numpy(), want, rtol=1e-12)

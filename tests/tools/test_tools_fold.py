@@ -333,3 +333,77 @@ def test_per_time_step_statistics_are_not_folded():
     model = nn.Sequential(nn.Linear(3, 3), nlnn.TimeStepBatchNorm(3, max_steps=4)).eval()
     [(name, reason)] = plan_fold(model).skipped
     assert name == "1" and "running statistics have shape (4, 3), not one value per channel" in reason
+
+
+# -- NormAct: act(BN(z)) folds its BN into the layer before it ------------------------------------------------------
+def normact_model(inplace_abn=False):
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nlnn.NormAct("bn", 6, activation="leaky_relu", inplace_abn=inplace_abn),
+        nn.Conv2d(6, 5, 3),
+        nlnn.NormAct(nn.BatchNorm2d(5), activation="elu"),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 4),
+        nlnn.NormAct("bn", 4, activation="relu"),
+    )
+
+
+@pytest.mark.parametrize("inplace_abn", [False, True])
+def test_normact_batch_norm_folds_and_keeps_the_activation(inplace_abn):
+    torch.manual_seed(0)
+    model = randomize_norms(normact_model(inplace_abn)).double().eval()
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    report = plan_fold(model)
+    assert report.folded == [("0", "1.norm"), ("2", "3.norm"), ("5", "6.norm")] and not report.skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folded = fold_batchnorm(model)
+    assert norm_count(folded) == 0 and norm_count(model) == 3  # the copy is folded, the model is not
+    assert all(isinstance(folded[i], nlnn.NormAct) and isinstance(folded[i].norm, nn.Identity) for i in (1, 3, 6))
+    assert [folded[i].activation for i in (1, 3, 6)] == ["leaky_relu", "elu", "relu"]
+    assert not folded[1].inplace_abn and model[1].inplace_abn == inplace_abn
+    # independent float64 formula: act(conv'(x)) with the folded weights equals act(BN(conv(x))) of the eval model
+    with torch.no_grad():
+        bn = model[1].norm
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        z = nn.functional.conv2d(x, model[0].weight, padding=1)
+        want = nn.functional.leaky_relu(
+            s.view(1, -1, 1, 1) * (z - bn.running_mean.view(1, -1, 1, 1)) + bn.bias.view(1, -1, 1, 1), 0.01
+        )
+        torch.testing.assert_close(folded[1](folded[0](x)), want)
+        torch.testing.assert_close(folded(x), model(x.clone()))  # clone: in-place ABN overwrites its input
+
+
+def test_normact_batch_norm_folds_through_the_module_order_fallback():
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x if x.mean() < 1e9 else x * 0  # data-dependent: the Sequential does not trace
+
+    model = randomize_norms(nn.Sequential(
+        nn.Conv2d(3, 4, 3), nlnn.NormAct("bn", 4), Gate(), nlnn.NormAct("bn", 4),
+    )).eval()
+    report = plan_fold(model)
+    assert report.untraced and report.untraced[0][0] == ""
+    assert report.folded == [("0", "1.norm")]
+    [(name, reason)] = report.skipped
+    assert name == "3.norm" and "not reached" in reason
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"skipped 3.norm: not reached"):
+        folded = fold_batchnorm(model)
+    assert isinstance(folded[1].norm, nn.Identity) and isinstance(folded[3].norm, nlnn.BatchNorm)
+    assert_same_outputs(folded, model, x)
+
+
+def test_normact_that_cannot_fold_says_why_and_changes_nothing():
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nlnn.NormAct("ln", 4), nlnn.NormAct("bn", 4)))
+    model.train()
+    report = plan_fold(model)
+    [(name, reason)] = report.skipped
+    assert name == "2.norm" and "in training mode" in reason
+    model.eval()
+    [(name, reason)] = plan_fold(model).skipped
+    assert name == "2.norm" and "its input is module '1', not the output of a Conv" in reason
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"fold_batchnorm\(strict=True\): cannot fold every batch norm"):
+        fold_batchnorm(model, strict=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -88,3 +88,23 @@ def test_bad_input():
         freeze(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(TypeError, match="unfreeze: expected a torch.nn.Module, got str"):
         unfreeze("model")
+
+
+def test_freeze_reaches_batch_norm_inside_inplace_norm_act():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nlnn.NormAct(nlnn.BatchNorm2d(4), activation="leaky_relu", inplace_abn=True))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 4, 4) * 2 + 1)
+    x = torch.randn(6, 3, 4, 4)
+    with torch.no_grad():
+        want = model.eval()(x)
+    bn = model[1].norm
+    stats = {k: v.clone() for k, v in bn.state_dict().items() if "running" in k or "num_batches" in k}
+    freeze(model)
+    model.train()
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, want)  # normalized with the frozen running statistics
+    for k, v in stats.items():
+        torch.testing.assert_close(bn.state_dict()[k], v, msg=k)

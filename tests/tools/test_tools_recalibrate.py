@@ -189,3 +189,45 @@ def test_time_step_statistics_are_left_alone_with_a_warning():
         recalibrate(model, [x], progress=False)  # the model is in training mode: its buffers still stay put
     assert all(torch.equal(v, before[k]) for k, v in model[1].state_dict().items())
     torch.testing.assert_close(model[0].running_mean, x.mean(dim=(0, 2)))  # the plain layer was recalibrated
+
+
+def test_recalibrate_reaches_batch_norm_inside_inplace_norm_act():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 1).double()
+    model = nn.Sequential(conv, nlnn.NormAct(nlnn.BatchNorm2d(3), activation="elu", inplace_abn=True).double()).eval()
+    batches = [torch.randn(4, 2, 3, 3, dtype=torch.float64) * (k + 1) + k for k in range(3)]
+    with torch.no_grad():
+        h = torch.cat([conv(b) for b in batches]).transpose(0, 1).reshape(3, -1).numpy()
+    recalibrate(model, batches, progress=False)
+    bn = model[1].norm
+    np.testing.assert_allclose(bn.running_mean.numpy(), h.mean(axis=1), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.running_var.numpy(), h.var(axis=1, ddof=1), rtol=1e-10, atol=1e-12)
+    assert not bn.training and int(bn.num_batches_tracked) == 0
+
+
+def test_recalibrate_pools_synchronized_layers_over_processes(monkeypatch):
+    """Each process holds a shard of the data: a synchronized layer's statistics must be the whole data's. The
+    other process is faked by a fixed shard merged in by all_merge_moments."""
+    from normlab import _stats
+    from normlab.nn import sync
+
+    torch.manual_seed(0)
+    other = torch.randn(7, 3, 2, 2, dtype=torch.float64) * 3 - 1
+    group = object()
+    seen_groups = []
+
+    def fake_all_merge(stats, process_group=None):
+        seen_groups.append(process_group)
+        theirs = _stats.moments(other, (0, 2, 3))
+        counts = torch.stack([torch.as_tensor(stats.count, dtype=torch.float64).expand(3), torch.full((3,), 28.0, dtype=torch.float64)])
+        return _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
+
+    monkeypatch.setattr(sync, "all_merge_moments", fake_all_merge)
+    model = nn.Sequential(nlnn.BatchNorm2d(3)).double().eval()
+    sync.convert_sync_batchnorm(model, group)
+    mine = [torch.randn(4, 3, 2, 2, dtype=torch.float64) + k for k in range(3)]
+    recalibrate(model, mine, progress=False)
+    assert seen_groups == [group] * (len(mine) + 1)  # each training-mode forward, then the population statistics
+    h = torch.cat([*mine, other]).transpose(0, 1).reshape(3, -1).numpy()
+    np.testing.assert_allclose(model[0].running_mean.numpy(), h.mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(model[0].running_var.numpy(), h.var(axis=1, ddof=1), rtol=1e-10)

@@ -114,3 +114,25 @@ def test_bad_input():
         rec.series("1", "median")
     with pytest.raises(ValueError, match="layer '0' is not watched"):
         rec.series("0", "mean")
+
+
+def test_recorder_sees_norm_inside_inplace_norm_act():
+    import copy
+
+    from normlab import nn as nlnn
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Conv2d(3, 4, 1), nlnn.NormAct(nlnn.BatchNorm2d(4), activation="leaky_relu", inplace_abn=True))
+    standard = copy.deepcopy(inplace)
+    standard[1].inplace_abn = False
+    x = torch.randn(4, 3, 5, 5)
+    records = []
+    for model in (inplace, standard):
+        with ActivationRecorder(model, modules=["1.norm"], grads=True) as rec:
+            y = model.train()(x)
+            (y * y).sum().backward()
+        records.append(rec.records)
+    assert len(records[0]) == 1  # the in-place path never calls norm(x), yet its input is recorded
+    got, want = records[0][0], records[1][0]
+    for field in ("mean", "std", "p15", "p50", "p85", "dead_fraction", "grad_norm", "weight_grad_norm"):
+        assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-5), field

@@ -19,7 +19,7 @@ Training one run -- ``normlab.lab.train``::
     optimizer: "adam" | "sgd"; lr; momentum; nesterov; weight_decay; grad_clip (0 = off)
     schedule: "constant" | "step" | "exponential" | "cosine"; lr_decay; lr_decay_every; warmup_steps
     batch_size (global); epochs; steps (> 0 overrides epochs); drop_last; eval_every (0 = each epoch end);
-    eval_batch_size; seed
+    eval_batch_size; seed; sync_bn (pool batch statistics over processes under torchrun; no-op in one process)
 ``train(config, *, model=None, dataset=None, callbacks=(), progress="auto"|"bar"|"none", record_grad_norm=True,
 threads=None)``: ``model``/``dataset`` override what the config names (you own the consistency).
 ``RunResult``: ``config``; ``step_rows`` (tuples, columns ``STEP_COLUMNS`` = step, epoch, loss, acc, grad_norm,
@@ -36,7 +36,8 @@ Other helpers: ``evaluate(model, x, y, batch_size) -> (loss, acc)``, ``cached_da
 Data -- ``normlab.lab.data``: ``load_dataset(name, **kw) -> Dataset`` (x_train, y_train, x_val, y_val, x_test,
 y_test tensors; num_classes; input_shape; ``split("val")``). Loaders: ``load_mnist5k``, ``load_digits``,
 ``load_mnist(root, name=, download=)``, ``load_cifar10(root, download=)``, ``gaussian_mixture``, ``teacher``,
-``read_idx``, ``restricted_unpickle``, ``stratified_split``. Bad files raise ``DataError`` (a ValueError).
+``read_idx``, ``restricted_unpickle``, ``stratified_split``, ``fetch(name, root)`` (download MNIST /
+Fashion-MNIST / CIFAR-10 if missing). Bad files raise ``DataError`` (a ValueError).
 
 Models -- ``normlab.lab.models``: ``build_model(name, input_shape, num_classes, norm=..., **options)``,
 ``model_options(name)``, ``MODELS``, ``init_weights(model, init, scale)``, ``norm_layer(spec, C, **kw)``.
@@ -49,8 +50,12 @@ created, ``label()``.
 
 Sweeps -- ``normlab.lab.sweep``: ``load_spec(path, out=None) -> Spec`` (validates before anything runs; raises
 ``SpecError`` naming the key and allowed values), ``parse_spec(dict, where=, out=)``, ``run_grid(spec_or_path,
-out=None, jobs=None, echo=print) -> SweepSummary`` (total, skipped, ran, diverged, failed, keys, db_path).
-``Spec``: name, out, runs = [(TrainConfig, params)], keys, db_path.
+out=None, jobs=None, echo=print, threads=None) -> SweepSummary`` (total, skipped, ran, diverged, failed, keys, db_path).
+``Spec``: name, out, runs = [(TrainConfig, params)], keys, db_path. ``prefetch(spec)`` downloads the file data
+sets the runs read (``normlab run --download``).
+
+Distributed: run any script calling ``train`` under ``torchrun --nproc_per_node K``; the engine initializes gloo,
+wraps the model in DDP, splits each global batch into K shards and returns identical results on every rank.
 
 Plots -- ``normlab.lab.plots``: ``plot_runs(store, records, metric="val_acc", out=path, x="step")`` (mean line and
 a band of +-1 std over seeds for each label; PNG or SVG by suffix).

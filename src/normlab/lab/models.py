@@ -259,13 +259,22 @@ def resnet(
 
 
 # ------------------------------------------------------------------------------------------------------- recurrent
+RECURRENT_BN = ("bn", "tbn")
+
+
 class _NormRNN(nn.Module):
-    """Recurrent BN (Cooijmans et al. 2017), tanh cell with separate statistics for every time step t:
+    """Recurrent BN (Cooijmans et al. 2016, arXiv:1603.09025) on a tanh cell, statistics separate per time step t:
 
-        h_t = tanh( N_t^h(W_h h_{t-1}) + N_t^x(W_x x_t) + b )
+        h_t = tanh( BN_t(W_h h_{t-1}; gamma_h) + BN_t(W_x x_t; gamma_x) + b )
 
-    ``N_t`` are norm layers built per time step (steps beyond ``max_steps`` reuse the last one), so batch
-    statistics are never pooled over time. The classifier reads the last hidden state.
+    With ``norm="bn"`` or ``"tbn"`` each term has one :class:`~normlab.nn.TimeStepBatchNorm`: its own batch and
+    running statistics per step t < T_max (steps beyond reuse the last step's running statistics at inference), one
+    gamma shared by all steps and initialized to 0.1, and no beta (the paper sets beta_h = beta_x = 0 because the
+    cell's b already is a shift). ``norm_kw`` reaches the layer, e.g. ``gamma_init=1.0`` or ``momentum``.
+
+    Any other spec builds one make_norm layer per time step and term (``norm_x[t]``, ``norm_h[t]``; steps beyond
+    ``max_steps`` reuse the last), so batch statistics are never pooled over time either. The classifier reads the
+    last hidden state.
     """
 
     def __init__(
@@ -276,21 +285,38 @@ class _NormRNN(nn.Module):
         self.w_x = nn.Linear(features, hidden, bias=False)
         self.w_h = nn.Linear(hidden, hidden, bias=False)
         self.bias = nn.Parameter(torch.zeros(hidden))
-        self.norm_x = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
-        self.norm_h = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
+        name, sep, rest = norm.strip().lower().partition(":")
+        self.recurrent_bn = name in RECURRENT_BN
+        if self.recurrent_bn:
+            if name == "bn" and sep:
+                raise ValueError(f"rnn: norm={norm!r} takes no ':<int>'; write 'tbn:<T_max>' to set T_max")
+            # "bn" and "tbn" mean T_max = the sequence length; "tbn:<int>" sets it.
+            spec = "tbn" + (":" + rest if sep else "")
+            kw = dict(norm_kw) if sep else {"max_steps": max_steps, **norm_kw}
+            self.norm_x = norm_layer(spec, hidden, **kw)
+            self.norm_h = norm_layer(spec, hidden, **kw)
+            for layer in (self.norm_x, self.norm_h):
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias = None  # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
+        else:
+            self.norm_x = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
+            self.norm_h = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(hidden, num_classes)
         nn.init.orthogonal_(self.w_h.weight)
+
+    def _norm(self, which: nn.Module, z: Tensor, t: int) -> Tensor:
+        if self.recurrent_bn:
+            return which(z, step=t)
+        return which[min(t, len(which) - 1)](z)
 
     def forward(self, x: Tensor) -> Tensor:
         # (N, T, F): time-major loop; the input projection of every step is computed in one matmul.
         n, steps = x.shape[0], x.shape[1]
         xs = self.w_x(x)
         h = x.new_zeros(n, self.hidden)
-        last = len(self.norm_x) - 1
         for t in range(steps):
-            k = min(t, last)
-            h = torch.tanh(self.norm_h[k](self.w_h(h)) + self.norm_x[k](xs[:, t]) + self.bias)
+            h = torch.tanh(self._norm(self.norm_h, self.w_h(h), t) + self._norm(self.norm_x, xs[:, t], t) + self.bias)
         return self.head(self.drop(h))
 
 
@@ -306,7 +332,12 @@ def rnn(
     norm_kw: dict | None = None,
 ) -> nn.Module:
     """Recurrent classifier with per-time-step norm. Images (C, H, W) are read row by row (H steps of C*W
-    features, "sequential MNIST by rows"); inputs (T, F) are sequences already."""
+    features, "sequential MNIST by rows"); inputs (T, F) are sequences already.
+
+    ``norm="bn"`` (the default) is recurrent BN as in the literature, i.e. the same as ``"tbn"``: one
+    :class:`~normlab.nn.TimeStepBatchNorm` per term with statistics per time step up to T_max = the sequence
+    length, gamma 0.1, beta 0 (``"tbn:<int>"`` sets T_max; ``norm_kw={"gamma_init": 1.0}`` gives gamma 1). Other
+    specs ("ln", "gn:4", "none", ...) build one layer per time step; see ``_NormRNN``."""
     _check_common("rnn", init, init_scale, dropout, "after")
     if len(input_shape) == 3:
         steps, features = input_shape[1], input_shape[0] * input_shape[2]

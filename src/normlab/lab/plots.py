@@ -99,7 +99,7 @@ def plot_runs(
         ax.set_ylabel(metric)
         if logy:
             ax.set_yscale("log")
-        ax.set_title(title or f"{metric}: mean and +-1 std over seeds")
+        ax.set_title(title or f"{metric}: mean ± 1 std over seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()

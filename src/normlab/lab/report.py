@@ -107,7 +107,8 @@ def write_report(results: Sequence[ClaimResult], out_dir: str | Path, *, command
     meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": command,
             "environment": environment(),
             "total_seconds": None if total_seconds is None else round(total_seconds, 1),
-            "levels": sorted({r.level for r in results})}
+            "levels": sorted({r.level for r in results}),
+            "units_computed": sum(r.computed for r in results), "units_reused": sum(r.reused for r in results)}
     # Render each figure once: PNG file for the Markdown, the same bytes inline for the HTML.
     images: dict[str, list[tuple[str, str, bytes]]] = {}
     for r in results:
@@ -136,7 +137,8 @@ def _markdown(results, meta, images) -> str:
     md = ["# normlab claims: what Batch Normalization articles say, tested", "",
           f"Generated {meta['generated']} by `{meta['command'] or 'normlab claims'}` with normlab {e['normlab']}, "
           f"torch {e['torch']} on {e['platform']} ({e['cpus']} CPUs)"
-          + (f", {meta['total_seconds']} s." if meta["total_seconds"] is not None else "."), "",
+          + (f", {meta['total_seconds']} s" if meta["total_seconds"] is not None else "")
+          + f" ({meta['units_computed']} runs computed, {meta['units_reused']} reused from earlier invocations).", "",
           f"Verdicts: {_counts(results)}. Every verdict comes from a rule declared before the runs (paired "
           "difference over seeds, percentile-bootstrap 95% interval); see each section.", "",
           verdict_table_markdown(results), ""]
@@ -192,7 +194,8 @@ def _html(results, meta, images) -> str:
              f'<p class="meta">Generated {esc(meta["generated"])} by <code>{esc(meta["command"] or "normlab claims")}'
              f"</code> &middot; normlab {esc(e['normlab'])}, torch {esc(e['torch'])}, {esc(e['platform'])}, "
              f"{esc(e['cpus'])} CPUs"
-             + (f" &middot; {meta['total_seconds']} s" if meta["total_seconds"] is not None else "") + "</p>",
+             + (f" &middot; {meta['total_seconds']} s" if meta["total_seconds"] is not None else "")
+             + f" &middot; {meta['units_computed']} runs computed, {meta['units_reused']} reused</p>",
              f"<p>Verdicts: {esc(_counts(results))}. Each verdict follows from a rule declared before the runs: the "
              "paired difference between two arms over seeds and its percentile-bootstrap 95% interval.</p>",
              '<table id="verdicts"><thead><tr><th>#</th><th>Claim</th><th>What the articles say</th>'

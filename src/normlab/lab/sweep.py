@@ -44,7 +44,7 @@ from .models import MODELS, build_model, model_options
 from .store import DB_NAME, Store
 from .train import TrainConfig, train
 
-__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs"]
+__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch"]
 
 _TOP_KEYS = ("name", "out", "description", "base", "grid")
 _CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
@@ -202,14 +202,37 @@ def load_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = None) 
     return spec
 
 
+def prefetch(spec: Spec, echo: Callable[[str], None] | None = print) -> list[tuple[str, Path]]:
+    """Download the file data sets (MNIST, Fashion-MNIST, CIFAR-10) that ``spec``'s runs read, unless present.
+
+    Runs read ``data_args["root"]``; fetching first keeps ``download`` out of the configs (and the run keys).
+    """
+    from .data import FILE_SETS, fetch
+
+    wanted = []
+    for config, _ in spec.runs:
+        if config.data in FILE_SETS:
+            if "root" not in config.data_args:
+                raise SpecError(f"{spec.path or spec.name}: data {config.data!r} needs data_args.root (a directory)")
+            item = (config.data, Path(config.data_args["root"]).expanduser())
+            if item not in wanted:
+                wanted.append(item)
+    for name, root in wanted:
+        if echo:
+            echo(f"fetching {name} into {root} (files already there are kept)")
+        fetch(name, root)
+    return wanted
+
+
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None) -> tuple[str, bool, dict, float]:
+def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None,
+             progress: str = "none") -> tuple[str, bool, dict, float]:
     """Train one run and store it (in the worker, so a dying parent loses nothing that finished)."""
     config = TrainConfig(**config_dict)
-    result = train(config, progress="none", threads=threads)
+    result = train(config, progress=progress, threads=threads)
     with Store(db_path) as store:
         store.save(result, sweep=sweep, params=params)
     return config.key(), result.diverged, result.final, result.wall_time
@@ -267,7 +290,7 @@ def run_grid(
     if jobs == 1:
         for i, (config, params) in enumerate(pending, 1):
             try:
-                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads)
+                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads, "auto")
             except Exception as e:  # a crashing run must not take the sweep down; it is retried next time
                 summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
                 say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")

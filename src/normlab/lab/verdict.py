@@ -115,7 +115,12 @@ def _fmt(x: float, signed: bool = False) -> str:
     if x == 0:
         return "0"
     mag = abs(x)
-    body = f"{x:.3g}" if (mag >= 1e-3 and mag < 1e4) else f"{x:.2e}"
+    if 100 <= mag < 1e7:
+        body = f"{x:.0f}"
+    elif 1e-3 <= mag < 100:
+        body = f"{x:.3g}"
+    else:
+        body = f"{x:.2e}"
     return ("+" + body) if signed and x > 0 else body
 
 

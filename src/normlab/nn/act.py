@@ -22,6 +22,9 @@ so a conv -> BN -> activation block stores one tensor instead of two. The rules 
   gamma_floor)`` (1e-5; the paper uses ``|gamma| + eps``), identical to the standard mode unless |gamma| < 1e-5;
 * the norm must be a plain :class:`~normlab.nn.BatchNorm` (1d/2d/3d, any axis, synchronized or not); the input is
   overwritten, so it must not be needed elsewhere (torch raises if it is: the usual conv -> NormAct is fine).
+
+The norm's forward pre-hooks run as if it were called (so ``freeze`` and ``recalibrate`` reach it); its forward
+(post) hooks do not, since the norm's own output never exists apart from the activation's.
 """
 
 from __future__ import annotations
@@ -59,6 +62,25 @@ def _invert(y: Tensor, dy: Tensor, activation: str, slope: float, alpha: float) 
         return torch.where(neg, y / slope, y), torch.where(neg, dy * slope, dy)
     # elu: y = alpha * (exp(z) - 1) for z <= 0, so z = log1p(y / alpha) and dy/dz = y + alpha there
     return torch.where(neg, torch.log1p(y / alpha), y), torch.where(neg, dy * (y + alpha), dy)
+
+
+def _run_forward_pre_hooks(module: nn.Module, x: Tensor) -> Tensor:
+    """What ``module(x)`` does before its ``forward``: torch's global and the module's forward pre-hooks, in torch's
+    order (each may replace the input). The in-place mode never calls ``norm(x)``, so without this the hooks that
+    tools put on the norm (``freeze``, ``recalibrate``, ``record``) would never see it."""
+    args: tuple = (x,)
+    kwargs: dict = {}
+    hooks = (*nn.modules.module._global_forward_pre_hooks.items(), *module._forward_pre_hooks.items())
+    for hook_id, hook in hooks:
+        if hook_id in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return args[0]
 
 
 class _InPlaceABN(torch.autograd.Function):
@@ -173,9 +195,24 @@ class NormAct(nn.Module):
             return _activate(self.norm(x, *args, **kwargs), self.activation, self.negative_slope, self.alpha)
         return self._inplace(x)
 
+    def _check_overwritable(self, x: Tensor) -> None:
+        """The in-place mode overwrites x: refuse (before any state changes) what autograd would refuse."""
+        if not torch.is_grad_enabled():
+            return
+        base = x._base if x._base is not None else x
+        if base.is_leaf and base.requires_grad:
+            what = "a leaf tensor" if base is x else "a view of a leaf tensor"
+            raise ValueError(
+                f"NormAct(inplace_abn=True): got {what} that requires grad; the in-place mode overwrites its input, "
+                f"which autograd forbids for leaves. Feed it the output of a previous layer (e.g. conv -> NormAct), "
+                f"or x * 1.0, or use inplace_abn=False"
+            )
+
     def _inplace(self, x: Tensor) -> Tensor:
         bn = self.norm
+        x = _run_forward_pre_hooks(bn, x)
         c = bn.check_input(x)
+        self._check_overwritable(x)
         weight = bn.weight
         if weight is not None:
             # gamma must be invertible: keep its sign, floor its size (straight-through above the floor)
@@ -187,14 +224,16 @@ class NormAct(nn.Module):
         if batch_stats:
             with torch.no_grad():
                 stats = bn.batch_moments(x.detach(), _stats.reduce_dims(x.ndim, c))
-            if bn.updates_running_stats():
-                bn.update_running(stats)
             mean, var, count = stats.mean, stats.var, stats.count
             if bn.sync_statistics:
                 group = bn.process_group
         else:
             mean, var, count = bn.running_mean, bn.running_var, 1
-        return _InPlaceABN.apply(
+        y = _InPlaceABN.apply(
             x, weight, bn.bias, mean.detach(), var.detach(), count, batch_stats, bn.eps, c,
             self.activation, self.negative_slope, self.alpha, group,
         )
+        # Only once the in-place step has succeeded: a failure leaves the running statistics as they were.
+        if batch_stats and bn.updates_running_stats():
+            bn.update_running(stats)
+        return y

@@ -25,14 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate
+from .. import functional as F
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
-
-
-def _check_positive_int(value, name: str, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_eps(eps, name: str) -> None:
@@ -165,8 +160,8 @@ class GroupNorm(nn.Module):
                  device=None, dtype=None, *, axis: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_positive_int(num_groups, name, "num_groups")
-        _check_positive_int(num_channels, name, "num_channels")
+        _validate.check_positive_int(num_groups, name, "num_groups")
+        _validate.check_positive_int(num_channels, name, "num_channels")
         _check_eps(eps, name)
         if num_channels % num_groups:
             raise ValueError(
@@ -210,14 +205,14 @@ class InstanceNorm(nn.Module):
 
     Statistics per (sample, channel) over the spatial positions. With ``track_running_stats=True`` training also
     keeps torch's running averages (the batch mean of the per-instance mean and unbiased variance, updated with
-    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is torch's cumulative average.
+    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is the cumulative average (as BatchNorm's).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
                  track_running_stats: bool = False, device=None, dtype=None, *, axis: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_positive_int(num_features, name, "num_features")
+        _validate.check_positive_int(num_features, name, "num_features")
         _check_eps(eps, name)
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
@@ -274,13 +269,12 @@ class InstanceNorm(nn.Module):
                 raise ValueError(
                     f"{name}: expected more than 1 spatial value per channel, got input of shape {tuple(x.shape)}"
                 )
-        momentum = self.momentum
+        momentum = 0.0  # unused unless the running statistics update
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            if momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+            momentum = F.momentum_factor(self.momentum, self.num_batches_tracked, name)
         y = TF.instance_norm(
             x.movedim(c, 1), self.running_mean, self.running_var, self.weight, self.bias,
-            use_input_stats, momentum if momentum is not None else 0.0, self.eps,
+            use_input_stats, momentum, self.eps,
         )
         return y.movedim(1, c)

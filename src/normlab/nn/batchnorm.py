@@ -74,8 +74,7 @@ class BatchNormBase(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+        _validate.check_positive_int(num_features, name, "num_features")
         if eps <= 0:
             raise ValueError(f"{name}: eps must be positive, got {eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
@@ -182,12 +181,16 @@ class BatchNormBase(nn.Module):
     def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
         """Batch statistics of ``x`` over ``dims``: local, or pooled over every process of ``process_group`` when
         the layer is synchronized (:func:`normlab.nn.sync.convert_sync_batchnorm`). Differentiable either way."""
-        stats = _stats.moments(x, dims, mask=mask)
-        if self.sync_statistics:
-            from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
+        return self._pool(_stats.moments(x, dims, mask=mask))
 
-            stats = sync.all_merge_moments(stats, self.process_group)
-        return stats
+    def _pool(self, stats: _stats.Moments) -> _stats.Moments:
+        """``stats`` pooled exactly over every process of ``process_group`` when the layer is synchronized, else
+        unchanged (the one place a layer's statistics cross processes)."""
+        if not self.sync_statistics:
+            return stats
+        from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
+
+        return sync.all_merge_moments(stats, self.process_group)
 
     def _local_plain_moments(self) -> bool:
         """Whether :meth:`batch_moments` is the base one without synchronization (then functional.batch_norm, with

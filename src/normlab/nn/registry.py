@@ -16,6 +16,11 @@ spec                    layer
 ``"in"``                :class:`InstanceNorm` with ``affine=True`` (every spec here has a learned affine by default;
                         pass ``affine=False`` for torch's default)
 ``"rms"``               :class:`RMSNorm` in feature-map mode (mean square over all non-batch dims, per-channel gamma)
+``"masked"``            :class:`MaskedBatchNorm`: BatchNorm over padded batches, ``forward(x, mask=/lengths=)``
+``"tbn:28"``            :class:`TimeStepBatchNorm`, recurrent BN with statistics per time step up to T_max = 28
+                        (Cooijmans et al. 2016, gamma starts at 0.1); ``"tbn"`` alone needs ``max_steps=`` as a
+                        keyword (the lab's ``rnn`` model passes its sequence length). Channel ``axis`` -1 by default:
+                        ``(N, T, C)`` sequences, or ``forward(x_t, step=t)`` on ``(N, C)`` inside a recurrent loop
 ``"none"``              ``torch.nn.Identity`` (keyword arguments are ignored)
 ======================  ==========================================================================================
 
@@ -79,10 +84,31 @@ def make_norm(spec: str, num_features: int, **kw) -> nn.Module:
     return builder(num_features, arg, **kw)
 
 
+def _time_step_bn(num_features: int, arg: int | None, /, **kw) -> nn.Module:
+    """``"tbn:<T_max>"`` or ``"tbn"`` with ``max_steps=`` (one of the two; both only if they agree)."""
+    from .sequence import TimeStepBatchNorm
+
+    max_steps = arg
+    if "max_steps" in kw:
+        given = kw.pop("max_steps")
+        if max_steps is not None and given != max_steps:
+            raise ValueError(
+                f"make_norm: spec 'tbn:{max_steps}' and max_steps={given!r} disagree; give the number of time "
+                f"steps once"
+            )
+        max_steps = given
+    if max_steps is None:
+        raise ValueError(
+            "make_norm: spec 'tbn' needs the number of time steps T_max: write 'tbn:<int>' (e.g. 'tbn:28') or pass "
+            "max_steps=<int>"
+        )
+    return TimeStepBatchNorm(num_features, max_steps, **kw)
+
+
 def _builtin() -> None:
     # Imported here so that registry.py can be imported first by anything.
     from . import alternatives as alt
-    from . import batchnorm, variants
+    from . import batchnorm, sequence, variants
 
     register_norm("bn", lambda c, _, **kw: batchnorm.BatchNorm(c, **kw), help="BatchNorm")
     register_norm("brn", lambda c, _, **kw: variants.BatchRenorm(c, **kw), help="Batch Renormalization")
@@ -99,6 +125,8 @@ def _builtin() -> None:
     register_norm("ln", lambda c, _, **kw: alt.LayerNorm(c, **{"axis": 1, **kw}), help="LayerNorm over non-batch dims")
     register_norm("in", lambda c, _, **kw: alt.InstanceNorm(c, **{"affine": True, **kw}), help="InstanceNorm")
     register_norm("rms", lambda c, _, **kw: alt.RMSNorm(c, **{"axis": 1, **kw}), help="RMSNorm over non-batch dims")
+    register_norm("masked", lambda c, _, **kw: sequence.MaskedBatchNorm(c, **kw), help="BatchNorm over padded batches")
+    register_norm("tbn", _time_step_bn, argument="optional", help="recurrent BN per time step, tbn:<max_steps>")
     register_norm("none", lambda c, _, **kw: nn.Identity(), help="identity")
 
 

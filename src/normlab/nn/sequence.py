@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import _stats
+from .. import _stats, _validate
 from .. import functional as F
 from .batchnorm import BatchNormBase
 
@@ -87,20 +87,21 @@ class MaskedBatchNorm(BatchNormBase):
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"{name}: expected a bool mask (True = valid), got {got}")
+        given = tuple(mask.shape)
         if mask.ndim == x.ndim - 1:
             mask = mask.unsqueeze(c)
         try:
-            torch.broadcast_shapes(mask.shape, x.shape)
-            ok = mask.ndim == x.ndim
+            # The mask broadcasts *to* x: a larger mask would broadcast x up and change the output's shape.
+            ok = mask.ndim == x.ndim and torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
             ok = False
         if not ok:
             without = tuple(s for d, s in enumerate(x.shape) if d != c)
             raise ValueError(
                 f"{name}: expected a mask of shape {without} (the input without its channel axis) or broadcastable "
-                f"to {tuple(x.shape)}, got {tuple(mask.shape)}"
+                f"to the input's shape {tuple(x.shape)}, got a mask of shape {given}"
             )
-        return mask
+        return mask.to(x.device)
 
 
 class TimeStepBatchNorm(BatchNormBase):
@@ -145,8 +146,7 @@ class TimeStepBatchNorm(BatchNormBase):
         gamma_init: float = 0.1,
         **kwargs,
     ) -> None:
-        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-            raise ValueError(f"TimeStepBatchNorm: max_steps must be a positive int, got {max_steps!r}")
+        _validate.check_positive_int(max_steps, type(self).__name__, "max_steps")
         self.gamma_init = float(gamma_init)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=axis, **kwargs)
         self.max_steps, self.time_axis, self.per_step_affine = max_steps, time_axis, per_step_affine
@@ -187,8 +187,7 @@ class TimeStepBatchNorm(BatchNormBase):
         c = self.check_input(x)
         name = self.layer_name
         if step is not None:
-            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-                raise ValueError(f"{name}: step must be a non-negative int, got {step!r}")
+            _validate.check_non_negative_int(step, name, "step")
             return self._run(x.unsqueeze(1), c + 1 if c >= 1 else c, 1, first_step=step).squeeze(1)
         if x.ndim < 3:
             raise ValueError(

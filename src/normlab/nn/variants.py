@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as TF
 
-from .. import _stats
+from .. import _stats, _validate
 from .. import functional as F
 from .batchnorm import BatchNormBase
 
@@ -82,8 +82,7 @@ class BatchRenorm(BatchNormBase):
         if not d_max >= 0.0:
             raise ValueError(f"{name}: d_max must be >= 0, got {d_max}")
         for what, v in (("warmup_steps", warmup_steps), ("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: {what} must be a non-negative int, got {v!r}")
+            _validate.check_non_negative_int(v, name, what)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.r_max, self.d_max = float(r_max), float(d_max)
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
@@ -138,8 +137,9 @@ class GhostBatchNorm(BatchNormBase):
     call with the exact pooled statistics of all virtual batches (``merge_moments``, i.e. the whole batch's mean
     and variance), so inference is BatchNorm's. With a virtual batch >= the batch the layer *is* BatchNorm.
 
-    When synchronized over processes, each process's virtual batches stay local (they are the point of the layer);
-    only the running statistics pool every process's batch.
+    When synchronized over processes, each process's virtual batches stay local (they are the point of the layer),
+    also when a process's whole batch fits in one virtual batch; only the running statistics pool every process's
+    batch.
     """
 
     def __init__(
@@ -154,8 +154,7 @@ class GhostBatchNorm(BatchNormBase):
         dtype=None,
         **kwargs,
     ) -> None:
-        if not isinstance(virtual_batch_size, int) or isinstance(virtual_batch_size, bool) or virtual_batch_size < 1:
-            raise ValueError(f"GhostBatchNorm: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+        _validate.check_positive_int(virtual_batch_size, type(self).__name__, "virtual_batch_size")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.virtual_batch_size = virtual_batch_size
 
@@ -163,7 +162,9 @@ class GhostBatchNorm(BatchNormBase):
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
-        if not self.uses_batch_stats() or x.shape[0] <= self.virtual_batch_size:
+        # One virtual batch is BatchNorm's path, but only locally: synchronized, that path would pool the batch
+        # over processes, and virtual batches stay local.
+        if not self.uses_batch_stats() or (x.shape[0] <= self.virtual_batch_size and not self.sync_statistics):
             return super()._normalize(x, axis)
         _check_batch_axis(self, axis)
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
@@ -186,11 +187,7 @@ class GhostBatchNorm(BatchNormBase):
                 pooled = _stats.merge_moments(
                     torch.stack([m.mean for m in parts]), torch.stack([m.var for m in parts]), counts[:, None]
                 )
-                pooled = _stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts)))
-                if self.sync_statistics:
-                    from . import sync
-
-                    pooled = sync.all_merge_moments(pooled, self.process_group)
+                pooled = self._pool(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
             self.update_running(pooled)
         return out
 
@@ -269,10 +266,9 @@ class MovingAverageBatchNorm(BatchNormBase):
     ) -> None:
         name = type(self).__name__
         _require_running_stats(self, {"track_running_stats": track_running_stats})
-        for what, v in (("buffer_size", buffer_size), ("warmup_iters", warmup_iters),
-                        ("renorm_warmup_iters", renorm_warmup_iters)):
-            if not isinstance(v, int) or v < (1 if what == "buffer_size" else 0):
-                raise ValueError(f"{name}: {what} must be a {'positive' if what == 'buffer_size' else 'non-negative'} int, got {v!r}")
+        _validate.check_positive_int(buffer_size, name, "buffer_size")
+        _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
+        _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
         if not r_max >= 1.0:
             raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
@@ -363,8 +359,7 @@ class BatchLayerNorm(BatchNormBase):
         scale_by_sqrt_features: bool = True,
         **kwargs,
     ) -> None:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"BatchLayerNorm: batch_size must be a positive int or None, got {batch_size!r}")
+        _validate.check_positive_int(batch_size, type(self).__name__, "batch_size", or_none=True)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
         self.batch_size = batch_size
         self.scale_by_sqrt_features = scale_by_sqrt_features

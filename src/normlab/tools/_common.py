@@ -32,6 +32,14 @@ def has_running_stats(module: nn.Module) -> bool:
     return getattr(module, "running_mean", None) is not None and getattr(module, "running_var", None) is not None
 
 
+def is_uncentred(norm: nn.Module) -> bool:
+    """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020): their
+    ``running_var`` is E[x^2] and their ``running_mean`` stays 0."""
+    from ..nn.variants import MovingAverageBatchNorm
+
+    return isinstance(norm, MovingAverageBatchNorm)
+
+
 def channel_axis(norm: nn.Module) -> int:
     """The axis a batch-norm layer takes as channels (torch's are always 1)."""
     return int(getattr(norm, "axis", 1)) if isinstance(norm, BatchNormBase) else 1

@@ -5,6 +5,13 @@ meaning: the per-channel affine parameters (gamma, beta), the running statistics
 (BN -> batch renorm, ghost BN, another BN class), and ``eps``, ``momentum`` and the channel ``axis`` when the new
 class takes them. Everything else starts as the new class initializes it.
 
+MABN (``"mabn"``) keeps the uncentred second moment as its running variance and a zero running mean, so a centred
+layer's statistics are carried over as ``running_var = var + mean^2``, ``running_mean = 0``. A torch-convention
+running variance is unbiased; the batch size behind it is not stored, so its Bessel factor cannot be undone, and
+it is used as it is: it estimates the population variance, which is what E[x^2] = var + mean^2 needs. MABN's
+iteration counter (``num_batches_tracked``) starts at 0, since its moving-average histories start empty and its
+warm-up must run again.
+
 ``freeze`` fixes the statistics: every layer with running statistics normalizes with them from now on, even after
 ``model.train()``, and its running statistics stop changing. Affine parameters (gamma, beta) of every
 normalization layer stop training unless ``train_affine=True``. Nothing is replaced, so the class of each layer
@@ -20,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._common import has_running_stats, is_batch_norm, is_norm, set_submodule
+from ._common import has_running_stats, is_batch_norm, is_norm, is_uncentred, set_submodule
 
 __all__ = ["convert_norm", "freeze", "unfreeze", "is_frozen"]
 
@@ -58,6 +65,15 @@ def _copy_matching(old: nn.Module, new: nn.Module, names: tuple[str, ...]) -> No
             dst.copy_(src.detach())
 
 
+def _carry_second_moment(old: nn.Module, new: nn.Module) -> None:
+    """Centred running statistics (mean, var) -> MABN's (0, E[x^2] = var + mean^2); see the module docstring."""
+    if old.running_mean.shape != new.running_mean.shape:
+        return
+    mean = old.running_mean.detach().to(new.running_var.dtype)
+    new.running_var.copy_(old.running_var.detach().to(new.running_var.dtype) + mean * mean)
+    new.running_mean.zero_()
+
+
 def convert_norm(
     model: nn.Module,
     spec: str,
@@ -71,10 +87,12 @@ def convert_norm(
     ``spec`` is any :func:`normlab.nn.make_norm` spec (``"bn"``, ``"brn"``, ``"gbn:16"``, ``"mabn"``, ``"bln"``,
     ``"gn:32"``, ``"ln"``, ``"in"``, ``"rms"``, ``"none"``, ...) or ``"sync"``: synchronized statistics over
     ``torch.distributed`` (:func:`normlab.nn.convert_sync_batchnorm` on each picked layer; ``process_group=``
-    is its one keyword; torch's batch norms become normlab ``BatchNorm`` with the same state_dict). ``where(name, module)`` picks the layers
-    (default: every batch norm, torch's and normlab's); ``kw`` goes to every new layer's constructor and wins
-    over the carried-over ``eps``/``momentum``/``axis``. Affine parameters and running statistics are copied where
-    both layers have them with the same shape; dtype, device and training mode follow the old layer.
+    is its one keyword; torch's batch norms become normlab ``BatchNorm`` with the same state_dict).
+
+    ``where(name, module)`` picks the layers (default: every batch norm, torch's and normlab's); ``kw`` goes to
+    every new layer's constructor and wins over the carried-over ``eps``/``momentum``/``axis``. Affine parameters
+    and running statistics are copied where both layers have them with the same shape; dtype, device and training
+    mode follow the old layer.
     ``inplace=False`` converts a deep copy (a model that is itself a norm layer is returned converted). Every new
     layer is built before anything is replaced, so an error (bad spec, a layer make_norm cannot build, e.g.
     ``gn:32`` for 48 channels) leaves the model unchanged.
@@ -115,7 +133,10 @@ def convert_norm(
         with torch.no_grad():
             _copy_matching(old, new, ("weight", "bias"))
             if has_running_stats(old) and has_running_stats(new):
-                _copy_matching(old, new, ("running_mean", "running_var", "num_batches_tracked"))
+                if is_uncentred(new) and not is_uncentred(old):
+                    _carry_second_moment(old, new)
+                else:
+                    _copy_matching(old, new, ("running_mean", "running_var", "num_batches_tracked"))
         built[id(old)] = new.train(old.training)
     if id(model) in built:  # the model is itself one norm layer
         return built[id(model)]

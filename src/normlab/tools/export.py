@@ -108,7 +108,9 @@ def export_onnx(
             want = want.detach().cpu()
             have = torch.from_numpy(have).to(want.dtype)
             if have.shape != want.shape:
-                raise ValueError(f"export_onnx: {name} has shape {tuple(have.shape)} in onnxruntime, {tuple(want.shape)} in torch")
+                raise ValueError(
+                    f"export_onnx: {name} has shape {tuple(have.shape)} in onnxruntime, {tuple(want.shape)} in torch"
+                )
             diff = (have - want).abs()
             max_diff = max(max_diff, float(diff.max()) if diff.numel() else 0.0)
             if not bool((diff <= atol + rtol * want.abs()).all()):

@@ -16,6 +16,10 @@ of the rows of group ``g``, which is where the scale goes.
 :func:`fold_into` is the pure tensor function; :func:`plan_fold` decides which pairs fold (through ``torch.fx``
 data flow where the model traces, through ``nn.Sequential`` order where it does not) and says why the others do
 not; :func:`fold_batchnorm` applies the plan to a copy of the model (or in place).
+
+A :class:`normlab.nn.NormAct` whose norm is a batch norm is ``act(BN(z))``; in eval mode that is ``act(s * z + c)``,
+so its BN folds into the layer before the NormAct like a bare BN (the NormAct keeps its activation, its norm becomes
+``nn.Identity`` and an in-place ABN NormAct becomes a plain one: with no statistics left there is nothing to save).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, fx, nn
 
+from ..nn.act import NormAct
 from ._common import (
     BatchNormBase,
     channel_axis,
@@ -137,6 +142,16 @@ class _Tracer(fx.Tracer):
         )
 
 
+def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
+    """``("<suffix>", norm)`` when ``module`` *is* a batch norm (suffix ``""``) or a NormAct around one
+    (``".norm"``, the BN inside ``act(BN(x))``), else ``None``."""
+    if is_batch_norm(module):
+        return "", module
+    if isinstance(module, NormAct) and is_batch_norm(module.norm):
+        return ".norm", module.norm
+    return None
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
@@ -180,7 +195,8 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
         return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
     tol = 64 * torch.finfo(dtype).eps
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=tol * (1 + float(expected.abs().max()))):
+    atol = tol * (1 + float(expected.abs().max()))
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=atol):
         return f"its eval-mode output is not the running-statistics affine map ({type(norm).__name__})"
     return None
 
@@ -223,10 +239,11 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     for node in graph.nodes:
-        if node.op != "call_module" or not is_batch_norm(root.get_submodule(node.target)):
+        wrapped = _wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
+        if wrapped is None:
             continue
-        name = _join(prefix, node.target)
-        norm = root.get_submodule(node.target)
+        name = _join(prefix, node.target) + wrapped[0]
+        norm = wrapped[1]
         src = node.args[0] if node.args else None
         if len(node.args) != 1 or node.kwargs:
             decisions[name] = (None, "called with more than one argument")
@@ -237,7 +254,8 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
             and src.op == "call_module"
             and isinstance(root.get_submodule(src.target), FOLD_TARGETS)
         ):
-            decisions[name] = (None, f"its input is {_describe(src)}, not the output of a Conv, ConvTranspose or Linear")
+            what = "not the output of a Conv, ConvTranspose or Linear"
+            decisions[name] = (None, f"its input is {_describe(src)}, {what}")
         elif len(src.users) != 1:
             others = ", ".join(_describe(u) for u in src.users if u is not node)
             decisions[name] = (None, f"the output of {src.target!r} is also used by {others}")
@@ -249,8 +267,8 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
 
 
 def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict) -> None:
-    if isinstance(module, FOLD_TARGETS) or is_batch_norm(module):
-        return
+    if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
+        return  # a NormAct's BN is planned with what comes before the NormAct, by its parent
     if not any(is_batch_norm(m) for m in module.modules()):
         return
     try:
@@ -265,9 +283,13 @@ def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report:
     children = list(module.named_children())
     if isinstance(module, nn.Sequential):
         # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
-        for (layer_name, layer), (norm_name, norm) in zip(children, children[1:]):
-            if is_batch_norm(norm) and isinstance(layer, FOLD_TARGETS):
-                decisions[_join(prefix, norm_name)] = (_join(prefix, layer_name), _pair_problem(layer, norm, counts))
+        for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
+            wrapped = _wrapped_norm(follower)
+            if wrapped is not None and isinstance(layer, FOLD_TARGETS):
+                suffix, norm = wrapped
+                decisions[_join(prefix, norm_name) + suffix] = (
+                    _join(prefix, layer_name), _pair_problem(layer, norm, counts)
+                )
     for child_name, child in children:
         _plan_module(child, _join(prefix, child_name), counts, report, decisions)
 
@@ -308,6 +330,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = Fa
 
     The folded norms become ``nn.Identity`` and their layers get the weights of :func:`fold_into` (a conv without
     bias gains one); everything else, the model's class included, stays. The result matches the eval-mode model.
+    The BN inside a ``normlab.nn.NormAct`` after a layer folds too (the NormAct keeps its activation and turns
+    ``inplace_abn`` off).
     Handles ``torch.nn.BatchNorm*d`` (and ``SyncBatchNorm``) and every ``normlab.nn.BatchNormBase`` layer.
 
     A norm with channel axis 1 after a ``Linear`` is folded as the ``(N, C)`` case, the only input on which a
@@ -345,6 +369,9 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = Fa
             else:
                 layer.bias.copy_(bias)
             set_submodule(target, norm_name, nn.Identity())
+            parent = target.get_submodule(norm_name.rpartition(".")[0])
+            if isinstance(parent, NormAct):
+                parent.inplace_abn = False  # act(Identity(x)): in-place ABN needs a BatchNorm to run
     if report.skipped:
         warnings.warn(str(report), stacklevel=2)
     return target

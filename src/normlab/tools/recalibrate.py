@@ -8,13 +8,17 @@ by the population statistics of the layer's input over many batches B_1..B_K (n_
     sigma2_pop  = sum_k n_k (sigma2_k + (mu_k - mu_pop)^2) / N                  (pooled moments, exact)
 
 i.e. the mean of the batch means and the variance of all the values seen, with every value weighted equally (for
-equal-sized batches: every batch weighted equally). For MABN, which normalizes by the second moment without
-centring, the running variance becomes the population second moment sigma2_pop + mu_pop^2. The batch variance alone would miss the spread of the batch
-means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased running
-variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+equal-sized batches: every batch weighted equally). The average batch variance alone would miss the spread of
+the batch means. The running variance then gets Bessel's correction N / (N - 1) when the layer keeps an unbiased
+running variance (torch's convention, normlab's default) and stays biased otherwise (``running_var_unbiased=False``).
+For MABN, which normalizes by the second moment without centring, the running variance becomes the population
+second moment sigma2_pop + mu_pop^2.
 
 During the passes every batch norm normalizes with batch statistics, as in training, so that each layer sees the
-inputs it saw during training. Accumulation is in float64 with Chan's pairwise update (no E[x^2] - E[x]^2).
+inputs it saw during training. Accumulation is in float64 with the exact pooled-moments merge (no E[x^2] - E[x]^2).
+Synchronized layers (``convert_sync_batchnorm``, ``torch.nn.SyncBatchNorm``) pool the statistics of every process
+of their ``process_group`` the same way, so each process's shard of the data counts and all processes end with the
+same running statistics; every process must then call ``recalibrate`` (as with the layers' own forward).
 """
 
 from __future__ import annotations
@@ -27,39 +31,52 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats
-from ._common import channel_axis, has_running_stats, is_batch_norm
+from ._common import channel_axis, has_running_stats, is_batch_norm, is_uncentred
 
 __all__ = ["recalibrate"]
 
 
 class _PooledMoments:
-    """Per-channel count, mean and sum of squared deviations (float64), merged batch by batch (Chan et al.)."""
+    """Per-channel count, mean and biased variance (float64), pooled exactly batch by batch with
+    ``_stats.merge_moments`` (the merge ghost batches and synchronized layers use)."""
 
     def __init__(self) -> None:
-        self.count: Tensor | None = None
-        self.mean: Tensor | None = None
-        self.m2: Tensor | None = None
+        self.stats: _stats.Moments | None = None
 
     def add(self, x: Tensor, axis: int, mask: Tensor | None = None) -> None:
         x = x.detach().to(torch.float64)
         batch = _stats.moments(x, _stats.reduce_dims(x.ndim, axis), mask=mask)
-        n_b = torch.as_tensor(batch.count, dtype=torch.float64, device=x.device).expand_as(batch.mean)
-        if self.mean is None:
-            self.count, self.mean, self.m2 = (torch.zeros_like(batch.mean) for _ in range(3))
-        total = self.count + n_b
-        weight = n_b / total.clamp_min(1)  # 0 for a channel that has seen nothing yet in both
-        delta = batch.mean - self.mean
-        self.mean = self.mean + delta * weight
-        self.m2 = self.m2 + batch.var * n_b + delta * delta * self.count * weight
-        self.count = total
+        count = torch.as_tensor(batch.count, dtype=torch.float64, device=x.device).expand_as(batch.mean)
+        if self.stats is None:
+            self.stats = _stats.Moments(batch.mean, batch.var, count)
+            return
+        self.stats = _stats.merge_moments(
+            torch.stack([self.stats.mean, batch.mean]), torch.stack([self.stats.var, batch.var]),
+            torch.stack([self.stats.count, count]),
+        )
+
+    def pool_processes(self, norm: nn.Module, num_features: int) -> None:
+        """Pool over the processes of a synchronized layer: each process saw its shard of the data. Every
+        process takes part, also one that no batch reached (it brings count 0)."""
+        from ..nn import sync
+
+        stats = self.stats
+        if stats is None:
+            zeros = torch.zeros(num_features, dtype=torch.float64, device=norm.running_mean.device)
+            stats = _stats.Moments(zeros, zeros, zeros)
+        self.stats = sync.all_merge_moments(stats, norm.process_group)
 
     def seen(self) -> Tensor | None:
         """Per channel: did any value arrive?"""
-        return None if self.count is None else self.count > 0
+        return None if self.stats is None else self.stats.count > 0
 
     def variance(self, unbiased: bool) -> Tensor:
-        var = self.m2 / self.count.clamp_min(1)
-        return _stats.unbiased(var, self.count) if unbiased else var
+        return _stats.unbiased(self.stats.var, self.stats.count) if unbiased else self.stats.var
+
+
+def _synchronized(norm: nn.Module) -> bool:
+    """Layers whose statistics are pooled over ``torch.distributed`` processes (normlab's or torch's)."""
+    return bool(getattr(norm, "sync_statistics", False)) or isinstance(norm, nn.SyncBatchNorm)
 
 
 def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
@@ -75,14 +92,6 @@ def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | 
     mask = args[1] if len(args) > 1 else kwargs.get("mask")
     lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
     return x, norm._mask(x, channel_axis(norm) % x.ndim, mask, lengths)
-
-
-def _uncentred(norm: nn.Module) -> bool:
-    """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020)."""
-    from .. import nn as nlnn
-
-    mabn = getattr(nlnn, "MovingAverageBatchNorm", None)
-    return mabn is not None and isinstance(norm, mabn)
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
@@ -125,14 +134,16 @@ def recalibrate(
     ``normlab.nn.BatchNormBase`` layer that keeps running statistics. Runs under ``torch.no_grad()``.
 
     Only the running mean and variance of these layers change: their ``training`` flags and every buffer of the
-    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and on any error (a bad batch, too few batches) the running
-    statistics are left as they were. A layer that no batch reached keeps its statistics, with a warning.
-    ``MaskedBatchNorm`` counts only the valid positions of its ``mask``/``lengths``; layers with statistics per time
-    step (``TimeStepBatchNorm``) are left alone, with a warning.
+    model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and
+    on any error (a bad batch, too few batches) the running statistics are left as they were. A layer that no
+    batch reached keeps its statistics, with a warning. ``MaskedBatchNorm`` counts only the valid positions of its
+    ``mask``/``lengths``; layers with statistics per time step (``TimeStepBatchNorm``) are left alone, with a
+    warning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
-    if num_batches is not None and (not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1):
+    bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
+    if num_batches is not None and bad_count:
         raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
     norms, per_step = [], []
     for name, m in model.named_modules():
@@ -193,20 +204,24 @@ def recalibrate(
     with torch.no_grad():
         for name, m in norms:
             acc = pooled[id(m)]
-            if acc.mean is None or not bool(acc.seen().any()):
+            if _synchronized(m):  # population statistics of every process's shard, identical on every process
+                acc.pool_processes(m, m.num_features)
+            if acc.stats is None or not bool(acc.seen().any()):
                 missed.append(name)
                 continue
             seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
-            if _uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
-                second = acc.variance(False) + acc.mean**2
+            if is_uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+                second = acc.variance(False) + acc.stats.mean**2
                 m.running_var.copy_(torch.where(seen, second, m.running_var.to(second.dtype)))
                 continue
             unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
-            mean, var = acc.mean, acc.variance(unbiased)
+            mean, var = acc.stats.mean, acc.variance(unbiased)
             m.running_mean.copy_(torch.where(seen, mean, m.running_mean.to(mean.dtype)))
             m.running_var.copy_(torch.where(seen, var, m.running_var.to(var.dtype)))
     if missed:
-        warnings.warn(f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2)
+        warnings.warn(
+            f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2
+        )
     if per_step:
         warnings.warn(
             f"recalibrate: {', '.join(n for n, _ in per_step)} keep running statistics per time step; not recalibrated",

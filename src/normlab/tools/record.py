@@ -31,6 +31,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .. import _validate
+
 __all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATIONS"]
 
 ACTIVATIONS = (
@@ -79,8 +81,7 @@ class ActivationRecorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationRecorder: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"ActivationRecorder: every must be a positive int, got {every!r}")
+        _validate.check_positive_int(every, "ActivationRecorder", "every")
         if not isinstance(max_values, int) or max_values < 3:
             raise ValueError(f"ActivationRecorder: max_values must be an int >= 3, got {max_values!r}")
         named = dict(model.named_modules())
@@ -145,7 +146,7 @@ class ActivationRecorder:
         if flat.numel() > self.max_values:
             # Uniform draws (with replacement, O(max_values)): a stride could alias with the feature-map layout.
             sample = flat[torch.randint(flat.numel(), (self.max_values,), generator=self._gen)]
-        q = torch.quantile(sample, torch.tensor([0.15, 0.50, 0.85]))
+        q = torch.quantile(sample, torch.tensor([0.15, 0.50, 0.85], device=sample.device))
         if x.ndim >= 2:
             dead = (x <= 0).transpose(0, 1).reshape(x.shape[1], -1).all(dim=1).float().mean()
         else:

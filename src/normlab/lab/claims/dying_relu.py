@@ -46,7 +46,9 @@ def _unit(u: dict) -> dict:
 
     h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
                 eval_every=u["steps"], seed=u["seed"], on_step=probe)
-    trace.append((u["steps"] if h.diverged_at is None else h.diverged_at, _dead_fraction(model, data.x_val)))
+    end = u["steps"] if h.diverged_at is None else h.diverged_at
+    if trace[-1][0] != end:
+        trace.append((end, _dead_fraction(model, data.x_val)))
     return {**u, "trace": trace, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
 
 

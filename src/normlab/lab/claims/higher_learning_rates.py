@@ -56,7 +56,7 @@ def run(ctx: Context) -> Outcome:
     out.figures.append(Figure("lr-sweep", "Final validation accuracy per learning rate (diverged runs keep their last "
                               "evaluated accuracy). Line: mean over seeds; band: min..max.", fig))
     out.tables.append(C.seed_table(out, (PRIMARY, MEAN_ACC)))
-    out.notes.append(f"diverged runs (NaN/Inf or loss > 1e4): with BN {diverged['bn']}, without {diverged['none']} "
+    out.notes.append(f"diverged runs (non-finite loss, stopped by the engine): with BN {diverged['bn']}, without {diverged['none']} "
                      f"of {len(lrs) * len(ctx.seeds)} each")
     b, n = (10 ** C.mean(out.metrics[PRIMARY][a]) for a in ("bn", "none"))
     out.measured = f"largest rate reaching {TARGET:.0%}: BN ~{b:.3g} vs none ~{n:.3g} (geometric mean over seeds)"

@@ -58,7 +58,7 @@ def _unit(u: dict) -> dict:
     checkpoints: list[dict] = []
 
     def probe(step, m, xb, yb):
-        if step and step % u["probe_every"] == 0:
+        if step and step % u["probe_every"] == 0 and step < u["steps"]:
             checkpoints.append({"step": step, **_eval_all(m, data, u["modes"])})
 
     C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
