@@ -27,6 +27,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """The BatchNorm kernel grid: medians and ratios printed, everything written to JSON."""
+    from .bench import kernels as bench_kernels
+
+    names = args.shapes.split(",") if args.shapes else (bench_kernels.QUICK if args.quick else None)
+    env = bench_kernels.environment()
+    print(f"normlab bench: torch {env['torch']}, numba {env['numba']}, {env['cpus']} CPUs, "
+          f"threads torch={env['torch_threads']} numba={env['numba_threads']}, load {env['loadavg_at_start']}")
+    cases = bench_kernels.run_grid(names, reps=args.reps, compile_=args.compile,
+                                   progress=lambda s: print(f"  timing {s}", file=sys.stderr, flush=True))
+    print(bench_kernels.format_table(cases))
+    steps = None
+    if not args.no_train_step:
+        print(f"  timing lab cnn training steps", file=sys.stderr, flush=True)
+        steps = bench_kernels.train_step_cases(reps=max(3, args.reps // 2))
+        print(bench_kernels.format_train_steps(steps))
+    bench_kernels.write_json(cases, args.json, env, steps)
+    print(f"wrote {args.json}")
+    return 0
+
+
 def _claims(args: argparse.Namespace) -> int:
     """``normlab claims``: run the literature's claims about BN and write the report."""
     from .lab.claims import all_claims, run_claims
@@ -313,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job of `make demo`")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("bench", help="time normlab's BatchNorm kernels against torch (table + JSON)")
+    p.add_argument("--reps", type=int, default=15, help="timed rounds per case (median reported)")
+    p.add_argument("--quick", action="store_true", help="a 5-shape subset of the grid")
+    p.add_argument("--shapes", default="", help="comma-separated grid names, e.g. '32x64x56x56,256x128'")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    p.add_argument("--json", default="bench_kernels.json", help="where to write the results")
+    p.add_argument("--no-train-step", action="store_true", help="skip the lab cnn end-to-end training step")
+    p.set_defaults(func=_bench)
     _add_lab_commands(sub)
     _add_claims_parser(sub)
     return parser

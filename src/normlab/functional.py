@@ -2,14 +2,15 @@
 
 ``batch_norm`` has the meaning of :func:`torch.nn.functional.batch_norm` for the shared arguments, plus
 ``axis`` (the channel axis: ``-1`` for channels-last and ``(N, L, C)`` sequences) and the running-variance
-estimator. All arithmetic goes through :mod:`normlab._stats`.
+estimator. All arithmetic goes through :mod:`normlab._stats`, or through the same steps on the fast CPU kernels
+(:mod:`normlab.kernels`) when the dispatch chooses them (``NORMLAB_KERNELS=auto|fast|native``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from . import _stats, _validate
+from . import _stats, _validate, kernels
 
 __all__ = ["batch_norm", "momentum_factor"]
 
@@ -73,16 +74,17 @@ def batch_norm(
     if check_finite:
         _validate.check_finite(input, name, c)
 
-    if not training:
-        return _stats.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
+    factor = 0.0
+    if training and has_running:
+        batches = num_batches_tracked + 1 if num_batches_tracked is not None else None
+        factor = momentum_factor(momentum, batches, name)
 
-    stats = _stats.moments(input, _stats.reduce_dims(input.ndim, c))
+    if not training:
+        return kernels.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
+
+    out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
     if has_running:
-        if num_batches_tracked is not None:
-            factor = momentum_factor(momentum, num_batches_tracked + 1, name)
-        else:
-            factor = momentum_factor(momentum, None, name)
         _stats.update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
-    return _stats.normalize(input, stats.mean, stats.var, weight, bias, eps, axis=c)
+    return out

@@ -192,6 +192,11 @@ class BatchNormBase(nn.Module):
 
         return sync.all_merge_moments(stats, self.process_group)
 
+    def _local_plain_moments(self) -> bool:
+        """Whether :meth:`batch_moments` is the base one without synchronization (then functional.batch_norm, with
+        its fast paths, computes exactly this layer's forward)."""
+        return not self.sync_statistics and type(self).batch_moments is BatchNormBase.batch_moments
+
     def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
         ``momentum=None``) and count the batch."""
@@ -203,6 +208,16 @@ class BatchNormBase(nn.Module):
         self.num_batches_tracked.add_(1)
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
+        if self._local_plain_moments() and self._needs_batch_variance:
+            # the plain layer: functional.batch_norm chooses the fused CPU kernels, torch's own kernel or _stats
+            update, batch = self.updates_running_stats(), self.uses_batch_stats()
+            keep_running = update or not batch
+            return F.batch_norm(
+                x, self.running_mean if keep_running else None, self.running_var if keep_running else None,
+                self.weight, self.bias, training=batch, momentum=self.momentum, eps=self.eps, axis=axis,
+                running_var_unbiased=self.running_var_unbiased,
+                num_batches_tracked=self.num_batches_tracked if update else None, name=self.layer_name,
+            )
         if not self.uses_batch_stats():
             return _stats.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))

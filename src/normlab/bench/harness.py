@@ -1,0 +1,53 @@
+"""Timing that survives a shared machine: interleaved repetitions, medians, ratios from the same run.
+
+Every candidate of one case runs once per round, in turn, for ``reps`` rounds (after warm-up rounds), so a burst
+of load from another process hits all candidates alike; ratios are taken between medians of the same rounds.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one candidate: median, first and third quartile, minimum, and how many calls."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    reps: int
+
+    def as_dict(self) -> dict:
+        return {"median_ms": self.median * 1e3, "q1_ms": self.q1 * 1e3, "q3_ms": self.q3 * 1e3, "min_ms": self.min * 1e3, "reps": self.reps}
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], *, reps: int, warmup: int = 2) -> dict[str, Timing]:
+    """Time every candidate ``reps`` times, round-robin; warm-up rounds first (JIT, allocator, caches)."""
+    if reps < 1:
+        raise ValueError(f"bench: reps must be >= 1, got {reps}")
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside one timed call would be charged to whichever candidate ran
+    try:
+        for _ in range(reps):
+            for name, fn in candidates.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    out = {}
+    for name, ts in samples.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        out[name] = Timing(statistics.median(ts), q[0], q[2], min(ts), len(ts))
+    return out

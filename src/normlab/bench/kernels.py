@@ -1,0 +1,247 @@
+"""The BatchNorm kernel benchmark behind ``normlab bench`` and ``benchmarks/bench_kernels.py``.
+
+For each shape of the grid (NCHW, channels-last, 2-D), float32, it times a training-mode forward and a
+forward+backward of:
+
+* ``normlab``        — :func:`normlab.functional.batch_norm` as dispatched (``auto``: what users get);
+* ``normlab-fast``   — the same, forced onto the numba kernels;
+* ``normlab-native`` — the same, forced onto torch operators (:mod:`normlab._stats`);
+* ``torch``          — :func:`torch.nn.functional.batch_norm` (eager);
+* ``composite``      — a straightforward autograd implementation (var_mean, subtract, scale, shift);
+* ``compile``        — ``torch.compile`` of the torch call (optional: ~tens of seconds of compilation per shape);
+* ``ghost4``/``masked`` — normlab's ghost batch norm (4 virtual batches) and masked statistics (+apply) on the
+  kernels, for the "variants within 1.2x of BN" target;
+
+and a copy of the same tensor as the memory roofline: a copy is 2 tensor passes, so the forward's roofline
+(read x, write y) is one copy and the training step's (also read dy and x, write dx) is 2.5 copies.
+
+All running-statistics updates are included (the torch call gets running buffers too). Ratios are medians of
+the same interleaved rounds (see :mod:`.harness`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import functional as F
+from .. import kernels
+from .harness import Timing, interleaved
+
+GRID = [
+    ("32x64x56x56", (32, 64, 56, 56), "nchw"),
+    ("64x64x56x56", (64, 64, 56, 56), "nchw"),
+    ("32x256x14x14", (32, 256, 14, 14), "nchw"),
+    ("8x512x7x7", (8, 512, 7, 7), "nchw"),
+    ("32x64x56x56 CL", (32, 64, 56, 56), "channels_last"),
+    ("64x64x56x56 CL", (64, 64, 56, 56), "channels_last"),
+    ("32x256x14x14 CL", (32, 256, 14, 14), "channels_last"),
+    ("8x512x7x7 CL", (8, 512, 7, 7), "channels_last"),
+    ("256x128", (256, 128), "nchw"),
+    ("32x128", (32, 128), "nchw"),
+]
+QUICK = ["32x64x56x56", "32x256x14x14", "32x64x56x56 CL", "256x128", "32x128"]
+MODES = ("fwd", "fwd+bwd")
+
+
+@dataclass
+class Case:
+    name: str
+    shape: tuple[int, ...]
+    layout: str
+    mode: str
+    timings: dict[str, Timing]
+
+    def ratio(self, a: str, b: str) -> float | None:
+        if a not in self.timings or b not in self.timings:
+            return None
+        return self.timings[b].median / self.timings[a].median  # > 1: a is faster than b
+
+    def roofline(self) -> float:
+        passes = 1.0 if self.mode == "fwd" else 2.5
+        return self.timings["copy"].median * passes
+
+    def as_dict(self) -> dict:
+        return {
+            "shape": list(self.shape), "layout": self.layout, "mode": self.mode,
+            "timings": {k: t.as_dict() for k, t in self.timings.items()},
+            "speedup_vs_torch": self.ratio("normlab", "torch"),
+            "fast_speedup_vs_torch": self.ratio("normlab-fast", "torch"),
+            "roofline_ms": self.roofline() * 1e3,
+            "normlab_over_roofline": self.timings["normlab"].median / self.roofline(),
+        }
+
+
+def _composite(x: torch.Tensor, w, b, eps: float) -> torch.Tensor:
+    """The textbook training-mode forward, written with torch operators (autograd does the backward)."""
+    dims = tuple(d for d in range(x.ndim) if d != 1)
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    shape = [1] * x.ndim
+    shape[1] = -1
+    return (x - mean) * torch.rsqrt(var + eps) * w.reshape(shape) + b.reshape(shape)
+
+
+def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool) -> dict[str, Callable[[], object]]:
+    torch.manual_seed(0)
+    C = shape[1]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    w = torch.ones(C, requires_grad=True)
+    b = torch.zeros(C, requires_grad=True)
+    buffers = {name: (torch.zeros(C), torch.ones(C)) for name in ("nl", "torch", "compile")}
+    backward = mode == "fwd+bwd"
+    xg = x.detach().clone().requires_grad_(backward)
+    params = (xg, w, b) if backward else ()
+
+    def run(forward: Callable[[], torch.Tensor]) -> Callable[[], object]:
+        if not backward:
+            def fwd():
+                with torch.no_grad():
+                    return forward()
+            return fwd
+        return lambda: torch.autograd.grad(forward(), params, dy)
+
+    def normlab_with(setting: str) -> Callable[[], torch.Tensor]:
+        rm, rv = buffers["nl"]
+
+        def call():
+            with kernels.backend(setting):
+                return F.batch_norm(xg, rm, rv, w, b, training=True)
+        return call
+
+    out = {
+        "normlab": run(normlab_with("auto")),
+        "normlab-fast": run(normlab_with("fast")),
+        "normlab-native": run(normlab_with("native")),
+        "torch": run(lambda: torch.nn.functional.batch_norm(xg, *buffers["torch"], w, b, training=True)),
+        "composite": run(lambda: _composite(xg, w, b, 1e-5)),
+    }
+    if variants:
+        def ghost():
+            with kernels.backend("fast"):
+                return kernels.batch_norm_train(xg, w, b, 1e-5, groups=4)[0]
+
+        mshape = list(shape)
+        mshape[1] = 1
+        mask = torch.rand(mshape, generator=torch.Generator().manual_seed(1)) > 0.1
+        dims = tuple(d for d in range(len(shape)) if d != 1)
+
+        def masked():
+            with kernels.backend("fast"):
+                st = kernels.moments(xg, dims, mask=mask)
+                return kernels.normalize(xg, st.mean, st.var, w, b, 1e-5)
+
+        out["ghost4"] = run(ghost)
+        out["masked"] = run(masked)
+    if compile_:
+        compiled = torch.compile(lambda t: torch.nn.functional.batch_norm(t, *buffers["compile"], w, b, training=True))
+        out["compile"] = run(lambda: compiled(xg))
+    copy_dst = torch.empty_like(x)
+    out["copy"] = lambda: copy_dst.copy_(x)
+    return out
+
+
+def run_grid(
+    names: list[str] | None = None, *, reps: int = 15, modes=MODES, compile_: bool = False, variants: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[Case]:
+    """Time every (shape, mode) of the grid; ``names`` picks shapes by their grid name."""
+    table = {n: (s, l) for n, s, l in GRID}
+    names = list(table) if names is None else names
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"normlab bench: unknown shape {unknown[0]!r}; expected one of {list(table)}")
+    cases = []
+    for name in names:
+        shape, layout = table[name]
+        for mode in modes:
+            if progress:
+                progress(f"{name} {mode}")
+            cands = _candidates(shape, layout, mode, compile_=compile_, variants=variants and len(shape) == 4)
+            cases.append(Case(name, shape, layout, mode, interleaved(cands, reps=reps, warmup=2)))
+    return cases
+
+
+COLUMNS = ["normlab", "normlab-fast", "normlab-native", "torch", "composite", "compile", "ghost4", "masked", "copy"]
+
+
+def format_table(cases: list[Case]) -> str:
+    """Medians (ms) per candidate, then torch/normlab (speed-up, > 1 is faster) and normlab/roofline."""
+    cols = [c for c in COLUMNS if any(c in k.timings for k in cases)]
+    head = f"{'shape':<17}{'mode':<9}" + "".join(f"{c:>15}" for c in cols) + f"{'x torch':>9}{'fast x':>8}{'/roof':>7}"
+    lines = ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
+             "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes)", head, "-" * len(head)]
+    for k in cases:
+        row = f"{k.name:<17}{k.mode:<9}"
+        for c in cols:
+            row += f"{k.timings[c].median * 1e3:>15.3f}" if c in k.timings else f"{'':>15}"
+        row += f"{k.ratio('normlab', 'torch'):>9.2f}{k.ratio('normlab-fast', 'torch'):>8.2f}"
+        row += f"{k.timings['normlab'].median / k.roofline():>7.2f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    """What the figures depend on: versions, threads, load at the start."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    import numba
+
+    return {
+        "torch": torch.__version__, "numba": numba.__version__, "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "loadavg_at_start": load, "kernels_auto_min_numel": kernels.AUTO_MIN_NUMEL,
+    }
+
+
+def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] | None = None) -> None:
+    data = {"environment": env, "cases": [c.as_dict() | {"name": c.name} for c in cases]}
+    if train_steps is not None:
+        data["train_steps"] = train_steps
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1)
+
+
+def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:
+    """End to end: one SGD step (forward, loss, backward, update) of the lab's ``cnn`` model with BN, on the
+    dispatched path (``auto``) and on torch operators only (``native``), interleaved; medians in ms."""
+    from ..lab.models import build_model
+
+    out = []
+    for bs in batch_sizes:
+        torch.manual_seed(0)
+        x = torch.randn((bs,) + tuple(image))
+        target = torch.randint(0, 10, (bs,))
+        steps = {}
+        for setting in ("auto", "native"):
+            model = build_model("cnn", image, 10, norm="bn", channels=tuple(channels))
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+            def step(model=model, opt=opt, setting=setting):
+                with kernels.backend(setting):
+                    opt.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(model(x), target).backward()
+                    opt.step()
+            steps[setting] = step
+        t = interleaved(steps, reps=reps, warmup=2)
+        bn_values = bs * channels[0] * image[1] * image[2]
+        out.append({"batch_size": bs, "first_bn_values": bn_values, "auto_ms": t["auto"].median * 1e3,
+                    "native_ms": t["native"].median * 1e3, "speedup": t["native"].median / t["auto"].median})
+    return out
+
+
+def format_train_steps(rows: list[dict]) -> str:
+    lines = ["lab cnn training step (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), medians in ms:",
+             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'speed-up':>10}"]
+    for r in rows:
+        lines.append(f"{r['batch_size']:>7}{r['first_bn_values']:>15}{r['auto_ms']:>10.2f}{r['native_ms']:>10.2f}{r['speedup']:>10.2f}")
+    return "\n".join(lines)

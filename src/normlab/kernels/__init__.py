@@ -1,0 +1,191 @@
+"""Fast CPU kernels for the four steps every batch-statistic layer makes, behind a dispatch.
+
+The steps (numba kernels in :mod:`._numba`, torch custom ops in :mod:`.ops`):
+
+1. statistics  — per-channel mean and biased variance, exact-centred, optionally per virtual batch and under a mask;
+2. apply       — ``y = act((x - mean) * scale + shift)``, i.e. ``x * a + b`` per channel, optionally fused with ReLU;
+3. backward reductions — ``sum dy`` and ``sum dy * xhat`` per channel;
+4. backward apply      — ``dx = k_dy * dy + k_x * (x - mean) + k_0`` per channel.
+
+The functions below take the same arguments as :mod:`normlab._stats` (``moments``, ``normalize``) plus
+``groups``/``act``, and choose the kernels or torch's native operators through :mod:`.dispatch`
+(``NORMLAB_KERNELS=auto|fast|native``, :func:`set_backend`, :func:`backend`). Both paths return the same values
+to rounding; the tests check that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _stats
+from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
+
+__all__ = [
+    "AUTO_MIN_NUMEL",
+    "BACKENDS",
+    "ACTIVATIONS",
+    "backend",
+    "batch_norm_train",
+    "get_backend",
+    "moments",
+    "normalize",
+    "numba_available",
+    "set_backend",
+    "supported",
+    "use_fast",
+]
+
+#: Activations the apply step can fuse (name -> kernel flag).
+ACTIVATIONS = {"none": 0, "relu": 1}
+
+
+def _act(act: str, name: str) -> int:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{name}: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    return ACTIVATIONS[act]
+
+
+def _check_groups(x: Tensor, groups: int, name: str) -> None:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or x.shape[0] % groups:
+        raise ValueError(f"{name}: groups must be a positive int dividing the batch size {x.shape[0]}, got {groups!r}")
+
+
+def _ops():
+    from . import ops
+
+    return ops
+
+
+def _activate(y: Tensor, act: int) -> Tensor:
+    return torch.relu(y) if act else y
+
+
+# --------------------------------------------------------------------------------------------------- moments
+def _channel_of(ndim: int, dims: tuple[int, ...]) -> tuple[int, int] | None:
+    """(channel axis, groups-from-dim-0 flag) when ``dims`` are all dims but the channel (or but dim 0 and it)."""
+    kept = [d for d in range(ndim) if d not in {d % ndim for d in dims}]
+    if len(kept) == 1:
+        return kept[0], 0
+    if len(kept) == 2 and kept[0] == 0:
+        return kept[1], 1
+    return None
+
+
+def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, keepdim: bool = False) -> _stats.Moments:
+    """:func:`normlab._stats.moments` on the kernels when they apply.
+
+    The kernels cover per-channel statistics (``dims`` = every dim but one channel axis) and per-(dim-0, channel)
+    statistics (every dim but 0 and the channel axis: ghost batches laid out as ``(G, N/G, C, ...)``), with an
+    optional position mask (size 1 along the channel axis). Other reductions take the native path.
+    """
+    where = _channel_of(x.ndim, tuple(dims)) if x.ndim >= 2 else None
+    if where is None or not use_fast(x):
+        return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
+    c, grouped = where
+    if mask is not None:
+        if mask.ndim > x.ndim or (mask.ndim == x.ndim and mask.shape[c] != 1):
+            return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
+        mask = mask.to(torch.bool)
+    if grouped:
+        G = x.shape[0]
+        flat = x.reshape((-1,) + tuple(x.shape[2:])) if c > 1 else None
+        if flat is None:  # channel at dim 1 right after the group dim: not a ghost layout the kernel can read
+            return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
+        m_flat = None if mask is None else mask.expand(x.shape[:c] + (1,) + x.shape[c + 1 :]).reshape(flat.shape[: c - 1] + (1,) + flat.shape[c:])
+        mean, var, count = _ops().moments(flat, c - 1, G, m_flat)
+    else:
+        mean, var, count = _ops().moments(x, c, 1, mask)
+        mean, var, count = mean[0], var[0], count[0]
+    n = count if mask is not None else x.numel() // (x.shape[c] * (x.shape[0] if grouped else 1))
+    if keepdim:
+        shape = [1] * x.ndim
+        shape[c] = x.shape[c]
+        if grouped:
+            shape[0] = x.shape[0]
+        mean, var = mean.reshape(shape), var.reshape(shape)
+        if mask is not None:
+            n = n.reshape(shape)
+    return _stats.Moments(mean, var, n)
+
+
+# ------------------------------------------------------------------------------------------------- normalize
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    *,
+    axis: int = 1,
+    act: str = "none",
+) -> Tensor:
+    """:func:`normlab._stats.normalize` (then the activation) on the kernels when they apply.
+
+    ``y = act((x - mean) * scale + shift)`` with ``scale = weight / sqrt(var + eps)`` and ``shift = bias``;
+    gradients reach ``x``, ``mean``, ``var``, ``weight`` and ``bias``.
+    """
+    a = _act(act, "normlab.kernels.normalize")
+    if not use_fast(x) or mean.dtype != x.dtype:
+        return _activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
+    c = _stats.channel_axis(x.ndim, axis)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(scale.dtype)
+    shift = bias.to(x.dtype) if bias is not None else torch.zeros_like(scale)
+    return _ops().apply(x, mean, scale, shift, c, 1, a)
+
+
+# ------------------------------------------------------------------------------------------- fused training
+def batch_norm_train(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    *,
+    axis: int = 1,
+    groups: int = 1,
+    act: str = "none",
+) -> tuple[Tensor, _stats.Moments]:
+    """Training-mode batch norm: ``(y, Moments(mean, var, count))`` from the batch's own statistics.
+
+    With ``groups = G`` the batch (dim 0) is split into G virtual batches normalized separately (ghost batch
+    norm, Hoffer et al. 2017); ``mean``/``var`` then have shape ``(G, C)``, else ``(C,)``. ``act="relu"`` fuses
+    the activation. The statistics are returned detached (for the running averages); gradients flow through
+    ``y`` to ``x``, ``weight`` and ``bias`` as if the statistics were computed by differentiable ops.
+    """
+    name = "normlab.kernels.batch_norm_train"
+    a = _act(act, name)
+    _check_groups(x, groups, name)
+    c = _stats.channel_axis(x.ndim, axis)
+    count = x.numel() // (x.shape[c] * groups)
+    if not use_fast(x):
+        y, mean, var = _native_train(x, weight, bias, eps, c, groups, a)
+    else:
+        C = x.shape[c]
+        w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
+        b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
+        y, mean, var = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
+    if groups == 1:
+        mean, var = mean.reshape(-1), var.reshape(-1)
+    return y, _stats.Moments(mean, var, count)
+
+
+def _native_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
+    """The same computation with torch's operators (through _stats), for the native path."""
+    if groups == 1:
+        stats = _stats.moments(x, _stats.reduce_dims(x.ndim, c))
+        y = _stats.normalize(x, stats.mean, stats.var, weight, bias, eps, axis=c)
+        return _activate(y, act), stats.mean.detach(), stats.var.detach()
+    xg = x.reshape((groups, x.shape[0] // groups) + tuple(x.shape[1:]))
+    stats = _stats.moments(xg, tuple(d for d in range(xg.ndim) if d not in (0, c + 1)), keepdim=True)
+    scale = torch.rsqrt(stats.var + eps)
+    if weight is not None:
+        scale = scale * _stats.channel_view(weight.to(scale.dtype), xg.ndim, c + 1)
+    y = (xg.to(stats.mean.dtype) - stats.mean) * scale
+    if bias is not None:
+        y = y + _stats.channel_view(bias.to(y.dtype), xg.ndim, c + 1)
+    y = _activate(y.reshape(x.shape).to(x.dtype), act)
+    C = x.shape[c]
+    return y, stats.mean.detach().reshape(groups, C), stats.var.detach().reshape(groups, C)

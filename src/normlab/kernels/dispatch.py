@@ -1,0 +1,100 @@
+"""Which path a call takes: the numba kernels ("fast") or torch's own operators ("native").
+
+The setting, strongest first: :func:`set_backend` / the :func:`backend` context manager, then the environment
+variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
+
+* ``"native"``: always torch's operators (the code in :mod:`normlab._stats`).
+* ``"fast"``: the kernels for every tensor they support (CPU, float32/float64, non-empty, numba installed);
+  anything else (GPU tensors, half types) still takes the native path, since no kernel exists for it; so does
+  TorchScript tracing / ONNX export (``torch.compile``, ``torch.export`` and fx do see the custom ops).
+* ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least :data:`AUTO_MIN_NUMEL`
+  values (below that, calling into numba costs more than torch's whole kernel; measured by ``normlab bench``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "fast", "native")
+ENV_VAR = "NORMLAB_KERNELS"
+#: Smallest tensor (values) the "auto" setting sends to the kernels. From the `normlab bench` grid on a 2-core
+#: machine: a call into the custom op and numba costs ~0.1-0.3 ms before any work, so 8x512x7x7 (0.2 M values)
+#: is 2x slower than torch on the kernels while 32x256x14x14 (1.6 M) is 1.7x faster.
+AUTO_MIN_NUMEL = 1 << 20
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+_override: str | None = None
+_numba_available: bool | None = None
+
+
+def _check(name: object, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    return str(name)
+
+
+def numba_available() -> bool:
+    """Whether numba is importable (the ``kernels`` extra); without it every call takes the native path."""
+    global _numba_available
+    if _numba_available is None:
+        _numba_available = importlib.util.find_spec("numba") is not None
+    return _numba_available
+
+
+def get_backend() -> str:
+    """The current setting: ``"auto"``, ``"fast"`` or ``"native"``."""
+    if _override is not None:
+        return _override
+    return _check(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", f"environment variable {ENV_VAR}")
+
+
+def set_backend(name: str | None) -> None:
+    """Force ``"fast"`` or ``"native"`` (or ``"auto"``) for this process; ``None`` returns to the env variable."""
+    global _override
+    if name is None:
+        _override = None
+        return
+    name = _check(name, "normlab.kernels.set_backend")
+    if name == "fast" and not numba_available():
+        raise RuntimeError("normlab.kernels.set_backend('fast'): numba is not installed (pip install 'normlab[kernels]')")
+    _override = name
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """``with backend("native"): ...`` — the setting inside the block, the previous one restored after it."""
+    global _override
+    previous = _override
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def supported(x: Tensor) -> bool:
+    """Whether a kernel exists for ``x``: CPU, float32/float64, rank >= 2, not empty, numba installed."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in SUPPORTED_DTYPES
+        and x.ndim >= 2
+        and x.numel() > 0
+        and numba_available()
+    )
+
+
+def use_fast(x: Tensor) -> bool:
+    """Whether a call on ``x`` takes the kernels under the current setting."""
+    name = get_backend()
+    if name == "native" or not supported(x):
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
+        return False
+    return name == "fast" or x.numel() >= AUTO_MIN_NUMEL

@@ -1,0 +1,39 @@
+"""`normlab bench` runs end to end and writes the JSON it promises (figures are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normlab import kernels
+from normlab.cli import main
+
+pytestmark = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
+
+
+def test_bench_cli_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shapes", "32x128", "--reps", "2", "--no-train-step", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "32x128" in printed and "x torch" in printed
+    data = json.loads(out.read_text())
+    assert [c["mode"] for c in data["cases"]] == ["fwd", "fwd+bwd"]
+    for case in data["cases"]:
+        assert set(case["timings"]) >= {"normlab", "normlab-fast", "normlab-native", "torch", "composite", "copy"}
+        assert all(t["reps"] == 2 and t["median_ms"] > 0 for t in case["timings"].values())
+        assert case["roofline_ms"] == pytest.approx(case["timings"]["copy"]["median_ms"] * (1 if case["mode"] == "fwd" else 2.5))
+
+
+def test_bench_unknown_shape_names_the_choices():
+    with pytest.raises(ValueError, match=r"normlab bench: unknown shape '3x3'; expected one of \['32x64x56x56'"):
+        main(["bench", "--shapes", "3x3", "--reps", "1"])
+
+
+def test_train_step_rows():
+    from normlab.bench.kernels import format_train_steps, train_step_cases
+
+    rows = train_step_cases(batch_sizes=(4,), reps=1, image=(1, 8, 8), channels=(4, 4))
+    assert rows[0]["batch_size"] == 4 and rows[0]["first_bn_values"] == 4 * 4 * 8 * 8
+    assert rows[0]["auto_ms"] > 0 and rows[0]["native_ms"] > 0
+    assert "speed-up" in format_train_steps(rows)

@@ -1,0 +1,249 @@
+"""The kernels against the float64 NumPy reference and torch: values, gradients, layouts, dtypes, hard cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from normlab import _stats, kernels, reference
+from normlab.kernels import ops
+
+pytestmark = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+def _input(shape, dtype, layout="contiguous", seed=0):
+    """A non-trivial input: per-channel offsets and scales, in the requested memory layout."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 1.7 + 0.6
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+    elif layout == "transposed":  # non-contiguous: same logical tensor, swapped memory order of the last two dims
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif layout == "sliced":  # non-contiguous: every other sample of a larger batch
+        x = torch.cat([x, x], dim=0).reshape((2,) + tuple(shape)).transpose(0, 1).reshape((-1,) + tuple(shape[1:]))[::2]
+    return x.to(dtype)
+
+
+def _params(C, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    b = torch.randn(C, generator=g, dtype=torch.float64).to(dtype)
+    return w, b
+
+
+CASES = [
+    ((5, 3, 7, 9), 1, "contiguous"),  # odd sizes, NCHW
+    ((4, 6, 5, 3), 1, "channels_last"),
+    ((3, 4, 5, 6), 1, "transposed"),
+    ((6, 3, 4, 5), 1, "sliced"),
+    ((7, 5), 1, "contiguous"),  # (N, C)
+    ((3, 5, 11), 1, "contiguous"),  # (N, C, L)
+    ((3, 11, 5), -1, "contiguous"),  # (N, L, C), channel last
+    ((2, 3, 3, 4, 5), 1, "channels_last"),  # NDHWC
+    ((2, 3, 1, 1), 1, "contiguous"),  # trailing singleton dims
+    ((2, 5000, 3), 1, "contiguous"),  # long rows: several chunks per row
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,axis,layout", CASES)
+def test_train_forward_backward_matches_reference(shape, axis, layout, dtype):
+    x = _input(shape, dtype, layout).requires_grad_()
+    C = shape[axis]
+    w, b = (t.requires_grad_() for t in _params(C, dtype))
+    with kernels.backend("fast"):
+        y, stats = kernels.batch_norm_train(x, w, b, 1e-5, axis=axis)
+    dy = torch.cos(torch.arange(y.numel(), dtype=torch.float64)).reshape(shape).to(dtype)
+    y.backward(dy)
+
+    y_ref, cache = reference.batch_norm_forward(x.detach().double().numpy(), w.detach().double().numpy(),
+                                                b.detach().double().numpy(), 1e-5, axis=axis)
+    dx_ref, dw_ref, db_ref = reference.batch_norm_backward(dy.double().numpy(), cache)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y.detach().double().numpy(), y_ref, atol=tol * 10, rtol=tol)
+    np.testing.assert_allclose(stats.mean.double().numpy(), cache.mean.reshape(-1), atol=tol, rtol=tol)
+    np.testing.assert_allclose(stats.var.double().numpy(), cache.var.reshape(-1), atol=tol, rtol=tol)
+    assert stats.count == x.numel() // C
+    np.testing.assert_allclose(x.grad.double().numpy(), dx_ref, atol=tol * 10, rtol=tol * 10)
+    np.testing.assert_allclose(w.grad.double().numpy(), dw_ref, atol=tol * 100, rtol=tol * 10)
+    np.testing.assert_allclose(b.grad.double().numpy(), db_ref, atol=tol * 100, rtol=tol * 10)
+    assert y.dtype == dtype and y.shape == x.shape
+
+
+@pytest.mark.parametrize("shape,axis,layout", [CASES[0], CASES[1], CASES[6]])
+def test_train_matches_torch_float32(shape, axis, layout):
+    x = _input(shape, torch.float32, layout)
+    xt = x.movedim(axis, 1) if axis != 1 else x
+    w, b = _params(shape[axis], torch.float32)
+    with kernels.backend("fast"):
+        y, _ = kernels.batch_norm_train(x, w, b, 1e-3, axis=axis)
+    y_torch = torch.nn.functional.batch_norm(xt, None, None, w, b, training=True, eps=1e-3)
+    torch.testing.assert_close(y.movedim(axis, 1) if axis != 1 else y, y_torch, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_mean_is_exact_centred(layout):
+    """mean 1e4, std 1 in float32: E[x^2] - E[x]^2 would lose every digit; centred statistics keep ~1e-4."""
+    x64 = _input((8, 4, 6, 5), torch.float64, layout, seed=3) / 1.7 + 1e4
+    x = x64.float()
+    with kernels.backend("fast"):
+        y, stats = kernels.batch_norm_train(x, None, None, 1e-5)
+    y_ref, cache = reference.batch_norm_forward(x.double().numpy(), eps=1e-5)  # float64 of the same float32 input
+    assert np.abs(y.double().numpy() - y_ref).max() < 1e-3
+    np.testing.assert_allclose(stats.var.double().numpy(), cache.var.reshape(-1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ghost_groups_match_reference_per_group(layout, dtype):
+    x = _input((6, 3, 4, 5), dtype, layout).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(3, dtype))
+    with kernels.backend("fast"):
+        y, stats = kernels.batch_norm_train(x, w, b, 1e-5, groups=3)
+    dy = torch.sin(torch.arange(y.numel(), dtype=dtype)).reshape(y.shape)
+    y.backward(dy)
+    tol = TOL[dtype] * 10
+    dw_sum = np.zeros(3)
+    for g in range(3):
+        sl = slice(2 * g, 2 * g + 2)
+        y_ref, cache = reference.batch_norm_forward(x.detach()[sl].double().numpy(), w.detach().double().numpy(),
+                                                    b.detach().double().numpy(), 1e-5)
+        dx_ref, dw_ref, _ = reference.batch_norm_backward(dy[sl].double().numpy(), cache)
+        np.testing.assert_allclose(y.detach()[sl].double().numpy(), y_ref, atol=tol, rtol=tol)
+        np.testing.assert_allclose(stats.mean[g].double().numpy(), cache.mean.reshape(-1), atol=tol)
+        np.testing.assert_allclose(x.grad[sl].double().numpy(), dx_ref, atol=tol, rtol=tol)
+        dw_sum += dw_ref
+    np.testing.assert_allclose(w.grad.double().numpy(), dw_sum, atol=tol * 10, rtol=tol)
+    assert stats.count == 2 * 4 * 5
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_fast_and_native_paths_agree(layout, act):
+    x = _input((4, 3, 5, 6), torch.float64, layout).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(3, torch.float64))
+    out = {}
+    for name in ("fast", "native"):
+        with kernels.backend(name):
+            y, stats = kernels.batch_norm_train(x, w, b, 1e-5, groups=2, act=act)
+        grads = torch.autograd.grad(y, (x, w, b), torch.cos(y))
+        out[name] = (y, stats.mean, stats.var, *grads)
+    for a, n in zip(out["fast"], out["native"]):
+        torch.testing.assert_close(a, n, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_train_op(layout):
+    x = _input((4, 3, 3, 2), torch.float64, layout).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(3, torch.float64))
+    with kernels.backend("fast"):
+        for groups, act in ((1, "none"), (2, "relu")):
+            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-3, groups=groups, act=act)[0]  # noqa: E731
+            assert torch.autograd.gradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_normalize_op_all_inputs(layout):
+    x = _input((3, 4, 3, 2), torch.float64, layout).requires_grad_()
+    mean = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    var = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(4, torch.float64))
+    with kernels.backend("fast"):
+        for act in ("none", "relu"):
+            f = lambda *a: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
+            assert torch.autograd.gradcheck(f, (x, mean, var, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_normalize_matches_reference_inference(layout, dtype):
+    x = _input((3, 4, 5, 6), dtype, layout)
+    rm, rv = torch.randn(4, dtype=dtype), torch.rand(4, dtype=dtype) + 0.1
+    w, b = _params(4, dtype)
+    with kernels.backend("fast"):
+        y = kernels.normalize(x, rm, rv, w, b, 1e-5)
+    y_ref = reference.batch_norm_inference(x.double().numpy(), rm.double().numpy(), rv.double().numpy(),
+                                           w.double().numpy(), b.double().numpy(), 1e-5)
+    np.testing.assert_allclose(y.double().numpy(), y_ref, atol=TOL[dtype] * 10, rtol=TOL[dtype])
+
+
+def _masked_reference(x: np.ndarray, mask: np.ndarray, c: int):
+    """Mean and biased variance over the valid positions of each channel, straight from the definition."""
+    xs = np.moveaxis(x, c, -1).reshape(-1, x.shape[c])
+    ms = np.moveaxis(np.broadcast_to(mask, x.shape[:c] + (1,) + x.shape[c + 1 :]), c, -1).reshape(-1)
+    valid = xs[ms]
+    mean = valid.mean(axis=0)
+    return mean, ((valid - mean) ** 2).mean(axis=0), int(ms.sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,c,mask_shape", [((4, 3, 9), 1, (4, 1, 9)), ((4, 9, 3), 2, (4, 9, 1))])
+def test_masked_moments_ignore_nan_filled_positions(shape, c, mask_shape, dtype):
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(mask_shape, generator=g) > 0.4
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 5).to(dtype)
+    x = torch.where(mask, x, torch.full((), float("nan"), dtype=dtype))  # any leak of a masked value shows as NaN
+    dims = tuple(d for d in range(len(shape)) if d != c)
+    with kernels.backend("fast"):
+        st = kernels.moments(x, dims, mask=mask)
+    mean, var, n = _masked_reference(x.double().numpy(), mask.numpy(), c)
+    np.testing.assert_allclose(st.mean.double().numpy(), mean, rtol=TOL[dtype])
+    np.testing.assert_allclose(st.var.double().numpy(), var, rtol=TOL[dtype] * 10)
+    assert torch.equal(st.count, torch.full((shape[c],), float(n), dtype=dtype))
+    with kernels.backend("native"):
+        nat = _stats.moments(x, dims, mask=mask)
+    torch.testing.assert_close(st.mean, nat.mean)
+    torch.testing.assert_close(st.var, nat.var)
+
+
+def test_masked_moments_gradcheck_and_ghost_layout():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    mask = torch.rand(4, 1, 5, generator=g) > 0.3
+    with kernels.backend("fast"):
+        f = lambda x: tuple(kernels.moments(x, (0, 2), mask=mask)[:2])  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,))
+        # ghost layout (G, N/G, C, L): statistics per (group, channel), equal to the unmasked native path
+        xg = x.detach().reshape(2, 2, 3, 5)
+        fast = kernels.moments(xg, (1, 3), keepdim=True)
+    native = _stats.moments(xg, (1, 3), keepdim=True)
+    torch.testing.assert_close(fast.mean, native.mean)
+    torch.testing.assert_close(fast.var, native.var)
+    assert fast.mean.shape == (2, 1, 3, 1) and fast.count == native.count
+
+
+def test_opcheck_custom_ops():
+    """torch.library's own consistency checks: schema, fake (shape) functions, autograd registration."""
+    x = _input((3, 4, 5, 2), torch.float32)
+    w, b = _params(4, torch.float32)
+    mean, scale, shift = torch.randn(1, 4), torch.rand(1, 4) + 0.5, torch.randn(1, 4)
+    dy = torch.randn(3, 4, 5, 2)
+    samples = [
+        (ops.batch_norm_train, (x.requires_grad_(), w.requires_grad_(), b, 1e-5, 1, 1, 1)),
+        (ops.apply, (x, mean, scale.requires_grad_(), shift, 1, 1, 0)),
+        (ops.moments, (x.detach(), 1, 1, None)),
+        (ops.apply_backward, (dy, x.detach(), mean, scale.detach(), shift, 1, 1, 1)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_relu_fusion_matches_unfused():
+    x = _input((4, 3, 6, 5), torch.float32)
+    w, b = _params(3, torch.float32)
+    with kernels.backend("fast"):
+        fused, _ = kernels.batch_norm_train(x, w, b, 1e-5, act="relu")
+        plain, _ = kernels.batch_norm_train(x, w, b, 1e-5)
+    torch.testing.assert_close(fused, torch.relu(plain))
+    assert (fused == 0).any() and (fused > 0).any()
+
+
+def test_bad_arguments_raise_with_names():
+    x = torch.randn(6, 3, 4)
+    with pytest.raises(ValueError, match=r"batch_norm_train: groups must be a positive int dividing the batch size 6, got 4"):
+        kernels.batch_norm_train(x, None, None, 1e-5, groups=4)
+    with pytest.raises(ValueError, match=r"act must be one of \['none', 'relu'\], got 'gelu'"):
+        kernels.normalize(x, torch.zeros(3), torch.ones(3), None, None, 1e-5, act="gelu")
