@@ -78,3 +78,11 @@ def test_error_leaves_running_buffers_untouched():
     with pytest.raises(ValueError):
         nlF.batch_norm(torch.randn(3, 4), rm, rv, training=True, momentum=-0.5)
     assert torch.equal(rm, torch.zeros(4)) and torch.equal(rv, torch.ones(4))
+
+
+def test_bad_axis_error_names_the_caller():
+    """Regression: an out-of-range axis raised _stats' message without the layer's name."""
+    with pytest.raises(ValueError, match=r"MyLayer: channel axis 5 does not exist in a 2D input of shape \(4, 3\)"):
+        nlF.batch_norm(torch.randn(4, 3), None, None, training=True, axis=5, name="MyLayer")
+    with pytest.raises(ValueError, match=r"MyLayer: expected an input of rank >= 2"):
+        nlF.batch_norm(torch.randn(4), None, None, training=True, name="MyLayer")

@@ -60,7 +60,11 @@ def batch_norm(
     buffer changes.
     """
     _validate.check_float(input, name)
-    num_features = input.shape[_stats.channel_axis(input.ndim, axis)] if input.ndim else 0
+    if input.ndim < 2:
+        raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {input.ndim}D input")
+    if not -input.ndim <= axis < input.ndim:
+        raise ValueError(f"{name}: channel axis {axis} does not exist in a {input.ndim}D input of shape {tuple(input.shape)}")
+    num_features = input.shape[axis]
     c = _validate.check_channels(input, name, num_features, axis)
     for what, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         _validate.check_vector(t, name, what, num_features)
