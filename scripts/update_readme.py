@@ -3,7 +3,7 @@
     python scripts/update_readme.py [--only claims-table,bench-table] [--python .venv/bin/python]
 
 Each block sits between ``<!-- BEGIN name ... -->`` and ``<!-- END name -->``; its content is replaced by the
-Markdown table lines the block's command prints, preceded by the command itself and the date. The claims command
+output of the block's command (a Markdown table, or a report in a code block), preceded by the command itself and the date. The claims command
 reuses stored runs (instant after `make demo`); the benchmark command runs the benchmark.
 """
 
@@ -17,16 +17,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# name -> (command after the interpreter, kind): "table" keeps the Markdown table lines the command prints; "text"
+# keeps its whole report (progress lines dropped) in a code block.
 BLOCKS = {
-    "claims-table": ["-m", "normlab.cli", "claims", "--quick", "--out", "claims-report", "--print-table", "--quiet"],
-    "bench-table": ["-m", "normlab.cli", "bench", "--markdown"],
+    "claims-table": (["-m", "normlab.cli", "claims", "--quick", "--out", "claims-report", "--print-table", "--quiet"],
+                     "table"),
+    "bench-table": (["-m", "normlab.cli", "bench", "--json", "bench_kernels.json"], "text"),
 }
+PROGRESS = ("  timing", "wrote ")
 
 
-def run_block(python: str, args: list[str]) -> list[str]:
+def run_block(python: str, args: list[str], kind: str) -> list[str]:
     proc = subprocess.run([python, *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"update_readme: `{' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    if kind == "text":
+        lines = [line for line in proc.stdout.splitlines() if line.strip() and not line.startswith(PROGRESS)]
+        return ["```", *lines, "```"]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     if not table:
         raise SystemExit(f"update_readme: `{' '.join(args)}` printed no Markdown table:\n{proc.stdout[-2000:]}")
@@ -49,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name in names:
-        cmd = BLOCKS[name]
+        cmd, kind = BLOCKS[name]
         shown = "normlab " + " ".join(cmd[2:])
-        table = run_block(args.python, cmd)
+        table = run_block(args.python, cmd, kind)
         stamp = time.strftime("%Y-%m-%d", time.gmtime())
         text = replace_block(text, name, [f"Produced by `{shown}` on {stamp} (2-core CPU machine):", "", *table])
-        print(f"updated {name}: {len(table) - 2} rows")
+        print(f"updated {name}: {len(table)} lines")
     tmp = readme.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(readme)  # all blocks or none
