@@ -15,7 +15,7 @@ from . import _stats, _validate, kernels
 __all__ = ["batch_norm", "momentum_factor"]
 
 
-def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | None, name: str = "batch_norm") -> float:
+def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm") -> float:
     """The weight of the new batch statistic in the running average.
 
     ``momentum=None`` means the cumulative (equal-weight) average, as in torch: the n-th batch gets weight 1/n,
@@ -59,6 +59,37 @@ def batch_norm(
     ``momentum=None`` it makes the running statistics a cumulative average. Everything is validated before any
     buffer changes.
     """
+    c = _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name)
+    return _batch_norm(
+        input, c, running_mean, running_var, weight, bias, training, momentum, eps, running_var_unbiased,
+        num_batches_tracked, name,
+    )
+
+
+def _checked_axis(input, running_mean, running_var, weight, bias, training: bool, axis: int, check_finite: bool,
+                  name: str) -> int:
+    """Validate :func:`batch_norm`'s arguments; return the channel axis as a non-negative index.
+
+    The common case is decided by a few comparisons (this runs on every call of every layer); anything else
+    goes through the full checks, which raise with the message naming what is wrong.
+    """
+    if isinstance(input, Tensor) and input.is_floating_point():
+        shape = input.shape
+        nd = len(shape)
+        if nd >= 2 and -nd <= axis < nd:
+            c = axis % nd
+            C = shape[c]
+            if (
+                (running_mean is None and (training and running_var is None)
+                 or running_mean is not None and running_var is not None
+                 and running_mean.shape == (C,) and running_var.shape == (C,))
+                and (weight is None or weight.shape == (C,))
+                and (bias is None or bias.shape == (C,))
+                and (not training or input.numel() > C)
+            ):
+                if check_finite:
+                    _validate.check_finite(input, name, c)
+                return c
     _validate.check_float(input, name)
     if input.ndim < 2:
         raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {input.ndim}D input")
@@ -70,25 +101,37 @@ def batch_norm(
         _validate.check_vector(t, name, what, num_features)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
-    has_running = running_mean is not None
-    if not training and not has_running:
+    if not training and running_mean is None:
         raise ValueError(f"{name}: eval mode (training=False) needs running_mean and running_var")
     if training:
         _validate.check_batch_size(input, name, c)
     if check_finite:
         _validate.check_finite(input, name, c)
+    return c
 
-    factor = 0.0
-    if training and has_running:
-        batches = num_batches_tracked + 1 if num_batches_tracked is not None else None
-        factor = momentum_factor(momentum, batches, name)
 
+def _batch_norm(
+    input: Tensor, c: int, running_mean, running_var, weight, bias, training: bool, momentum, eps: float,
+    running_var_unbiased: bool, num_batches_tracked: Tensor | None, name: str,
+) -> Tensor:
+    """:func:`batch_norm` on arguments already checked (``c`` = the channel axis, non-negative); layers that
+    validated their input call this directly, so nothing is checked twice on the hot path."""
     if not training:
         return kernels.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
-
-    out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
-    if has_running:
+    if running_mean is None:
+        return kernels.batch_norm_train(input, weight, bias, eps, axis=c)[0]
+    # an int, not `num_batches_tracked + 1`: one tensor operator less per call (only momentum=None reads it)
+    batches = None if num_batches_tracked is None or momentum is not None else int(num_batches_tracked) + 1
+    factor = momentum_factor(momentum, batches, name)
+    if (
+        running_var_unbiased and running_mean.dtype == input.dtype and running_var.dtype == input.dtype
+        and kernels._torch_kernel_ok(input) and not kernels.use_fast(input)
+    ):
+        # torch's fused operator updates the running buffers itself (unbiased variance, torch's momentum)
+        out = kernels._torch_train(input, weight, bias, eps, c, (running_mean, running_var, factor))[0]
+    else:
+        out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
         _stats.update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
     return out

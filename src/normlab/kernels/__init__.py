@@ -128,6 +128,12 @@ def normalize(
     """
     a = _act(act, "normlab.kernels.normalize")
     if not use_fast(x) or mean.dtype != x.dtype:
+        if (
+            _torch_kernel_ok(x) and mean.dtype == x.dtype and var.dtype == x.dtype
+            and not (torch.is_grad_enabled() and (mean.requires_grad or var.requires_grad))
+            and not torch.jit.is_tracing()
+        ):  # torch's fused operator: no gradient for the statistics; tracing (ONNX export) keeps the composite
+            return _activate(_torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis)), a)
         return _activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
     c = _stats.channel_axis(x.ndim, axis)
     scale = torch.rsqrt(var + eps)
@@ -172,20 +178,94 @@ def batch_norm_train(
     return y, _stats.Moments(mean, var, count)
 
 
+#: Largest |batch mean| / batch std (over channels) at which torch's float32 CPU batch_norm is used on the input as
+#: it is. torch folds the mean into a shift (y = x * a + (b - mean * a)) and accumulates the channels-last / 2-D
+#: statistics sequentially, so its error grows with that ratio (at mean 1e4, std 1: 9e-4 on y for NCHW, 4.4 for a
+#: 32x4x64x64 channels-last input); above it, the call is redone on the input minus that mean (see _torch_train).
+SHIFT_RATIO = 8.0
+_INF = float("inf")
+
+
+def _torch_kernel_ok(x: Tensor) -> bool:
+    """Whether torch's fused CPU batch_norm serves the native path for ``x`` (float32/64, CPU, rank >= 2, not empty)."""
+    return (x.dtype is torch.float32 or x.dtype is torch.float64) and x.ndim >= 2 and x.numel() > 0 and x.device.type == "cpu"
+
+
+def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | None):
+    """Training-mode batch norm on torch's fused CPU operator, kept accurate in float32 by shift invariance.
+
+    Batch norm in training mode is invariant to a per-channel shift: BN(x - k) = BN(x) for any constant k, with
+    the same Jacobian, so the gradient of BN(x - k) with k detached is the gradient of BN(x). torch's float32
+    kernel is accurate when |mean| / std is small; when the first call shows a larger ratio (> SHIFT_RATIO), it
+    is redone on x - k with k = that call's (detached) mean, whose own mean is then small, and the statistics are
+    k + the shifted call's. ``running = (running_mean, running_var, momentum)`` (the input's dtype, unbiased
+    running variance) are updated in place by the kernel itself (and corrected after a redo); else the
+    statistics come back through zero buffers updated with momentum 1 (exact copies, the variance unbiased and
+    computed by the kernel from centred values, not recovered from 1/sqrt(var + eps)).
+    Returns ``(y, mean, biased var)``, or ``(y, None, None)`` when ``running`` was updated.
+    """
+    xm = x if c == 1 else x.movedim(c, 1)
+    C = xm.shape[1]
+    n = xm.numel() // C
+    w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
+    b = bias.to(x.dtype) if bias is not None and bias.dtype != x.dtype else bias
+    if running is None:
+        rm, rv, f = x.new_zeros(C), x.new_zeros(C), 1.0
+    else:
+        rm, rv, f = running
+    y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
+    if x.dtype is torch.float32:
+        k = mean1  # the operator's statistics are outputs without gradient (nothing to detach)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # no data-dependent branch in a graph
+        if tracing or float(torch.linalg.vector_norm(k * invstd1, _INF)) > SHIFT_RATIO:
+            shape = [1] * xm.ndim
+            shape[1] = C
+            rm2, rv2 = x.new_zeros(C), x.new_zeros(C)
+            y = torch.native_batch_norm(xm - k.reshape(shape), w, b, rm2, rv2, True, 1.0, eps)[0]
+            with torch.no_grad():
+                if running is None:
+                    rm, rv = rm + rm2, rv2  # mean = k + the shifted mean; the variance is the shifted call's
+                else:
+                    # the first call put momentum * (mean1, var1) into the buffers: move them to the shifted call's
+                    # k + rm2 and rv2 (var1, unbiased, recovered from invstd1 as the kernel computed it)
+                    var1 = (invstd1.double().pow(-2) - eps).mul_(n / max(n - 1, 1)).to(x.dtype)
+                    rm.add_(rm2, alpha=f)
+                    rv.add_(rv2 - var1, alpha=f)  # not in place: rv2 is saved for backward
+    if c != 1:
+        y = y.movedim(1, c)
+    if running is not None:
+        return y, None, None
+    return y, rm, rv * ((n - 1) / n)  # not in place: the operator saved rv for its backward
+
+
+def _torch_eval(x: Tensor, mean: Tensor, var: Tensor, weight, bias, eps: float, c: int) -> Tensor:
+    """Normalization with given statistics on torch's fused CPU operator (one operator for small tensors).
+
+    torch computes ``x * a + (bias - mean * a)`` with ``a = weight / sqrt(var + eps)``: in float32 that loses
+    about |mean| * a ulps, so above SHIFT_RATIO the mean is subtracted first (exactly, as x and mean are close)
+    and the operator gets a zero mean.
+    """
+    xm = x if c == 1 else x.movedim(c, 1)
+    w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
+    b = bias.to(x.dtype) if bias is not None and bias.dtype != x.dtype else bias
+    if x.dtype == torch.float32 and (
+        torch.compiler.is_compiling()  # no data-dependent branch in a graph
+        # mean^2 / (var + eps) > SHIFT_RATIO^2 for some channel, in two operators on the statistics
+        or float(torch.addcmul(var, mean, mean, value=-1.0 / SHIFT_RATIO**2).amin()) < -eps
+    ):
+        shape = [1] * xm.ndim
+        shape[1] = -1
+        y = torch.native_batch_norm(xm - mean.reshape(shape), w, b, torch.zeros_like(mean), var, False, 0.0, eps)[0]
+    else:
+        y = torch.native_batch_norm(xm, w, b, mean, var, False, 0.0, eps)[0]
+    return y if c == 1 else y.movedim(1, c)
+
+
 def _native_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
-    """The same computation with torch's operators (through _stats), for the native path."""
-    if groups == 1 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim >= 2:
-        # torch's fused CPU batch_norm is one operator (a dozen fewer than _stats' composite for small tensors), but
-        # in float32 it loses ~1e-3 when |mean| >> std: run it in float64, which keeps the large-mean case accurate
-        # and still costs ~1.3x torch float32 at small shapes, against ~2.5x for the composite (measured).
-        f64 = torch.float64
-        xd = (x if c == 1 else x.movedim(c, 1)).to(f64)
-        w = weight.to(f64) if weight is not None else None
-        b = bias.to(f64) if bias is not None else None
-        y, mean, invstd = torch.native_batch_norm(xd, w, b, None, None, True, 0.0, eps)
-        var = invstd.detach().reciprocal().square_().sub_(eps).clamp_min_(0)
-        y = (y if c == 1 else y.movedim(1, c)).to(x.dtype)
-        return _activate(y, act), mean.detach().to(x.dtype), var.to(x.dtype)
+    """The same computation with torch's operators, for the native path."""
+    if groups == 1 and _torch_kernel_ok(x) and x.numel() > x.shape[c]:
+        y, mean, var = _torch_train(x, weight, bias, eps, c, None)
+        return _activate(y, act), mean, var
     if groups == 1:
         stats = _stats.moments(x, _stats.reduce_dims(x.ndim, c))
         y = _stats.normalize(x, stats.mean, stats.var, weight, bias, eps, axis=c)

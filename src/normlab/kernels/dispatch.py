@@ -31,6 +31,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _override: str | None = None
 _numba_available: bool | None = None
+# The environment variable is read at each call (tests and users may change it between calls); parsing it is
+# cached on its raw value, so a call costs one dict lookup, not a strip/lower/check (this runs on every layer call).
+_env_raw: str | None = None
+_env_value: str = "auto"
+# os.environ.get costs ~1.5 us (key encoding, Mapping machinery); CPython's os.environ keeps its mapping in
+# `_data` under encoded keys, so read that directly when it is there (os.environ.get otherwise).
+_environ_data = getattr(os.environ, "_data", None)
+try:
+    _ENV_KEY = os.environ.encodekey(ENV_VAR)
+except AttributeError:  # not CPython's os._Environ
+    _environ_data, _ENV_KEY = None, None
 
 
 def _check(name: object, source: str) -> str:
@@ -49,9 +60,17 @@ def numba_available() -> bool:
 
 def get_backend() -> str:
     """The current setting: ``"auto"``, ``"fast"`` or ``"native"``."""
+    global _env_raw, _env_value
     if _override is not None:
         return _override
-    return _check(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", f"environment variable {ENV_VAR}")
+    raw = _environ_data.get(_ENV_KEY) if _environ_data is not None else os.environ.get(ENV_VAR)
+    if raw is not None and _environ_data is not None:
+        raw = os.environ.decodevalue(raw)
+    if raw != _env_raw:
+        value = "auto" if raw is None else (raw.strip().lower() or "auto")
+        _env_value = _check(value, f"environment variable {ENV_VAR}")
+        _env_raw = raw
+    return _env_value
 
 
 def set_backend(name: str | None) -> None:
@@ -92,8 +111,8 @@ def supported(x: Tensor) -> bool:
 def use_fast(x: Tensor) -> bool:
     """Whether a call on ``x`` takes the kernels under the current setting."""
     name = get_backend()
-    if name == "native" or not supported(x):
-        return False
+    if name == "native" or (name == "auto" and x.numel() < AUTO_MIN_NUMEL) or not supported(x):
+        return False  # the size test first: it is the cheap and the usual reason to step aside
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
         return False

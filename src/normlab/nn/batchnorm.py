@@ -160,6 +160,21 @@ class BatchNormBase(nn.Module):
 
     def check_input(self, x: Tensor) -> int:
         """Validate ``x`` before anything changes; return the channel axis as a non-negative index."""
+        # The common case in a few comparisons (every forward runs this); anything else takes the full checks,
+        # which raise naming the layer and what is wrong.
+        if isinstance(x, Tensor) and x.is_floating_point() and not self.check_finite:
+            nd = x.ndim
+            ranks = self._ranks
+            axis = self.axis
+            if (nd >= 2 if ranks is None else nd in ranks) and -nd <= axis < nd:
+                c = axis % nd
+                if x.shape[c] == self.num_features and (
+                    x.numel() > self.num_features or not self._needs_batch_variance or not self.uses_batch_stats()
+                ):
+                    return c
+        return self._check_input_fully(x)
+
+    def _check_input_fully(self, x: Tensor) -> int:
         name = self.layer_name
         _validate.check_float(x, name)
         if self._ranks is not None:
@@ -200,7 +215,8 @@ class BatchNormBase(nn.Module):
     def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
         ``momentum=None``) and count the batch."""
-        factor = F.momentum_factor(self.momentum, self.num_batches_tracked + 1, self.layer_name)
+        batches = int(self.num_batches_tracked) + 1 if self.momentum is None else None  # no tensor op per call
+        factor = F.momentum_factor(self.momentum, batches, self.layer_name)
         _stats.update_running(
             self.running_mean, self.running_var, stats, momentum=factor,
             running_var_unbiased=self.running_var_unbiased, valid=valid,
@@ -212,11 +228,11 @@ class BatchNormBase(nn.Module):
             # the plain layer: functional.batch_norm chooses the fused CPU kernels, torch's own kernel or _stats
             update, batch = self.updates_running_stats(), self.uses_batch_stats()
             keep_running = update or not batch
-            return F.batch_norm(
-                x, self.running_mean if keep_running else None, self.running_var if keep_running else None,
-                self.weight, self.bias, training=batch, momentum=self.momentum, eps=self.eps, axis=axis,
-                running_var_unbiased=self.running_var_unbiased,
-                num_batches_tracked=self.num_batches_tracked if update else None, name=self.layer_name,
+            # the input was checked by check_input: the unchecked entry, so nothing is validated twice
+            return F._batch_norm(
+                x, axis, self.running_mean if keep_running else None, self.running_var if keep_running else None,
+                self.weight, self.bias, batch, self.momentum, self.eps, self.running_var_unbiased,
+                self.num_batches_tracked if update else None, self.layer_name,
             )
         if not self.uses_batch_stats():
             return _stats.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
