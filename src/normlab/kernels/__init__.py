@@ -183,12 +183,32 @@ def batch_norm_train(
 #: statistics sequentially, so its error grows with that ratio (at mean 1e4, std 1: 9e-4 on y for NCHW, 4.4 for a
 #: 32x4x64x64 channels-last input); above it, the call is redone on the input minus that mean (see _torch_train).
 SHIFT_RATIO = 8.0
+#: The dtypes that need the check (float64's error at ratio R is ~R * 1e-16); tests add float64 to gradcheck the shift.
+_SHIFT_DTYPES = (torch.float32,)
 _INF = float("inf")
 
 
 def _torch_kernel_ok(x: Tensor) -> bool:
     """Whether torch's fused CPU batch_norm serves the native path for ``x`` (float32/64, CPU, rank >= 2, not empty)."""
     return (x.dtype is torch.float32 or x.dtype is torch.float64) and x.ndim >= 2 and x.numel() > 0 and x.device.type == "cpu"
+
+
+def _channel_second(x: Tensor, c: int) -> Tensor:
+    """``x`` with its channels on dim 1, as torch's operator wants: a contiguous channels-last-dim input (N, L, C)
+    is viewed as (N * L, C), the operator's 2-D fast path; other axes are moved (a strided view)."""
+    if c == 1:
+        return x
+    if c == x.ndim - 1 and x.is_contiguous():
+        return x.reshape(-1, x.shape[c])
+    return x.movedim(c, 1)
+
+
+def _channel_back(y: Tensor, x: Tensor, c: int) -> Tensor:
+    if c == 1:
+        return y
+    if c == x.ndim - 1 and x.is_contiguous():  # the (N * L, C) view of _channel_second
+        return y.reshape(x.shape)
+    return y.movedim(1, c)
 
 
 def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | None):
@@ -204,7 +224,7 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
     computed by the kernel from centred values, not recovered from 1/sqrt(var + eps)).
     Returns ``(y, mean, biased var)``, or ``(y, None, None)`` when ``running`` was updated.
     """
-    xm = x if c == 1 else x.movedim(c, 1)
+    xm = _channel_second(x, c)
     C = xm.shape[1]
     n = xm.numel() // C
     w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
@@ -214,7 +234,7 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
     else:
         rm, rv, f = running
     y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
-    if x.dtype is torch.float32:
+    if x.dtype in _SHIFT_DTYPES:
         k = mean1  # the operator's statistics are outputs without gradient (nothing to detach)
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # no data-dependent branch in a graph
         if tracing or float(torch.linalg.vector_norm(k * invstd1, _INF)) > SHIFT_RATIO:
@@ -231,8 +251,7 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
                     var1 = (invstd1.double().pow(-2) - eps).mul_(n / max(n - 1, 1)).to(x.dtype)
                     rm.add_(rm2, alpha=f)
                     rv.add_(rv2 - var1, alpha=f)  # not in place: rv2 is saved for backward
-    if c != 1:
-        y = y.movedim(1, c)
+    y = _channel_back(y, x, c)
     if running is not None:
         return y, None, None
     return y, rm, rv * ((n - 1) / n)  # not in place: the operator saved rv for its backward
@@ -245,10 +264,10 @@ def _torch_eval(x: Tensor, mean: Tensor, var: Tensor, weight, bias, eps: float, 
     about |mean| * a ulps, so above SHIFT_RATIO the mean is subtracted first (exactly, as x and mean are close)
     and the operator gets a zero mean.
     """
-    xm = x if c == 1 else x.movedim(c, 1)
+    xm = _channel_second(x, c)
     w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
     b = bias.to(x.dtype) if bias is not None and bias.dtype != x.dtype else bias
-    if x.dtype == torch.float32 and (
+    if x.dtype in _SHIFT_DTYPES and (
         torch.compiler.is_compiling()  # no data-dependent branch in a graph
         # mean^2 / (var + eps) > SHIFT_RATIO^2 for some channel, in two operators on the statistics
         or float(torch.addcmul(var, mean, mean, value=-1.0 / SHIFT_RATIO**2).amin()) < -eps
@@ -258,7 +277,7 @@ def _torch_eval(x: Tensor, mean: Tensor, var: Tensor, weight, bias, eps: float, 
         y = torch.native_batch_norm(xm - mean.reshape(shape), w, b, torch.zeros_like(mean), var, False, 0.0, eps)[0]
     else:
         y = torch.native_batch_norm(xm, w, b, mean, var, False, 0.0, eps)[0]
-    return y if c == 1 else y.movedim(1, c)
+    return _channel_back(y, x, c)
 
 
 def _native_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
