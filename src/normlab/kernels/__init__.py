@@ -166,7 +166,7 @@ def batch_norm_train(
         C = x.shape[c]
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
-        y, mean, var = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
+        y, mean, var, _, _ = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
     if groups == 1:
         mean, var = mean.reshape(-1), var.reshape(-1)
     return y, _stats.Moments(mean, var, count)
