@@ -44,7 +44,9 @@ CASES = [
     ((3, 11, 5), -1, "contiguous"),  # (N, L, C), channel last
     ((2, 3, 3, 4, 5), 1, "channels_last"),  # NDHWC
     ((2, 3, 1, 1), 1, "contiguous"),  # trailing singleton dims
-    ((2, 5000, 3), 1, "contiguous"),  # long rows: several chunks per row
+    ((2, 5000, 3), 1, "contiguous"),  # many channels
+    ((2, 2, 9000), 1, "contiguous"),  # long rows: several chunks per row (statistics and backward sums)
+    ((600, 3), 1, "contiguous"),  # (M, C) with few channels: several row blocks per channel
 ]
 
 

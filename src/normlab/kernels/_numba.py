@@ -40,6 +40,7 @@ _INLINE = dict(fastmath=_FM, cache=True, inline="always")
 RELU = 1
 _CHUNK = 4096  # values per two-pass chunk: 16-32 KB, resident in L1 between the two passes
 _BLOCK_VALUES = 8192  # values per block of rows in the channels-last kernels
+_BLOCK_ROWS = 256  # and at most this many rows, so that per-channel partial sums in float32 stay short
 
 
 @njit(**_INLINE)
@@ -86,22 +87,24 @@ def _chunk_moments(r):
 
 @njit(**_INLINE)
 def _chunk_moments_masked(r, msk):
-    """(count, mean, centred sum of squares) of the entries of ``r`` where ``msk`` is non-zero."""
+    """(count, mean, centred sum of squares) of the entries of ``r`` where ``msk`` is non-zero.
+
+    Written with selects, not branches, so that LLVM vectorizes it; padded values are selected away before any
+    arithmetic (a padded NaN times 0 would still be NaN).
+    """
     T = r.dtype.type
     tot, k = T(0), 0
     for j in range(r.shape[0]):
-        if msk[j]:
-            tot += r[j]
-            k += 1
+        tot += r[j] if msk[j] else T(0)
+        k += 1 if msk[j] else 0
     if k == 0:
         return 0.0, 0.0, 0.0
     m = T(tot / T(k))
     e, q = T(0), T(0)
     for j in range(r.shape[0]):
-        if msk[j]:
-            d = r[j] - m
-            e += d
-            q += d * d
+        d = (r[j] - m) if msk[j] else T(0)
+        e += d
+        q += d * d
     ef = np.float64(e)
     return np.float64(k), np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
@@ -227,20 +230,25 @@ def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, y, mean, 
 
 @njit(**_INLINE)
 def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
-    """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set and (with ReLU) z = (r-mh) a + b > 0."""
+    """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set and (with ReLU) z = (r-mh) a + b > 0.
+
+    Selects rather than branches (vectorizable); padded positions are selected away before any arithmetic."""
     T = r.dtype.type
     s1, s2 = T(0), T(0)
-    if has_mask or act == RELU:
+    if has_mask:
+        for j in range(r.shape[0]):
+            xc = (r[j] - mh) if msk[j] else T(0)
+            g = d[j] if msk[j] else T(0)
+            if act == RELU:
+                g = g if xc * a + b > 0 else T(0)
+            s1 += g
+            s2 += g * xc
+    elif act == RELU:
         for j in range(r.shape[0]):
             xc = r[j] - mh
-            keep = True
-            if has_mask and not msk[j]:
-                keep = False
-            if act == RELU and xc * a + b <= 0:
-                keep = False
-            if keep:
-                s1 += d[j]
-                s2 += d[j] * xc
+            g = d[j] if xc * a + b > 0 else T(0)
+            s1 += g
+            s2 += g * xc
     else:
         for j in range(r.shape[0]):
             s1 += d[j]
@@ -251,15 +259,16 @@ def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
 @njit(**_INLINE)
 def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act):
     """o = k_dy d' + k_x (r - mh) + k_0 where the position is valid, 0 where masked (d' as in _reduce_row)."""
+    T = r.dtype.type
     if has_mask or act == RELU:
         for j in range(r.shape[0]):
             xc = r[j] - mh
             g = d[j]
-            if act == RELU and xc * a + b <= 0:
-                g = 0
+            if act == RELU:
+                g = g if xc * a + b > 0 else T(0)
             v = k_dy * g + k_x * xc + k_0
-            if has_mask and not msk[j]:
-                v = 0
+            if has_mask:
+                v = v if msk[j] else T(0)
             o[j] = v
     else:
         for j in range(r.shape[0]):
@@ -279,7 +288,7 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
     * fixed statistics (eval-mode apply, moving-average BN): coupling = 0, so dx = scale dy'.
     ``coupling`` is (2, G, C).
     """
-    N, C = x.shape[0], x.shape[1]
+    N, C, S = x.shape
     per = N // groups
     has_mask = mask.shape[0] > 0
     T = x.dtype.type
@@ -290,9 +299,12 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
         a_t, b_t = T(a), T(shift[g, c] - ml * a)
         s1, s2 = 0.0, 0.0
         for n in range(g * per, (g + 1) * per):
-            t1, t2 = _reduce_row(dy[n, c], x[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t, act)
-            s1 += t1
-            s2 += t2
+            for s0 in range(0, S, _CHUNK):  # chunks: float32 partial sums stay short, merged in float64
+                s_1 = min(S, s0 + _CHUNK)
+                t1, t2 = _reduce_row(dy[n, c, s0:s_1], x[n, c, s0:s_1], mask[n, s0:s_1] if has_mask else mask[0:0, 0],
+                                     has_mask, mh, a_t, b_t, act)
+                s1 += t1
+                s2 += t2
         s2 -= ml * s1  # sum dy' (x - mean) from sum dy' (x - mh)
         sum_dy[g, c], sum_dy_xc[g, c] = s1, s2
         k_x = -a * s2 * coupling[1, g, c]
@@ -312,7 +324,7 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
 def _mc_blocks(M, C, groups):
     """Row blocks (start, stop, group) that never straddle a virtual batch; about _BLOCK_VALUES values each."""
     per = M // groups
-    rows = max(1, _BLOCK_VALUES // max(C, 1))
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_VALUES // max(C, 1)))
     nb = (per + rows - 1) // rows
     blocks = np.empty((groups * nb, 3), dtype=np.int64)
     for g in range(groups):
@@ -329,7 +341,8 @@ def mc_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays.
 
     Each block of rows gets per-channel two-pass moments in the dtype (vectorized across channels, the block in
-    L1/L2), corrected as in :func:`_chunk_moments`; blocks are merged in float64.
+    L1/L2), corrected as in :func:`_chunk_moments`; blocks are merged in float64. Scratch memory is allocated
+    before the parallel region (allocation inside it serializes the threads).
     """
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
@@ -338,9 +351,10 @@ def mc_moments(x, mask, groups, mean, var, count):
     p_cnt = np.zeros(B)
     p_mean = np.zeros((B, C))
     p_m2 = np.zeros((B, C))
+    scratch = np.zeros((B, 3, C), dtype=x.dtype)
     for i in prange(B):
         r0, r1 = blocks[i, 0], blocks[i, 1]
-        tot = np.zeros(C, dtype=x.dtype)
+        tot, e, q = scratch[i, 0], scratch[i, 1], scratch[i, 2]
         k = 0
         for r in range(r0, r1):
             if has_mask and not mask[r]:
@@ -352,22 +366,22 @@ def mc_moments(x, mask, groups, mean, var, count):
         p_cnt[i] = k
         if k == 0:
             continue
-        m = tot / x.dtype.type(k)
-        e = np.zeros(C, dtype=x.dtype)
-        q = np.zeros(C, dtype=x.dtype)
+        inv_k = x.dtype.type(1.0 / k)
+        for c in range(C):
+            tot[c] = x.dtype.type(tot[c] * inv_k)  # the block mean, in the dtype
         for r in range(r0, r1):
             if has_mask and not mask[r]:
                 continue
             row = x[r]
             for c in range(C):
-                d = row[c] - m[c]
+                d = row[c] - tot[c]
                 e[c] += d
                 q[c] += d * d
         for c in range(C):
             ef = np.float64(e[c])
-            p_mean[i, c] = np.float64(m[c]) + ef / k
+            p_mean[i, c] = np.float64(tot[c]) + ef / k
             p_m2[i, c] = np.float64(q[c]) - ef * ef / k
-    for gc in prange(groups * C):
+    for gc in range(groups * C):  # serial: a few thousand merges; a second parallel region costs more
         g, c = gc // C, gc % C
         cnt, mu, m2 = 0.0, 0.0, 0.0
         for i in range(B):
@@ -380,15 +394,26 @@ def mc_moments(x, mask, groups, mean, var, count):
 
 @njit(**_INLINE)
 def _mc_split(mean, scale, shift, dtype):
-    """Per-channel (mean in the dtype, scale, shift with the mean's rounding folded in) for one group."""
-    C = mean.shape[0]
-    mh = np.empty(C, dtype=dtype)
-    a = np.empty(C, dtype=dtype)
-    b = np.empty(C, dtype=dtype)
-    for c in range(C):
-        hi, lo = _split(mean[c], dtype)
-        mh[c], a[c], b[c] = hi, scale[c], shift[c] - lo * scale[c]
-    return mh, a, b
+    """Per (group, channel): the mean in the dtype, the scale, and the shift with the mean's rounding folded in,
+    as (3, G, C) arrays in the dtype."""
+    G, C = mean.shape
+    out = np.empty((3, G, C), dtype=dtype)
+    for g in range(G):
+        for c in range(C):
+            hi, lo = _split(mean[g, c], dtype)
+            out[0, g, c], out[1, g, c], out[2, g, c] = hi, scale[g, c], shift[g, c] - lo * scale[g, c]
+    return out
+
+
+@njit(**_INLINE)
+def _mc_apply_row(row, out, mh, a, b, act):
+    if act == RELU:
+        for c in range(row.shape[0]):
+            v = (row[c] - mh[c]) * a[c] + b[c]
+            out[c] = v if v > 0 else 0
+    else:
+        for c in range(row.shape[0]):
+            out[c] = (row[c] - mh[c]) * a[c] + b[c]
 
 
 @njit(**_OPTS)
@@ -397,20 +422,14 @@ def mc_apply(x, mask, groups, mean, scale, shift, act, y):
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
     has_mask = mask.shape[0] > 0
+    split = _mc_split(mean, scale, shift, x.dtype)
     for i in prange(blocks.shape[0]):
         g = blocks[i, 2]
-        mh, a, b = _mc_split(mean[g], scale[g], shift[g], x.dtype)
         for r in range(blocks[i, 0], blocks[i, 1]):
-            row, out = x[r], y[r]
             if has_mask and not mask[r]:
-                out[:] = 0
-            elif act == RELU:
-                for c in range(C):
-                    v = (row[c] - mh[c]) * a[c] + b[c]
-                    out[c] = v if v > 0 else 0
+                y[r, :] = 0
             else:
-                for c in range(C):
-                    out[c] = (row[c] - mh[c]) * a[c] + b[c]
+                _mc_apply_row(x[r], y[r], split[0, g], split[1, g], split[2, g], act)
 
 
 @njit(**_OPTS)
@@ -420,13 +439,12 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_
     blocks = _mc_blocks(M, C, groups)
     B = blocks.shape[0]
     has_mask = mask.shape[0] > 0
-    p1 = np.zeros((B, C))
-    p2 = np.zeros((B, C))
+    split = _mc_split(mean, scale, shift, x.dtype)
+    partial = np.zeros((B, 2, C), dtype=x.dtype)
     for i in prange(B):
         g = blocks[i, 2]
-        mh, a, b = _mc_split(mean[g], scale[g], shift[g], x.dtype)
-        t1 = np.zeros(C, dtype=x.dtype)
-        t2 = np.zeros(C, dtype=x.dtype)
+        mh, a, b = split[0, g], split[1, g], split[2, g]
+        t1, t2 = partial[i, 0], partial[i, 1]
         for r in range(blocks[i, 0], blocks[i, 1]):
             if has_mask and not mask[r]:
                 continue
@@ -441,32 +459,25 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_
                 for c in range(C):
                     t1[c] += drow[c]
                     t2[c] += drow[c] * (row[c] - mh[c])
-        for c in range(C):
-            p1[i, c], p2[i, c] = t1[c], t2[c]
     G = sum_dy.shape[0]
-    k_dy = np.empty((G, C))
-    k_x = np.empty((G, C))
-    k_0 = np.empty((G, C))
-    for gc in prange(G * C):
+    k = np.empty((3, G, C), dtype=x.dtype)  # k_dy, k_x, k_0 in the dtype
+    for gc in range(G * C):  # serial, as in mc_moments
         g, c = gc // C, gc % C
         s1, s2 = 0.0, 0.0
         for i in range(B):
             if blocks[i, 2] == g:
-                s1 += p1[i, c]
-                s2 += p2[i, c]
+                s1 += np.float64(partial[i, 0, c])
+                s2 += np.float64(partial[i, 1, c])
         lo = mean[g, c] - np.float64(x.dtype.type(mean[g, c]))
         s2 -= lo * s1
         sum_dy[g, c], sum_dy_xc[g, c] = s1, s2
         a = scale[g, c]
-        k_dy[g, c] = a
-        k_x[g, c] = -a * s2 * coupling[1, g, c]
-        k_0[g, c] = -a * s1 * coupling[0, g, c] - k_x[g, c] * lo
+        k_x = -a * s2 * coupling[1, g, c]
+        k[0, g, c], k[1, g, c], k[2, g, c] = a, k_x, -a * s1 * coupling[0, g, c] - k_x * lo
     for i in prange(B):
         g = blocks[i, 2]
-        mh, a, b = _mc_split(mean[g], scale[g], shift[g], x.dtype)
-        k1 = k_dy[g].astype(x.dtype)
-        k2 = k_x[g].astype(x.dtype)
-        k3 = k_0[g].astype(x.dtype)
+        mh, a, b = split[0, g], split[1, g], split[2, g]
+        k1, k2, k3 = k[0, g], k[1, g], k[2, g]
         for r in range(blocks[i, 0], blocks[i, 1]):
             row, drow, out = x[r], dy[r], dx[r]
             if has_mask and not mask[r]:
