@@ -8,7 +8,8 @@ import torch
 from normlab import functional as F
 from normlab import kernels
 from normlab.kernels import dispatch
-from normlab.nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm, GhostBatchNorm, MaskedBatchNorm
+from normlab.nn import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm, GhostBatchNorm, MaskedBatchNorm,
+                        MovingAverageBatchNorm)
 
 needs_numba = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
 
@@ -115,6 +116,8 @@ LAYERS = [
                          dtype=torch.float64), [(4, 3, 5, 6), (5, 3, 5, 6), (6, 3, 5, 6), (3, 3, 5, 6)], None),
     (lambda: BatchRenorm(3, r_max=1.2, d_max=0.3, warmup_steps=0, r_max_steps=0, d_max_steps=0, momentum=0.5,
                          dtype=torch.float64), [(4, 3, 5, 6), (5, 3, 5, 6), (3, 3, 5, 6)], torch.channels_last),
+    (lambda: MovingAverageBatchNorm(3, buffer_size=2, warmup_iters=2, renorm_warmup_iters=1, dtype=torch.float64),
+     [(2, 3, 5, 6), (2, 3, 5, 6), (3, 3, 5, 6), (2, 3, 5, 6)], None),
 ]
 
 

@@ -218,7 +218,7 @@ class _MovingAverageNormalize(torch.autograd.Function):
         ctx.save_for_backward(x, chi2, r)
         ctx.gz_history, ctx.slot, ctx.use_average, ctx.axis, ctx.eps = gz_history, slot, use_average, axis, eps
         zeros = torch.zeros_like(chi2)
-        return _stats.normalize(x, zeros, chi2, r, None, eps, axis=axis)
+        return kernels.normalize(x, zeros, chi2, r, None, eps, axis=axis)
 
     @staticmethod
     def backward(ctx, dout):
@@ -306,14 +306,14 @@ class MovingAverageBatchNorm(BatchNormBase):
             raise ValueError(f"{self.layer_name}: MABN's moving averages are per process; it cannot be synchronized")
         if not self.uses_batch_stats():
             zeros = torch.zeros_like(self.running_var)
-            return _stats.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         if not self.updates_running_stats():
             raise ValueError(f"{self.layer_name}: eval_stats='batch' is not defined for MABN; use eval_stats='running'")
         self.num_batches_tracked.add_(1)
         iteration = int(self.num_batches_tracked)
         slot = iteration % self.buffer_size
         with torch.no_grad():
-            m = _stats.moments(x, _stats.reduce_dims(x.ndim, axis))
+            m = kernels.moments(x, _stats.reduce_dims(x.ndim, axis))
             chi2 = m.var + m.mean * m.mean  # second moment E[x^2], from the shared (centred, stable) moments
             self.x2_history[slot].copy_(chi2)
             use_average = iteration > self.buffer_size and iteration >= self.warmup_iters
