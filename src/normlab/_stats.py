@@ -100,6 +100,18 @@ def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) ->
     return Moments(mean, var, total)
 
 
+def renorm_correction(
+    stats: Moments, ref_mean: Tensor, ref_std: Tensor, eps: float, r_max: float, d_max: float
+) -> tuple[Tensor, Tensor]:
+    """Batch renormalization's ``r = clip(sigma_B / ref_std, 1/r_max, r_max)`` and
+    ``d = clip((mu_B - ref_mean) / ref_std, -d_max, d_max)`` (Ioffe 2017), detached: constants for the gradient."""
+    with torch.no_grad():
+        ref_mean, ref_std = ref_mean.to(stats.var.dtype), ref_std.to(stats.var.dtype)
+        r = (torch.sqrt(stats.var + eps) / ref_std).clamp(1.0 / r_max, r_max)
+        d = ((stats.mean - ref_mean) / ref_std).clamp(-d_max, d_max)
+    return r, d
+
+
 def normalize(
     x: Tensor,
     mean: Tensor,

@@ -8,7 +8,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from normlab import kernels
-from normlab.nn import BatchNorm2d
+from normlab.nn import BatchNorm2d, BatchRenorm, GhostBatchNorm, MaskedBatchNorm
 
 pytestmark = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
 
@@ -33,6 +33,36 @@ def test_compiled_model_equals_eager_outputs_grads_buffers():
         # code generation, which would only add compile time here. fullgraph=True fails on any graph break.
         compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
         got = _step(compiled, x)
+    for a, b in zip([eager[0], *eager[1], *eager[2]], [got[0], *got[1], *got[2]]):
+        torch.testing.assert_close(a, b)
+
+
+class _Family(nn.Module):
+    """Ghost BN, batch renorm and masked BN (fixed lengths) after a convolution: the variants' kernel paths."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(3, 4, 3, padding=1)
+        self.ghost = GhostBatchNorm(4, 2)
+        self.renorm = BatchRenorm(4, r_max=1.5, d_max=0.5, warmup_steps=0, r_max_steps=0, d_max_steps=0)
+        self.masked = MaskedBatchNorm(4)
+        self.register_buffer("lengths", torch.tensor([7, 5, 6, 7]))
+
+    def forward(self, x):
+        return self.masked(self.renorm(torch.relu(self.ghost(self.conv(x)))), lengths=self.lengths)
+
+
+def test_compiled_family_equals_eager():
+    """The variants compile too (renorm's step counter and masked's count check are data-dependent Python, so
+    they break the graph: no fullgraph here; what matters is equal outputs, gradients and buffers)."""
+    x = torch.randn(4, 3, 7)
+    with kernels.backend("fast"):
+        eager = _step(_Family(), x)
+        got = _step(torch.compile(_Family(), backend="aot_eager"), x)
+        ghost = _Family().ghost
+        gx = torch.randn(4, 4, 7)
+        torch.testing.assert_close(torch.compile(ghost, backend="aot_eager", fullgraph=True)(gx), _Family().ghost(gx))
     for a, b in zip([eager[0], *eager[1], *eager[2]], [got[0], *got[1], *got[2]]):
         torch.testing.assert_close(a, b)
 

@@ -8,7 +8,8 @@ import torch
 from normlab import functional as F
 from normlab import kernels
 from normlab.kernels import dispatch
-from normlab.nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm, GhostBatchNorm, MaskedBatchNorm,
+                        MovingAverageBatchNorm)
 
 needs_numba = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
 
@@ -92,6 +93,7 @@ def _run_steps(make, shapes, mode, memory_format=None, seed=0):
                 layer.eval()
             y = layer(x)
             y.backward(torch.cos(y))
+            assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
             outs += [y.detach(), x.grad]
         outs += [layer.weight.grad, layer.bias.grad, layer.running_mean.clone(), layer.running_var.clone()]
     return outs
@@ -104,7 +106,40 @@ LAYERS = [
     (lambda: BatchNorm2d(3, dtype=torch.float64), [(4, 3, 5, 6), (2, 3, 5, 6), (3, 3, 5, 6)], torch.channels_last),
     (lambda: BatchNorm3d(2, dtype=torch.float64), [(2, 2, 3, 4, 5), (3, 2, 3, 4, 5), (2, 2, 3, 4, 5)], None),
     (lambda: BatchNorm(4, axis=-1, dtype=torch.float64), [(3, 7, 4), (2, 7, 4), (3, 7, 4)], None),
+    # the variants on the fused kernel: virtual batches, a position mask, batch renormalization
+    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], None),
+    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], torch.channels_last),
+    (lambda: GhostBatchNorm(4, 3, axis=-1, dtype=torch.float64), [(6, 5, 4), (3, 5, 4), (6, 5, 4)], None),
+    (lambda: _LengthMasked(MaskedBatchNorm(3, dtype=torch.float64)), [(5, 3, 7), (4, 3, 7), (5, 3, 7)], None),
+    (lambda: _LengthMasked(MaskedBatchNorm(3, axis=-1, dtype=torch.float64)), [(5, 7, 3), (4, 7, 3), (5, 7, 3)], None),
+    (lambda: BatchRenorm(3, r_max=1.2, d_max=0.3, warmup_steps=0, r_max_steps=0, d_max_steps=0, momentum=0.5,
+                         dtype=torch.float64), [(4, 3, 5, 6), (5, 3, 5, 6), (6, 3, 5, 6), (3, 3, 5, 6)], None),
+    (lambda: BatchRenorm(3, r_max=1.2, d_max=0.3, warmup_steps=0, r_max_steps=0, d_max_steps=0, momentum=0.5,
+                         dtype=torch.float64), [(4, 3, 5, 6), (5, 3, 5, 6), (3, 3, 5, 6)], torch.channels_last),
+    (lambda: MovingAverageBatchNorm(3, buffer_size=2, warmup_iters=2, renorm_warmup_iters=1, dtype=torch.float64),
+     [(2, 3, 5, 6), (2, 3, 5, 6), (3, 3, 5, 6), (2, 3, 5, 6)], None),
 ]
+
+
+class _LengthMasked(torch.nn.Module):
+    """A MaskedBatchNorm fed lengths N_i = L - (i % 3), padded positions filled with NaN (they must not matter)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.weight, self.bias = layer.weight, layer.bias
+
+    def __getattr__(self, name):
+        if name in ("running_mean", "running_var"):
+            return getattr(self._modules["layer"], name)
+        return super().__getattr__(name)
+
+    def forward(self, x):
+        t = 2 if self.layer.axis == 1 else 1
+        lengths = torch.tensor([x.shape[t] - i % 3 for i in range(x.shape[0])])
+        positions = torch.arange(x.shape[t]).reshape([-1 if d == t else 1 for d in range(x.ndim)])
+        padded = positions >= lengths.reshape([-1] + [1] * (x.ndim - 1))
+        return self.layer(torch.where(padded, torch.full_like(x, float("nan")), x), lengths=lengths)
 
 
 @needs_numba

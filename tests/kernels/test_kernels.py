@@ -44,7 +44,9 @@ CASES = [
     ((3, 11, 5), -1, "contiguous"),  # (N, L, C), channel last
     ((2, 3, 3, 4, 5), 1, "channels_last"),  # NDHWC
     ((2, 3, 1, 1), 1, "contiguous"),  # trailing singleton dims
-    ((2, 5000, 3), 1, "contiguous"),  # long rows: several chunks per row
+    ((2, 5000, 3), 1, "contiguous"),  # many channels
+    ((2, 2, 9000), 1, "contiguous"),  # long rows: several chunks per row (statistics and backward sums)
+    ((600, 3), 1, "contiguous"),  # (M, C) with few channels: several row blocks per channel
 ]
 
 
@@ -247,3 +249,103 @@ def test_bad_arguments_raise_with_names():
         kernels.batch_norm_train(x, None, None, 1e-5, groups=4)
     with pytest.raises(ValueError, match=r"act must be one of \['none', 'relu'\], got 'gelu'"):
         kernels.normalize(x, torch.zeros(3), torch.ones(3), None, None, 1e-5, act="gelu")
+
+
+def _variant_reference(x, w, b, eps, axis, groups, mask, renorm):
+    """Float64 formula for the fused op's variants: virtual batches, masked statistics, renorm's r and d."""
+    c = axis % x.ndim
+    m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.expand(x.shape)
+    x = torch.where(m, x.double(), 0)  # padding (maybe NaN) out of the arithmetic, and out of autograd's way
+    xg = x.reshape((groups, -1) + tuple(x.shape[1:]))
+    mg = m.reshape(xg.shape)
+    dims = tuple(d for d in range(xg.ndim) if d not in (0, c + 1))
+    n = mg.sum(dims, keepdim=True)
+    mu = torch.where(mg, xg, 0).sum(dims, keepdim=True) / n
+    var = torch.where(mg, (xg - mu) ** 2, 0).sum(dims, keepdim=True) / n
+    shape = [1] * xg.ndim
+    shape[c + 1] = -1
+    xhat = (xg - mu) / torch.sqrt(var + eps)
+    if renorm is not None:
+        ref_mean, ref_std, r_max, d_max = renorm
+        r = (torch.sqrt(var + eps) / ref_std.double().reshape(shape)).clamp(1 / r_max, r_max).detach()
+        d = ((mu - ref_mean.double().reshape(shape)) / ref_std.double().reshape(shape)).clamp(-d_max, d_max).detach()
+        xhat = xhat * r + d
+    y = torch.where(mg, xhat * w.double().reshape(shape) + b.double().reshape(shape), 0)
+    return y.reshape(x.shape)
+
+
+VARIANTS = [  # shape, axis, layout, groups, masked, renorm
+    ((6, 3, 5, 7), 1, "contiguous", 3, False, False),
+    ((6, 3, 5, 7), 1, "channels_last", 2, False, False),
+    ((4, 3, 9), 1, "contiguous", 1, True, False),
+    ((4, 9, 3), -1, "contiguous", 2, True, False),
+    ((5, 3, 4, 4), 1, "contiguous", 1, False, True),
+    ((5, 3, 4, 4), 1, "channels_last", 1, True, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,axis,layout,groups,masked,renorm", VARIANTS)
+def test_fused_variants_match_float64_formula(shape, axis, layout, groups, masked, renorm, dtype):
+    x = _input(shape, dtype, layout)
+    c = axis % len(shape)
+    C = shape[c]
+    w, b = _params(C, dtype)
+    g = torch.Generator().manual_seed(3)
+    mask = None
+    if masked:
+        mshape = list(shape)
+        mshape[c] = 1
+        mask = torch.rand(mshape, generator=g) > 0.3
+        x = torch.where(mask, x, torch.full((), float("nan"), dtype=dtype))  # padding must never matter
+    ren = (torch.randn(C, generator=g, dtype=torch.float64).to(dtype),
+           (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype), 1.3, 0.4) if renorm else None
+    ref_y = _variant_reference(x, w, b, 1e-5, axis, groups, mask, ren)
+    xr = x.clone().requires_grad_()
+    with kernels.backend("fast"):
+        y, stats = kernels.batch_norm_train(xr, w, b, 1e-5, axis=axis, groups=groups, mask=mask, renorm=ren)
+    torch.testing.assert_close(y.double(), ref_y, atol=TOL[dtype] * 10, rtol=0)
+    # gradients: the op's fused backward against autograd through the float64 formula
+    dy = torch.cos(torch.arange(y.numel(), dtype=torch.float64)).reshape(shape)
+    (dx,) = torch.autograd.grad(y, xr, dy.to(dtype))
+    x64 = x.double().requires_grad_()
+    (dx_ref,) = torch.autograd.grad(_variant_reference(x64, w, b, 1e-5, axis, groups, mask, ren), x64, dy)
+    if mask is not None:
+        dx_ref = torch.where(mask, dx_ref, 0)
+    torch.testing.assert_close(dx.double(), dx_ref, atol=TOL[dtype] * 20, rtol=0)
+    assert torch.isfinite(y).all() and torch.isfinite(dx).all()
+
+
+def test_fused_variants_gradcheck():
+    """gradcheck (float64) of the fused op's backward for x, weight and bias with groups, a mask and renorm."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    w = (torch.rand(3, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64, generator=g).requires_grad_()
+    mask = torch.rand(4, 1, 5, generator=g) > 0.3
+    # r and d are constants of the gradient by definition; finite differences agree only where both are clipped
+    # (reference std 10 >> batch std: r = 1/r_max; reference mean 5: d = -d_max)
+    ren = (torch.full((3,), 5.0, dtype=torch.float64), torch.full((3,), 10.0, dtype=torch.float64), 1.5, 0.2)
+    with kernels.backend("fast"):
+        for kw in ({"groups": 2}, {"mask": mask}, {"renorm": ren}, {"mask": mask, "renorm": ren, "act": "relu"}):
+            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-5, **kw)[0]  # noqa: E731
+            assert torch.autograd.gradcheck(f, (x, w, b)), kw
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_masked_large_mean_is_exact_centred(layout):
+    x64 = _input((8, 2, 16, 16), torch.float64, layout) + 1e4
+    x64 = x64.float().double()
+    mask = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(5)) > 0.5
+    with kernels.backend("fast"):
+        y, stats = kernels.batch_norm_train(x64.float(), None, None, 1e-5, mask=mask)
+    ref = _variant_reference(x64, torch.ones(2), torch.zeros(2), 1e-5, 1, 1, mask, None)
+    assert (y.double() - ref).abs().max().item() < 6e-4
+
+
+def test_variant_arguments_are_checked():
+    x = torch.randn(4, 3, 5)
+    with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel axis 1"):
+        kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 3, 5, dtype=torch.bool))
+    with kernels.backend("native"), pytest.raises(ValueError, match=r"virtual batches \(groups=2\) with a mask or renorm"):
+        kernels.batch_norm_train(x, None, None, 1e-5, groups=2, mask=torch.ones(4, 1, 5, dtype=torch.bool))

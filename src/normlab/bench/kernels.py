@@ -9,8 +9,8 @@ forward+backward of:
 * ``torch``          — :func:`torch.nn.functional.batch_norm` (eager);
 * ``composite``      — a straightforward autograd implementation (var_mean, subtract, scale, shift);
 * ``compile``        — ``torch.compile`` of the torch call (optional: ~tens of seconds of compilation per shape);
-* ``ghost4``/``masked`` — normlab's ghost batch norm (4 virtual batches) and masked statistics (+apply) on the
-  kernels, for the "variants within 1.2x of BN" target;
+* ``ghost4``/``masked``/``renorm`` — normlab's ghost batch norm (4 virtual batches), masked batch norm (10% of
+  positions padded) and batch renormalization on the fused kernel, for the "variants within 1.2x of BN" target;
 
 and a copy of the same tensor as the memory roofline: a copy is 2 tensor passes, so the forward's roofline
 (read x, write y) is one copy and the training step's (also read dy and x, write dx) is 2.5 copies.
@@ -21,6 +21,7 @@ the same interleaved rounds (see :mod:`.harness`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import torch
 
 from .. import functional as F
 from .. import kernels
+from ..kernels import _pool
 from .harness import Timing, interleaved
 
 GRID = [
@@ -86,6 +88,23 @@ def _composite(x: torch.Tensor, w, b, eps: float) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + eps) * w.reshape(shape) + b.reshape(shape)
 
 
+@contextlib.contextmanager
+def _buffer_cache(on: bool):
+    """The kernels' output buffer cache off inside the block (to show what it contributes), as before after it."""
+    if on:
+        yield
+        return
+    previous = os.environ.get(_pool.ENV_VAR)
+    os.environ[_pool.ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_pool.ENV_VAR]
+        else:
+            os.environ[_pool.ENV_VAR] = previous
+
+
 def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool) -> dict[str, Callable[[], object]]:
     torch.manual_seed(0)
     C = shape[1]
@@ -107,11 +126,11 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
             return fwd
         return lambda: torch.autograd.grad(forward(), params, dy)
 
-    def normlab_with(setting: str) -> Callable[[], torch.Tensor]:
+    def normlab_with(setting: str, cache: bool = True) -> Callable[[], torch.Tensor]:
         rm, rv = buffers["nl"]
 
         def call():
-            with kernels.backend(setting):
+            with kernels.backend(setting), _buffer_cache(cache):
                 return F.batch_norm(xg, rm, rv, w, b, training=True)
         return call
 
@@ -119,6 +138,7 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
         "normlab": run(normlab_with("auto")),
         "normlab-fast": run(normlab_with("fast")),
         "normlab-native": run(normlab_with("native")),
+        "fast-nocache": run(normlab_with("fast", cache=False)),
         "torch": run(lambda: torch.nn.functional.batch_norm(xg, *buffers["torch"], w, b, training=True)),
         "composite": run(lambda: _composite(xg, w, b, 1e-5)),
     }
@@ -130,15 +150,19 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
         mshape = list(shape)
         mshape[1] = 1
         mask = torch.rand(mshape, generator=torch.Generator().manual_seed(1)) > 0.1
-        dims = tuple(d for d in range(len(shape)) if d != 1)
+        ref_mean, ref_std = torch.zeros(C), torch.ones(C)
 
         def masked():
             with kernels.backend("fast"):
-                st = kernels.moments(xg, dims, mask=mask)
-                return kernels.normalize(xg, st.mean, st.var, w, b, 1e-5)
+                return kernels.batch_norm_train(xg, w, b, 1e-5, mask=mask)[0]
+
+        def renorm():
+            with kernels.backend("fast"):
+                return kernels.batch_norm_train(xg, w, b, 1e-5, renorm=(ref_mean, ref_std, 3.0, 5.0))[0]
 
         out["ghost4"] = run(ghost)
         out["masked"] = run(masked)
+        out["renorm"] = run(renorm)
     if compile_:
         compiled = torch.compile(lambda t: torch.nn.functional.batch_norm(t, *buffers["compile"], w, b, training=True))
         out["compile"] = run(lambda: compiled(xg))
@@ -168,21 +192,30 @@ def run_grid(
     return cases
 
 
-COLUMNS = ["normlab", "normlab-fast", "normlab-native", "torch", "composite", "compile", "ghost4", "masked", "copy"]
+VARIANTS = ["ghost4", "masked", "renorm"]
+COLUMNS = ["normlab", "normlab-fast", "normlab-native", "fast-nocache", "torch", "composite", "compile", "ghost4", "masked", "renorm",
+           "copy"]
 
 
 def format_table(cases: list[Case]) -> str:
     """Medians (ms) per candidate, then torch/normlab (speed-up, > 1 is faster) and normlab/roofline."""
     cols = [c for c in COLUMNS if any(c in k.timings for k in cases)]
-    head = f"{'shape':<17}{'mode':<9}" + "".join(f"{c:>15}" for c in cols) + f"{'x torch':>9}{'fast x':>8}{'/roof':>7}"
+    variants = [v for v in VARIANTS if v in cols]
+    head = (f"{'shape':<17}{'mode':<9}" + "".join(f"{c:>15}" for c in cols) + f"{'x torch':>9}{'fast x':>8}{'/roof':>7}"
+            + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
     lines = ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
-             "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes)", head, "-" * len(head)]
+             "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
+             "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
+             head, "-" * len(head)]
     for k in cases:
         row = f"{k.name:<17}{k.mode:<9}"
         for c in cols:
             row += f"{k.timings[c].median * 1e3:>15.3f}" if c in k.timings else f"{'':>15}"
         row += f"{k.ratio('normlab', 'torch'):>9.2f}{k.ratio('normlab-fast', 'torch'):>8.2f}"
         row += f"{k.timings['normlab'].median / k.roofline():>7.2f}"
+        for v in variants:
+            r = k.ratio("normlab-fast", v)
+            row += f"{r:>10.2f}" if r is not None else f"{'':>10}"
         lines.append(row)
     return "\n".join(lines)
 

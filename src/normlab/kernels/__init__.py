@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _stats
+from ._pool import cache_info, empty_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "ACTIVATIONS",
     "backend",
     "batch_norm_train",
+    "cache_info",
+    "empty_cache",
     "get_backend",
     "moments",
     "normalize",
@@ -153,8 +156,16 @@ def batch_norm_train(
     axis: int = 1,
     groups: int = 1,
     act: str = "none",
+    mask: Tensor | None = None,
+    renorm: tuple[Tensor, Tensor, float, float] | None = None,
 ) -> tuple[Tensor, _stats.Moments]:
     """Training-mode batch norm: ``(y, Moments(mean, var, count))`` from the batch's own statistics.
+
+    ``mask`` (bool, size 1 along the channel axis, broadcastable to ``x``) keeps only the valid positions in the
+    statistics; padded outputs and their gradients are 0 (``count`` is then a tensor). ``renorm = (ref_mean,
+    ref_std, r_max, d_max)`` makes it batch renormalization (Ioffe 2017): ``y = w (r xhat + d) + b`` with
+    ``r = clip(sigma_B / ref_std, 1/r_max, r_max)``, ``d = clip((mu_B - ref_mean) / ref_std, -d_max, d_max)``
+    held constant in the gradient.
 
     With ``groups = G`` the batch (dim 0) is split into G virtual batches normalized separately (ghost batch
     norm, Hoffer et al. 2017); ``mean``/``var`` then have shape ``(G, C)``, else ``(C,)``. ``act="relu"`` fuses
@@ -165,6 +176,8 @@ def batch_norm_train(
     a = _act(act, name)
     _check_groups(x, groups, name)
     c = _stats.channel_axis(x.ndim, axis)
+    if mask is not None or renorm is not None:
+        return _variant_train(x, weight, bias, eps, c, groups, a, mask, renorm, name)
     count = x.numel() // (x.shape[c] * groups)
     if not use_fast(x):
         y, mean, var = _native_train(x, weight, bias, eps, c, groups, a)
@@ -172,7 +185,7 @@ def batch_norm_train(
         C = x.shape[c]
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
-        y, mean, var = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
+        y, mean, var, _, _ = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
     if groups == 1:
         mean, var = mean.reshape(-1), var.reshape(-1)
     return y, _stats.Moments(mean, var, count)
@@ -300,3 +313,48 @@ def _native_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act:
     y = _activate(y.reshape(x.shape).to(x.dtype), act)
     C = x.shape[c]
     return y, stats.mean.detach().reshape(groups, C), stats.var.detach().reshape(groups, C)
+
+
+def _variant_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int, mask, renorm, name: str):
+    """batch_norm_train with a position mask and/or batch renormalization: the fused kernel, or _stats' steps."""
+    C = x.shape[c]
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1:
+            raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
+                             f"got {mask.dtype} of shape {tuple(mask.shape)}")
+        torch.broadcast_shapes(mask.shape, x.shape)
+    if renorm is not None:
+        ref_mean, ref_std, r_max, d_max = renorm
+        limits = torch.tensor([float(r_max), float(d_max)], dtype=torch.float64)
+        table = torch.cat([ref_mean.detach().double().reshape(1, C), ref_std.detach().double().reshape(1, C),
+                           limits.reshape(2, 1).expand(2, C)])
+    if use_fast(x):
+        w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
+        b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
+        m = mask.expand(x.shape[:c] + (1,) + x.shape[c + 1:]).contiguous() if mask is not None else None
+        y, mean, var, count, _ = _ops().batch_norm_train(
+            x, w, b, eps, c, groups, act, m, table.to(x.dtype) if renorm is not None else None)
+    else:
+        if groups != 1:
+            raise ValueError(f"{name}: virtual batches (groups={groups}) with a mask or renorm need the kernels")
+        dims = _stats.reduce_dims(x.ndim, c)
+        x_in = torch.where(mask, x, x.new_zeros(())) if mask is not None else x
+        stats = _stats.moments(x_in, dims, mask=mask)
+        w, b = weight, bias
+        if renorm is not None:
+            r, d = _stats.renorm_correction(stats, table[0], table[1], eps, table[2, 0].item(), table[3, 0].item())
+            w = r if weight is None else weight * r
+            b = d if weight is None else weight * d
+            if bias is not None:
+                b = b + bias
+        y = _activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
+        if mask is not None:
+            y = torch.where(mask, y, y.new_zeros(()))
+        mean, var = stats.mean.detach().reshape(1, C), stats.var.detach().reshape(1, C)
+        count = stats.count if isinstance(stats.count, Tensor) else torch.full_like(mean, stats.count)
+        count = count.reshape(1, C)
+    if groups == 1:
+        mean, var, count = mean.reshape(-1), var.reshape(-1), count.reshape(-1)
+    if mask is None:
+        count = x.numel() // (C * groups)
+    return y, _stats.Moments(mean, var, count)

@@ -1,24 +1,30 @@
-"""Numba kernels for the four steps of batch normalization on CPU.
+"""Numba kernels for the steps of batch normalization on CPU: statistics, apply, and the fused backward.
 
-Two memory layouts cover every contiguous input (see :mod:`normlab.kernels.dispatch` for the views):
+Two memory layouts cover every contiguous input (see :mod:`normlab.kernels._layout` for the views):
 
 * ``ncs`` — ``x`` viewed as ``(N, C, S)`` (NCHW and any channel-first rank; ``S`` = product of the trailing dims).
   Each channel is ``N`` contiguous rows of ``S`` values. The training kernels work one (virtual batch, channel)
   at a time on one thread: the statistics pass reads the channel from memory, the apply pass then finds it in L2
-  (a 64x64x56x56 float32 channel is 800 KB; dy and x together 1.6 MB, under this machine's 2 MB L2 per core), so a
-  training step costs about the five tensor passes it must make (fwd: read x, write y; bwd: read dy and x,
-  write dx) instead of eight.
+  (a 64x64x56x56 float32 channel is 800 KB), so a training step costs about the five tensor passes it must make
+  (forward: read x, write y; backward: read dy and x, write dx) instead of eight.
 * ``mc`` — ``x`` viewed as ``(M, C)`` with the channel innermost (channels-last, ``(N, C)`` and ``(N, L, C)``
   inputs). Work is split into blocks of rows (all channels), whose per-channel partial results are merged.
 
-Statistics are exact-centred (no E[x^2] - E[x]^2): every row (or block of rows) gets a two-pass mean and sum of
-squared deviations while it sits in L1, and the pieces are merged with Chan et al.'s pairwise formula
-(``M2 = M2_a + M2_b + delta^2 n_a n_b / n``). Accumulation is float64 for both float32 and float64 input.
+Precision. The inner loops run in the input's dtype (float32 SIMD lanes are twice as many as float64 ones, and
+these loops are compute-bound once the data is in cache); everything that can cancel is kept out of them:
 
-Argument conventions (kept to one signature per kernel so that numba compiles one specialization per dtype):
-``groups`` splits the batch dim into that many virtual batches (ghost batch norm); ``mask`` is a uint8 array over
-positions (``(N, S)`` or ``(M,)``) or an empty array for "no mask"; ``act`` is 0 (identity) or 1 (ReLU), a
-runtime flag rather than a specialization; ``scale`` and ``shift`` are per-(group, channel) float64 arrays.
+* statistics are exact-centred, never E[x^2] - E[x]^2: each row chunk (at most ``_CHUNK`` values, in L1) gets its
+  mean ``m``, then ``e = sum(x - m)`` and ``q = sum((x - m)^2)`` in a second pass over the same cache lines; the
+  chunk's mean is ``m + e/n`` and its centred sum of squares ``q - e^2/n`` (exact correction for the rounding of
+  ``m``). Chunks and rows are merged in float64 with Chan et al.'s pairwise formula.
+* the apply subtracts the mean first, ``(x - mu32) * a + b'``, with the float32 rounding error of ``mu`` folded
+  into ``b'`` in float64: ``x * a + (b - mu * a)`` would cancel when |mean| >> std.
+* per-channel coefficients (scale, shift, the backward's k's) are computed in float64.
+
+Argument conventions (one signature per kernel, so numba compiles one specialization per dtype): ``groups``
+splits the outermost dim into virtual batches (ghost batch norm); ``mask`` is a uint8 array over positions
+(``(N, S)`` or ``(M,)``) or an empty array for "no mask" (masked-out outputs and gradients are 0); ``act`` is 0
+(identity) or 1 (ReLU); per-(group, channel) arrays are float64 ``(G, C)``.
 """
 
 from __future__ import annotations
@@ -29,22 +35,31 @@ from numba import njit, prange
 # reassociation lets LLVM vectorize the reductions; no nnan/ninf so that NaN and inf still propagate.
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 _OPTS = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
+_INLINE = dict(fastmath=_FM, cache=True, inline="always")
 
 RELU = 1
-_ROW_CHUNK = 4096  # values per two-pass chunk: 16-32 KB, resident in L1 between the two passes
+_CHUNK = 4096  # values per two-pass chunk: 16-32 KB, resident in L1 between the two passes
 _BLOCK_VALUES = 8192  # values per block of rows in the channels-last kernels
+_BLOCK_ROWS = 256  # and at most this many rows, so that per-channel partial sums in float32 stay short
 
 
-@njit(fastmath=_FM, cache=True, inline="always")
+@njit(**_INLINE)
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Chan et al. pairwise merge of (count, mean, sum of squared deviations)."""
-    n = n_a + n_b
     if n_b == 0:
         return n_a, mean_a, m2_a
     if n_a == 0:
         return n_b, mean_b, m2_b
+    n = n_a + n_b
     delta = mean_b - mean_a
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+@njit(**_INLINE)
+def _split(mu, dtype):
+    """``mu`` as (the input dtype's nearest value, the float64 remainder)."""
+    hi = dtype.type(mu)
+    return hi, mu - np.float64(hi)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,54 +67,62 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(**_INLINE)
 def _chunk_moments(r):
-    """(mean, sum of squared deviations) of a 1-D chunk by two passes (the second one hits L1)."""
-    tot = 0.0
-    for j in range(r.shape[0]):
+    """(mean, centred sum of squares) of a 1-D chunk in two passes over L1, inner loops in r's dtype."""
+    T = r.dtype.type
+    k = r.shape[0]
+    tot = T(0)
+    for j in range(k):
         tot += r[j]
-    mu = tot / r.shape[0]
-    sq = 0.0
-    for j in range(r.shape[0]):
-        d = r[j] - mu
-        sq += d * d
-    return mu, sq
+    m = T(tot / T(k))
+    e, q = T(0), T(0)
+    for j in range(k):
+        d = r[j] - m
+        e += d
+        q += d * d
+    ef = np.float64(e)
+    return np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(fastmath=_FM, cache=True)
-def _chunk_moments_masked(r, m):
-    """(count, mean, sum of squared deviations) of the entries of ``r`` where ``m`` is non-zero."""
-    tot = 0.0
-    k = 0.0
+@njit(**_INLINE)
+def _chunk_moments_masked(r, msk):
+    """(count, mean, centred sum of squares) of the entries of ``r`` where ``msk`` is non-zero.
+
+    Written with selects, not branches, so that LLVM vectorizes it; padded values are selected away before any
+    arithmetic (a padded NaN times 0 would still be NaN).
+    """
+    T = r.dtype.type
+    tot, k = T(0), 0
     for j in range(r.shape[0]):
-        if m[j]:
-            tot += r[j]
-            k += 1.0
-    if k == 0.0:
+        tot += r[j] if msk[j] else T(0)
+        k += 1 if msk[j] else 0
+    if k == 0:
         return 0.0, 0.0, 0.0
-    mu = tot / k
-    sq = 0.0
+    m = T(tot / T(k))
+    e, q = T(0), T(0)
     for j in range(r.shape[0]):
-        if m[j]:
-            d = r[j] - mu
-            sq += d * d
-    return k, mu, sq
+        d = (r[j] - m) if msk[j] else T(0)
+        e += d
+        q += d * d
+    ef = np.float64(e)
+    return np.float64(k), np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(fastmath=_FM, cache=True)
+@njit(**_INLINE)
 def _ncs_channel_moments(x, mask, n0, n1, c):
-    """(count, mean, M2) of x[n0:n1, c, :] (under mask if non-empty), chunk by chunk, merged exactly."""
+    """(count, mean, M2) of x[n0:n1, c, :] (under mask if non-empty), chunk by chunk, merged in float64."""
     S = x.shape[2]
     has_mask = mask.shape[0] > 0
     cnt, mean, m2 = 0.0, 0.0, 0.0
     for n in range(n0, n1):
         row = x[n, c]
-        for s0 in range(0, S, _ROW_CHUNK):
-            s1 = min(S, s0 + _ROW_CHUNK)
+        for s0 in range(0, S, _CHUNK):
+            s1 = min(S, s0 + _CHUNK)
             if has_mask:
                 k, mu, sq = _chunk_moments_masked(row[s0:s1], mask[n, s0:s1])
             else:
-                k = float(s1 - s0)
+                k = np.float64(s1 - s0)
                 mu, sq = _chunk_moments(row[s0:s1])
             cnt, mean, m2 = _merge(cnt, mean, m2, k, mu, sq)
     return cnt, mean, m2
@@ -114,128 +137,182 @@ def ncs_moments(x, mask, groups, mean, var, count):
         g, c = gc // C, gc % C
         k, mu, m2 = _ncs_channel_moments(x, mask, g * per, (g + 1) * per, c)
         mean[g, c] = mu
-        var[g, c] = m2 / k if k > 0 else 0.0
+        var[g, c] = max(m2 / k, 0.0) if k > 0 else 0.0
         count[g, c] = k
 
 
-@njit(fastmath=_FM, cache=True)
-def _apply_row(r, o, mu, a, b, act):
-    if act == RELU:
+@njit(**_INLINE)
+def _apply_row(r, o, msk, has_mask, mh, a, b, act):
+    """o = act((r - mh) * a + b), 0 where the mask is 0; all in r's dtype."""
+    if has_mask:
         for j in range(r.shape[0]):
-            v = (r[j] - mu) * a + b
-            o[j] = v if v > 0 else 0.0
+            v = (r[j] - mh) * a + b
+            if act == RELU and v < 0:
+                v = 0
+            o[j] = v if msk[j] else 0
+    elif act == RELU:
+        for j in range(r.shape[0]):
+            v = (r[j] - mh) * a + b
+            o[j] = v if v > 0 else 0
     else:
         for j in range(r.shape[0]):
-            o[j] = (r[j] - mu) * a + b
+            o[j] = (r[j] - mh) * a + b
+
+
+@njit(**_INLINE)
+def _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act):
+    """Apply to rows n0:n1 of channel c with float64 (mu, a, b): mu split so no cancellation in the dtype."""
+    T = x.dtype.type
+    mh, ml = _split(mu, x.dtype)
+    a_t, b_t = T(a), T(b - ml * a)
+    has_mask = mask.shape[0] > 0
+    for n in range(n0, n1):
+        _apply_row(x[n, c], y[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t, act)
 
 
 @njit(**_OPTS)
-def ncs_apply(x, groups, mean, scale, shift, act, y):
-    """y = act((x - mean) * scale + shift) with (G, C) parameters; parallel over rows (n, c)."""
+def ncs_apply(x, mask, groups, mean, scale, shift, act, y):
+    """y = act((x - mean) * scale + shift) with (G, C) parameters; 0 at masked positions."""
     N, C = x.shape[0], x.shape[1]
     per = N // groups
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        g = n // per
-        _apply_row(x[n, c], y[n, c], mean[g, c], scale[g, c], shift[g, c], act)
-
-
-@njit(**_OPTS)
-def ncs_train_forward(x, groups, weight, bias, eps, act, y, mean, var):
-    """Fused training forward: statistics of each (group, channel), then the apply while the channel is in L2."""
-    N, C = x.shape[0], x.shape[1]
-    per = N // groups
-    empty = np.empty((0, 0), dtype=np.uint8)
     for gc in prange(groups * C):
         g, c = gc // C, gc % C
-        k, mu, m2 = _ncs_channel_moments(x, empty, g * per, (g + 1) * per, c)
-        v = m2 / k
-        mean[g, c] = mu
-        var[g, c] = v
-        a = weight[c] / np.sqrt(v + eps)
-        for n in range(g * per, (g + 1) * per):
-            _apply_row(x[n, c], y[n, c], mu, a, bias[c], act)
+        _ncs_apply_channel(x, y, mask, g * per, (g + 1) * per, c, mean[g, c], scale[g, c], shift[g, c], act)
 
 
-@njit(fastmath=_FM, cache=True)
-def _reduce_row(d, r, mu, a, b, act):
-    """(sum d', sum d' * (r - mu)); d' = d masked by ReLU'(z), z = (r - mu) * a + b recomputed, when act."""
-    sdy, sdyx = 0.0, 0.0
-    if act == RELU:
-        for j in range(r.shape[0]):
-            xc = r[j] - mu
-            g = d[j] if xc * a + b > 0 else 0.0
-            sdy += g
-            sdyx += g * xc
-    else:
-        for j in range(r.shape[0]):
-            g = d[j]
-            sdy += g
-            sdyx += g * (r[j] - mu)
-    return sdy, sdyx
+@njit(**_INLINE)
+def _train_coefficients(mu, v, eps, w, b, renorm, c):
+    """(scale, shift, r, d) of one channel: BN's ``w / sqrt(v + eps)`` and ``b``, or batch renormalization's
+    ``w r / sqrt(v + eps)`` and ``w d + b`` with r, d clipped from the reference statistics in ``renorm``
+    (rows: mean, std, r_max, d_max; Ioffe 2017)."""
+    sd = np.sqrt(v + eps)
+    if renorm.shape[0] == 0:
+        return w / sd, b, 1.0, 0.0
+    ref_sd, r_max, d_max = renorm[1, c], renorm[2, c], renorm[3, c]
+    r = min(max(sd / ref_sd, 1.0 / r_max), r_max)
+    d = min(max((mu - renorm[0, c]) / ref_sd, -d_max), d_max)
+    return w * r / sd, w * d + b, r, d
 
 
-@njit(fastmath=_FM, cache=True)
-def _dx_row(d, r, o, mu, a, b, k_dy, k_x, k_0, act):
-    """o = k_dy * d' + k_x * (r - mu) + k_0 (d' as in _reduce_row)."""
-    if act == RELU:
-        for j in range(r.shape[0]):
-            xc = r[j] - mu
-            g = d[j] if xc * a + b > 0 else 0.0
-            o[j] = k_dy * g + k_x * xc + k_0
-    else:
-        for j in range(r.shape[0]):
-            o[j] = k_dy * d[j] + k_x * (r[j] - mu) + k_0
+@njit(cache=True, fastmath=_FM)
+def train_coefficients(mean, var, eps, weight, bias, renorm, rd):
+    """(scale, shift) per (group, channel) from the statistics (see :func:`_train_coefficients`); r, d into rd."""
+    G, C = mean.shape
+    scale, shift = np.empty((G, C)), np.empty((G, C))
+    for g in range(G):
+        for c in range(C):
+            a, b, r, d = _train_coefficients(mean[g, c], var[g, c], eps, weight[c], bias[c], renorm, c)
+            scale[g, c], shift[g, c] = a, b
+            if renorm.shape[0] > 0:
+                rd[0, g, c], rd[1, g, c] = r, d
+    return scale, shift
 
 
 @njit(**_OPTS)
-def ncs_train_backward(dy, x, groups, mean, var, weight, bias, eps, act, dx, sum_dy, sum_dy_xhat):
-    """Fused training backward per (group, channel): the two reductions, then dx while dy and x are in L2.
+def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, y, mean, var, count, rd):
+    """Fused training forward per (group, channel): statistics, then the apply while the channel is in L2.
 
-    With xhat = (x - mu) * r, r = 1 / sqrt(var + eps), m values per (group, channel):
-        dx = weight * r * (dy - sum(dy) / m - xhat * sum(dy * xhat) / m)
-    ``sum_dy`` and ``sum_dy_xhat`` (G, C) are dbias and dweight before summing over groups.
+    Writes mean, biased var and count (G, C); with a non-empty ``renorm`` (4, C) also r and d into rd (2, G, C).
     """
-    N, C, S = x.shape[0], x.shape[1], x.shape[2]
-    per = N // groups
-    m = float(per * S)
-    for gc in prange(groups * C):
-        g, c = gc // C, gc % C
-        mu = mean[g, c]
-        r = 1.0 / np.sqrt(var[g, c] + eps)
-        a = weight[c] * r
-        b = bias[c]
-        sdy, sdyx = 0.0, 0.0
-        for n in range(g * per, (g + 1) * per):
-            s1, s2 = _reduce_row(dy[n, c], x[n, c], mu, a, b, act)
-            sdy += s1
-            sdyx += s2
-        sum_dy[g, c] = sdy
-        sum_dy_xhat[g, c] = sdyx * r
-        k_x = -a * r * r * sdyx / m
-        k_0 = -a * sdy / m
-        for n in range(g * per, (g + 1) * per):
-            _dx_row(dy[n, c], x[n, c], dx[n, c], mu, a, b, a, k_x, k_0, act)
-
-
-@njit(**_OPTS)
-def ncs_apply_backward(dy, x, groups, mean, scale, shift, act, dx, sum_dy, sum_dy_xc):
-    """Backward of ``ncs_apply`` per (group, channel): sum dy' and sum dy' * (x - mean) (dy' = dy masked by the
-    recomputed ReLU'), then dx = scale * dy' while the channel's dy and x are still in L2."""
     N, C = x.shape[0], x.shape[1]
     per = N // groups
     for gc in prange(groups * C):
         g, c = gc // C, gc % C
-        mu, a, b = mean[g, c], scale[g, c], shift[g, c]
-        sdy, sdyx = 0.0, 0.0
+        n0, n1 = g * per, (g + 1) * per
+        k, mu, m2 = _ncs_channel_moments(x, mask, n0, n1, c)
+        v = max(m2 / k, 0.0) if k > 0 else 0.0
+        mean[g, c], var[g, c], count[g, c] = mu, v, k
+        a, b, r, d = _train_coefficients(mu, v, eps, weight[c], bias[c], renorm, c)
+        if renorm.shape[0] > 0:
+            rd[0, g, c], rd[1, g, c] = r, d
+        _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act)
+
+
+@njit(**_INLINE)
+def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
+    """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set and (with ReLU) z = (r-mh) a + b > 0.
+
+    Selects rather than branches (vectorizable); padded positions are selected away before any arithmetic."""
+    T = r.dtype.type
+    s1, s2 = T(0), T(0)
+    if has_mask:
+        for j in range(r.shape[0]):
+            xc = (r[j] - mh) if msk[j] else T(0)
+            g = d[j] if msk[j] else T(0)
+            if act == RELU:
+                g = g if xc * a + b > 0 else T(0)
+            s1 += g
+            s2 += g * xc
+    elif act == RELU:
+        for j in range(r.shape[0]):
+            xc = r[j] - mh
+            g = d[j] if xc * a + b > 0 else T(0)
+            s1 += g
+            s2 += g * xc
+    else:
+        for j in range(r.shape[0]):
+            s1 += d[j]
+            s2 += d[j] * (r[j] - mh)
+    return np.float64(s1), np.float64(s2)
+
+
+@njit(**_INLINE)
+def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act):
+    """o = k_dy d' + k_x (r - mh) + k_0 where the position is valid, 0 where masked (d' as in _reduce_row)."""
+    T = r.dtype.type
+    if has_mask or act == RELU:
+        for j in range(r.shape[0]):
+            xc = r[j] - mh
+            g = d[j]
+            if act == RELU:
+                g = g if xc * a + b > 0 else T(0)
+            v = k_dy * g + k_x * xc + k_0
+            if has_mask:
+                v = v if msk[j] else T(0)
+            o[j] = v
+    else:
+        for j in range(r.shape[0]):
+            o[j] = k_dy * d[j] + k_x * (r[j] - mh) + k_0
+
+
+@njit(**_OPTS)
+def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_dy, sum_dy_xc):
+    """Backward of an apply ``y = act((x - mean) * scale + shift)``, fused per (group, channel).
+
+    First ``sum_dy = sum dy'`` and ``sum_dy_xc = sum dy' (x - mean)`` (dy' = dy masked by the mask and ReLU'),
+    then, while dy and x are in L2, ``dx = scale (dy' - sum_dy / m - (x - mean) sum_dy_xc coupling)``, written
+    with ``coupling = 1 / (m (var + eps))`` and ``1/m`` folded in by the caller as below:
+
+    * batch statistics (BN, ghost, masked, renorm): ``coupling[0] = 1/m``, ``coupling[1] = 1 / (m (var + eps))``
+      per (group, channel), where m is the number of valid values: the mean and variance depend on x.
+    * fixed statistics (eval-mode apply, moving-average BN): coupling = 0, so dx = scale dy'.
+    ``coupling`` is (2, G, C).
+    """
+    N, C, S = x.shape
+    per = N // groups
+    has_mask = mask.shape[0] > 0
+    T = x.dtype.type
+    for gc in prange(groups * C):
+        g, c = gc // C, gc % C
+        mh, ml = _split(mean[g, c], x.dtype)
+        a = scale[g, c]
+        a_t, b_t = T(a), T(shift[g, c] - ml * a)
+        s1, s2 = 0.0, 0.0
         for n in range(g * per, (g + 1) * per):
-            s1, s2 = _reduce_row(dy[n, c], x[n, c], mu, a, b, act)
-            sdy += s1
-            sdyx += s2
-        sum_dy[g, c] = sdy
-        sum_dy_xc[g, c] = sdyx
+            for s0 in range(0, S, _CHUNK):  # chunks: float32 partial sums stay short, merged in float64
+                s_1 = min(S, s0 + _CHUNK)
+                t1, t2 = _reduce_row(dy[n, c, s0:s_1], x[n, c, s0:s_1], mask[n, s0:s_1] if has_mask else mask[0:0, 0],
+                                     has_mask, mh, a_t, b_t, act)
+                s1 += t1
+                s2 += t2
+        s2 -= ml * s1  # sum dy' (x - mean) from sum dy' (x - mh)
+        sum_dy[g, c], sum_dy_xc[g, c] = s1, s2
+        k_x = -a * s2 * coupling[1, g, c]
+        k_0 = -a * s1 * coupling[0, g, c] - k_x * ml  # -k_x ml: dx is written with (x - mh)
+        k1, k2, k3 = T(a), T(k_x), T(k_0)
         for n in range(g * per, (g + 1) * per):
-            _dx_row(dy[n, c], x[n, c], dx[n, c], mu, a, b, a, 0.0, 0.0, act)
+            _dx_row(dy[n, c], x[n, c], dx[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t,
+                    k1, k2, k3, act)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,7 +324,7 @@ def ncs_apply_backward(dy, x, groups, mean, scale, shift, act, dx, sum_dy, sum_d
 def _mc_blocks(M, C, groups):
     """Row blocks (start, stop, group) that never straddle a virtual batch; about _BLOCK_VALUES values each."""
     per = M // groups
-    rows = max(1, _BLOCK_VALUES // max(C, 1))
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_VALUES // max(C, 1)))
     nb = (per + rows - 1) // rows
     blocks = np.empty((groups * nb, 3), dtype=np.int64)
     for g in range(groups):
@@ -261,7 +338,12 @@ def _mc_blocks(M, C, groups):
 
 @njit(**_OPTS)
 def mc_moments(x, mask, groups, mean, var, count):
-    """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays."""
+    """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays.
+
+    Each block of rows gets per-channel two-pass moments in the dtype (vectorized across channels, the block in
+    L1/L2), corrected as in :func:`_chunk_moments`; blocks are merged in float64. Scratch memory is allocated
+    before the parallel region (allocation inside it serializes the threads).
+    """
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
     B = blocks.shape[0]
@@ -269,110 +351,142 @@ def mc_moments(x, mask, groups, mean, var, count):
     p_cnt = np.zeros(B)
     p_mean = np.zeros((B, C))
     p_m2 = np.zeros((B, C))
+    scratch = np.zeros((B, 3, C), dtype=x.dtype)
     for i in prange(B):
         r0, r1 = blocks[i, 0], blocks[i, 1]
-        pm, pq = p_mean[i], p_m2[i]
-        k = 0.0
+        tot, e, q = scratch[i, 0], scratch[i, 1], scratch[i, 2]
+        k = 0
         for r in range(r0, r1):
             if has_mask and not mask[r]:
                 continue
-            k += 1.0
+            k += 1
             row = x[r]
             for c in range(C):
-                pm[c] += row[c]
+                tot[c] += row[c]
         p_cnt[i] = k
-        if k == 0.0:
+        if k == 0:
             continue
+        inv_k = x.dtype.type(1.0 / k)
         for c in range(C):
-            pm[c] /= k
+            tot[c] = x.dtype.type(tot[c] * inv_k)  # the block mean, in the dtype
         for r in range(r0, r1):
             if has_mask and not mask[r]:
                 continue
             row = x[r]
             for c in range(C):
-                d = row[c] - pm[c]
-                pq[c] += d * d
-    for gc in prange(groups * C):
+                d = row[c] - tot[c]
+                e[c] += d
+                q[c] += d * d
+        for c in range(C):
+            ef = np.float64(e[c])
+            p_mean[i, c] = np.float64(tot[c]) + ef / k
+            p_m2[i, c] = np.float64(q[c]) - ef * ef / k
+    for gc in range(groups * C):  # serial: a few thousand merges; a second parallel region costs more
         g, c = gc // C, gc % C
         cnt, mu, m2 = 0.0, 0.0, 0.0
         for i in range(B):
             if blocks[i, 2] == g:
                 cnt, mu, m2 = _merge(cnt, mu, m2, p_cnt[i], p_mean[i, c], p_m2[i, c])
         mean[g, c] = mu
-        var[g, c] = m2 / cnt if cnt > 0 else 0.0
+        var[g, c] = max(m2 / cnt, 0.0) if cnt > 0 else 0.0
         count[g, c] = cnt
 
 
+@njit(**_INLINE)
+def _mc_split(mean, scale, shift, dtype):
+    """Per (group, channel): the mean in the dtype, the scale, and the shift with the mean's rounding folded in,
+    as (3, G, C) arrays in the dtype."""
+    G, C = mean.shape
+    out = np.empty((3, G, C), dtype=dtype)
+    for g in range(G):
+        for c in range(C):
+            hi, lo = _split(mean[g, c], dtype)
+            out[0, g, c], out[1, g, c], out[2, g, c] = hi, scale[g, c], shift[g, c] - lo * scale[g, c]
+    return out
+
+
+@njit(**_INLINE)
+def _mc_apply_row(row, out, mh, a, b, act):
+    if act == RELU:
+        for c in range(row.shape[0]):
+            v = (row[c] - mh[c]) * a[c] + b[c]
+            out[c] = v if v > 0 else 0
+    else:
+        for c in range(row.shape[0]):
+            out[c] = (row[c] - mh[c]) * a[c] + b[c]
+
+
 @njit(**_OPTS)
-def mc_apply(x, groups, mean, scale, shift, act, y):
-    """y = act((x - mean) * scale + shift) for x (M, C) with (G, C) parameters."""
+def mc_apply(x, mask, groups, mean, scale, shift, act, y):
+    """y = act((x - mean) * scale + shift) for x (M, C) with (G, C) parameters; 0 at masked positions."""
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
+    has_mask = mask.shape[0] > 0
+    split = _mc_split(mean, scale, shift, x.dtype)
     for i in prange(blocks.shape[0]):
         g = blocks[i, 2]
-        mu, a, b = mean[g], scale[g], shift[g]
         for r in range(blocks[i, 0], blocks[i, 1]):
-            row, out = x[r], y[r]
-            if act == RELU:
-                for c in range(C):
-                    v = (row[c] - mu[c]) * a[c] + b[c]
-                    out[c] = v if v > 0 else 0.0
+            if has_mask and not mask[r]:
+                y[r, :] = 0
             else:
-                for c in range(C):
-                    out[c] = (row[c] - mu[c]) * a[c] + b[c]
+                _mc_apply_row(x[r], y[r], split[0, g], split[1, g], split[2, g], act)
 
 
 @njit(**_OPTS)
-def mc_reduce(dy, x, groups, mean, scale, shift, act, sum_dy, sum_dy_xc):
-    """Per (group, channel) sum dy' and sum dy' * (x - mean) for (M, C) tensors."""
+def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_dy, sum_dy_xc):
+    """:func:`ncs_backward` for (M, C) tensors: a reduction sweep over row blocks, then the dx sweep."""
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
     B = blocks.shape[0]
-    p_dy = np.zeros((B, C))
-    p_dyx = np.zeros((B, C))
+    has_mask = mask.shape[0] > 0
+    split = _mc_split(mean, scale, shift, x.dtype)
+    partial = np.zeros((B, 2, C), dtype=x.dtype)
     for i in prange(B):
         g = blocks[i, 2]
-        mu, a, b = mean[g], scale[g], shift[g]
-        s1, s2 = p_dy[i], p_dyx[i]
+        mh, a, b = split[0, g], split[1, g], split[2, g]
+        t1, t2 = partial[i, 0], partial[i, 1]
         for r in range(blocks[i, 0], blocks[i, 1]):
+            if has_mask and not mask[r]:
+                continue
             row, drow = x[r], dy[r]
             if act == RELU:
                 for c in range(C):
-                    xc = row[c] - mu[c]
-                    d = drow[c] if xc * a[c] + b[c] > 0 else 0.0
-                    s1[c] += d
-                    s2[c] += d * xc
+                    xc = row[c] - mh[c]
+                    d = drow[c] if xc * a[c] + b[c] > 0 else 0
+                    t1[c] += d
+                    t2[c] += d * xc
             else:
                 for c in range(C):
-                    d = drow[c]
-                    s1[c] += d
-                    s2[c] += d * (row[c] - mu[c])
-    for gc in prange(groups * C):
+                    t1[c] += drow[c]
+                    t2[c] += drow[c] * (row[c] - mh[c])
+    G = sum_dy.shape[0]
+    k = np.empty((3, G, C), dtype=x.dtype)  # k_dy, k_x, k_0 in the dtype
+    for gc in range(G * C):  # serial, as in mc_moments
         g, c = gc // C, gc % C
-        t1, t2 = 0.0, 0.0
+        s1, s2 = 0.0, 0.0
         for i in range(B):
             if blocks[i, 2] == g:
-                t1 += p_dy[i, c]
-                t2 += p_dyx[i, c]
-        sum_dy[g, c] = t1
-        sum_dy_xc[g, c] = t2
-
-
-@njit(**_OPTS)
-def mc_backward_apply(dy, x, groups, mean, scale, shift, k_dy, k_x, k_0, act, dx):
-    """dx = k_dy * dy' + k_x * (x - mean) + k_0 for (M, C) tensors with (G, C) coefficients."""
-    M, C = x.shape
-    blocks = _mc_blocks(M, C, groups)
-    for i in prange(blocks.shape[0]):
+                s1 += np.float64(partial[i, 0, c])
+                s2 += np.float64(partial[i, 1, c])
+        lo = mean[g, c] - np.float64(x.dtype.type(mean[g, c]))
+        s2 -= lo * s1
+        sum_dy[g, c], sum_dy_xc[g, c] = s1, s2
+        a = scale[g, c]
+        k_x = -a * s2 * coupling[1, g, c]
+        k[0, g, c], k[1, g, c], k[2, g, c] = a, k_x, -a * s1 * coupling[0, g, c] - k_x * lo
+    for i in prange(B):
         g = blocks[i, 2]
-        mu, a, b, k1, k2, k3 = mean[g], scale[g], shift[g], k_dy[g], k_x[g], k_0[g]
+        mh, a, b = split[0, g], split[1, g], split[2, g]
+        k1, k2, k3 = k[0, g], k[1, g], k[2, g]
         for r in range(blocks[i, 0], blocks[i, 1]):
             row, drow, out = x[r], dy[r], dx[r]
-            if act == RELU:
+            if has_mask and not mask[r]:
+                out[:] = 0
+            elif act == RELU:
                 for c in range(C):
-                    xc = row[c] - mu[c]
-                    d = drow[c] if xc * a[c] + b[c] > 0 else 0.0
+                    xc = row[c] - mh[c]
+                    d = drow[c] if xc * a[c] + b[c] > 0 else 0
                     out[c] = k1[c] * d + k2[c] * xc + k3[c]
             else:
                 for c in range(C):
-                    out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mu[c]) + k3[c]
+                    out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mh[c]) + k3[c]

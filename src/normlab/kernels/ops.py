@@ -2,17 +2,21 @@
 
 Registered through :func:`torch.library.custom_op`, so fx tracing, ``torch.compile`` and ``torch.export`` see one
 operator per step instead of an opaque Python call that breaks the graph. Every op takes the channel ``axis`` and
-``groups`` (virtual batches along dim 0; per-(group, channel) statistics have shape ``(G, C)``) and ``act``
-(0 = identity, 1 = ReLU fused into the apply and its backward).
+``groups`` (virtual batches along dim 0; per-(group, channel) statistics have shape ``(G, C)``), ``act``
+(0 = identity, 1 = ReLU fused into the apply and its backward) and an optional position ``mask`` (bool, size 1
+along the channel axis, broadcastable to ``x``; masked positions are left out of the statistics and get output
+and gradient 0).
 
 * ``normlab::moments(x, axis, groups, mask)`` -> ``(mean, var, count)``: biased, exact-centred statistics.
 * ``normlab::apply(x, mean, scale, shift, axis, groups, act)`` -> ``act((x - mean) * scale + shift)``.
   (Written with the mean subtracted first rather than as ``x * a + b``: with |mean| >> std, ``x * a`` and ``b``
   are both large and their sum cancels in float32; the subtraction is free in a memory-bound kernel.)
   Its backward is ``normlab::apply_backward`` -> ``(dx, sum dy', sum dy' * (x - mean))``.
-* ``normlab::batch_norm_train(x, weight, bias, eps, axis, groups, act)`` -> ``(y, mean, var)``: statistics and
-  apply fused; its backward is ``normlab::batch_norm_train_backward`` (the two per-channel reductions and the
-  backward apply, fused).
+* ``normlab::batch_norm_train(x, weight, bias, eps, axis, groups, act, mask, renorm)`` ->
+  ``(y, mean, var, count, rd)``: statistics and apply fused (batch norm, ghost batches, masked positions, and
+  batch renormalization when ``renorm`` = rows (reference mean, reference std, r_max, d_max) is given; ``rd``
+  holds its r and d, shape (2, G, C)). Its backward ``normlab::batch_norm_train_backward`` fuses the two
+  per-channel reductions and dx.
 
 First-order gradients only: the backward ops have no autograd of their own, so double backward raises.
 """
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _layout
+from . import _layout, _pool
 
 _NUMBA = None
 
@@ -44,6 +48,10 @@ def _gc(t: Tensor | np.ndarray, groups: int, c: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(a.reshape(-1, c), (groups, c)))
 
 
+def _vec(t: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to(torch.float64).numpy().reshape(-1))
+
+
 def _bcast(t: Tensor, x: Tensor, axis: int, groups: int) -> Tensor:
     """A (G, C) tensor shaped to broadcast against ``x`` viewed as (G, N/G, ...)."""
     nd = x.ndim
@@ -62,14 +70,27 @@ def _kernel(p: _layout.Plan, name: str):
     return getattr(_k(), f"{p.kind}_{name}")
 
 
+def _mask(mask: Tensor | None, xs: Tensor, axis: int, p: _layout.Plan) -> np.ndarray:
+    return _layout.mask_view(mask, xs, axis, p) if mask is not None else _layout.empty_mask(p)
+
+
+def _to(a: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(a).to(like.dtype)
+
+
+def _backward_kernel(p, dyv, xv, m, groups, mean, scale, shift, coupling, act, dxv):
+    s_dy, s_dyx = np.empty((groups, p.c)), np.empty((groups, p.c))
+    _kernel(p, "backward")(dyv, xv, m, groups, mean, scale, shift, coupling, act, dxv, s_dy, s_dyx)
+    return s_dy, s_dyx
+
+
 # ------------------------------------------------------------------------------------------------- moments
 @torch.library.custom_op("normlab::moments", mutates_args=())
 def moments(x: Tensor, axis: int, groups: int, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     xs, p = _layout.prepare(x, axis)
-    m = _layout.mask_view(mask, xs, axis, p) if mask is not None else _layout.empty_mask(p)
     mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
-    _kernel(p, "moments")(_layout.view(xs, p), m, groups, mean, var, count)
-    return tuple(torch.from_numpy(a).to(x.dtype) for a in (mean, var, count))
+    _kernel(p, "moments")(_layout.view(xs, p), _mask(mask, xs, axis, p), groups, mean, var, count)
+    return tuple(_to(a, x) for a in (mean, var, count))
 
 
 @moments.register_fake
@@ -105,9 +126,9 @@ moments.register_autograd(_moments_backward, setup_context=_moments_setup)
 @torch.library.custom_op("normlab::apply", mutates_args=())
 def apply(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
     xs, p = _layout.prepare(x, axis)
-    y = torch.empty_like(xs)
-    _kernel(p, "apply")(_layout.view(xs, p), groups, _gc(mean, groups, p.c), _gc(scale, groups, p.c),
-                        _gc(shift, groups, p.c), act, _layout.view(y, p))
+    y = _pool.empty_like(xs)
+    _kernel(p, "apply")(_layout.view(xs, p), _layout.empty_mask(p), groups, _gc(mean, groups, p.c),
+                        _gc(scale, groups, p.c), _gc(shift, groups, p.c), act, _layout.view(y, p))
     return y
 
 
@@ -123,18 +144,11 @@ def apply_backward(
     """``(dx, sum dy', sum dy' * (x - mean))`` with dy' = dy * act'(z): one reduction pass, one apply pass."""
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
-    xv, dyv = _layout.view(xs, p), _layout.view(dys, p)
-    mu, a, b = (_gc(t, groups, p.c) for t in (mean, scale, shift))
-    s_dy, s_dyx = np.empty((groups, p.c)), np.empty((groups, p.c))
-    dx = torch.empty_like(xs)
-    dxv = _layout.view(dx, p)
-    if p.kind == _layout.NCS:  # fused: the reductions, then dx while the channel is in L2
-        _k().ncs_apply_backward(dyv, xv, groups, mu, a, b, act, dxv, s_dy, s_dyx)
-    else:
-        _k().mc_reduce(dyv, xv, groups, mu, a, b, act, s_dy, s_dyx)
-        zero = np.zeros((groups, p.c))
-        _k().mc_backward_apply(dyv, xv, groups, mu, a, b, a, zero, zero, act, dxv)
-    return dx, torch.from_numpy(s_dy).to(x.dtype), torch.from_numpy(s_dyx).to(x.dtype)
+    dx = _pool.empty_like(xs)
+    s_dy, s_dyx = _backward_kernel(
+        p, _layout.view(dys, p), _layout.view(xs, p), _layout.empty_mask(p), groups,
+        *(_gc(t, groups, p.c) for t in (mean, scale, shift)), np.zeros((2, groups, p.c)), act, _layout.view(dx, p))
+    return dx, _to(s_dy, x), _to(s_dyx, x)
 
 
 @apply_backward.register_fake
@@ -171,80 +185,80 @@ apply.register_autograd(_apply_backward, setup_context=_apply_setup)
 # ------------------------------------------------------------------------------------------ fused training
 @torch.library.custom_op("normlab::batch_norm_train", mutates_args=())
 def batch_norm_train(
-    x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
+    mask: Tensor | None = None, renorm: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     xs, p = _layout.prepare(x, axis)
     xv = _layout.view(xs, p)
-    y = torch.empty_like(xs)
+    y = _pool.empty_like(xs)
     yv = _layout.view(y, p)
-    mean, var = np.empty((groups, p.c)), np.empty((groups, p.c))
-    w, b = _gc(weight, 1, p.c)[0], _gc(bias, 1, p.c)[0]
+    m = _mask(mask, xs, axis, p)
+    mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
+    rd = np.empty((2, groups, p.c))
+    w, b = _vec(weight), _vec(bias)
+    ren = _gc(renorm, 4, p.c) if renorm is not None else np.empty((0, 0))
     if p.kind == _layout.NCS:
-        _k().ncs_train_forward(xv, groups, w, b, eps, act, yv, mean, var)
-    else:
-        count = np.empty((groups, p.c))
-        _k().mc_moments(xv, _layout.empty_mask(p), groups, mean, var, count)
-        scale = w / np.sqrt(var + eps)
-        _k().mc_apply(xv, groups, mean, scale, np.broadcast_to(b, (groups, p.c)).copy(), act, yv)
-    return y, torch.from_numpy(mean).to(x.dtype), torch.from_numpy(var).to(x.dtype)
+        _k().ncs_train_forward(xv, m, groups, w, b, eps, ren, act, yv, mean, var, count, rd)
+    else:  # channel innermost: a statistics sweep, then the apply sweep
+        _k().mc_moments(xv, m, groups, mean, var, count)
+        scale, shift = _k().train_coefficients(mean, var, eps, w, b, ren, rd)
+        _k().mc_apply(xv, m, groups, mean, scale, shift, act, yv)
+    if renorm is None:
+        rd[0], rd[1] = 1.0, 0.0
+    return y, _to(mean, x), _to(var, x), _to(count, x), _to(rd, x)
 
 
 @batch_norm_train.register_fake
-def _(x, weight, bias, eps, axis, groups, act):
+def _(x, weight, bias, eps, axis, groups, act, mask=None, renorm=None):
     C = x.shape[axis % x.ndim]
-    return torch.empty_like(x), x.new_empty((groups, C)), x.new_empty((groups, C))
+    return (torch.empty_like(x), x.new_empty((groups, C)), x.new_empty((groups, C)), x.new_empty((groups, C)),
+            x.new_empty((2, groups, C)))
 
 
 @torch.library.custom_op("normlab::batch_norm_train_backward", mutates_args=())
 def batch_norm_train_backward(
-    dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor,
-    eps: float, axis: int, groups: int, act: int,
+    dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, count: Tensor, rd: Tensor, weight: Tensor, bias: Tensor,
+    eps: float, axis: int, groups: int, act: int, mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx, dweight, dbias)`` of the fused training op.
+    """``(dx, dweight, dbias)`` of the fused training op, r and d held constant (as batch renorm prescribes).
 
-    dx = weight * r * (dy' - sum(dy') / m - xhat * sum(dy' * xhat) / m),  r = 1/sqrt(var + eps), xhat = (x - mean) r,
-    dweight = sum(dy' * xhat), dbias = sum(dy') over every (group, position) of the channel.
+    With rs = 1/sqrt(var + eps), xhat = (x - mean) rs, m valid values per (group, channel) and y = w (r xhat + d) + b:
+    dx = w r rs (dy' - sum(dy') / m - xhat sum(dy' xhat) / m), dweight = sum dy' (r xhat + d), dbias = sum dy'.
     """
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
-    xv, dyv = _layout.view(xs, p), _layout.view(dys, p)
-    dx = torch.empty_like(xs)
-    dxv = _layout.view(dx, p)
-    mu, v = _gc(mean, groups, p.c), _gc(var, groups, p.c)
-    w, b = _gc(weight, 1, p.c)[0], _gc(bias, 1, p.c)[0]
-    s_dy, s_dyxhat = np.empty((groups, p.c)), np.empty((groups, p.c))
-    if p.kind == _layout.NCS:
-        _k().ncs_train_backward(dyv, xv, groups, mu, v, w, b, eps, act, dxv, s_dy, s_dyxhat)
-    else:
-        r = 1.0 / np.sqrt(v + eps)
-        a = w * r
-        shift = np.ascontiguousarray(np.broadcast_to(b, (groups, p.c)))
-        s_dyx = np.empty((groups, p.c))
-        _k().mc_reduce(dyv, xv, groups, mu, a, shift, act, s_dy, s_dyx)
-        m = p.n // groups
-        _k().mc_backward_apply(dyv, xv, groups, mu, a, shift, a, -a * r * r * s_dyx / m, -a * s_dy / m, act, dxv)
-        s_dyxhat = s_dyx * r
-    return dx, torch.from_numpy(s_dyxhat.sum(0)).to(x.dtype), torch.from_numpy(s_dy.sum(0)).to(x.dtype)
+    dx = _pool.empty_like(xs)
+    mu, v, n = _gc(mean, groups, p.c), _gc(var, groups, p.c), _gc(count, groups, p.c)
+    r, d = rd.detach().to(torch.float64).numpy()
+    w, b = _vec(weight), _vec(bias)
+    rs = 1.0 / np.sqrt(v + eps)
+    inv_n = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
+    coupling = np.stack([inv_n, inv_n * rs * rs])
+    s_dy, s_dyx = _backward_kernel(p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups,
+                                   mu, w * r * rs, w * d + b, coupling, act, _layout.view(dx, p))
+    dweight = (r * rs * s_dyx + d * s_dy).sum(0)
+    return dx, _to(dweight, x), _to(s_dy.sum(0), x)
 
 
 @batch_norm_train_backward.register_fake
-def _(dy, x, mean, var, weight, bias, eps, axis, groups, act):
+def _(dy, x, mean, var, count, rd, weight, bias, eps, axis, groups, act, mask=None):
     C = x.shape[axis % x.ndim]
     return torch.empty_like(x), x.new_empty((C,)), x.new_empty((C,))
 
 
 def _train_setup(ctx, inputs, output):
-    x, weight, bias, eps, axis, groups, act = inputs
-    _, mean, var = output
-    ctx.save_for_backward(x, mean, var, weight, bias)
+    x, weight, bias, eps, axis, groups, act, mask, renorm = inputs
+    _, mean, var, count, rd = output
+    ctx.save_for_backward(x, mean, var, count, rd, weight, bias, mask)
     ctx.eps, ctx.axis, ctx.groups, ctx.act = eps, axis, groups, act
-    ctx.mark_non_differentiable(mean, var)
+    ctx.mark_non_differentiable(mean, var, count, rd)
 
 
-def _train_backward(ctx, dy, d_mean, d_var):
-    x, mean, var, weight, bias = ctx.saved_tensors
-    dx, dw, db = batch_norm_train_backward(dy, x, mean, var, weight, bias, ctx.eps, ctx.axis, ctx.groups, ctx.act)
-    return dx, dw, db, None, None, None, None
+def _train_backward(ctx, dy, d_mean, d_var, d_count, d_rd):
+    x, mean, var, count, rd, weight, bias, mask = ctx.saved_tensors
+    dx, dw, db = batch_norm_train_backward(
+        dy, x, mean, var, count, rd, weight, bias, ctx.eps, ctx.axis, ctx.groups, ctx.act, mask)
+    return dx, dw, db, None, None, None, None, None, None
 
 
 batch_norm_train.register_autograd(_train_backward, setup_context=_train_setup)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 from .batchnorm import BatchNormBase
 
@@ -40,16 +40,17 @@ class MaskedBatchNorm(BatchNormBase):
         mask = self._mask(x, c, mask, lengths)
         if mask is None:
             return self._normalize(x, c)
+        if self.uses_batch_stats() and self._local_plain_moments() and mask.shape[c] == 1:
+            # per-position mask, local statistics: the fused kernel (or its native twin) does all of it
+            y, stats = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=c, mask=mask)
+            self._check_counts(stats.count)
+            if self.updates_running_stats():
+                self.update_running(stats)
+            return y
         x_safe = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.uses_batch_stats():
             stats = self.batch_moments(x_safe, _stats.reduce_dims(x.ndim, c), mask=mask)
-            counts = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
-            if bool((counts <= 1).any()):
-                bad = int(torch.nonzero(counts <= 1)[0, 0])
-                raise ValueError(
-                    f"{self.layer_name}: expected more than 1 valid value per channel when training, channel {bad} "
-                    f"has {int(counts[bad])}; pass a mask with more valid positions, or use eval mode"
-                )
+            self._check_counts(stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count))
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
@@ -57,6 +58,14 @@ class MaskedBatchNorm(BatchNormBase):
             mean, var = self.running_mean, self.running_var
         y = _stats.normalize(x_safe, mean, var, self.weight, self.bias, self.eps, axis=c)
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
+
+    def _check_counts(self, counts: Tensor) -> None:
+        if bool((counts <= 1).any()):
+            bad = int(torch.nonzero(counts.reshape(-1) <= 1)[0, 0])
+            raise ValueError(
+                f"{self.layer_name}: expected more than 1 valid value per channel when training, channel {bad} "
+                f"has {int(counts.reshape(-1)[bad])}; pass a mask with more valid positions, or use eval mode"
+            )
 
     def _mask(self, x: Tensor, c: int, mask: Tensor | None, lengths: Tensor | None) -> Tensor | None:
         """The mask as a bool tensor broadcastable to ``x`` (validated before anything changes)."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as TF
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 from .batchnorm import BatchNormBase
 
@@ -109,19 +109,22 @@ class BatchRenorm(BatchNormBase):
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         if not self.updates_running_stats():  # eval: running statistics (or plain batch statistics if asked)
             return super()._normalize(x, axis)
-        stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         r_max, d_max = self.limits()
-        with torch.no_grad():  # r and d are constants for the gradient
-            sigma = torch.sqrt(self.running_var.to(stats.var.dtype) + self.eps)
-            r = (torch.sqrt(stats.var + self.eps) / sigma).clamp(1.0 / r_max, r_max)
-            d = ((stats.mean - self.running_mean.to(stats.mean.dtype)) / sigma).clamp(-d_max, d_max)
+        ref_std = torch.sqrt(self.running_var + self.eps)
+        if self._local_plain_moments():  # the fused kernel path (or its native twin)
+            y, stats = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=axis,
+                                                renorm=(self.running_mean, ref_std, r_max, d_max))
+            self.update_running(stats)
+            return y
+        stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
+        r, d = _stats.renorm_correction(stats, self.running_mean, ref_std, self.eps, r_max, d_max)
         # gamma * (x_hat * r + d) + beta = x_hat * (gamma r) + (gamma d + beta): BatchNorm's normalize, new affine.
         weight = r if self.weight is None else self.weight * r
         bias = d if self.weight is None else self.weight * d
         if self.bias is not None:
             bias = bias + self.bias
         self.update_running(stats)
-        return _stats.normalize(x, stats.mean, stats.var, weight, bias, self.eps, axis=axis)
+        return kernels.normalize(x, stats.mean, stats.var, weight, bias, self.eps, axis=axis)
 
 
 class GhostBatchNorm(BatchNormBase):
@@ -175,6 +178,15 @@ class GhostBatchNorm(BatchNormBase):
                 f"{self.virtual_batch_size} holds {chunks[-1].shape[0]} sample(s), 1 value per channel; use a batch "
                 f"size that leaves a remainder of 0 or >= 2 (e.g. DataLoader(drop_last=True))"
             )
+        if x.shape[0] % self.virtual_batch_size == 0 and not self.sync_statistics:
+            # equal virtual batches: one fused call over (G, N/G, ...) (kernels or native), statistics (G, C)
+            out, st = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=axis, groups=len(chunks))
+            if self.updates_running_stats():
+                with torch.no_grad():
+                    counts = torch.full_like(st.mean, float(st.count))
+                    pooled = _stats.merge_moments(st.mean, st.var, counts)
+                self.update_running(_stats.Moments(pooled.mean, pooled.var, st.count * len(chunks)))
+            return out
         dims = _stats.reduce_dims(x.ndim, axis)
         parts = [_stats.moments(chunk, dims) for chunk in chunks]
         out = torch.cat(
@@ -206,7 +218,7 @@ class _MovingAverageNormalize(torch.autograd.Function):
         ctx.save_for_backward(x, chi2, r)
         ctx.gz_history, ctx.slot, ctx.use_average, ctx.axis, ctx.eps = gz_history, slot, use_average, axis, eps
         zeros = torch.zeros_like(chi2)
-        return _stats.normalize(x, zeros, chi2, r, None, eps, axis=axis)
+        return kernels.normalize(x, zeros, chi2, r, None, eps, axis=axis)
 
     @staticmethod
     def backward(ctx, dout):
@@ -294,14 +306,14 @@ class MovingAverageBatchNorm(BatchNormBase):
             raise ValueError(f"{self.layer_name}: MABN's moving averages are per process; it cannot be synchronized")
         if not self.uses_batch_stats():
             zeros = torch.zeros_like(self.running_var)
-            return _stats.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         if not self.updates_running_stats():
             raise ValueError(f"{self.layer_name}: eval_stats='batch' is not defined for MABN; use eval_stats='running'")
         self.num_batches_tracked.add_(1)
         iteration = int(self.num_batches_tracked)
         slot = iteration % self.buffer_size
         with torch.no_grad():
-            m = _stats.moments(x, _stats.reduce_dims(x.ndim, axis))
+            m = kernels.moments(x, _stats.reduce_dims(x.ndim, axis))
             chi2 = m.var + m.mean * m.mean  # second moment E[x^2], from the shared (centred, stable) moments
             self.x2_history[slot].copy_(chi2)
             use_average = iteration > self.buffer_size and iteration >= self.warmup_iters
