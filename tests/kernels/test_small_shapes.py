@@ -255,3 +255,29 @@ def test_environment_setting_is_read_at_each_call(monkeypatch):
         assert kernels.get_backend() == "auto"
     finally:
         dispatch.set_backend("native")
+
+
+def test_eval_verdict_is_cached_until_the_statistics_change(monkeypatch):
+    layer = nlnn.BatchNorm2d(3).eval()
+    x = _input((4, 3, 2, 2), 1, False, 0.0)
+    checks = []
+    real = torch.addcmul
+
+    def counting(*args, **kwargs):
+        checks.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addcmul", counting)
+    layer(x), layer(x)
+    assert len(checks) == 1  # the second call reused the verdict
+    x_big = x + 1e4
+    with torch.no_grad():
+        layer.running_mean.copy_(x_big.double().mean((0, 2, 3)).float())  # bumps the version: checked again
+    y = layer(x_big)
+    assert len(checks) == 2
+    y_ref = ref.batch_norm_inference(x_big.double().numpy(), layer.running_mean.numpy(), layer.running_var.numpy(),
+                                     layer.weight.detach().numpy(), layer.bias.detach().numpy())
+    assert np.abs(y.detach().double().numpy() - y_ref).max() <= 1e-5  # the shift ran: exact x - mean
+    layer.running_mean = torch.zeros(3)  # a new tensor: checked again
+    layer(x)
+    assert len(checks) == 3
