@@ -262,7 +262,8 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
                     rm, rv = rm + rm2, rv2  # mean = k + the shifted mean; the variance is the shifted call's
                 else:
                     # the first call put momentum * (mean1, var1) into the buffers: move them to the shifted call's
-                    # k + rm2 and rv2 (var1, unbiased, recovered from invstd1 as the kernel computed it)
+                    # k + rm2 and rv2 (var1, unbiased, recovered from invstd1 as the kernel computed it, to
+                    # ~1e-7 * (var1 + eps): a negligible error even where var << eps)
                     var1 = (invstd1.double().pow(-2) - eps).mul_(n / max(n - 1, 1)).to(x.dtype)
                     rm.add_(rm2, alpha=f)
                     rv.add_(rv2 - var1, alpha=f)  # not in place: rv2 is saved for backward
