@@ -60,13 +60,15 @@ def _assert_within_mean_rounding(y, y_ref, mean, scale):
 
 @pytest.mark.parametrize("shape,axis,cl", LAYOUTS)
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0, 1e4])
-def test_training_forward_and_running_stats_match_float64(shape, axis, cl, offset):
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])  # the check: torch ops / NumPy
+def test_training_forward_and_running_stats_match_float64(shape, axis, cl, offset, grad):
     x = _input(shape, axis, cl, offset)
     C = shape[axis]
     w, b = torch.rand(C) + 0.5, torch.randn(C)
     rm0, rv0 = torch.randn(C) + offset, torch.rand(C) + 0.5
     rm, rv = rm0.clone(), rv0.clone()
-    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3, axis=axis)
+    with torch.set_grad_enabled(grad):
+        y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3, axis=axis)
     y_ref, cache = ref.batch_norm_forward(x.double().numpy(), w.double().numpy(), b.double().numpy(), axis=axis)
     assert y.dtype == torch.float32 and y.stride() == x.stride()
     _assert_within_mean_rounding(y, y_ref, cache.mean, cache.inv_std * cache.gamma)
@@ -79,9 +81,13 @@ def test_training_forward_and_running_stats_match_float64(shape, axis, cl, offse
 
 @pytest.mark.parametrize("shape,axis,cl", LAYOUTS)
 @pytest.mark.parametrize("offset", [0.0, 1e4])
-def test_training_statistics_returned_by_batch_norm_train(shape, axis, cl, offset):
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_training_statistics_returned_by_batch_norm_train(shape, axis, cl, offset, grad):
     x = _input(shape, axis, cl, offset)
-    y, stats = kernels.batch_norm_train(x, None, None, 1e-5, axis=axis)
+    with torch.set_grad_enabled(grad):
+        y, stats = kernels.batch_norm_train(x, None, None, 1e-5, axis=axis)
+        y2, stats2 = kernels.batch_norm_train(x * 2, None, None, 1e-5, axis=axis)  # reuses the NumPy vectors
+    assert torch.equal(stats2.mean, kernels.batch_norm_train(x * 2, None, None, 1e-5, axis=axis)[1].mean)
     _, cache = ref.batch_norm_forward(x.double().numpy(), axis=axis)
     np.testing.assert_allclose(stats.mean.double().numpy(), cache.mean.reshape(-1), rtol=0, atol=_ulp32(1.1 * offset) + 1e-6)
     np.testing.assert_allclose(stats.var.double().numpy(), cache.var.reshape(-1), rtol=2e-5)
