@@ -147,7 +147,7 @@ def normalize(
     if weight is not None:
         scale = scale * weight.to(scale.dtype)
     shift = bias.to(x.dtype) if bias is not None else torch.zeros_like(scale)
-    return _ops().apply(x, mean, scale, shift, c, 1, a)
+    return _ops().apply_affine(x, mean, scale, shift, c, 1, a)
 
 
 # ------------------------------------------------------------------------------------------- fused training
@@ -189,7 +189,7 @@ def batch_norm_train(
         C = x.shape[c]
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
-        y, mean, var, _, _ = _ops().batch_norm_train(x, w, b, eps, c, groups, a)
+        y, mean, var, _, _ = _ops().train(x, w, b, eps, c, groups, a)
     if groups == 1:
         mean, var = mean.reshape(-1), var.reshape(-1)
     return y, _stats.Moments(mean, var, count)
@@ -389,7 +389,7 @@ def _variant_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
         m = mask.expand(x.shape[:c] + (1,) + x.shape[c + 1:]).contiguous() if mask is not None else None
-        y, mean, var, count, _ = _ops().batch_norm_train(
+        y, mean, var, count, _ = _ops().train(
             x, w, b, eps, c, groups, act, m, table.to(x.dtype) if renorm is not None else None)
     else:
         if groups != 1:
