@@ -1,12 +1,14 @@
 """Timing that survives a shared machine: interleaved repetitions, medians, ratios from the same run.
 
-Every candidate of one case runs once per round, in turn, for ``reps`` rounds (after warm-up rounds), so a burst
-of load from another process hits all candidates alike; ratios are taken between medians of the same rounds.
+Every candidate of one case runs once per round, in a shuffled order, for ``reps`` rounds (after warm-up rounds), so
+a burst of load from another process hits all candidates alike and no candidate always follows the same one (a slow
+candidate evicts the caches of whichever runs next); ratios are taken between medians of the same rounds.
 """
 
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -35,11 +37,16 @@ def interleaved(candidates: dict[str, Callable[[], object]], *, reps: int, warmu
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
+    names = list(candidates)
+    order = random.Random(0)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed call would be charged to whichever candidate ran
     try:
         for _ in range(reps):
-            for name, fn in candidates.items():
+            # a new order each round: what the previous candidate left in the caches is not always the same
+            order.shuffle(names)
+            for name in names:
+                fn = candidates[name]
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)

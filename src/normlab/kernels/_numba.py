@@ -93,10 +93,11 @@ def _chunk_moments_masked(r, msk):
     arithmetic (a padded NaN times 0 would still be NaN).
     """
     T = r.dtype.type
-    tot, k = T(0), 0
+    tot, kt = T(0), T(0)
     for j in range(r.shape[0]):
         tot += r[j] if msk[j] else T(0)
-        k += 1 if msk[j] else 0
+        kt += T(1) if msk[j] else T(0)  # counted in the dtype (exact below 2^24), so the loop stays one vector type
+    k = int(kt)
     if k == 0:
         return 0.0, 0.0, 0.0
     m = T(tot / T(k))
@@ -144,11 +145,13 @@ def ncs_moments(x, mask, groups, mean, var, count):
 @njit(**_INLINE)
 def _apply_row(r, o, msk, has_mask, mh, a, b, act):
     """o = act((r - mh) * a + b), 0 where the mask is 0; all in r's dtype."""
-    if has_mask:
+    if has_mask and act == RELU:
         for j in range(r.shape[0]):
             v = (r[j] - mh) * a + b
-            if act == RELU and v < 0:
-                v = 0
+            o[j] = v if (msk[j] and v > 0) else 0
+    elif has_mask:
+        for j in range(r.shape[0]):
+            v = (r[j] - mh) * a + b
             o[j] = v if msk[j] else 0
     elif act == RELU:
         for j in range(r.shape[0]):
@@ -340,9 +343,12 @@ def _mc_blocks(M, C, groups):
 def mc_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays.
 
-    Each block of rows gets per-channel two-pass moments in the dtype (vectorized across channels, the block in
-    L1/L2), corrected as in :func:`_chunk_moments`; blocks are merged in float64. Scratch memory is allocated
-    before the parallel region (allocation inside it serializes the threads).
+    One pass per block of rows (vectorized across channels), in the dtype, on data shifted by the block's first
+    valid row K: ``s1 = sum(x - K)``, ``s2 = sum((x - K)^2)``, so the block's mean is ``K + s1/n`` and its M2
+    ``s2 - s1^2/n`` (computed in float64). Shifting by a value from the data keeps the cancellation to the
+    spread of the block itself (Chan, Golub & LeVeque 1983), not the mean: mean 1e4 / std 1 stays exact to float32
+    rounding. (The two-pass form of the (N, C, S) kernels costs three times a sum here, where a block's rows are
+    not contiguous per channel.) Blocks are merged in float64 with Chan's formula.
     """
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
@@ -351,36 +357,29 @@ def mc_moments(x, mask, groups, mean, var, count):
     p_cnt = np.zeros(B)
     p_mean = np.zeros((B, C))
     p_m2 = np.zeros((B, C))
-    scratch = np.zeros((B, 3, C), dtype=x.dtype)
+    scratch = np.zeros((B, 3, C), dtype=x.dtype)  # allocated outside the parallel region (NRT allocation serializes)
     for i in prange(B):
         r0, r1 = blocks[i, 0], blocks[i, 1]
-        tot, e, q = scratch[i, 0], scratch[i, 1], scratch[i, 2]
+        shift, s1, s2 = scratch[i, 0], scratch[i, 1], scratch[i, 2]
         k = 0
         for r in range(r0, r1):
             if has_mask and not mask[r]:
                 continue
-            k += 1
             row = x[r]
+            if k == 0:
+                shift[:] = row
+            k += 1
             for c in range(C):
-                tot[c] += row[c]
+                d = row[c] - shift[c]
+                s1[c] += d
+                s2[c] += d * d
         p_cnt[i] = k
         if k == 0:
             continue
-        inv_k = x.dtype.type(1.0 / k)
         for c in range(C):
-            tot[c] = x.dtype.type(tot[c] * inv_k)  # the block mean, in the dtype
-        for r in range(r0, r1):
-            if has_mask and not mask[r]:
-                continue
-            row = x[r]
-            for c in range(C):
-                d = row[c] - tot[c]
-                e[c] += d
-                q[c] += d * d
-        for c in range(C):
-            ef = np.float64(e[c])
-            p_mean[i, c] = np.float64(tot[c]) + ef / k
-            p_m2[i, c] = np.float64(q[c]) - ef * ef / k
+            a = np.float64(s1[c])
+            p_mean[i, c] = np.float64(shift[c]) + a / k
+            p_m2[i, c] = max(np.float64(s2[c]) - a * a / k, 0.0)
     for gc in range(groups * C):  # serial: a few thousand merges; a second parallel region costs more
         g, c = gc // C, gc % C
         cnt, mu, m2 = 0.0, 0.0, 0.0
