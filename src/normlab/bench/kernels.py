@@ -126,8 +126,10 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
             return fwd
         return lambda: torch.autograd.grad(forward(), params, dy)
 
-    def normlab_with(setting: str, cache: bool = True) -> Callable[[], torch.Tensor]:
+    def normlab_with(setting: str | None, cache: bool = True) -> Callable[[], torch.Tensor]:
         rm, rv = buffers["nl"]
+        if setting is None:  # what users get: the default setting, nothing around the call (as torch's)
+            return lambda: F.batch_norm(xg, rm, rv, w, b, training=True)
 
         def call():
             with kernels.backend(setting), _buffer_cache(cache):
@@ -135,7 +137,7 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
         return call
 
     out = {
-        "normlab": run(normlab_with("auto")),
+        "normlab": run(normlab_with(None)),
         "normlab-fast": run(normlab_with("fast")),
         "normlab-native": run(normlab_with("native")),
         "fast-nocache": run(normlab_with("fast", cache=False)),
@@ -232,7 +234,7 @@ def environment() -> dict:
         "torch": torch.__version__, "numba": numba.__version__, "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
-        "loadavg_at_start": load, "kernels_auto_min_numel": kernels.AUTO_MIN_NUMEL,
+        "loadavg_at_start": load, "kernels_auto_min_numel": kernels.AUTO_MIN_NUMEL, "backend": kernels.get_backend(),
     }
 
 
@@ -244,9 +246,24 @@ def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] 
         json.dump(data, fh, indent=1)
 
 
+def _with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
+    state_dict keys)."""
+    from ..nn import BatchNorm
+
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, BatchNorm) and child.axis == 1:
+                new = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(module, child_name, new)
+    return model
+
+
 def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:
-    """End to end: one SGD step (forward, loss, backward, update) of the lab's ``cnn`` model with BN, on the
-    dispatched path (``auto``) and on torch operators only (``native``), interleaved; medians in ms."""
+    """End to end: one SGD step (forward, loss, backward, update) of the lab's ``cnn`` model with normlab's BN
+    as dispatched (``auto``), with normlab forced onto torch operators (``native``), and with
+    ``torch.nn.BatchNorm2d`` in its place (``torch``), interleaved; medians in ms."""
     from ..lab.models import build_model
 
     out = []
@@ -255,12 +272,14 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
         x = torch.randn((bs,) + tuple(image))
         target = torch.randint(0, 10, (bs,))
         steps = {}
-        for setting in ("auto", "native"):
+        for setting in ("auto", "native", "torch"):
             model = build_model("cnn", image, 10, norm="bn", channels=tuple(channels))
+            if setting == "torch":
+                model = _with_torch_batchnorm(model)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
             def step(model=model, opt=opt, setting=setting):
-                with kernels.backend(setting):
+                with kernels.backend("auto" if setting == "torch" else setting):
                     opt.zero_grad(set_to_none=True)
                     torch.nn.functional.cross_entropy(model(x), target).backward()
                     opt.step()
@@ -268,13 +287,16 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
         t = interleaved(steps, reps=reps, warmup=2)
         bn_values = bs * channels[0] * image[1] * image[2]
         out.append({"batch_size": bs, "first_bn_values": bn_values, "auto_ms": t["auto"].median * 1e3,
-                    "native_ms": t["native"].median * 1e3, "speedup": t["native"].median / t["auto"].median})
+                    "native_ms": t["native"].median * 1e3, "torch_ms": t["torch"].median * 1e3,
+                    "speedup": t["torch"].median / t["auto"].median})
     return out
 
 
 def format_train_steps(rows: list[dict]) -> str:
-    lines = ["lab cnn training step (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), medians in ms:",
-             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'speed-up':>10}"]
+    lines = ["lab cnn training step (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), medians in ms;",
+             "'speed-up' = torch.nn.BatchNorm2d model / normlab model (auto):",
+             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'torch BN':>10}{'speed-up':>10}"]
     for r in rows:
-        lines.append(f"{r['batch_size']:>7}{r['first_bn_values']:>15}{r['auto_ms']:>10.2f}{r['native_ms']:>10.2f}{r['speedup']:>10.2f}")
+        lines.append(f"{r['batch_size']:>7}{r['first_bn_values']:>15}{r['auto_ms']:>10.2f}{r['native_ms']:>10.2f}"
+                     f"{r['torch_ms']:>10.2f}{r['speedup']:>10.2f}")
     return "\n".join(lines)

@@ -87,7 +87,7 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
     optional position mask (size 1 along the channel axis). Other reductions take the native path.
     """
     where = _channel_of(x.ndim, tuple(dims)) if x.ndim >= 2 else None
-    if where is None or not use_fast(x):
+    if where is None or not use_fast(x, where[0]):
         return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
     c, grouped = where
     if mask is not None:
@@ -134,7 +134,7 @@ def normalize(
     gradients reach ``x``, ``mean``, ``var``, ``weight`` and ``bias``.
     """
     a = _act(act, "normlab.kernels.normalize")
-    if not use_fast(x) or mean.dtype != x.dtype:
+    if not use_fast(x, axis % x.ndim if x.ndim else None) or mean.dtype != x.dtype:
         if (
             _torch_kernel_ok(x) and mean.dtype == x.dtype and var.dtype == x.dtype
             and not (torch.is_grad_enabled() and (mean.requires_grad or var.requires_grad))
@@ -183,7 +183,7 @@ def batch_norm_train(
     if mask is not None or renorm is not None:
         return _variant_train(x, weight, bias, eps, c, groups, a, mask, renorm, name)
     count = x.numel() // (x.shape[c] * groups)
-    if not use_fast(x):
+    if not use_fast(x, c):
         y, mean, var = _native_train(x, weight, bias, eps, c, groups, a)
     else:
         C = x.shape[c]
@@ -283,7 +283,9 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
         shift = bool(np.abs(np.multiply(mean_np, invstd_np, out=work), out=work).max() > SHIFT_RATIO)
     else:
         y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
-        shift = float(torch.linalg.vector_norm(mean1 * invstd1, _INF)) > SHIFT_RATIO
+        # the statistics outputs carry no gradient, so NumPy can read them (two NumPy calls, no torch operator)
+        m_np, i_np = mean1.detach().numpy(), invstd1.detach().numpy()
+        shift = bool(np.abs(m_np * i_np).max() > SHIFT_RATIO)
     if shift:
         k = mean1  # the operator's statistics are outputs without gradient (nothing to detach)
         shape = [1] * xm.ndim
@@ -385,7 +387,7 @@ def _variant_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act
         limits = torch.tensor([float(r_max), float(d_max)], dtype=torch.float64)
         table = torch.cat([ref_mean.detach().double().reshape(1, C), ref_std.detach().double().reshape(1, C),
                            limits.reshape(2, 1).expand(2, C)])
-    if use_fast(x):
+    if use_fast(x, c):
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
         m = mask.expand(x.shape[:c] + (1,) + x.shape[c + 1:]).contiguous() if mask is not None else None

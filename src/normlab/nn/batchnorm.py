@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 
 __all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -196,7 +196,7 @@ class BatchNormBase(nn.Module):
     def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
         """Batch statistics of ``x`` over ``dims``: local, or pooled over every process of ``process_group`` when
         the layer is synchronized (:func:`normlab.nn.sync.convert_sync_batchnorm`). Differentiable either way."""
-        return self._pool(_stats.moments(x, dims, mask=mask))
+        return self._pool(kernels.moments(x, dims, mask=mask))
 
     def _pool(self, stats: _stats.Moments) -> _stats.Moments:
         """``stats`` pooled exactly over every process of ``process_group`` when the layer is synchronized, else
@@ -235,11 +235,11 @@ class BatchNormBase(nn.Module):
                 self.num_batches_tracked if update else None, self.layer_name,
             )
         if not self.uses_batch_stats():
-            return _stats.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         if self.updates_running_stats():
             self.update_running(stats)
-        return _stats.normalize(x, stats.mean, stats.var, self.weight, self.bias, self.eps, axis=axis)
+        return kernels.normalize(x, stats.mean, stats.var, self.weight, self.bias, self.eps, axis=axis)
 
 class BatchNorm(BatchNormBase):
     """BatchNorm over any rank: the channel axis is ``axis`` (``1`` as torch, ``-1`` for channels-last and
