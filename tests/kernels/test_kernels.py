@@ -345,6 +345,11 @@ def test_masked_large_mean_is_exact_centred(layout):
 
 def test_variant_arguments_are_checked():
     x = torch.randn(4, 3, 5)
+    with kernels.backend("fast"):  # the kernels index per channel without bounds checks: lengths are checked first
+        with pytest.raises(ValueError, match=r"batch_norm_train: expected weight of shape \(3,\), got \(2,\)"):
+            kernels.batch_norm_train(x, torch.ones(2), None, 1e-5)
+        with pytest.raises(ValueError, match=r"expected renorm's reference std of shape \(3,\), got \(4,\)"):
+            kernels.batch_norm_train(x, None, None, 1e-5, renorm=(torch.zeros(3), torch.ones(4), 3.0, 5.0))
     with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel axis 1"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 3, 5, dtype=torch.bool))
     with kernels.backend("native"), pytest.raises(ValueError, match=r"virtual batches \(groups=2\) with a mask or renorm"):

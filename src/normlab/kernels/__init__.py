@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _stats
+from .. import _stats, _validate
 from ._pool import cache_info, empty_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
@@ -180,6 +180,12 @@ def batch_norm_train(
     a = _act(act, name)
     _check_groups(x, groups, name)
     c = _stats.channel_axis(x.ndim, axis)
+    # the kernels index these per channel without bounds checks: a wrong length must not reach them
+    _validate.check_vector(weight, name, "weight", x.shape[c])
+    _validate.check_vector(bias, name, "bias", x.shape[c])
+    if renorm is not None:
+        _validate.check_vector(renorm[0], name, "renorm's reference mean", x.shape[c])
+        _validate.check_vector(renorm[1], name, "renorm's reference std", x.shape[c])
     if mask is not None or renorm is not None:
         return _variant_train(x, weight, bias, eps, c, groups, a, mask, renorm, name)
     count = x.numel() // (x.shape[c] * groups)
@@ -231,6 +237,14 @@ def _channel_back(y: Tensor, x: Tensor, c: int) -> Tensor:
 _scratch = threading.local()
 
 
+def _exceeds(mean: np.ndarray, invstd: np.ndarray, work: np.ndarray | None) -> bool:
+    """max |mean * invstd| > SHIFT_RATIO: one numba call (~1 us) when the kernels are installed, else NumPy."""
+    if numba_available():
+        return bool(_ops()._k().exceeds_ratio(mean, invstd, SHIFT_RATIO))
+    prod = np.multiply(mean, invstd, out=work)
+    return bool(np.abs(prod, out=prod).max() > SHIFT_RATIO)
+
+
 def _stat_vectors(C: int, dtype: torch.dtype) -> tuple:
     """This thread's reusable (mean, invstd) tensors of C values on NumPy arrays, plus a NumPy work vector (only
     for calls without autograd, which keeps no reference to them)."""
@@ -280,12 +294,12 @@ def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | N
         mean1, invstd1, mean_np, invstd_np, work = _stat_vectors(C, x.dtype)
         y = torch.empty_like(xm)
         torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps, out=(y, mean1, invstd1))
-        shift = bool(np.abs(np.multiply(mean_np, invstd_np, out=work), out=work).max() > SHIFT_RATIO)
+        shift = _exceeds(mean_np, invstd_np, work)
     else:
         y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
         # the statistics outputs carry no gradient, so NumPy can read them (two NumPy calls, no torch operator)
         m_np, i_np = mean1.detach().numpy(), invstd1.detach().numpy()
-        shift = bool(np.abs(m_np * i_np).max() > SHIFT_RATIO)
+        shift = _exceeds(m_np, i_np, None)
     if shift:
         k = mean1  # the operator's statistics are outputs without gradient (nothing to detach)
         shape = [1] * xm.ndim

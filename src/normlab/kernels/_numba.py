@@ -489,3 +489,12 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_
             else:
                 for c in range(C):
                     out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mh[c]) + k3[c]
+
+
+@njit(cache=True)
+def exceeds_ratio(mean, invstd, ratio):
+    """Whether |mean * invstd| > ratio for some channel (one call: the small path's accuracy check)."""
+    for c in range(mean.shape[0]):
+        if abs(mean[c] * invstd[c]) > ratio:
+            return True
+    return False

@@ -221,6 +221,9 @@ def _train_impl(
     mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
     rd = np.empty((2, groups, p.c))
     w, b = _vec(weight), _vec(bias)
+    if w.shape[0] != p.c or b.shape[0] != p.c:  # the kernels read them per channel, unchecked
+        raise ValueError(f"normlab::batch_norm_train: expected weight and bias of {p.c} values (the channels), "
+                         f"got {w.shape[0]} and {b.shape[0]}")
     ren = _gc(renorm, 4, p.c) if renorm is not None else np.empty((0, 0))
     if p.kind == _layout.NCS:
         _k().ncs_train_forward(xv, m, groups, w, b, eps, ren, act, yv, mean, var, count, rd)
