@@ -132,10 +132,12 @@ class Context:
         label = "-".join(str(unit[k]) for k in ("arm", "seed") if k in unit).replace("/", "_").replace(":", "_")
         return self.run_dir / f"{label or 'unit'}-{digest}.json", text
 
-    def map(self, fn: Callable[[dict], dict], units: Sequence[Mapping[str, Any]]) -> list[dict]:
+    def map(self, fn: Callable[[dict], dict], units: Sequence[Mapping[str, Any]], *, alone: bool = False) -> list[dict]:
         """Run ``fn(unit)`` for every unit (a JSON-able dict), reusing stored results; returns results in order.
 
         ``fn`` must be a module-level function returning a JSON-able dict (it may run in another process).
+        ``alone=True`` runs the units one after another in this process (still one torch thread each): for units
+        that *measure time*, where a neighbour unit on the other core would add its own noise to the figure.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         results: list[dict | None] = [None] * len(units)
@@ -154,7 +156,7 @@ class Context:
             todo.append((i, dict(unit), path, key))
         if todo:
             self.log(f"  {self.claim.id}: {len(todo)} unit(s) to run, {len(units) - len(todo)} reused")
-        if self.pool is not None and len(todo) > 1:
+        if self.pool is not None and len(todo) > 1 and not alone:
             futures = [(i, path, key, self.pool.submit(_run_unit, fn, unit)) for i, unit, path, key in todo]
             for i, path, key, fut in futures:
                 results[i] = self._store(path, key, fut.result())

@@ -2,8 +2,8 @@
 
 A small CNN (conv-BN-ReLU x 3, pooling, linear) in eval mode, three ways: with BN, with BN folded into the convs
 (``normlab.tools.fold_batchnorm``), and the same convs without any BN. CPU latency, one thread, measured
-interleaved (variant order rotated every round) so that machine load affects the three alike; per seed (a
-different random model) the median over rounds.
+interleaved (variant order rotated every round) so that machine load affects the three alike, one unit at a time
+(no other unit of the run on the other core); per seed (a different random model) the median over rounds.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run(ctx: Context) -> Outcome:
     if why:
         out.not_run["folded"] = why
         arms.remove("folded")
-    res = ctx.map(_unit, [{"seed": s, "arms": arms, **cfg} for s in ctx.seeds])
+    res = ctx.map(_unit, [{"seed": s, "arms": arms, **cfg} for s in ctx.seeds], alone=True)  # latency: no neighbour
     for b in cfg["batch_sizes"]:
         for r in res:
             for a in arms:
