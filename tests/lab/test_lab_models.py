@@ -204,3 +204,110 @@ def test_family_specs_build_and_train_one_step(spec, name):
     loss = torch.nn.functional.cross_entropy(net(x), torch.arange(16) % 10)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------------------------------ BN-LSTM, h_0 noise
+def _bn_lstm_reference(cell, x, h0):
+    """Independent float64 BN-LSTM (Cooijmans et al., Eqs. 6-8) with per-step batch statistics (biased variance):
+    gate terms normalized separately with gammas from the cell and beta 0, cell state with gamma_c and beta_c."""
+    eps, H = cell.norm_x.eps, cell.hidden
+
+    def bn(z, gamma, beta=0.0):
+        return gamma * (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps) + beta
+
+    h, c = h0, torch.zeros_like(h0)
+    for t in range(x.shape[1]):
+        z = (bn(h @ cell.w_h.weight.T, cell.norm_h.weight) + bn(x[:, t] @ cell.w_x.weight.T, cell.norm_x.weight)
+             + cell.bias)
+        f, i, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(bn(c, cell.norm_c.weight, cell.norm_c.bias))
+    return h @ cell.head.weight.T + cell.head.bias
+
+
+def test_rnn_lstm_cell_is_cooijmans_bn_lstm():
+    from normlab.nn import TimeStepBatchNorm
+
+    torch.manual_seed(2)
+    net = models.rnn((4, 3), 5, hidden=6, norm="bn", cell="lstm", init_noise=0.1).double()
+    cell = net[1]
+    assert cell.w_h.out_features == cell.w_x.out_features == 24 and cell.bias.shape == (24,)
+    assert torch.equal(cell.bias[:6], torch.ones(6).double()) and not cell.bias[6:].any()  # forget gate starts at 1
+    for layer, width in ((cell.norm_x, 24), (cell.norm_h, 24), (cell.norm_c, 6)):
+        assert type(layer) is TimeStepBatchNorm and layer.max_steps == 4 and layer.num_features == width
+        assert torch.equal(layer.weight, torch.full((width,), 0.1).double())
+    assert cell.norm_x.bias is None and cell.norm_h.bias is None  # beta_x = beta_h = 0: b is the shift
+    with torch.no_grad():
+        cell.norm_c.bias.uniform_(-0.5, 0.5)  # beta_c is learned and must reach the output
+    x = torch.randn(16, 4, 3, dtype=torch.float64) * torch.arange(1, 5).view(1, 4, 1)
+    net.train()
+    torch.manual_seed(7)
+    out = net(x)
+    torch.manual_seed(7)
+    h0 = torch.randn(16, 6, dtype=torch.float64) * 0.1  # the model draws h_0 first, with randn_like
+    with torch.no_grad():
+        torch.testing.assert_close(out, _bn_lstm_reference(cell, x, h0))
+    assert cell.norm_c.num_batches_tracked.tolist() == [1] * 4
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "none"])
+def test_rnn_init_noise_randomizes_h0_in_training_and_eval(norm):
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 5, 5)
+    quiet = models.rnn((1, 5, 5), 3, hidden=4, norm=norm, cell="lstm").eval()
+    noisy = models.rnn((1, 5, 5), 3, hidden=4, norm=norm, cell="lstm", init_noise=0.1).eval()
+    noisy.load_state_dict(quiet.state_dict())
+    with torch.no_grad():
+        assert torch.equal(quiet(x), quiet(x))  # h_0 = 0: deterministic
+        assert not torch.equal(noisy(x), noisy(x))  # h_0 drawn afresh in eval mode too
+        assert not torch.allclose(noisy(x), quiet(x))
+
+
+def test_rnn_init_noise_gives_the_first_recurrent_step_batch_variance():
+    # The failure it fixes (Cooijmans et al., Sec. 5.1): h_0 = 0 makes W_h h_0 constant over the batch, a zero
+    # variance that BN divides by sqrt(eps); at inference any lag of the running mean is then amplified 316-fold.
+    torch.manual_seed(3)
+    x = torch.rand(32, 1, 6, 6)
+    for noise, zero in ((0.0, True), (0.1, False)):
+        net = models.rnn((1, 6, 6), 3, hidden=4, norm="bn", cell="lstm", init_noise=noise, norm_kw={"momentum": 1.0})
+        net.train()
+        net(x)
+        var0 = net[1].norm_h.running_var[0]  # momentum 1: the unbiased batch variance of step 0
+        assert bool((var0 == 0).all()) is zero and bool((var0 > 0).all()) is not zero
+
+
+def test_rnn_rejects_bad_cell_and_init_noise():
+    with pytest.raises(ValueError, match=r"rnn: cell='gru' is not allowed; expected one of \['tanh', 'lstm'\]"):
+        models.rnn((5, 3), 4, cell="gru")
+    with pytest.raises(ValueError, match=r"rnn: expected init_noise as a finite number >= 0, got -0.1"):
+        models.rnn((5, 3), 4, init_noise=-0.1)
+
+
+def test_recurrent_claim_runs_cooijmans_bn_lstm_with_h0_noise_in_every_arm():
+    from normlab.lab.claims import recurrent
+
+    for arm in recurrent.ARMS:
+        cell = recurrent._build(arm, 4)[1]
+        assert cell.cell == "lstm" and cell.init_noise == 0.1, arm
+    assert "LSTM" in recurrent.CLAIM.measures and "0.1^2" in recurrent.CLAIM.measures
+
+
+def test_recurrent_claim_population_statistics_average_the_minibatch_estimates_per_step():
+    # Cooijmans et al., Sec. 3: inference uses the mini-batch estimates averaged over the training set.
+    from normlab.lab.claims.recurrent import population_statistics
+
+    torch.manual_seed(4)
+    net = models.rnn((3, 2), 4, hidden=5, norm="bn").double()
+    x = torch.randn(40, 3, 2, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1) + 0.5
+    net(x[:8])  # some moving averages to be replaced
+    net.eval()
+    population_statistics(net, x, 16)  # batches x[0:16], x[16:32]; the last 8 examples are not a whole batch
+    cell = net[1]
+    assert not net.training and not cell.norm_x.training and cell.norm_x.momentum == 0.1
+    with torch.no_grad():
+        for t in range(3):
+            pre = [x[i:i + 16, t] @ cell.w_x.weight.T for i in (0, 16)]
+            torch.testing.assert_close(cell.norm_x.running_mean[t], (pre[0].mean(0) + pre[1].mean(0)) / 2)
+            torch.testing.assert_close(cell.norm_x.running_var[t], (pre[0].var(0) + pre[1].var(0)) / 2)
+    with pytest.raises(ValueError, match="population_statistics: expected at least one batch of 64, got 40"):
+        population_statistics(net, x, 64)

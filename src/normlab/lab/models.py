@@ -263,28 +263,49 @@ RECURRENT_BN = ("bn", "tbn")
 
 
 class _NormRNN(nn.Module):
-    """Recurrent BN (Cooijmans et al. 2016, arXiv:1603.09025) on a tanh cell, statistics separate per time step t:
+    """Recurrent BN (Cooijmans et al. 2016, arXiv:1603.09025) on a tanh or LSTM cell, statistics separate per time
+    step t. ``cell="tanh"``:
 
         h_t = tanh( BN_t(W_h h_{t-1}; gamma_h) + BN_t(W_x x_t; gamma_x) + b )
 
+    ``cell="lstm"`` is the paper's BN-LSTM (its Eqs. 6-8), gates in the order (f, i, o, g):
+
+        (f, i, o, g) = BN_t(W_h h_{t-1}; gamma_h) + BN_t(W_x x_t; gamma_x) + b
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh( BN_t(c_t; gamma_c, beta_c) )
+
+    with the forget-gate part of b starting at 1 (the authors' sequential-MNIST code does so for the BN-LSTM and
+    the baseline alike).
+
     With ``norm="bn"`` or ``"tbn"`` each term has one :class:`~normlab.nn.TimeStepBatchNorm`: its own batch and
     running statistics per step t < T_max (steps beyond reuse the last step's running statistics at inference), one
-    gamma shared by all steps and initialized to 0.1, and no beta (the paper sets beta_h = beta_x = 0 because the
-    cell's b already is a shift). ``norm_kw`` reaches the layer, e.g. ``gamma_init=1.0`` or ``momentum``.
+    gamma shared by all steps and initialized to 0.1, and no beta on the two gate terms (the paper sets beta_h =
+    beta_x = 0 because the cell's b already is a shift); the cell-state BN keeps its beta_c. ``norm_kw`` reaches
+    the layers, e.g. ``gamma_init=1.0`` or ``momentum``.
 
-    Any other spec builds one make_norm layer per time step and term (``norm_x[t]``, ``norm_h[t]``; steps beyond
-    ``max_steps`` reuse the last), so batch statistics are never pooled over time either. The classifier reads the
-    last hidden state.
+    Any other spec builds one make_norm layer per time step and term (``norm_x[t]``, ``norm_h[t]``, ``norm_c[t]``;
+    steps beyond ``max_steps`` reuse the last), so batch statistics are never pooled over time either.
+
+    ``init_noise`` > 0 draws the initial hidden state h_0 from N(0, init_noise^2), in training and at inference:
+    the paper's remedy on sequential MNIST, where a zero h_0 and the black top rows make the recurrent term
+    constant over the batch for the first steps; BN then divides a zero variance by sqrt(eps) (Sec. 5.1), and at
+    inference the running mean's lag behind the weights is amplified by 1/sqrt(eps). h_0 = 0 when 0. The
+    classifier reads the last hidden state.
     """
 
     def __init__(
-        self, features: int, hidden: int, num_classes: int, max_steps: int, norm: str, norm_kw: dict, dropout: float
+        self, features: int, hidden: int, num_classes: int, max_steps: int, norm: str, norm_kw: dict, dropout: float,
+        cell: str = "tanh", init_noise: float = 0.0,
     ) -> None:
         super().__init__()
-        self.hidden = hidden
-        self.w_x = nn.Linear(features, hidden, bias=False)
-        self.w_h = nn.Linear(hidden, hidden, bias=False)
-        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.hidden, self.cell, self.init_noise = hidden, cell, float(init_noise)
+        gates = 4 * hidden if cell == "lstm" else hidden
+        self.w_x = nn.Linear(features, gates, bias=False)
+        self.w_h = nn.Linear(hidden, gates, bias=False)
+        self.bias = nn.Parameter(torch.zeros(gates))
+        if cell == "lstm":
+            with torch.no_grad():
+                self.bias[:hidden] = 1.0  # forget gate
         name, sep, rest = norm.strip().lower().partition(":")
         self.recurrent_bn = name in RECURRENT_BN
         if self.recurrent_bn:
@@ -293,14 +314,17 @@ class _NormRNN(nn.Module):
             # "bn" and "tbn" mean T_max = the sequence length; "tbn:<int>" sets it.
             spec = "tbn" + (":" + rest if sep else "")
             kw = dict(norm_kw) if sep else {"max_steps": max_steps, **norm_kw}
-            self.norm_x = norm_layer(spec, hidden, **kw)
-            self.norm_h = norm_layer(spec, hidden, **kw)
+            self.norm_x = norm_layer(spec, gates, **kw)
+            self.norm_h = norm_layer(spec, gates, **kw)
             for layer in (self.norm_x, self.norm_h):
                 if getattr(layer, "bias", None) is not None:
                     layer.bias = None  # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
+            self.norm_c = norm_layer(spec, hidden, **kw) if cell == "lstm" else None
         else:
-            self.norm_x = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
-            self.norm_h = nn.ModuleList(norm_layer(norm, hidden, **norm_kw) for _ in range(max_steps))
+            def per_step(width):
+                return nn.ModuleList(norm_layer(norm, width, **norm_kw) for _ in range(max_steps))
+            self.norm_x, self.norm_h = per_step(gates), per_step(gates)
+            self.norm_c = per_step(hidden) if cell == "lstm" else None
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(hidden, num_classes)
         nn.init.orthogonal_(self.w_h.weight)
@@ -315,8 +339,17 @@ class _NormRNN(nn.Module):
         n, steps = x.shape[0], x.shape[1]
         xs = self.w_x(x)
         h = x.new_zeros(n, self.hidden)
+        if self.init_noise > 0:
+            h = torch.randn_like(h) * self.init_noise
+        c = x.new_zeros(n, self.hidden)
         for t in range(steps):
-            h = torch.tanh(self._norm(self.norm_h, self.w_h(h), t) + self._norm(self.norm_x, xs[:, t], t) + self.bias)
+            z = self._norm(self.norm_h, self.w_h(h), t) + self._norm(self.norm_x, xs[:, t], t) + self.bias
+            if self.cell == "lstm":
+                f, i, o, g = z.chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(self._norm(self.norm_c, c, t))
+            else:
+                h = torch.tanh(z)
         return self.head(self.drop(h))
 
 
@@ -326,6 +359,8 @@ def rnn(
     *,
     norm: str = "bn",
     hidden: int = 64,
+    cell: str = "tanh",
+    init_noise: float = 0.0,
     init: str = "default",
     init_scale: float = 1.0,
     dropout: float = 0.0,
@@ -337,8 +372,13 @@ def rnn(
     ``norm="bn"`` (the default) is recurrent BN as in the literature, i.e. the same as ``"tbn"``: one
     :class:`~normlab.nn.TimeStepBatchNorm` per term with statistics per time step up to T_max = the sequence
     length, gamma 0.1, beta 0 (``"tbn:<int>"`` sets T_max; ``norm_kw={"gamma_init": 1.0}`` gives gamma 1). Other
-    specs ("ln", "gn:4", "none", ...) build one layer per time step; see ``_NormRNN``."""
+    specs ("ln", "gn:4", "none", ...) build one layer per time step. ``cell``: ``"tanh"`` or ``"lstm"`` (the
+    BN-LSTM of Cooijmans et al.); ``init_noise``: standard deviation of a random initial hidden state (the paper
+    uses 0.1 on sequential MNIST). See ``_NormRNN``."""
     _check_common("rnn", init, init_scale, dropout, "after")
+    _check_choice("rnn", "cell", cell, ("tanh", "lstm"))
+    if not (isinstance(init_noise, (int, float)) and math.isfinite(init_noise) and init_noise >= 0):
+        raise ValueError(f"rnn: expected init_noise as a finite number >= 0, got {init_noise!r}")
     if len(input_shape) == 3:
         steps, features = input_shape[1], input_shape[0] * input_shape[2]
         pre: nn.Module = _RowsAsSequence()
@@ -347,9 +387,9 @@ def rnn(
         pre = nn.Identity()
     else:
         raise ValueError(f"rnn: expected input_shape (T, F) or (C, H, W), got {tuple(input_shape)}")
-    cell = _NormRNN(features, hidden, num_classes, steps, norm, norm_kw or {}, dropout)
-    init_weights(cell, init, init_scale)
-    return nn.Sequential(pre, cell)
+    net = _NormRNN(features, hidden, num_classes, steps, norm, norm_kw or {}, dropout, cell, init_noise)
+    init_weights(net, init, init_scale)
+    return nn.Sequential(pre, net)
 
 
 class _RowsAsSequence(nn.Module):
