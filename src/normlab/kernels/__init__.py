@@ -392,10 +392,11 @@ def _variant_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act
     """batch_norm_train with a position mask and/or batch renormalization: the fused kernel, or _stats' steps."""
     C = x.shape[c]
     if mask is not None:
-        if mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1:
+        if (mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1
+                or any(m not in (1, n) for m, n in zip(mask.shape, x.shape))):
             raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
-                             f"got {mask.dtype} of shape {tuple(mask.shape)}")
-        torch.broadcast_shapes(mask.shape, x.shape)
+                             f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
+                             f"{tuple(mask.shape)}")
     if renorm is not None:
         ref_mean, ref_std, r_max, d_max = renorm
         limits = torch.tensor([float(r_max), float(d_max)], dtype=torch.float64)
