@@ -125,10 +125,10 @@ def _batch_norm(
     factor = momentum_factor(momentum, batches, name)
     if (
         running_var_unbiased and running_mean.dtype == input.dtype and running_var.dtype == input.dtype
-        and kernels._torch_kernel_ok(input) and not kernels.use_fast(input, c)
+        and kernels.native.torch_kernel_ok(input) and not kernels.use_fast(input, c)
     ):
         # torch's fused operator updates the running buffers itself (unbiased variance, torch's momentum)
-        out = kernels._torch_train(input, weight, bias, eps, c, (running_mean, running_var, factor))[0]
+        out = kernels.native.torch_train(input, weight, bias, eps, c, (running_mean, running_var, factor))[0]
     else:
         out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
         _stats.update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)

@@ -352,5 +352,7 @@ def test_variant_arguments_are_checked():
             kernels.batch_norm_train(x, None, None, 1e-5, renorm=(torch.zeros(3), torch.ones(4), 3.0, 5.0))
     with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel axis 1"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"broadcastable to the input's shape \(4, 3, 5\), got torch.bool of shape \(4, 1, 3\)"):
+        kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 1, 3, dtype=torch.bool))
     with kernels.backend("native"), pytest.raises(ValueError, match=r"virtual batches \(groups=2\) with a mask or renorm"):
         kernels.batch_norm_train(x, None, None, 1e-5, groups=2, mask=torch.ones(4, 1, 5, dtype=torch.bool))

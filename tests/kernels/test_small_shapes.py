@@ -117,8 +117,8 @@ GRADCHECK_LAYOUTS = [((12, 4), 1, False), ((4, 3, 3, 2), 1, False), ((4, 3, 3, 2
 @pytest.mark.parametrize("shape,axis,cl", GRADCHECK_LAYOUTS)
 def test_gradcheck_of_the_shifted_branch(monkeypatch, shape, axis, cl):
     """Shift invariance: BN(x - k) with k detached has BN(x)'s gradient. Forced on in float64 for gradcheck."""
-    monkeypatch.setattr(kernels, "_SHIFT_DTYPES", (torch.float32, torch.float64))
-    monkeypatch.setattr(kernels, "SHIFT_RATIO", -1.0)  # every call takes the redo on x - mean
+    monkeypatch.setattr(kernels.native, "_SHIFT_DTYPES", (torch.float32, torch.float64))
+    monkeypatch.setattr(kernels.native, "SHIFT_RATIO", -1.0)  # every call takes the redo on x - mean
     x = _input(shape, axis, cl, 50.0, dtype=torch.float64).requires_grad_(True)
     C = shape[axis]
     w = (torch.rand(C, dtype=torch.float64) + 0.5).requires_grad_(True)
@@ -143,8 +143,8 @@ def test_gradcheck_of_the_shifted_branch(monkeypatch, shape, axis, cl):
 
 def test_redo_corrects_running_buffers_exactly_in_float64(monkeypatch):
     """After a redo the buffers hold (1 - m) * running + m * batch statistics, as if the first call never ran."""
-    monkeypatch.setattr(kernels, "_SHIFT_DTYPES", (torch.float32, torch.float64))
-    monkeypatch.setattr(kernels, "SHIFT_RATIO", -1.0)
+    monkeypatch.setattr(kernels.native, "_SHIFT_DTYPES", (torch.float32, torch.float64))
+    monkeypatch.setattr(kernels.native, "SHIFT_RATIO", -1.0)
     x = _input((16, 5, 3, 3), 1, True, 20.0, dtype=torch.float64)
     rm, rv = torch.randn(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
     rm0, rv0 = rm.clone(), rv.clone()

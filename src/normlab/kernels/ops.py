@@ -2,10 +2,10 @@
 
 Registered through :func:`torch.library.custom_op`, so fx tracing, ``torch.compile`` and ``torch.export`` see one
 operator per step instead of an opaque Python call that breaks the graph. Every op takes the channel ``axis`` and
-``groups`` (virtual batches along dim 0; per-(group, channel) statistics have shape ``(G, C)``), ``act``
-(0 = identity, 1 = ReLU fused into the apply and its backward) and an optional position ``mask`` (bool, size 1
-along the channel axis, broadcastable to ``x``; masked positions are left out of the statistics and get output
-and gradient 0).
+``groups`` (virtual batches along dim 0; per-(group, channel) statistics have shape ``(G, C)``); the apply and
+training ops take ``act`` (0 = identity, 1 = ReLU fused into the apply and its backward); the statistics and
+training ops take an optional position ``mask`` (bool, size 1 along the channel axis, broadcastable to ``x``;
+masked positions are left out of the statistics and get output and gradient 0).
 
 * ``normlab::moments(x, axis, groups, mask)`` -> ``(mean, var, count)``: biased, exact-centred statistics.
 * ``normlab::apply(x, mean, scale, shift, axis, groups, act)`` -> ``act((x - mean) * scale + shift)``.
@@ -17,6 +17,10 @@ and gradient 0).
   batch renormalization when ``renorm`` = rows (reference mean, reference std, r_max, d_max) is given; ``rd``
   holds its r and d, shape (2, G, C)). Its backward ``normlab::batch_norm_train_backward`` fuses the two
   per-channel reductions and dx.
+
+In plain eager mode, :func:`train` and :func:`apply_affine` run the same implementations behind a
+``torch.autograd.Function`` (the ops' Python dispatch costs ~0.1 ms a call); under ``torch.compile``,
+``torch.export`` or ``make_fx`` they call the registered ops.
 
 First-order gradients only: the backward ops have no autograd of their own, so double backward raises.
 """
@@ -333,6 +337,7 @@ class _EagerTrain(torch.autograd.Function):
         return output
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward raises, as with the ops
     def backward(ctx, *grads):
         return _train_backward(ctx, *grads)
 
@@ -346,6 +351,7 @@ class _EagerApply(torch.autograd.Function):
         return output
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         return _apply_backward(ctx, dy)
 
