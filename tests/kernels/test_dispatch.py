@@ -213,3 +213,26 @@ def test_regression_native_path_keeps_large_mean_accuracy(mode, training):
         y32 = F.batch_norm(x64.float(), mean.float(), var.float(), training=training)
     y64 = (x64 - mean.reshape(1, -1, 1, 1)) / torch.sqrt(var.reshape(1, -1, 1, 1) + 1e-5)
     assert (y32.double() - y64).abs().max().item() < 6e-4
+
+
+@needs_numba
+def test_auto_keeps_fixed_statistics_on_torch_and_uses_the_kernel_when_they_need_a_gradient(monkeypatch):
+    """Eval-mode normalization is one pass torch already makes at copy speed: "auto" leaves it there; the apply
+    kernel (with its fused backward) is used under "auto" only when the statistics carry a gradient."""
+    from normlab.kernels import ops
+
+    calls = []
+    real = ops.apply_affine
+    monkeypatch.setattr(ops, "apply_affine", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 4, kernels.AUTO_MIN_NUMEL // 8)
+    mean, var = torch.randn(4), torch.rand(4) + 0.5
+    with kernels.backend("auto"):
+        y = kernels.normalize(x, mean, var, None, None, 1e-5)
+        assert not calls
+        mean_g = mean.clone().requires_grad_()
+        y_g = kernels.normalize(x, mean_g, var, None, None, 1e-5)
+        assert calls
+    torch.testing.assert_close(y, y_g.detach())
+    with kernels.backend("fast"):
+        kernels.normalize(x, mean, var, None, None, 1e-5)
+    assert len(calls) == 2

@@ -9,7 +9,8 @@ variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
   TorchScript tracing / ONNX export (``torch.compile``, ``torch.export`` and fx do see the custom ops).
 * ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least :data:`AUTO_MIN_NUMEL`
   values (below that, calling into numba costs more than torch's whole kernel; measured by ``normlab bench``), or
-  :data:`AUTO_MIN_NUMEL_CHANNELS_LAST` when the channel axis is innermost in memory.
+  :data:`AUTO_MIN_NUMEL_CHANNELS_LAST` when the channel axis is innermost in memory; and normalization with fixed
+  statistics (eval mode) stays on torch's fused operator, which already runs at copy speed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from torch import Tensor
 
 BACKENDS = ("auto", "fast", "native")
 ENV_VAR = "NORMLAB_KERNELS"
-#: Smallest tensor (values) the "auto" setting sends to the kernels. From the `normlab bench` grid on a 2-core
-#: machine: a call into the custom op and numba costs ~0.1-0.3 ms before any work, so 8x512x7x7 (0.2 M values)
-#: is 2x slower than torch on the kernels while 32x256x14x14 (1.6 M) is 1.7x faster.
-AUTO_MIN_NUMEL = 1 << 20
+#: Smallest tensor (values) the "auto" setting sends to the training kernels. Measured on a 2-core machine,
+#: training forward+backward against torch eager: 8x512x7x7 (0.2 M values) 0.6x on the kernels vs 0.9x native;
+#: 16x32x28x28 (0.4 M) 0.98x vs 0.91x; 64x16x28x28, 16x64x28x28, 32x128x14x14 (0.8 M) 1.04-1.52x vs 0.96-1.02x.
+AUTO_MIN_NUMEL = 1 << 18
 #: The same for tensors whose channel axis is innermost in memory (channels-last, (N, C), (N, L, C)): their kernels
 #: take a statistics sweep and an apply sweep over row blocks rather than one fused pass per channel, and torch's
 #: channels-last kernel is already efficient; measured crossover between 1.6 M (32x256x14x14: 0.8x torch on the
