@@ -113,6 +113,20 @@ def test_units_are_stored_and_reused_and_damaged_files_recomputed(tmp_path):
     assert (ctx3.computed, ctx3.reused) == (2, 2)
 
 
+def test_units_of_other_code_are_recomputed(tmp_path, monkeypatch):
+    """A unit's key holds a digest of normlab's source: results of changed code are not reused."""
+    from normlab.lab.claims import base
+
+    claim = _synthetic(_scores)
+    units = [{"arm": "a", "seed": 0, "x": 2}]
+    base.Context(claim, "tiny", [0], tmp_path).map(_square, units)
+    assert len(base.code_version()) == 16
+    monkeypatch.setattr(base, "code_version", lambda: "another-version")
+    ctx = base.Context(claim, "tiny", [0], tmp_path)
+    assert [r["value"] for r in ctx.map(_square, units)] == [4]
+    assert (ctx.computed, ctx.reused) == (1, 0)
+
+
 # ------------------------------------------------------------------------------------------- end to end (tiny)
 
 

@@ -18,6 +18,7 @@ from them by :func:`~normlab.lab.verdict.decide` here, never by the claim.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,18 @@ __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResu
 LEVELS = ("tiny", "quick", "full")
 DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
 UNIT_FORMAT = 2  # bump when the meaning of stored units changes, so old files are not reused
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A digest of normlab's own source files: part of every unit's key, so results computed by other code (a
+    changed claim, layer or kernel) are recomputed rather than reused; unchanged code reuses them."""
+    root = Path(__file__).resolve().parents[2]  # the normlab package
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class MissingDependency(RuntimeError):
@@ -126,7 +139,7 @@ class Context:
 
     def _path(self, unit: Mapping[str, Any], fn: Callable) -> tuple[Path, str]:
         key = {"claim": self.claim.id, "fn": f"{fn.__module__}.{fn.__qualname__}", "format": UNIT_FORMAT,
-               "unit": dict(unit)}
+               "code": code_version(), "unit": dict(unit)}
         text = json.dumps(key, sort_keys=True, default=str)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         label = "-".join(str(unit[k]) for k in ("arm", "seed") if k in unit).replace("/", "_").replace(":", "_")
