@@ -91,7 +91,8 @@ def mask_view(mask: Tensor, x: Tensor, axis: int, p: Plan) -> np.ndarray:
     m = mask.expand(shape)
     if p.perm is not None:
         m = m.permute(p.perm)
-    m = m.to(torch.uint8).contiguous()
+    m = m.contiguous()
+    m = m.view(torch.uint8) if m.dtype == torch.bool else m.to(torch.uint8)  # a bool is a byte: no copy
     if p.kind == NCS:
         return m.numpy().reshape(p.n, p.s)
     return m.numpy().reshape(p.n)
