@@ -246,7 +246,7 @@ def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] 
         json.dump(data, fh, indent=1)
 
 
-def _with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+def with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """The same model with every normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
     state_dict keys)."""
     from ..nn import BatchNorm
@@ -275,7 +275,7 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
         for setting in ("auto", "native", "torch"):
             model = build_model("cnn", image, 10, norm="bn", channels=tuple(channels))
             if setting == "torch":
-                model = _with_torch_batchnorm(model)
+                model = with_torch_batchnorm(model)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
             def step(model=model, opt=opt, setting=setting):
