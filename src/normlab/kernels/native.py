@@ -61,12 +61,18 @@ def _channel_back(y: Tensor, x: Tensor, c: int) -> Tensor:
 _scratch = threading.local()
 
 
+_exceeds_kernel = None
+
+
 def _exceeds(mean: np.ndarray, invstd: np.ndarray, work: np.ndarray | None) -> bool:
     """max |mean * invstd| > SHIFT_RATIO: one numba call (~1 us) when the kernels are installed, else NumPy."""
-    if numba_available():
-        from ._numba import exceeds_ratio  # loaded from numba's on-disk cache once
+    global _exceeds_kernel
+    if _exceeds_kernel is None and numba_available():
+        from ._numba import exceeds_ratio  # loaded from numba's on-disk cache, once
 
-        return bool(exceeds_ratio(mean, invstd, SHIFT_RATIO))
+        _exceeds_kernel = exceeds_ratio
+    if _exceeds_kernel is not None:
+        return bool(_exceeds_kernel(mean, invstd, SHIFT_RATIO))
     prod = np.multiply(mean, invstd, out=work)
     return bool(np.abs(prod, out=prod).max() > SHIFT_RATIO)
 
