@@ -183,62 +183,49 @@ def batch_norm_train(
     if renorm is not None:
         _validate.check_vector(renorm[0], name, "renorm's reference mean", x.shape[c])
         _validate.check_vector(renorm[1], name, "renorm's reference std", x.shape[c])
-    if mask is not None or renorm is not None:
-        return _variant_train(x, weight, bias, eps, c, groups, a, mask, renorm, name)
-    count = x.numel() // (x.shape[c] * groups)
-    if not use_fast(x, c):
-        y, mean, var = native.train(x, weight, bias, eps, c, groups, a)
-    else:
-        C = x.shape[c]
-        w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
-        b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
-        y, mean, var, _, _ = _ops().train(x, w, b, eps, c, groups, a)
-    if groups == 1:
-        mean, var = mean.reshape(-1), var.reshape(-1)
-    return y, _stats.Moments(mean, var, count)
-
-
-def _variant_train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int, mask, renorm, name: str):
-    """batch_norm_train with a position mask and/or batch renormalization: the fused kernel, or _stats' steps."""
     C = x.shape[c]
-    if mask is not None:
-        if (mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1
-                or any(m not in (1, n) for m, n in zip(mask.shape, x.shape))):
-            raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
-                             f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
-                             f"{tuple(mask.shape)}")
-    if renorm is not None:
-        ref_mean, ref_std, r_max, d_max = renorm
-        limits = torch.tensor([float(r_max), float(d_max)], dtype=torch.float64)
-        table = torch.cat([ref_mean.detach().double().reshape(1, C), ref_std.detach().double().reshape(1, C),
-                           limits.reshape(2, 1).expand(2, C)])
+    if mask is not None and (mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1
+                             or any(m not in (1, n) for m, n in zip(mask.shape, x.shape))):
+        raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
+                         f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
+                         f"{tuple(mask.shape)}")
+    count = None
     if use_fast(x, c):
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
-        m = mask.expand(x.shape[:c] + (1,) + x.shape[c + 1:]).contiguous() if mask is not None else None
-        y, mean, var, count, _ = _ops().train(
-            x, w, b, eps, c, groups, act, m, table.to(x.dtype) if renorm is not None else None)
+        table = None
+        if renorm is not None:  # rows: reference mean, reference std, r_max, d_max (per channel, for the kernel)
+            ref_mean, ref_std, r_max, d_max = renorm
+            table = torch.stack([ref_mean.detach().to(x.dtype), ref_std.detach().to(x.dtype),
+                                 x.new_full((C,), float(r_max)), x.new_full((C,), float(d_max))])
+        y, mean, var, count, _ = _ops().train(x, w, b, eps, c, groups, a, mask, table)
+    elif mask is None and renorm is None:
+        y, mean, var = native.train(x, weight, bias, eps, c, groups, a)
+    elif groups != 1:
+        raise ValueError(f"{name}: virtual batches (groups={groups}) with a mask or renorm need the kernels")
     else:
-        if groups != 1:
-            raise ValueError(f"{name}: virtual batches (groups={groups}) with a mask or renorm need the kernels")
-        dims = _stats.reduce_dims(x.ndim, c)
-        x_in = torch.where(mask, x, x.new_zeros(())) if mask is not None else x
-        stats = _stats.moments(x_in, dims, mask=mask)
-        w, b = weight, bias
-        if renorm is not None:
-            r, d = _stats.renorm_correction(stats, table[0], table[1], eps, table[2, 0].item(), table[3, 0].item())
-            w = r if weight is None else weight * r
-            b = d if weight is None else weight * d
-            if bias is not None:
-                b = b + bias
-        y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
-        if mask is not None:
-            y = torch.where(mask, y, y.new_zeros(()))
-        mean, var = stats.mean.detach().reshape(1, C), stats.var.detach().reshape(1, C)
-        count = stats.count if isinstance(stats.count, Tensor) else torch.full_like(mean, stats.count)
-        count = count.reshape(1, C)
+        y, mean, var, count = _native_variant_train(x, weight, bias, eps, c, a, mask, renorm)
     if groups == 1:
-        mean, var, count = mean.reshape(-1), var.reshape(-1), count.reshape(-1)
+        mean, var = mean.reshape(-1), var.reshape(-1)
+        count = count.reshape(-1) if count is not None else None
     if mask is None:
         count = x.numel() // (C * groups)
     return y, _stats.Moments(mean, var, count)
+
+
+def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int, mask, renorm):
+    """A position mask and/or batch renormalization with _stats' steps (the kernels' native twin)."""
+    x_in = torch.where(mask, x, x.new_zeros(())) if mask is not None else x  # padding out of the arithmetic
+    stats = _stats.moments(x_in, _stats.reduce_dims(x.ndim, c), mask=mask)
+    w, b = weight, bias
+    if renorm is not None:
+        r, d = _stats.renorm_correction(stats, *renorm[:2], eps, *renorm[2:])
+        w = r if weight is None else weight * r
+        b = d if weight is None else weight * d
+        if bias is not None:
+            b = b + bias
+    y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
+    if mask is not None:
+        y = torch.where(mask, y, y.new_zeros(()))
+    count = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
+    return y, stats.mean.detach(), stats.var.detach(), count
