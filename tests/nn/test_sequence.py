@@ -5,14 +5,7 @@ import torch
 from normlab import reference as ref
 from normlab.nn import BatchNorm1d, MaskedBatchNorm, TimeStepBatchNorm
 
-
-def _randomize(layer):
-    with torch.no_grad():
-        if layer.weight is not None:
-            layer.weight.copy_(torch.rand_like(layer.weight) + 0.5)
-        if layer.bias is not None:
-            layer.bias.copy_(torch.randn_like(layer.bias))
-    return layer
+from _layer_helpers import randomize_affine as _randomize
 
 
 # ------------------------------------------------------------------------------------------ MaskedBatchNorm
