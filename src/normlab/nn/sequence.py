@@ -43,14 +43,14 @@ class MaskedBatchNorm(BatchNormBase):
         if self.uses_batch_stats() and self._local_plain_moments() and mask.shape[c] == 1:
             # per-position mask, local statistics: the fused kernel (or its native twin) does all of it
             y, stats = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=c, mask=mask)
-            self._check_counts(stats.count)
+            self._check_counts(stats)
             if self.updates_running_stats():
                 self.update_running(stats)
             return y
         x_safe = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.uses_batch_stats():
             stats = self.batch_moments(x_safe, _stats.reduce_dims(x.ndim, c), mask=mask)
-            self._check_counts(stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count))
+            self._check_counts(stats)
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
@@ -59,7 +59,9 @@ class MaskedBatchNorm(BatchNormBase):
         y = _stats.normalize(x_safe, mean, var, self.weight, self.bias, self.eps, axis=c)
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
 
-    def _check_counts(self, counts: Tensor) -> None:
+    def _check_counts(self, stats: _stats.Moments) -> None:
+        """Training needs more than one valid value per channel (count: a tensor under a mask, else an int)."""
+        counts = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
         if bool((counts <= 1).any()):
             bad = int(torch.nonzero(counts.reshape(-1) <= 1)[0, 0])
             raise ValueError(
