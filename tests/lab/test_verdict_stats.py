@@ -162,3 +162,20 @@ def test_not_run_and_serialized_fields():
                 "what_would_change_it", "warnings"):
         assert key in d, key
     assert d["n_seeds"] == 5 and d["margin"] == 0.1 and d["mde"] > 0 and d["alpha"] == 0.025
+
+
+def test_seeds_needed_is_the_smallest_n_whose_mde_reaches_the_observed_effect():
+    rule = Rule("m", "t", "c", "greater", margin=0.1)
+    d = np.array([0.3, 0.1, 0.5, 0.2])  # mean 0.275: 0.175 beyond the margin, inconclusive at 4 seeds
+    v = decide(rule, list(d), [0.0] * 4)
+    assert v.verdict == INCONCLUSIVE and v.seeds_needed is not None
+    sd = d.std(ddof=1)
+
+    def mde(n):
+        return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+
+    assert mde(v.seeds_needed) <= 0.175 < mde(v.seeds_needed - 1)
+    assert f"about {v.seeds_needed} seeds" in v.what_would_change_it()
+    wrong_side = decide(rule, [0.05, 0.15, -0.1, 0.2], [0.0] * 4)
+    assert wrong_side.seeds_needed is None and "not supported" in wrong_side.what_would_change_it()
+    assert "lies entirely > 0;" in Rule("m", "t", "c", "greater").describe()

@@ -162,7 +162,7 @@ class Rule:
             return (f"Supported if {ci} lies entirely {sign} {bound} (non-inferiority: at most {m} worse); not "
                     f"supported if it lies entirely on the other side of {bound}; otherwise inconclusive.")
         sign = ">" if up else "<"
-        bound = f"{'+' if up else '-'}{m}"
+        bound = f"{'+' if up else '-'}{m}" if self.margin > 0 else "0"
         return (f"Supported if {ci} lies entirely {sign} {bound}; not supported if it lies entirely on the other "
                 f"side of {bound}; otherwise inconclusive.")
 
@@ -196,6 +196,7 @@ class Verdict:
     p_adjusted: float | None = None
     family_size: int = 1
     warnings: tuple[str, ...] = ()
+    seeds_needed: int | None = None  # seeds at which the observed effect and SD would be decided with ``power``
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -227,17 +228,29 @@ class Verdict:
         if self.mde is None:
             return ("No interval exists: at least 2 seeds whose differences are not all equal are needed "
                     "(more seeds, or a finer measurement of a quantized metric).")
-        mde, m = _fmt(self.mde) + unit, _fmt(self.margin or 0.0) + unit
-        n = self.n_seeds
+        mde, m, n = _fmt(self.mde) + unit, _fmt(self.margin or 0.0) + unit, self.n_seeds
+        more = (f"; about {self.seeds_needed} seeds would detect the observed effect with {pw} power"
+                if self.seeds_needed else "")
         if self.kind == "equivalence":
             if self.mde >= (self.margin or 0.0):
-                return (f"At {n} seeds and this spread equivalence cannot be shown with {pw} power even for a true "
-                        f"difference of 0: the margin {m} is not wider than the MDE {mde}; more seeds would be needed.")
-            return (f"At {n} seeds, a true difference inside +-{_fmt(self.margin - self.mde)}{unit} (margin {m} minus "
-                    f"MDE {mde}) is shown equivalent with {pw} power; a larger one is not.")
-        beyond = "above" if self.kind == "superiority" else "above minus"
-        return (f"At {n} seeds and this spread, only a true effect at least {mde} (the MDE) {beyond} the margin "
-                f"{m} in the predicted direction is supported with {pw} power; a smaller one would need more seeds.")
+                text = (f"At {n} seeds and this spread equivalence cannot be shown with {pw} power even for a true "
+                        f"difference of 0: the margin {m} is not wider than the MDE {mde}")
+            else:
+                text = (f"At {n} seeds and this spread, a true difference inside +-{_fmt(self.margin - self.mde)}"
+                        f"{unit} (margin {m} minus the MDE {mde}) is shown equivalent with {pw} power")
+        else:
+            where = "beyond the margin" if self.kind == "superiority" else "above minus the margin"
+            text = (f"At {n} seeds and this spread, a true effect must lie at least {mde} (the MDE) {where} {m} in "
+                    f"the predicted direction to be supported with {pw} power")
+        if self.verdict == SUPPORTED:
+            return text + "; fresh seeds moving the interval's near end back across the margin would change it."
+        if self.verdict == NOT_SUPPORTED:
+            return text + "; the interval already lies on the wrong side of the margin, so only a different true " \
+                          "effect would change it."
+        if self.seeds_needed:
+            return text + more + "."
+        return text + "; the observed effect does not clear the margin, so more seeds would more likely make it " \
+                      "'not supported'."
 
 
 def _fmt(x: float, signed: bool = False) -> str:
@@ -343,6 +356,24 @@ def _mde(rule: Rule, sd: float, n: int, alpha: float) -> float | None:
     return float((t.ppf(1.0 - alpha, n - 1) + t.ppf(q_power, n - 1)) * sd / math.sqrt(n))
 
 
+def _seeds_needed(rule: Rule, mean: float, sd: float, alpha: float, limit: int = 1000) -> int | None:
+    """Smallest seed count whose MDE (at this SD) is within the observed effect's distance from the boundary;
+    None when the observed effect is on the wrong side of it (no number of seeds would support it) or > limit."""
+    if rule.kind == "equivalence":
+        gap = rule.margin - abs(mean)
+    else:
+        sign = 1.0 if rule.direction == "greater" else -1.0
+        gap = sign * mean - (rule.margin if rule.kind == "superiority" else -rule.margin)
+    if not (gap > 0 and sd > 0):
+        return None
+    t = _t()
+    q_power = (1.0 + rule.power) / 2.0 if rule.kind == "equivalence" else rule.power
+    ns = np.arange(2, limit + 1)
+    mdes = (t.ppf(1.0 - alpha, ns - 1) + t.ppf(q_power, ns - 1)) * sd / np.sqrt(ns)
+    ok = np.nonzero(mdes <= gap)[0]
+    return int(ns[ok[0]]) if ok.size else None
+
+
 def _reason(code: int, rule: Rule, n: int, sd: float, p: float, p_adj: float, family: int) -> str:
     if n == 0:
         return "no seed has both arms"
@@ -386,7 +417,8 @@ def _verdict(rule: Rule, diffs: tuple[float, ...], p_adj: float | None = None, f
     lo, hi = (float(s["lo"][0]), float(s["hi"][0])) if defined else (None, None)
     return Verdict(_CODES[code], mean, lo, hi, d_z, n, tuple(diffs),
                    _reason(code, rule, n, sd, p, p_adj, family), sd=sd if n >= 2 else None,
-                   mde=_mde(rule, sd if defined else 0.0, n, rule.alpha / family), alpha=rule.alpha, p_value=p if defined else None,
+                   mde=_mde(rule, sd if defined else 0.0, n, rule.alpha / family), alpha=rule.alpha,
+                   seeds_needed=_seeds_needed(rule, mean, sd, rule.alpha / family) if defined else None, p_value=p if defined else None,
                    p_adjusted=p_adj if defined else None, **base)
 
 
