@@ -179,3 +179,11 @@ def test_seeds_needed_is_the_smallest_n_whose_mde_reaches_the_observed_effect():
     wrong_side = decide(rule, [0.05, 0.15, -0.1, 0.2], [0.0] * 4)
     assert wrong_side.seeds_needed is None and "not supported" in wrong_side.what_would_change_it()
     assert "lies entirely > 0;" in Rule("m", "t", "c", "greater").describe()
+
+
+def test_zero_spread_up_to_rounding_is_named_as_such():
+    # Differences equal but for the last bits of float rounding: no real spread, no interval.
+    d = [0.1 + 0.2, 0.3, 0.3000000000000001]
+    assert np.std(d, ddof=1) > 0
+    v = decide(Rule("m", "t", "c", "greater"), d, [0.0] * 3)
+    assert v.verdict == INCONCLUSIVE and "zero spread" in v.reason and v.ci_low is None

@@ -304,7 +304,8 @@ def _calibration_sentence(cal: dict) -> str:
             f"exactly on each rule's boundary) at the seed counts used here ({', '.join(map(str, cal['n_seeds']))}), "
             f"through the same decision code, the {cal['method']} method said \"supported\" in at most "
             f"{cal['false_supported_rate']:.2%} of them (nominal {cal['nominal_false_supported_rate']:.1%}; the bar is "
-            f"{cal['bar']:.0%}: {'met' if cal['passes'] else 'NOT met'}), and its 95% intervals covered the true effect "
+            f"{cal['bar']:.0%}: {'met' if cal['passes'] else 'NOT met'}), and its 95% intervals covered the true "
+            "effect "
             f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).")
 
 

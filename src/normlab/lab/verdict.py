@@ -374,12 +374,12 @@ def _seeds_needed(rule: Rule, mean: float, sd: float, alpha: float, limit: int =
     return int(ns[ok[0]]) if ok.size else None
 
 
-def _reason(code: int, rule: Rule, n: int, sd: float, p: float, p_adj: float, family: int) -> str:
+def _reason(code: int, rule: Rule, n: int, spread: bool, p: float, p_adj: float, family: int) -> str:
     if n == 0:
         return "no seed has both arms"
     if n < 2:
         return "one seed: no interval, no verdict"
-    if not sd > 0:
+    if not spread:
         return ("zero spread: every seed gave the same difference, so no interval exists (a quantized metric must be "
                 "measured finely enough that seeds can differ)")
     eq = rule.kind == "equivalence"
@@ -406,7 +406,7 @@ def _verdict(rule: Rule, diffs: tuple[float, ...], p_adj: float | None = None, f
     base = dict(rule=rule, method=rule.method, kind=rule.kind, margin=float(rule.margin), power=rule.power,
                 warnings=_warnings(rule), family_size=family)
     if n == 0:
-        return Verdict(INCONCLUSIVE, None, None, None, None, 0, (), _reason(_INC, rule, 0, 0, 1, 1, family),
+        return Verdict(INCONCLUSIVE, None, None, None, None, 0, (), _reason(_INC, rule, 0, False, 1, 1, family),
                        p_value=None, p_adjusted=None, alpha=rule.alpha, **base)
     s = _analyse(rule, np.asarray(diffs, dtype=np.float64)[None, :])
     mean, sd, defined = float(s["mean"][0]), float(s["sd"][0]), bool(s["defined"][0])
@@ -416,9 +416,10 @@ def _verdict(rule: Rule, diffs: tuple[float, ...], p_adj: float | None = None, f
     d_z = mean / sd if defined else None
     lo, hi = (float(s["lo"][0]), float(s["hi"][0])) if defined else (None, None)
     return Verdict(_CODES[code], mean, lo, hi, d_z, n, tuple(diffs),
-                   _reason(code, rule, n, sd, p, p_adj, family), sd=sd if n >= 2 else None,
+                   _reason(code, rule, n, defined, p, p_adj, family), sd=sd if n >= 2 else None,
                    mde=_mde(rule, sd if defined else 0.0, n, rule.alpha / family), alpha=rule.alpha,
-                   seeds_needed=_seeds_needed(rule, mean, sd, rule.alpha / family) if defined else None, p_value=p if defined else None,
+                   seeds_needed=_seeds_needed(rule, mean, sd, rule.alpha / family) if defined else None,
+                   p_value=p if defined else None,
                    p_adjusted=p_adj if defined else None, **base)
 
 
