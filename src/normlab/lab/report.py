@@ -26,8 +26,9 @@ from .claims.base import ClaimResult, environment
 from .protocol import load_registry
 from .protocol import status as protocol_status
 from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, STATISTICS, SUPPORTED, Verdict, calibrate, holm
+from .verdict import _fmt
 
-__all__ = ["write_report", "verdict_table_markdown", "results_dict"]
+__all__ = ["write_report", "verdict_table_markdown", "results_dict", "calibration_for", "SEED_ARTICLES"]
 
 _BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "notsupported", INCONCLUSIVE: "inconclusive", NOT_RUN: "notrun"}
 
@@ -106,8 +107,6 @@ def _stats_text(v: Verdict) -> str:
 
 
 def _num(x: float | None) -> str:
-    from .verdict import _fmt
-
     return "n/a" if x is None else _fmt(float(x))
 
 
