@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from normlab.lab.verdict import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Rule, bootstrap_mean_ci, decide,
                                  not_run)
@@ -36,11 +37,17 @@ def test_bootstrap_is_deterministic_and_rejects_bad_input():
 
 
 def test_clear_improvement_is_supported():
-    v = decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94}, {0: 0.90, 1: 0.91, 2: 0.92})
+    # The interval is the paired t-interval (it was the percentile bootstrap's [min, max] at 3 seeds): checked
+    # against scipy.stats.t.interval of the differences.
+    v = decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94}, {0: 0.90, 1: 0.905, 2: 0.895})
+    d = np.array([0.05, 0.055, 0.045])
+    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(3))
     assert v.verdict == SUPPORTED
-    assert v.effect == pytest.approx(0.04)
-    assert v.ci_low == pytest.approx(0.02) and v.ci_high == pytest.approx(0.05)
-    assert v.n_seeds == 3 and v.d_z == pytest.approx(0.04 / np.std([0.05, 0.05, 0.02], ddof=1))
+    assert v.effect == pytest.approx(0.05)
+    assert v.ci_low == pytest.approx(lo) and v.ci_high == pytest.approx(hi)
+    assert v.n_seeds == 3 and v.d_z == pytest.approx(0.05 / np.std([0.05, 0.055, 0.045], ddof=1))
+    # Three seeds that agree in sign but spread widely are no longer enough (the bootstrap said supported here).
+    assert decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94}, {0: 0.90, 1: 0.91, 2: 0.92}).verdict == INCONCLUSIVE
 
 
 def test_opposite_effect_is_not_supported():
@@ -54,10 +61,10 @@ def test_mixed_signs_are_inconclusive():
 
 
 def test_margin_and_direction_less():
-    # bn needs 30 fewer steps on every seed: beyond the 10-step margin.
-    assert decide(LESS, [100, 110, 90], [130, 140, 120]).verdict == SUPPORTED
-    # 5 fewer steps on every seed: a real but smaller effect than the declared margin -> not supported.
-    assert decide(LESS, [100, 110, 90], [105, 115, 95]).verdict == NOT_SUPPORTED
+    # bn needs ~30 fewer steps on every seed: beyond the 10-step margin.
+    assert decide(LESS, [100, 110, 90], [131, 138, 122]).verdict == SUPPORTED
+    # ~5 fewer steps on every seed: a real but smaller effect than the declared margin -> not supported.
+    assert decide(LESS, [100, 110, 90], [104, 116, 95]).verdict == NOT_SUPPORTED
     # between 2 and 30 fewer: the interval straddles the margin.
     assert decide(LESS, [100, 110, 90], [102, 140, 105]).verdict == INCONCLUSIVE
 
@@ -95,9 +102,9 @@ def test_bad_input_is_rejected_with_names():
 
 
 def test_serialization_and_text():
-    v = decide(GREATER, [0.95, 0.96, 0.94], [0.90, 0.91, 0.92])
+    v = decide(GREATER, [0.95, 0.96, 0.94], [0.90, 0.905, 0.895])
     d = v.to_dict()
-    assert d["verdict"] == SUPPORTED and d["rule"]["metric"] == "accuracy" and "bootstrap" in d["rule"]["description"]
-    assert v.summary().startswith("+0.04 [")
+    assert d["verdict"] == SUPPORTED and d["rule"]["metric"] == "accuracy" and "paired t" in d["rule"]["description"]
+    assert v.summary().startswith("+0.05 [")
     n = not_run(GREATER, "the family layers are missing")
     assert n.verdict == NOT_RUN and n.summary() == "the family layers are missing"

@@ -2,25 +2,33 @@
 ``report.md`` (the same content, images as files under ``plots/``) and ``results.json`` (every number).
 
 Layout: a header (when, where, how to rerun), the verdict table (one row per claim: what the articles say, what
-was measured, the verdict, the effect with its 95% interval, a link to the claim's section), then one section per
-claim: the quotes, what the papers report, the rule declared before running, the verdict(s), the plots, the
-per-seed numbers, notes (arms not run and why) and the exact command and configuration to rerun it.
+was measured, the verdict, the effect with its 95% interval, confirmatory or exploratory, a link to the claim's
+section), how verdicts are decided (every statistic defined), the calibration of that decision method measured at
+report time, the seed articles, then one section per claim: the quotes, what the papers report, the rule declared
+before running, its preregistration status, the verdict(s) with method, margin, minimum detectable effect and what
+would change them, the plots, the per-seed numbers, notes (arms not run and why) and the exact command and
+configuration to rerun it.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 from .claims.base import ClaimResult, environment
-from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Verdict
+from .protocol import load_registry
+from .protocol import status as protocol_status
+from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, STATISTICS, SUPPORTED, Verdict, calibrate, holm
+from .verdict import _fmt
 
-__all__ = ["write_report", "verdict_table_markdown", "results_dict"]
+__all__ = ["write_report", "verdict_table_markdown", "results_dict", "calibration_for", "SEED_ARTICLES"]
 
 _BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "notsupported", INCONCLUSIVE: "inconclusive", NOT_RUN: "notrun"}
 
@@ -38,7 +46,22 @@ blockquote .src{display:block;font-size:.85em;color:#555;margin-top:.2em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.88em;color:#444}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.meta{color:#555;font-size:.9em}
 .rule{background:#eef4ff;padding:.5em .8em;border-radius:.3em}
+.confirmatory{background:#d9ecf9;color:#0b4a75}.exploratory{background:#efe3f7;color:#5b2a7a}
+dl.defs dt{font-weight:600;margin-top:.3em}dl.defs dd{margin-left:1.5em}.stats{font-size:.9em;color:#333}
 """
+
+# The five articles the claims are drawn from (/work/shared/seeds/, quoted as "seed article NNN" in the claims).
+SEED_ARTICLES = (
+    ("000", "Batch Normalization", "Dagshub Glossary"),
+    ("001", "Batch Normalization in Neural Networks in Deep Learning", "a personal blog, 24 June 2019"),
+    ("002", "How Batch Normalization Can Make Neural Networks Quicker", "a machine-translated rewrite of an English "
+            "article"),
+    ("003", "Batch Normalization (tips, after the original paper)", "a personal notes page"),
+    ("004", "Batch Normalization in Convolutional Neural Network", "Codemia"),
+)
+
+_DEFINE = {"effect": "mean paired difference (treatment - control, per seed)",
+           "d_z": "d_z (effect / SD of the per-seed differences)"}
 
 
 def _fig_png(fig) -> bytes:
@@ -56,18 +79,83 @@ def _anchor(claim_id: str) -> str:
 
 
 def _effect_text(v: Verdict) -> str:
+    """Effect [95% CI] with the standardized effect, each defined in the text (no bare symbols)."""
     if v.verdict == NOT_RUN:
         return v.reason
     text = v.summary()
     if v.d_z is not None:
-        text += f"; d_z = {v.d_z:.2g}"
+        text += f"; standardized effect {_DEFINE['d_z']} = {v.d_z:.2g}"
     return text
+
+
+def _stats_text(v: Verdict) -> str:
+    """Method, seeds, margin, MDE and p-value of one verdict, in words."""
+    if v.rule is None:
+        return ""
+    unit = v.rule.unit
+    parts = [f"{v.method or v.rule.method}, {v.n_seeds} seed(s)"]
+    m = v.margin if v.margin is not None else v.rule.margin
+    parts.append(f"margin {_num(m)}{unit}" + ("" if m > 0 else " (none declared)"))
+    if v.mde is not None:
+        parts.append(f"minimum detectable effect (MDE, {v.power or 0.8:.0%} power) {_num(v.mde)}{unit}")
+    if v.p_value is not None:
+        p = f"one-sided p = {v.p_value:.2g}"
+        if v.family_size > 1:
+            p += f", Holm-adjusted over {v.family_size} confirmatory rules {v.p_adjusted:.2g}"
+        parts.append(p + f" (supported needs < {v.alpha or v.rule.alpha:.3g})")
+    return "; ".join(parts)
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else _fmt(float(x))
+
+
+def _final(r: ClaimResult) -> ClaimResult:
+    """The claim's verdicts with Holm's adjustment over its confirmatory rules (idempotent)."""
+    primary, secondary = holm(r.verdict, r.secondary)
+    if primary is r.verdict and all(a is b for a, b in zip(secondary, r.secondary)):
+        return r
+    return dataclasses.replace(r, verdict=primary, secondary=secondary)
+
+
+def _status(r: ClaimResult, registry: dict) -> dict[str, Any]:
+    try:
+        return protocol_status(r.claim, r.level, len(r.seeds), registry)
+    except (ValueError, TypeError) as exc:  # a claim whose configuration is not JSON-able: say so, not crash
+        return {"protocol_hash": None, "status": "exploratory", "status_reason": f"protocol not hashable: {exc}",
+                "protocol": None}
+
+
+def _family_size(r: ClaimResult) -> int:
+    return 1 + sum(1 for x in r.claim.secondary if x.confirmatory)
+
+
+@lru_cache(maxsize=8)
+def _calibration(seed_counts: tuple[int, ...], family_size: int) -> dict[str, Any]:
+    return calibrate(seed_counts, n_sim=20_000, seed=0, family_size=family_size)
+
+
+def calibration_for(results: Sequence[ClaimResult]) -> dict[str, Any]:
+    """``meta.calibration``: the decision method simulated at the seed counts this report used (see
+    :func:`normlab.lab.verdict.calibrate`)."""
+    counts = {len(r.seeds) for r in results} | {v.n_seeds for r in results for v in (r.verdict, *r.secondary)
+                                               if v.n_seeds > 0}
+    fam = max((_family_size(r) for r in results), default=1)
+    return dict(_calibration(tuple(sorted(counts or {1})), fam))
+
+
+def _zero_margin_rules(results: Sequence[ClaimResult]) -> list[str]:
+    return [f"{r.claim.id}: {x.metric} ({x.treatment} - {x.control})"
+            for r in results for x in (r.claim.rule, *r.claim.secondary) if not x.margin_declared]
 
 
 def results_dict(results: Sequence[ClaimResult], meta: dict[str, Any]) -> dict[str, Any]:
     """Everything as plain JSON-able data (the figures excepted)."""
     claims = []
+    registry = load_registry()
     for r in results:
+        r = _final(r)
+        st = _status(r, registry)
         c = r.claim
         o = r.outcome
         claims.append({
@@ -81,19 +169,25 @@ def results_dict(results: Sequence[ClaimResult], meta: dict[str, Any]) -> dict[s
             "notes": list(o.notes) if o else [], "not_run": dict(o.not_run) if o else {},
             "error": r.error, "seconds": round(r.seconds, 2), "units_reused": r.reused,
             "units_computed": r.computed, "config": dict(c.configs[r.level]), "rerun": r.rerun_command,
+            "protocol_hash": st["protocol_hash"], "status": st["status"], "status_reason": st["status_reason"],
+            "protocol": st["protocol"],
         })
     return {"meta": meta, "claims": claims}
 
 
 def verdict_table_markdown(results: Sequence[ClaimResult], link: bool = True) -> str:
     """The verdict table in Markdown (what the README embeds)."""
-    lines = ["| # | Claim | What the articles say | What was measured | Verdict | Effect [95% CI] |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| # | Claim | What the articles say | What was measured | Verdict | "
+             f"Effect: {_DEFINE['effect']} [95% paired-t CI] | Protocol |",
+             "|---|---|---|---|---|---|---|"]
+    registry = load_registry()
     for i, r in enumerate(results, 1):
+        r = _final(r)
         name = f"[`{r.claim.id}`](#{_anchor(r.claim.id)})" if link else f"`{r.claim.id}`"
         said = r.claim.title
         measured = (r.outcome.measured if r.outcome else "") or r.claim.rule.metric
-        cells = [str(i), name, said, measured, f"**{r.verdict.verdict}**", _effect_text(r.verdict)]
+        cells = [str(i), name, said, measured, f"**{r.verdict.verdict}**", _effect_text(r.verdict),
+                 _status(r, registry)["status"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -101,6 +195,7 @@ def verdict_table_markdown(results: Sequence[ClaimResult], link: bool = True) ->
 def write_report(results: Sequence[ClaimResult], out_dir: str | Path, *, command: str = "",
                  total_seconds: float | None = None) -> dict[str, Path]:
     """Write ``index.html``, ``report.md``, ``results.json`` and ``plots/*.png`` into ``out_dir``."""
+    results = [_final(r) for r in results]
     out = Path(out_dir)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -108,7 +203,10 @@ def write_report(results: Sequence[ClaimResult], out_dir: str | Path, *, command
             "environment": environment(),
             "total_seconds": None if total_seconds is None else round(total_seconds, 1),
             "levels": sorted({r.level for r in results}),
-            "units_computed": sum(r.computed for r in results), "units_reused": sum(r.reused for r in results)}
+            "units_computed": sum(r.computed for r in results), "units_reused": sum(r.reused for r in results),
+            "calibration": calibration_for(results), "definitions": dict(STATISTICS),
+            "seed_articles": [{"id": i, "title": t, "where": w} for i, t, w in SEED_ARTICLES],
+            "rules_without_margin": _zero_margin_rules(results)}
     # Render each figure once: PNG file for the Markdown, the same bytes inline for the HTML.
     images: dict[str, list[tuple[str, str, bytes]]] = {}
     for r in results:
@@ -140,24 +238,36 @@ def _markdown(results, meta, images) -> str:
           + (f", {meta['total_seconds']} s" if meta["total_seconds"] is not None else "")
           + f" ({meta['units_computed']} runs computed, {meta['units_reused']} reused from earlier invocations).", "",
           f"Verdicts: {_counts(results)}. Every verdict comes from a rule declared before the runs (paired "
-          "difference over seeds, percentile-bootstrap 95% interval); see each section.", "",
+          "difference over seeds, paired t-interval, Holm's adjustment over each claim's confirmatory rules); see "
+          "*How the verdicts are decided* below and each section.", "",
           verdict_table_markdown(results), ""]
+    md += _method_markdown(results, meta)
+    registry = load_registry()
     for i, r in enumerate(results, 1):
         c = r.claim
+        st = _status(r, registry)
         md += [f'<a id="{_anchor(c.id)}"></a>', "", f"## {i}. `{c.id}`: {c.title}", "", "**What the articles say**", ""]
         md += [f"> {q.text}\n> — {q.source}\n" for q in c.articles]
         md += ["**What the papers report**", "", c.papers, "", "**What this experiment measures**", "", c.measures, "",
-               f"**Declared rule** (before running): {c.rule.describe()}", ""]
+               f"**Declared rule** (before running): {c.rule.describe()}", "",
+               f"**Protocol: {st['status']}** (hash `{(st['protocol_hash'] or 'none')[:12]}`): {st['status_reason']}.",
+               ""]
         if c.interpretation:
             md += [f"*How to read it:* {c.interpretation}", ""]
-        md += [f"**Verdict: {r.verdict.verdict}** — {c.rule.metric}, {c.rule.treatment} - {c.rule.control}: "
-               f"{_effect_text(r.verdict)} over {r.verdict.n_seeds} seed(s).", ""]
+        md += [f"**Verdict: {r.verdict.verdict}** — {c.rule.metric}, {c.rule.treatment} - {c.rule.control}, "
+               f"{r.verdict.n_seeds} seed(s): effect ({_DEFINE['effect']}) [95% paired-t CI] = "
+               f"{_effect_text(r.verdict)}. Why: {r.verdict.reason}.", ""]
+        if r.verdict.rule is not None and r.verdict.verdict != NOT_RUN:
+            md += [f"Test: {_stats_text(r.verdict)}.", "", f"*What would change it:* "
+                   f"{r.verdict.what_would_change_it()}", ""]
+        md += [f"Warning: {w}." for w in r.verdict.warnings] + ([""] if r.verdict.warnings else [])
         if r.outcome and r.outcome.measured:
             md += [f"Measured: {r.outcome.measured}", ""]
         if r.secondary:
-            md += ["| secondary rule | verdict | effect [95% CI] |", "|---|---|---|"]
-            md += [f"| {v.rule.metric}: {v.rule.treatment} - {v.rule.control} ({v.rule.direction}) | {v.verdict} | "
-                   f"{_effect_text(v)} |" for v in r.secondary if v.rule]
+            md += ["| secondary rule | verdict | effect [95% paired-t CI] | test | what would change it |",
+                   "|---|---|---|---|---|"]
+            md += [_cells_md([f"{_rule_label(v)}", v.verdict, _effect_text(v), _stats_text(v),
+                              v.what_would_change_it()]) for v in r.secondary if v.rule]
             md.append("")
         for fname, caption, _ in images.get(c.id, []):
             md += [f"![{caption}](plots/{fname})", "", f"*{caption}*", ""]
@@ -172,6 +282,70 @@ def _markdown(results, meta, images) -> str:
                f"```json\n{json.dumps(dict(c.configs[r.level]), indent=1)}\n```",
                f"seeds: {r.seeds}; {r.seconds:.1f} s; units computed {r.computed}, reused {r.reused}.", ""]
     return "\n".join(md)
+
+
+def _cells_md(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def _rule_label(v: Verdict) -> str:
+    x = v.rule
+    role = "confirmatory" if x.confirmatory else "descriptive"
+    pred = {"equivalence": f"equivalent within +-{_num(x.margin)}{x.unit}",
+            "noninferiority": f"no worse than {_num(x.margin)}{x.unit} ({x.direction} is better)"}.get(
+        x.kind, f"predicted {x.direction}")
+    return f"{x.metric}: {x.treatment} - {x.control} ({pred}; {role})"
+
+
+def _calibration_sentence(cal: dict) -> str:
+    cov = "n/a (no interval below 2 seeds)" if cal["coverage"] is None else f"{cal['coverage']:.1%}"
+    return (f"Simulating {cal['n_sim']:,} experiments per condition with no effect beyond the margin (the true effect "
+            f"exactly on each rule's boundary) at the seed counts used here ({', '.join(map(str, cal['n_seeds']))}), "
+            f"through the same decision code, the {cal['method']} method said \"supported\" in at most "
+            f"{cal['false_supported_rate']:.2%} of them (nominal {cal['nominal_false_supported_rate']:.1%}; the bar is "
+            f"{cal['bar']:.0%}: {'met' if cal['passes'] else 'NOT met'}), and its 95% intervals covered the true "
+            "effect "
+            f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).")
+
+
+def _calibration_rows(cal: dict) -> list[list[str]]:
+    return [[str(c["n_seeds"]), c["kind"], c["null"], f"{c['false_supported_rate']:.2%}",
+             "n/a" if c["coverage"] is None else f"{c['coverage']:.1%}"] for c in cal["conditions"]]
+
+
+_CAL_HEADER = ["seeds", "kind of rule", "null distribution of the differences", "false \"supported\" rate",
+               "95% interval coverage"]
+_METHOD_TEXT = ("A verdict compares two arms run with the same seeds (same data split, initialization seed and "
+                "mini-batch order). For each seed the paired difference d_s = metric(treatment) - metric(control) is "
+                "taken; the effect is their mean, and the 95% interval is the paired t-interval (Student), whose "
+                "coverage holds at small seed counts. Superiority rules are supported when the interval clears the "
+                "declared margin in the predicted direction (one-sided level 2.5%); equivalence rules (TOST) when the "
+                "interval lies inside plus/minus the margin; non-inferiority rules when it lies above minus the "
+                "margin. A claim's primary rule and the secondary rules declared confirmatory are adjusted together "
+                "by Holm's method; the other secondary rules are descriptive. A verdict needs at least 2 seeds whose "
+                "differences are not all equal. A protocol is confirmatory when its hash matches the one "
+                "preregistered in claims/PROTOCOLS.json before the run, otherwise exploratory.")
+
+
+def _method_markdown(results, meta) -> list[str]:
+    cal = meta["calibration"]
+    md = ["## How the verdicts are decided", "", _METHOD_TEXT, ""]
+    md += [f"- **{k}**: {v}" for k, v in STATISTICS.items()] + [""]
+    zero = meta.get("rules_without_margin") or []
+    if zero:
+        md += [f"**{len(zero)} rule(s) declare no margin** (margin 0: any non-zero effect counts; each needs the "
+               "smallest effect worth reporting): " + "; ".join(zero) + ".", ""]
+    md += ["## Calibration of the decision method", "", _calibration_sentence(cal), "", _cells_md(_CAL_HEADER),
+           "|" + "---|" * len(_CAL_HEADER)]
+    md += [_cells_md(row) for row in _calibration_rows(cal)] + [""]
+    fam = cal.get("holm_family")
+    if fam:
+        md += [f"With Holm's adjustment over {fam['family_size']} independent null confirmatory rules, the chance of "
+               "any false \"supported\" among them: " + ", ".join(
+                   f"{v:.2%} at {n} seeds" for n, v in fam["familywise_false_supported_rate"].items()) + ".", ""]
+    md += ["## The seed articles", "", "The claims quote these five public articles (as \"seed article NNN\"):", ""]
+    md += [f"- {a['id']}: *{a['title']}* ({a['where']})" for a in meta["seed_articles"]] + [""]
+    return md
 
 
 def _notes(r: ClaimResult) -> list[str]:
@@ -197,9 +371,14 @@ def _html(results, meta, images) -> str:
              + (f" &middot; {meta['total_seconds']} s" if meta["total_seconds"] is not None else "")
              + f" &middot; {meta['units_computed']} runs computed, {meta['units_reused']} reused</p>",
              f"<p>Verdicts: {esc(_counts(results))}. Each verdict follows from a rule declared before the runs: the "
-             "paired difference between two arms over seeds and its percentile-bootstrap 95% interval.</p>",
+             "paired difference between two arms over seeds, its paired t-interval and Holm's adjustment over the "
+             'claim\'s confirmatory rules (<a href="#method">how the verdicts are decided</a>, '
+             '<a href="#calibration">calibration</a>).</p>',
              '<table id="verdicts"><thead><tr><th>#</th><th>Claim</th><th>What the articles say</th>'
-             "<th>What was measured</th><th>Verdict</th><th>Effect [95% CI]</th></tr></thead><tbody>"]
+             f"<th>What was measured</th><th>Verdict</th><th>Effect: {esc(_DEFINE['effect'])} [95% paired-t CI]</th>"
+             "<th>Protocol</th></tr></thead><tbody>"]
+    registry = load_registry()
+    statuses = {r.claim.id: _status(r, registry) for r in results}
     for i, r in enumerate(results, 1):
         c = r.claim
         quote = c.articles[0].text if c.articles else c.title
@@ -208,10 +387,13 @@ def _html(results, meta, images) -> str:
             f'<tr class="verdict-row" data-claim="{esc(c.id)}"><td>{i}</td>'
             f'<td><a href="#{_anchor(c.id)}"><code>{esc(c.id)}</code></a><br>{esc(c.title)}</td>'
             f"<td>&ldquo;{esc(quote)}&rdquo;</td><td>{esc(measured)}</td>"
-            f"<td>{_verdict_cell_html(r.verdict)}</td><td>{esc(_effect_text(r.verdict))}</td></tr>")
+            f"<td>{_verdict_cell_html(r.verdict)}</td><td>{esc(_effect_text(r.verdict))}</td>"
+            f"<td>{_status_html(statuses[c.id]['status'])}</td></tr>")
     parts.append("</tbody></table>")
+    parts += _method_html(meta)
     for i, r in enumerate(results, 1):
         c = r.claim
+        st = statuses[c.id]
         parts.append(f'<section id="{_anchor(c.id)}"><h2>{i}. <code>{esc(c.id)}</code>: {esc(c.title)}</h2>')
         parts.append("<h3>What the articles say</h3>")
         parts += [f'<blockquote>{esc(q.text)}<span class="src">&mdash; {esc(q.source)}</span></blockquote>'
@@ -219,21 +401,28 @@ def _html(results, meta, images) -> str:
         parts.append(f"<h3>What the papers report</h3><p>{esc(c.papers)}</p>")
         parts.append(f"<h3>What this experiment measures</h3><p>{esc(c.measures)}</p>")
         parts.append(f'<p class="rule"><b>Declared rule</b> (before running): {esc(c.rule.describe())}</p>')
+        parts.append(f'<p class="protocol"><b>Protocol:</b> {_status_html(st["status"])} (hash '
+                     f'<code>{esc((st["protocol_hash"] or "none")[:12])}</code>): {esc(st["status_reason"])}.</p>')
         if c.interpretation:
             parts.append(f"<p><i>How to read it:</i> {esc(c.interpretation)}</p>")
         parts.append(f"<p><b>Verdict:</b> {_verdict_cell_html(r.verdict)} &mdash; {esc(c.rule.metric)}, "
-                     f"{esc(c.rule.treatment)} &minus; {esc(c.rule.control)}: {esc(_effect_text(r.verdict))} over "
-                     f"{r.verdict.n_seeds} seed(s).</p>")
+                     f"{esc(c.rule.treatment)} &minus; {esc(c.rule.control)}, {r.verdict.n_seeds} seed(s): effect "
+                     f"({esc(_DEFINE['effect'])}) [95% paired-t CI] = {esc(_effect_text(r.verdict))}. Why: "
+                     f"{esc(r.verdict.reason)}.</p>")
+        if r.verdict.rule is not None and r.verdict.verdict != NOT_RUN:
+            parts.append(f'<p class="stats">Test: {esc(_stats_text(r.verdict))}.<br><i>What would change it:</i> '
+                         f"{esc(r.verdict.what_would_change_it())}</p>")
+        parts += [f'<p class="stats"><b>Warning:</b> {esc(w)}.</p>' for w in r.verdict.warnings]
         if r.outcome and r.outcome.measured:
             parts.append(f"<p>Measured: {esc(r.outcome.measured)}</p>")
         if r.secondary:
-            parts.append("<table><thead><tr><th>Secondary rule</th><th>Verdict</th><th>Effect [95% CI]</th></tr>"
-                         "</thead><tbody>")
+            parts.append("<table><thead><tr><th>Secondary rule</th><th>Verdict</th><th>Effect [95% paired-t CI]</th>"
+                         "<th>Test</th><th>What would change it</th></tr></thead><tbody>")
             for v in r.secondary:
                 if v.rule:
-                    parts.append(f"<tr><td>{esc(v.rule.metric)}: {esc(v.rule.treatment)} &minus; "
-                                 f"{esc(v.rule.control)} (predicted {esc(v.rule.direction)})</td>"
-                                 f"<td>{_verdict_cell_html(v)}</td><td>{esc(_effect_text(v))}</td></tr>")
+                    parts.append(f"<tr><td>{esc(_rule_label(v))}</td><td>{_verdict_cell_html(v)}</td>"
+                                 f"<td>{esc(_effect_text(v))}</td><td>{esc(_stats_text(v))}</td>"
+                                 f"<td>{esc(v.what_would_change_it())}</td></tr>")
             parts.append("</tbody></table>")
         for fname, caption, png in images.get(c.id, []):
             b64 = base64.b64encode(png).decode("ascii")
@@ -253,3 +442,38 @@ def _html(results, meta, images) -> str:
                      f"reused {r.reused}.</p></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _status_html(status: str) -> str:
+    return f'<span class="v {html.escape(status)}">{html.escape(status)}</span>'
+
+
+def _method_html(meta) -> list[str]:
+    esc = html.escape
+    cal = meta["calibration"]
+    parts = ['<section id="method"><h2>How the verdicts are decided</h2>', f"<p>{esc(_METHOD_TEXT)}</p>",
+             '<dl class="defs">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in STATISTICS.items())
+             + "</dl>"]
+    zero = meta.get("rules_without_margin") or []
+    if zero:
+        parts.append(f"<p><b>{len(zero)} rule(s) declare no margin</b> (margin 0: any non-zero effect counts; each "
+                     "needs the smallest effect worth reporting):</p><ul>"
+                     + "".join(f"<li>{esc(z)}</li>" for z in zero) + "</ul>")
+    parts.append("</section>")
+    parts += ['<section id="calibration"><h2>Calibration of the decision method</h2>',
+              f"<p>{esc(_calibration_sentence(cal))}</p>",
+              '<table class="calibration"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in _CAL_HEADER)
+              + "</tr></thead><tbody>"
+              + "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in row) + "</tr>" for row in _calibration_rows(cal))
+              + "</tbody></table>"]
+    fam = cal.get("holm_family")
+    if fam:
+        parts.append(f"<p>With Holm's adjustment over {fam['family_size']} independent null confirmatory rules, the "
+                     "chance of any false &ldquo;supported&rdquo; among them: " + esc(", ".join(
+                         f"{v:.2%} at {n} seeds" for n, v in fam["familywise_false_supported_rate"].items())) + ".</p>")
+    parts.append("</section>")
+    parts += ['<section id="seed-articles"><h2>The seed articles</h2>',
+              "<p>The claims quote these five public articles (as &ldquo;seed article NNN&rdquo;):</p><ul>"
+              + "".join(f"<li>{esc(a['id'])}: <i>{esc(a['title'])}</i> ({esc(a['where'])})</li>"
+                        for a in meta["seed_articles"]) + "</ul></section>"]
+    return parts

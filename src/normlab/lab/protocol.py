@@ -1,0 +1,171 @@
+"""Preregistration of the claims' protocols.
+
+A claim's *protocol* at a level is everything declared before its runs: its rules (metric, arms, kind, direction,
+margin, confidence, confirmatory flag), the configuration of that level (arms, budgets, learning rates, grids), the
+number of seeds, and a digest of the claim's own source file (the experiment the configuration drives). Its
+SHA-256 over canonical JSON is the claim's ``protocol_hash``.
+
+The registry ``claims/PROTOCOLS.json`` (committed in the repository) holds the hashes that were *preregistered*:
+written only by an explicit :func:`register` (``python -m normlab.lab.protocol --register``), never during a run.
+At report time :func:`status` compares a claim's current hash with the registered one:
+
+- ``confirmatory``: the protocol is exactly the one registered, so the verdict tests a prediction fixed before
+  these results existed (the registration must precede the confirmatory run on fresh seeds);
+- ``exploratory``: no protocol is registered for the claim at this level, or it changed since (the reason names
+  the parts that changed: rules, configuration, seed count, code), so its verdict may have been shaped by results
+  and needs a confirmatory rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["REGISTRY", "protocol", "protocol_hash", "load_registry", "register", "status", "CONFIRMATORY",
+           "EXPLORATORY"]
+
+REGISTRY = Path(__file__).resolve().parent / "claims" / "PROTOCOLS.json"
+CONFIRMATORY = "confirmatory"
+EXPLORATORY = "exploratory"
+_FORMAT = 1
+_PARTS = ("rules", "config", "n_seeds", "code")
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _code_digest(claim) -> str:
+    """SHA-256 of the source file of the module defining the claim's ``run`` ("unavailable" if it has none)."""
+    module = sys.modules.get(getattr(claim.run, "__module__", "") or "")
+    path = getattr(module, "__file__", None)
+    if not path or not Path(path).is_file():
+        return "unavailable"
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def protocol(claim, level: str, n_seeds: int) -> dict[str, Any]:
+    """The claim's protocol at ``level`` with ``n_seeds`` seeds, as plain JSON data (what is hashed)."""
+    if level not in claim.configs:
+        raise ValueError(f"protocol: claim {claim.id!r} has no configuration for level {level!r}")
+    rules = [{"role": "primary", **asdict(claim.rule)}]
+    rules += [{"role": "confirmatory" if r.confirmatory else "secondary", **asdict(r)} for r in claim.secondary]
+    return {"claim": claim.id, "level": level, "n_seeds": int(n_seeds), "rules": rules,
+            "config": json.loads(json.dumps(dict(claim.configs[level]), sort_keys=True, default=str)),
+            "code": _code_digest(claim)}
+
+
+def _part_digests(proto: Mapping[str, Any]) -> dict[str, str]:
+    return {k: _digest(proto[k]) for k in _PARTS}
+
+
+def protocol_hash(proto: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a :func:`protocol` over canonical JSON (sorted keys, no whitespace)."""
+    return _digest(dict(proto))
+
+
+def load_registry(path: str | Path = REGISTRY) -> dict[str, Any]:
+    """The registry as data; an absent file is an empty registry. A damaged file raises ``ValueError``."""
+    p = Path(path)
+    if not p.exists():
+        return {"format": _FORMAT, "protocols": {}}
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ValueError(f"protocol registry {p}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("protocols"), dict):
+        raise ValueError(f"protocol registry {p}: expected an object with a 'protocols' object")
+    return data
+
+
+def register(claims: Sequence, level: str, n_seeds: int, path: str | Path = REGISTRY,
+             note: str = "") -> dict[str, Any]:
+    """Record the current protocol hash of each claim at ``level`` with ``n_seeds`` seeds in the registry file.
+
+    This is the preregistration: run it (and commit the file) *before* the confirmatory run, never after looking
+    at that run's results. Other claims and levels in the file are kept. Returns the updated registry.
+    """
+    reg = load_registry(path)
+    reg["format"] = _FORMAT
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    for c in claims:
+        proto = protocol(c, level, n_seeds)
+        entry = {"hash": protocol_hash(proto), "parts": _part_digests(proto), "n_seeds": int(n_seeds),
+                 "registered": stamp}
+        if note:
+            entry["note"] = note
+        reg["protocols"].setdefault(c.id, {})[level] = entry
+    p = Path(path)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reg, indent=1, sort_keys=True) + "\n")
+    tmp.replace(p)
+    return reg
+
+
+def status(claim, level: str, n_seeds: int, registry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{"protocol_hash", "status", "status_reason", "protocol"}`` of a claim against the registry."""
+    reg = load_registry() if registry is None else registry
+    proto = protocol(claim, level, n_seeds)
+    h = protocol_hash(proto)
+    entry = reg.get("protocols", {}).get(claim.id, {}).get(level)
+    if entry is None:
+        st, why = EXPLORATORY, (f"no protocol of {claim.id!r} at level {level!r} is preregistered in "
+                                f"claims/PROTOCOLS.json, so nothing shows the rules were fixed before the results")
+    elif entry.get("hash") == h:
+        st, why = CONFIRMATORY, (f"the protocol (rules, margins, configuration, {n_seeds} seeds, claim code) is the "
+                                 f"one preregistered on {entry.get('registered', '?')}")
+    else:
+        parts = entry.get("parts", {})
+        now = _part_digests(proto)
+        changed = [k for k in _PARTS if parts.get(k) != now[k]]
+        what = {"rules": "the rules or margins", "config": "the configuration (arms, budgets)",
+                "n_seeds": f"the seed count (registered {entry.get('n_seeds')}, run {n_seeds})",
+                "code": "the claim's code"}
+        listed = ", ".join(what[k] for k in changed) or "the protocol"
+        st, why = EXPLORATORY, (f"{listed} changed since the protocol was preregistered on "
+                                f"{entry.get('registered', '?')}; a confirmatory verdict needs the registered "
+                                "protocol or a new registration followed by a rerun on fresh seeds")
+    return {"protocol_hash": h, "status": st, "status_reason": why, "protocol": proto}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m normlab.lab.protocol --register [--level L] [--seeds N] [--only ID ...]``."""
+    ap = argparse.ArgumentParser(prog="python -m normlab.lab.protocol",
+                                 description="preregister the claims' protocols (writes claims/PROTOCOLS.json)")
+    ap.add_argument("--register", action="store_true", help="record the current protocol hashes")
+    ap.add_argument("--level", default="quick", choices=("quick", "full", "tiny"))
+    ap.add_argument("--seeds", type=int, default=None, help="seed count of the confirmatory run (default: the "
+                    "level's default)")
+    ap.add_argument("--only", nargs="*", default=None, help="claim ids (default: all)")
+    ap.add_argument("--registry", default=str(REGISTRY))
+    args = ap.parse_args(argv)
+    from .claims import all_claims, get_claim
+    from .claims.base import DEFAULT_SEEDS
+
+    try:
+        claims = [get_claim(i) for i in args.only] if args.only else all_claims()
+        n = DEFAULT_SEEDS[args.level] if args.seeds is None else args.seeds
+        if n < 1:
+            raise ValueError(f"--seeds must be a positive integer, got {n}")
+        if not args.register:
+            for c in claims:
+                s = status(c, args.level, n, load_registry(args.registry))
+                print(f"{c.id:24s} {s['status']:13s} {s['protocol_hash'][:12]}  {s['status_reason']}")
+            return 0
+        register(claims, args.level, n, args.registry)
+    except ValueError as exc:
+        print(f"normlab protocol: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered {len(claims)} protocol(s) at level {args.level} with {n} seeds in {args.registry}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
