@@ -386,3 +386,62 @@ def test_fn_registry_spec_and_half_input():
     torch.testing.assert_close(fn(x), direct(x), rtol=0, atol=0)
     y = make_norm("fn", 4)(x.to(torch.bfloat16).requires_grad_())
     assert y.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------- synchronized
+def _load_fn_worker():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_fn_sync_worker", Path(__file__).parent / "_fn_sync_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fn_worker = _load_fn_worker()
+
+
+@pytest.fixture(scope="module")
+def fn_two_process_results(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import normlab
+
+    tmp = tmp_path_factory.mktemp("fn_sync")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(normlab.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    script = str(Path(__file__).parent / "_fn_sync_worker.py")
+    procs = [
+        subprocess.Popen([sys.executable, script, str(r), "2", str(tmp / "store"), str(tmp / f"rank{r}.pt")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=180)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("name", list(fn_worker.CASES))
+def test_fn_and_ran_synchronized_over_two_gloo_processes_equal_one_process(name, fn_two_process_results):
+    # the batch moments are pooled over the processes (the family's batch_moments hook): outputs, input gradients,
+    # summed parameter gradients and the estimate/running averages equal one process on the whole batch
+    w = fn_worker.worker
+    single = w.run(name, w.build(name), 0, w.N)
+    ranks = [res[name] for res in fn_two_process_results]
+    for step in range(w.STEPS):
+        torch.testing.assert_close(torch.cat([r["y"][step] for r in ranks]), single["y"][step])
+        torch.testing.assert_close(torch.cat([r["dx"][step] for r in ranks]), single["dx"][step])
+        for k, want in enumerate(single["dp"][step]):
+            torch.testing.assert_close(ranks[0]["dp"][step][k] + ranks[1]["dp"][step][k], want)
+    for key, want in single["state"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["state"][key], want, msg=f"{name}: buffer {key}")
+    # and the synchronized result is not what one process computes on its own shard
+    alone = w.run(name, w.build(name), 0, fn_worker.CASES[name][2][0])
+    assert not torch.allclose(alone["state"]["running_mean"], single["state"]["running_mean"])
