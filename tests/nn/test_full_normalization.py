@@ -445,3 +445,35 @@ def test_fn_and_ran_synchronized_over_two_gloo_processes_equal_one_process(name,
     # and the synchronized result is not what one process computes on its own shard
     alone = w.run(name, w.build(name), 0, fn_worker.CASES[name][2][0])
     assert not torch.allclose(alone["state"]["running_mean"], single["state"]["running_mean"])
+
+
+def test_fn_eval_with_batch_statistics_and_without_affine():
+    # eval_stats="batch": plain batch statistics at inference, nothing tracked; affine=False: no gamma/beta
+    fn = FullNormalization(3, momentum=0.3, affine=False, eval_stats="batch", dtype=F64)
+    bn = BatchNorm(3, affine=False, eval_stats="batch", dtype=F64)
+    x = torch.randn(6, 3, 2, dtype=F64)
+    fn(x), bn(x)
+    before = copy.deepcopy(fn.state_dict())
+    fn.eval(), bn.eval()
+    x = torch.randn(5, 3, 2, dtype=F64) * 3 - 1
+    torch.testing.assert_close(fn(x), bn(x), rtol=1e-12, atol=1e-12)
+    for key, value in before.items():
+        assert torch.equal(fn.state_dict()[key], value), key
+    assert fn.weight is None and fn.bias is None
+
+
+def test_fn_estimate_is_the_population_of_all_batches_when_batches_are_single_class():
+    # the case FN is for: each batch holds one "class" (mean -3 or +3). With momentum=None (alpha_t = 1/t) the estimate
+    # is exactly the pooled moments of every value seen -- variance about 1 + 9, the spread of the batch means
+    # included -- while each batch's own variance is about 1 (what BN normalizes with) and the average of the batch
+    # variances (a moving average of variances) would be about 1 too.
+    torch.manual_seed(8)
+    fn = FullNormalization(2, momentum=None, dtype=F64)
+    batches = [torch.randn(16, 2, dtype=F64) + (3.0 if k % 2 else -3.0) for k in range(6)]
+    for b in batches:
+        fn(b)
+    values = torch.cat(batches)
+    torch.testing.assert_close(fn.running_mean, values.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fn.running_var, values.var(0, unbiased=False), rtol=1e-12, atol=1e-12)
+    assert bool((fn.running_var > 8).all())
+    assert float(torch.stack([b.var(0, unbiased=False) for b in batches]).mean()) < 2
