@@ -17,3 +17,7 @@ from .act import NormAct  # noqa: E402
 from .sync import convert_sync_batchnorm  # noqa: E402
 
 __all__ += ["NormAct", "convert_sync_batchnorm"]
+from .full_normalization import FullNormalization  # noqa: E402
+from .running_average import RunningAverageNorm  # noqa: E402
+
+__all__ += ["FullNormalization", "RunningAverageNorm"]

@@ -21,6 +21,10 @@ spec                    layer
                         (Cooijmans et al. 2016, gamma starts at 0.1); ``"tbn"`` alone needs ``max_steps=`` as a
                         keyword (the lab's ``rnn`` model passes its sequence length). Channel ``axis`` -1 by default:
                         ``(N, T, C)`` sequences, or ``forward(x_t, step=t)`` on ``(N, C)`` inside a recurrent loop
+``"fn"``                :class:`FullNormalization` (Lian & Liu 2019): a moving estimate of the dataset's moments in
+                        value, the batch's moments in gradient
+``"ran"``               :class:`RunningAverageNorm`: normalizes with the running averages in training too, no
+                        gradient through them (what seed article 000 calls MABN)
 ``"none"``              ``torch.nn.Identity`` (keyword arguments are ignored)
 ======================  ==========================================================================================
 
@@ -109,6 +113,8 @@ def _builtin() -> None:
     # Imported here so that registry.py can be imported first by anything.
     from . import alternatives as alt
     from . import batchnorm, sequence, variants
+    from .full_normalization import FullNormalization
+    from .running_average import RunningAverageNorm
 
     register_norm("bn", lambda c, _, **kw: batchnorm.BatchNorm(c, **kw), help="BatchNorm")
     register_norm("brn", lambda c, _, **kw: variants.BatchRenorm(c, **kw), help="Batch Renormalization")
@@ -127,6 +133,8 @@ def _builtin() -> None:
     register_norm("rms", lambda c, _, **kw: alt.RMSNorm(c, **{"axis": 1, **kw}), help="RMSNorm over non-batch dims")
     register_norm("masked", lambda c, _, **kw: sequence.MaskedBatchNorm(c, **kw), help="BatchNorm over padded batches")
     register_norm("tbn", _time_step_bn, argument="optional", help="recurrent BN per time step, tbn:<max_steps>")
+    register_norm("fn", lambda c, _, **kw: FullNormalization(c, **kw), help="Full Normalization (Lian & Liu 2019)")
+    register_norm("ran", lambda c, _, **kw: RunningAverageNorm(c, **kw), help="running-average normalization")
     register_norm("none", lambda c, _, **kw: nn.Identity(), help="identity")
 
 
