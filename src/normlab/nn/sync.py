@@ -122,3 +122,20 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
         return m
 
     return convert(model)
+
+
+def check_pooled_count(pooled: _stats.Moments, local: _stats.Moments, name: str) -> None:
+    """Training needs more than one value per channel over the whole group (the pooled count, the same on every
+    process, so every process raises together). A count of 0 everywhere is an empty batch, which is allowed."""
+    count = pooled.count
+    if isinstance(count, Tensor):
+        bad = bool((count.detach() == 1).any())
+        total = int(count.detach().reshape(-1).max()) if count.numel() else 0
+    else:
+        bad, total = count == 1, int(count)
+    if bad:
+        here = local.count if not isinstance(local.count, Tensor) else int(local.count.detach().reshape(-1).max())
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
+            f"group ({here} on this process); use a larger batch, or eval mode"
+        )

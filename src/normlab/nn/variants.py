@@ -170,6 +170,13 @@ class GhostBatchNorm(BatchNormBase):
         if not self.uses_batch_stats() or (x.shape[0] <= self.virtual_batch_size and not self.sync_statistics):
             return super()._normalize(x, axis)
         _check_batch_axis(self, axis)
+        if x.shape[0] == 0:  # synchronized, no sample here: an empty output; the running statistics still pool
+            out = self.empty_output(x, axis)
+            if self.updates_running_stats():
+                with torch.no_grad():
+                    pooled = self._pool(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
+                self.update_running(pooled)
+            return out
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
         per_value = x[:1].numel() // x.shape[axis]
         if chunks[-1].shape[0] * per_value <= 1:
@@ -388,10 +395,13 @@ class BatchLayerNorm(BatchNormBase):
         _check_batch_axis(self, axis)
         if self.uses_batch_stats():
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
-            # B = samples behind the statistics (all processes' when synchronized).
-            per_sample = x[:1].numel() // x.shape[axis]
+            # B = samples behind the statistics (all processes' when synchronized); from the shape, not x[:1],
+            # which is empty on a process without samples
+            per_sample = math.prod(n for d, n in enumerate(x.shape) if d not in (0, axis))
             count = stats.count.reshape(-1)[0] if isinstance(stats.count, Tensor) else stats.count
-            batch = round(float(count)) // per_sample
+            batch = round(float(count)) // per_sample if per_sample else 0
+            if batch == 0:  # no sample on any process: an empty batch
+                return self.empty_output(x, axis)
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
