@@ -298,3 +298,51 @@ def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
     y = activate(y.reshape(x.shape).to(x.dtype), act)
     C = x.shape[c]
     return y, stats.mean.detach().reshape(groups, C), stats.var.detach().reshape(groups, C)
+
+
+class _ExactOrders(torch.autograd.Function):
+    """``fast(*inputs)`` forward and first-order backward (torch's own derivative, through a private graph), and
+    ``composite(*inputs)`` (differentiable operators only) for the backward when a graph of it is requested."""
+
+    @staticmethod
+    def forward(ctx, fast, composite, *inputs):
+        inner = tuple(t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t for t in inputs)
+        with torch.enable_grad():
+            y = fast(*inner)
+        ctx.fast_graph = (y, inner)
+        ctx.composite = composite
+        ctx.save_for_backward(*(t if isinstance(t, Tensor) else None for t in inputs))
+        ctx.kinds = tuple(isinstance(t, Tensor) for t in inputs)
+        ctx.others = tuple(None if isinstance(t, Tensor) else t for t in inputs)
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx, dy):
+        needs = ctx.needs_input_grad[2:]
+        if torch.is_grad_enabled():  # create_graph=True: the composite, exact at every order
+            saved = iter(ctx.saved_tensors)
+            inputs = tuple(next(saved) if k else o for k, o in zip(ctx.kinds, ctx.others))
+            grads = double_backward_grads(ctx.composite, inputs, needs, dy)
+        else:
+            y, inner = ctx.fast_graph
+            wanted = [t for t, n in zip(inner, needs) if n and isinstance(t, Tensor) and t.requires_grad]
+            # retain_graph: a second backward over a retained outer graph must find the private one too
+            got = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True, retain_graph=True))
+            grads = tuple(next(got) if n and isinstance(t, Tensor) and t.requires_grad else None
+                          for t, n in zip(inner, needs))
+        return (None, None, *grads)
+
+
+def exact_orders(fast, composite, *inputs) -> Tensor:
+    """``fast(*inputs)`` (e.g. a torch native kernel whose double backward treats its saved statistics as
+    constants, wrong from the third order on: layer_norm, instance_norm) with exact derivatives of every order:
+    first-order gradients are ``fast``'s own; when a graph of the backward is requested (``create_graph=True``)
+    the backward differentiates ``composite`` (the same function from differentiable operators). Without a
+    gradient to compute, or while tracing/compiling, it is ``fast(*inputs)`` itself."""
+    if (
+        not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        or not any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+        or not plain(inputs[0])  # under torch.func transforms: the composite (pure torch, exact)
+    ):
+        return fast(*inputs) if plain(inputs[0]) or not torch.is_grad_enabled() else composite(*inputs)
+    return _ExactOrders.apply(fast, composite, *inputs)

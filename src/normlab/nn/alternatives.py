@@ -24,10 +24,34 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+
+
+def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
+    """``torch.nn.functional.layer_norm`` with exact derivatives of every order (torch's double backward is wrong
+    from the third order on; see :func:`normlab.kernels.native.exact_orders`)."""
+    return kernels.native.exact_orders(
+        lambda a, w, b: TF.layer_norm(a, shape, w, b, eps),
+        lambda a, w, b: _layer_norm_composite(a, shape, w, b, eps), x, weight, bias,
+    )
+
+
+def _instance_norm_composite(x: Tensor, weight, bias, eps: float) -> Tensor:
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    return _stats.affine(y, weight, bias, axis=1)
 
 
 def _check_eps(eps, name: str) -> None:
@@ -129,7 +153,7 @@ class LayerNorm(_SampleNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype, axis)
 
     def _native(self, x, shape, weight, bias):
-        return TF.layer_norm(x, shape, weight, bias, self.eps)
+        return layer_norm(x, shape, weight, bias, self.eps)
 
 
 class RMSNorm(_SampleNorm):
@@ -197,6 +221,8 @@ class GroupNorm(nn.Module):
         c = _validate.check_channels(x, name, self.num_channels, self.axis)
         if c == 0:
             raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        if x.numel() == 0:  # torch's empty output, with gradient 0 for the parameters (torch's is NaN for (N, C, 0))
+            return _stats.affine(x * 0, self.weight, self.bias, axis=c)
         y = TF.group_norm(x.movedim(c, 1), self.num_groups, self.weight, self.bias, self.eps)
         return y.movedim(1, c)
 
@@ -331,9 +357,16 @@ class InstanceNorm(nn.Module):
             else:
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum
-        y = TF.instance_norm(
-            x.movedim(c, 1), self.running_mean, self.running_var, self.weight, self.bias,
-            use_input_stats, momentum, self.eps,
+        xm = x.movedim(c, 1)
+        if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
+            y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return y.movedim(1, c)
+        # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps
+        # its first-order gradients and differentiates the composite when a graph of the backward is requested
+        running, eps = (self.running_mean, self.running_var), self.eps
+        y = kernels.native.exact_orders(
+            lambda a, w, b: TF.instance_norm(a, *running, w, b, True, momentum, eps),
+            lambda a, w, b: _instance_norm_composite(a, w, b, eps), xm, self.weight, self.bias,
         )
         return y.movedim(1, c)
 

@@ -21,6 +21,7 @@ from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
 from .. import functional as F
+from .alternatives import layer_norm
 from .batchnorm import BatchNormBase
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
@@ -229,6 +230,12 @@ class _MovingAverageNormalize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "MovingAverageBatchNorm: its backward replaces the batch's statistics by moving averages (Yan et al. "
+                "2020), which defines no derivative of higher order; double backward (create_graph=True) is not "
+                "supported, use BatchNorm or another layer of the family for that"
+            )
         x, chi2, r = ctx.saved_tensors
         nd, axis = x.ndim, ctx.axis
         inv = _stats.channel_view(torch.rsqrt(chi2 + ctx.eps), nd, axis)
@@ -420,5 +427,6 @@ class BatchLayerNorm(BatchNormBase):
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)
-        x_f = TF.layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
+        # alternatives.layer_norm: torch's layer_norm with exact higher-order derivatives
+        x_f = layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
         return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)
