@@ -404,7 +404,10 @@ class BatchLayerNorm(BatchNormBase):
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
             # B = samples behind the statistics (all processes' when synchronized); from the shape, not x[:1],
             # which is empty on a process without samples
-            per_sample = math.prod(n for d, n in enumerate(x.shape) if d not in (0, axis))
+            per_sample = 1
+            for d in range(1, x.ndim):
+                if d != axis:
+                    per_sample *= x.shape[d]
             count = stats.count.reshape(-1)[0] if isinstance(stats.count, Tensor) else stats.count
             batch = round(float(count)) // per_sample if per_sample else 0
             if batch == 0:  # no sample on any process: an empty batch
