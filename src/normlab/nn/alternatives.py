@@ -39,13 +39,43 @@ def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> 
     return y + bias if bias is not None else y
 
 
+class _LayerNorm(torch.autograd.Function):
+    """torch's fused layer norm forward and first-order backward; a graph of the backward (create_graph=True)
+    differentiates the composite instead, whose derivatives are exact at every order."""
+
+    @staticmethod
+    def forward(ctx, x, shape, weight, bias, eps):
+        y, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.shape, ctx.eps = shape, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            shape, eps = ctx.shape, ctx.eps
+            dx, dw, db = kernels.native.double_backward_grads(
+                lambda a, w, b: _layer_norm_composite(a, shape, w, b, eps), (x, weight, bias), (n[0], n[2], n[3]), dy)
+            return dx, None, dw, db, None
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            dy, x, ctx.shape, mean, rstd, weight, bias, [n[0], n[2] and weight is not None, n[3] and bias is not None])
+        return dx if n[0] else None, None, dw if n[2] else None, db if n[3] else None, None
+
+
 def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
-    """``torch.nn.functional.layer_norm`` with exact derivatives of every order (torch's double backward is wrong
-    from the third order on; see :func:`normlab.kernels.native.exact_orders`)."""
-    return kernels.native.exact_orders(
-        lambda a, w, b: TF.layer_norm(a, shape, w, b, eps),
-        lambda a, w, b: _layer_norm_composite(a, shape, w, b, eps), x, weight, bias,
-    )
+    """``torch.nn.functional.layer_norm`` with exact derivatives of every order (torch's double backward treats
+    the saved statistics as constants and is wrong from the third order on)."""
+    if (
+        torch.is_grad_enabled() and kernels.native.plain(x) and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+    ):
+        return _LayerNorm.apply(x, tuple(shape), weight, bias, eps)
+    if not kernels.native.plain(x) and torch.is_grad_enabled():  # torch.func transforms: the composite
+        return _layer_norm_composite(x, tuple(shape), weight, bias, eps)
+    return TF.layer_norm(x, shape, weight, bias, eps)
 
 
 def _instance_norm_composite(x: Tensor, weight, bias, eps: float) -> Tensor:
