@@ -26,7 +26,17 @@ CASES = {
     "inplace_abn": (lambda: NormAct(BatchNorm(4), activation="leaky_relu", inplace_abn=True), (4, 3), (0, 5), False),
 }
 # pooled count 1: every process must raise the same error (none waits for the other)
-RAISES = {"bn_pooled_one": (lambda: BatchNorm(4), (4,), (0, 1))}
+RAISES = {
+    "bn_pooled_one": (lambda: BatchNorm(4), (4,), (0, 1)),
+    "bn_nan_on_one": (lambda: BatchNorm(4, check_finite=True), (4, 3), (3, 3)),  # NaN in process 1's batch
+    "ghost_short_on_one": (lambda: GhostBatchNorm(4, virtual_batch_size=2), (4,), (3, 4)),  # process 0: 2 + 1
+}
+# what each process must say (process 0, process 1)
+RAISES_SAY = {
+    "bn_pooled_one": ("got 1 over every process",) * 2,
+    "bn_nan_on_one": ("another process of the group holds NaN or Inf", "input holds NaN or Inf"),
+    "ghost_short_on_one": ("the last virtual batch", "another process of the group has a last virtual batch"),
+}
 # no sample anywhere: empty outputs, nothing learned
 EMPTY = {"bn_all_empty": (lambda: BatchNorm(4), (4, 3), (0, 0))}
 
@@ -38,6 +48,8 @@ def data(name, n):
     dy = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     mask = torch.rand(n, shape[0], generator=g) > 0.3
     mask[:, :2] = True
+    if name == "bn_nan_on_one":
+        x[4, 0, 0] = float("nan")
     return x, dy, mask
 
 

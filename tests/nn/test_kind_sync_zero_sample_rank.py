@@ -65,10 +65,13 @@ def test_kind_sync_zero_sample_rank_equals_one_process_on_the_whole_batch(name, 
             torch.testing.assert_close(g["state"][key], want, msg=f"{name}: buffer {key}")
 
 
-def test_kind_sync_zero_sample_rank_pooled_count_of_one_raises_everywhere(results):
+@pytest.mark.parametrize("name", list(worker.RAISES))
+def test_kind_sync_zero_sample_rank_data_dependent_checks_raise_on_every_process(name, results):
+    """A pooled count of 1, NaN on one process (check_finite=True), a short last virtual batch on one process:
+    every process raises (the group did not hang), each saying what it knows."""
     _, ranks = results
-    for r in ranks:
-        assert "expected more than 1 value per channel when training, got 1 over every process" in r["bn_pooled_one"]
+    for r, says in zip(ranks, worker.RAISES_SAY[name]):
+        assert r[name] != "no error" and says in r[name], r[name]
 
 
 def test_kind_sync_zero_sample_rank_no_sample_anywhere_is_an_empty_batch(results):

@@ -199,8 +199,24 @@ class BatchNormBase(nn.Module):
         if self.uses_batch_stats() and self._needs_batch_variance and not self.sync_statistics:
             _validate.check_batch_size(x, name, c)
         if self.check_finite:
-            _validate.check_finite(x, name, c)
+            if self.sync_statistics and self.uses_batch_stats():
+                self._check_finite_everywhere(x, c)
+            else:
+                _validate.check_finite(x, name, c)
         return c
+
+    def _check_finite_everywhere(self, x: Tensor, c: int) -> None:
+        """check_finite for a synchronized layer: every process learns whether any holds NaN/Inf, and all raise."""
+        from . import sync
+
+        here = not bool(torch.isfinite(x).all())
+        if sync.any_process(here, self.process_group):
+            if here:
+                _validate.check_finite(x, self.layer_name, c)
+            raise ValueError(
+                f"{self.layer_name}: another process of the group holds NaN or Inf in its input (check_finite=True); "
+                f"every process stops here"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check_input(x)

@@ -139,3 +139,14 @@ def check_pooled_count(pooled: _stats.Moments, local: _stats.Moments, name: str)
             f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
             f"group ({here} on this process); use a larger batch, or eval mode"
         )
+
+
+def any_process(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is True on any process of ``group`` (one all_reduce; ``flag`` itself when not distributed).
+    A data-dependent check of a synchronized layer goes through this, so that every process raises together
+    instead of one raising while the others wait in the next collective."""
+    if not _active(group):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return bool(t.item() > 0)

@@ -171,6 +171,19 @@ class GhostBatchNorm(BatchNormBase):
         if not self.uses_batch_stats() or (x.shape[0] <= self.virtual_batch_size and not self.sync_statistics):
             return super()._normalize(x, axis)
         _check_batch_axis(self, axis)
+        per_value = x[:1].numel() // x.shape[axis] if x.shape[0] else 0
+        last = x.shape[0] % self.virtual_batch_size or self.virtual_batch_size
+        short = x.shape[0] > 0 and last * per_value <= 1
+        if self.sync_statistics and self.updates_running_stats():
+            # the running statistics pool over processes: a process whose last virtual batch is too short must not
+            # raise alone while the others wait in that pooling, so every process learns it and all raise
+            from . import sync
+
+            if sync.any_process(short, self.process_group) and not short:
+                raise ValueError(
+                    f"{self.layer_name}: another process of the group has a last virtual batch of 1 value per "
+                    f"channel; every process stops here"
+                )
         if x.shape[0] == 0:  # synchronized, no sample here: an empty output; the running statistics still pool
             out = self.empty_output(x, axis)
             if self.updates_running_stats():
@@ -179,8 +192,7 @@ class GhostBatchNorm(BatchNormBase):
                 self.update_running(pooled)
             return out
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
-        per_value = x[:1].numel() // x.shape[axis]
-        if chunks[-1].shape[0] * per_value <= 1:
+        if short:
             raise ValueError(
                 f"{self.layer_name}: the last virtual batch of a batch of {x.shape[0]} with virtual_batch_size="
                 f"{self.virtual_batch_size} holds {chunks[-1].shape[0]} sample(s), 1 value per channel; use a batch "
