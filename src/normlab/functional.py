@@ -63,8 +63,14 @@ def batch_norm(
     ``running_var_unbiased=False``). In eval mode the running statistics normalize.
 
     ``num_batches_tracked`` (optional, as in torch's modules) is incremented on each training update; with
-    ``momentum=None`` it makes the running statistics a cumulative average. Everything is validated before any
-    buffer changes.
+    ``momentum=None`` it makes the running statistics a cumulative average (weight 1 / counter, a tensor
+    operation, so torch.compile keeps it in the graph). An empty batch gives an empty output and changes no buffer.
+    Derivatives of every order are exact (a graph of the backward is built from differentiable operators).
+    Everything is validated before any buffer changes.
+
+    Shapes: ``input`` of rank >= 2, ``running_mean``/``running_var``/``weight``/``bias`` of shape ``(C,)`` with
+    C = ``input.shape[axis]``. Raises ``TypeError`` for a non-float input and ``ValueError`` for a wrong shape, a
+    missing running statistic in eval mode, or one value per channel in training.
     """
     c = _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name)
     return _batch_norm(

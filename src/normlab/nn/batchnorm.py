@@ -62,6 +62,13 @@ class BatchNormBase(nn.Module):
 
     Subclasses set ``_ranks`` (accepted input ranks, ``None`` = any rank >= 2) and may override
     :meth:`_normalize`, which receives a checked input and returns the output.
+
+    Shared rules: an empty batch in training gives an empty output of the input's shape (torch's behaviour) and
+    changes no running statistic and no counter; a synchronized layer decides its data-dependent checks on the
+    count pooled over the group (see :mod:`normlab.nn.sync`); ``momentum=None`` weighs a batch by 1 / counter as a
+    tensor operation; derivatives of every order are exact; a state_dict without ``num_batches_tracked`` keeps
+    the layer's counter, as torch. ``bias=False`` (torch's keyword) keeps the weight and drops the bias.
+    Raises ``ValueError`` naming the layer for a wrong rank, channel count or a single value per channel.
     """
 
     _version = 2

@@ -15,6 +15,13 @@ What is pooled, per layer: BatchNorm, BatchRenorm, MaskedBatchNorm, TimeStepBatc
 part) pool their batch statistics; GhostBatchNorm keeps its virtual batches local and pools only the running
 statistics; MovingAverageBatchNorm cannot be synchronized (its moving averages are per process) and raises.
 
+A process may hold no sample (or a single one): its local statistics have count 0 and weigh nothing in the merge,
+its output is empty and its gradients 0, and it still takes part in every collective (forward and backward). Every
+data-dependent check of a synchronized layer is decided over the group, so all processes raise together and none is
+left waiting: more than one value per channel is required of the *pooled* count (:func:`check_pooled_count`, as
+``torch.nn.SyncBatchNorm``), and ``check_finite`` and GhostBatchNorm's last-virtual-batch check go through
+:func:`any_process`. No sample anywhere is an empty batch: empty outputs, no running statistic or counter changes.
+
 Every process must call the layer (and the backward) the same number of times, as with ``torch.nn.SyncBatchNorm``.
 Parameter gradients are the per-process contributions; sum them (or let DDP average them) as usual.
 """
@@ -28,7 +35,8 @@ from torch import Tensor, nn
 from .. import _stats
 from .batchnorm import BatchNorm, BatchNormBase
 
-__all__ = ["all_merge_moments", "all_reduce_sum", "convert_sync_batchnorm", "is_synchronized"]
+__all__ = ["all_merge_moments", "all_reduce_sum", "any_process", "check_pooled_count", "convert_sync_batchnorm",
+           "is_synchronized"]
 
 
 def _active(group) -> bool:
