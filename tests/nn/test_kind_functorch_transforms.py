@@ -114,7 +114,8 @@ def test_kind_functorch_transforms_every_layer(case, training, backend):
     (lambda: GroupNorm(3, 3), lambda: torch.nn.GroupNorm(3, 3)),
     (lambda: InstanceNorm1d(3, affine=True), lambda: torch.nn.InstanceNorm1d(3, affine=True)),
     (lambda: LayerNorm(4), lambda: torch.nn.LayerNorm(4)),
-], ids=["bn-notrack", "bn", "gn", "in1d", "ln"])
+    (lambda: InstanceNorm1d(3, track_running_stats=True), lambda: torch.nn.InstanceNorm1d(3, track_running_stats=True)),
+], ids=["bn-notrack", "bn", "gn", "in1d", "ln", "in1d-track"])
 def test_kind_functorch_transforms_torch_named_layers_agree_with_torch(ours, theirs, training, backend):
     """Where torch's layer works under a transform, ours gives the same values; where it refuses, ours refuses."""
     x = torch.randn(6, 3, 4, 4, dtype=torch.float64) + 3

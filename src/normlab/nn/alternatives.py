@@ -394,6 +394,10 @@ class InstanceNorm(nn.Module):
         # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps
         # its first-order gradients and differentiates the composite when a graph of the backward is requested
         running, eps = (self.running_mean, self.running_var), self.eps
+        if self.training and self.track_running_stats and not kernels.native.plain(xm):
+            # under a torch.func transform the running update is torch's to refuse (the composite has none)
+            y = TF.instance_norm(xm, *running, self.weight, self.bias, True, momentum, eps)
+            return y.movedim(1, c)
         y = kernels.native.exact_orders(
             lambda a, w, b: TF.instance_norm(a, *running, w, b, True, momentum, eps),
             lambda a, w, b: _instance_norm_composite(a, w, b, eps), xm, self.weight, self.bias,
