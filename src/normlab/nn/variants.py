@@ -17,7 +17,6 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
 from .. import functional as F
