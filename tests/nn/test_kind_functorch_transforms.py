@@ -34,6 +34,22 @@ def test_kind_functorch_transforms_issue_example_matches_torch():
         torch.testing.assert_close(got, want)
 
 
+def test_kind_functorch_transforms_per_sample_jacobians_match_torch():
+    """The per-sample form: vmap over samples, each run alone (a batch of one) through conv -> BatchNorm2d."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    ours, theirs = BatchNorm2d(3, track_running_stats=False).double(), torch.nn.BatchNorm2d(3, track_running_stats=False).double()
+    x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+
+    def f(bn):
+        return lambda s: bn(conv(s.unsqueeze(0))).squeeze(0).tanh().sum(dim=(1, 2))
+
+    want = vmap(jacrev(f(theirs)))(x)
+    for backend in BACKENDS:
+        with kernels.backend(backend):
+            torch.testing.assert_close(vmap(jacrev(f(ours)))(x), want)
+
+
 # (spec, kwargs): every layer of the family; "-notrack" variants where the layer allows it
 LAYERS = [
     ("bn", {}), ("bn", {"track_running_stats": False}), ("brn", {}), ("gbn:2", {}),
