@@ -166,7 +166,11 @@ def test_old_checkpoint_without_num_batches_tracked_loads():
     layer = nlnn.BatchNorm1d(3)
     layer.num_batches_tracked.fill_(7)
     layer.load_state_dict(sd)
-    assert int(layer.num_batches_tracked) == 0
+    # issue 14 item 3: as torch 2.13 does, a checkpoint without the counter keeps the layer's own (was: reset to 0)
+    theirs = torch.nn.BatchNorm1d(3)
+    theirs.num_batches_tracked.fill_(7)
+    theirs.load_state_dict(sd)
+    assert int(layer.num_batches_tracked) == int(theirs.num_batches_tracked) == 7
 
 
 def test_eval_stats_batch_normalizes_with_batch_statistics_and_leaves_buffers():

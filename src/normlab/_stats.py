@@ -69,6 +69,14 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
     enter the arithmetic (they may be NaN). Channels with no valid position get mean 0 and variance 0.
     """
     xc = x.to(compute_dtype(x.dtype))
+    if mask is None and x.numel() == 0:
+        # no value: mean and variance 0 with count 0 (var_mean would give NaN, which a merge would spread), still
+        # computed from x so that a synchronized layer's pooled statistics keep x in their graph on every process
+        mean = xc.sum(dim=dims, keepdim=keepdim)
+        count = 1
+        for d in dims:
+            count *= x.shape[d]
+        return Moments(mean, mean * mean, count)
     if mask is None:
         var, mean = torch.var_mean(xc, dim=dims, correction=0, keepdim=keepdim)
         count = 1
@@ -151,6 +159,14 @@ def affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, *, axis: int =
     return y
 
 
+def is_empty(stats: Moments, read_tensor: bool = False) -> bool:
+    """Whether ``stats`` were taken over no value at all. An int count is read directly; a tensor count (masks,
+    pooled statistics) only when ``read_tensor`` (reading it synchronizes with the data)."""
+    if not isinstance(stats.count, Tensor):
+        return stats.count == 0
+    return read_tensor and not bool(stats.count.detach().any())
+
+
 def unbiased(var: Tensor, count: int | Tensor) -> Tensor:
     """Bessel's correction ``var * n / (n - 1)``; a channel with a single value keeps its (zero) variance."""
     if isinstance(count, Tensor):
@@ -164,14 +180,17 @@ def update_running(
     running_var: Tensor,
     stats: Moments,
     *,
-    momentum: float,
+    momentum: float | Tensor,
     running_var_unbiased: bool = True,
     valid: Tensor | None = None,
 ) -> None:
     """In place: ``running <- (1 - momentum) * running + momentum * batch`` for mean and variance.
 
-    ``valid`` (bool per channel) leaves channels that saw no value untouched (masked layers).
+    ``momentum`` is a number or a 0-dim tensor (the cumulative average's 1 / counter, kept in the graph under
+    torch.compile). ``valid`` (bool per channel) leaves channels that saw no value untouched (masked layers).
     """
+    if isinstance(momentum, Tensor):
+        momentum = momentum.to(running_mean.dtype)
     var = unbiased(stats.var, stats.count) if running_var_unbiased else stats.var
     if valid is None:  # the common case, in place: two operators instead of six on the hot path of every layer
         running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)

@@ -60,10 +60,11 @@ def check_channels(x: Tensor, name: str, num_features: int, axis: int) -> int:
 
 
 def check_batch_size(x: Tensor, name: str, axis: int) -> None:
-    """Training with batch statistics needs more than one value per channel (else the variance is 0/0)."""
+    """Training with batch statistics needs more than one value per channel (else the variance is 0/0); an empty
+    batch (0 values) is allowed, as in torch: its output is empty and nothing is learned from it."""
     c = channel_axis(x.ndim, axis)
     per_channel = x.numel() // max(x.shape[c], 1)
-    if per_channel <= 1:
+    if per_channel == 1:
         raise ValueError(
             f"{name}: expected more than 1 value per channel when training, got input of shape "
             f"{tuple(x.shape)} ({per_channel} value per channel); use a batch of 2 or more, or eval mode"

@@ -8,6 +8,7 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import _stats, _validate, kernels
@@ -15,11 +16,15 @@ from . import _stats, _validate, kernels
 __all__ = ["batch_norm", "momentum_factor"]
 
 
-def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm") -> float:
+def momentum_factor(
+    momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm"
+) -> float | Tensor:
     """The weight of the new batch statistic in the running average.
 
     ``momentum=None`` means the cumulative (equal-weight) average, as in torch: the n-th batch gets weight 1/n,
-    which needs the count of batches seen so far (``num_batches_tracked``, *after* counting this batch).
+    which needs the count of batches seen so far (``num_batches_tracked``, *after* counting this batch). Given the
+    counter as a tensor, the weight is a 0-dim float64 tensor computed by tensor operations (no Python number is
+    read from the counter, so torch.compile keeps it in the graph); given an int, a float.
     """
     if momentum is not None:
         if not 0.0 <= float(momentum) <= 1.0:
@@ -29,6 +34,8 @@ def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | int | 
         raise ValueError(
             f"{name}: momentum=None (cumulative average) needs num_batches_tracked to count the batches seen"
         )
+    if isinstance(num_batches_tracked, Tensor):
+        return torch.reciprocal(num_batches_tracked.detach().clamp_min(1).to(torch.float64))
     return 1.0 / max(int(num_batches_tracked), 1)
 
 
@@ -56,8 +63,14 @@ def batch_norm(
     ``running_var_unbiased=False``). In eval mode the running statistics normalize.
 
     ``num_batches_tracked`` (optional, as in torch's modules) is incremented on each training update; with
-    ``momentum=None`` it makes the running statistics a cumulative average. Everything is validated before any
-    buffer changes.
+    ``momentum=None`` it makes the running statistics a cumulative average (weight 1 / counter, a tensor
+    operation, so torch.compile keeps it in the graph). An empty batch gives an empty output and changes no buffer.
+    Derivatives of every order are exact (a graph of the backward is built from differentiable operators).
+    Everything is validated before any buffer changes.
+
+    Shapes: ``input`` of rank >= 2, ``running_mean``/``running_var``/``weight``/``bias`` of shape ``(C,)`` with
+    C = ``input.shape[axis]``. Raises ``TypeError`` for a non-float input and ``ValueError`` for a wrong shape, a
+    missing running statistic in eval mode, or one value per channel in training.
     """
     c = _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name)
     return _batch_norm(
@@ -118,11 +131,22 @@ def _batch_norm(
     validated their input call this directly, so nothing is checked twice on the hot path."""
     if not training:
         return kernels.normalize(input, running_mean, running_var, weight, bias, eps, axis=c)
+    if input.numel() == 0:
+        # an empty batch (torch's behaviour): an empty output in the graph of the input and the parameters; no
+        # running statistic and no counter changes (there is nothing to average, no batch to count)
+        return _stats.affine(input * 0, weight, bias, axis=c)
     if running_mean is None:
         return kernels.batch_norm_train(input, weight, bias, eps, axis=c)[0]
-    # an int, not `num_batches_tracked + 1`: one tensor operator less per call (only momentum=None reads it)
-    batches = None if num_batches_tracked is None or momentum is not None else int(num_batches_tracked) + 1
-    factor = momentum_factor(momentum, batches, name)
+    if momentum is None:
+        # the cumulative average: count first, then weight 1 / counter as a tensor operation (no Python number
+        # from the counter, so torch.compile(fullgraph=True) keeps it in the graph)
+        factor = momentum_factor(momentum, num_batches_tracked.add_(1) if num_batches_tracked is not None else None,
+                                 name)
+        out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
+        _stats.update_running(running_mean, running_var, stats, momentum=factor,
+                              running_var_unbiased=running_var_unbiased)
+        return out
+    factor = momentum_factor(momentum, None, name)
     if (
         running_var_unbiased and running_mean.dtype == input.dtype and running_var.dtype == input.dtype
         and kernels.native.torch_kernel_ok(input) and not kernels.use_fast(input, c)

@@ -104,10 +104,27 @@ def backend(name: str) -> Iterator[None]:
         _override = previous
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def plain(x: Tensor) -> bool:
+    """Whether ``x`` is an ordinary tensor over its own storage, outside any torch.func transform: not a tensor
+    subclass, not wrapped, and no vmap/grad/jacrev active (inside one, the parameters or statistics may be wrapped
+    even when ``x`` is not; wrapped tensors have no storage, so neither NumPy nor a data pointer can read them).
+    Otherwise the call takes the pure-torch path. Under torch.compile the graph sees the ops instead."""
+    if torch.compiler.is_compiling():
+        return True
+    return type(x) in _PLAIN_TYPES and _functorch_level() is None and not _is_functorch_wrapped(x)
+
+
 def supported(x: Tensor) -> bool:
-    """Whether a kernel exists for ``x``: CPU, float32/float64, rank >= 2, not empty, numba installed."""
+    """Whether a kernel exists for ``x``: an ordinary CPU tensor (see :func:`plain`), float32/float64, rank >= 2,
+    not empty, numba installed."""
     return (
-        x.device.type == "cpu"
+        plain(x)
+        and x.device.type == "cpu"
         and x.dtype in SUPPORTED_DTYPES
         and x.ndim >= 2
         and x.numel() > 0

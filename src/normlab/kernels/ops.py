@@ -22,7 +22,9 @@ In plain eager mode, :func:`train` and :func:`apply_affine` run the same impleme
 ``torch.autograd.Function`` (the ops' Python dispatch costs ~0.1 ms a call); under ``torch.compile``,
 ``torch.export`` or ``make_fx`` they call the registered ops.
 
-First-order gradients only: the backward ops have no autograd of their own, so double backward raises.
+The backward ops compute first-order gradients. When a graph of the backward is requested (``create_graph=True``,
+double backward), the backward instead recomputes the same function from differentiable torch operators
+(:func:`_composite_train`, :func:`_composite_apply`) and differentiates that, so every order is exact.
 """
 
 from __future__ import annotations
@@ -193,10 +195,56 @@ def _apply_setup(ctx, inputs, output):
     ctx.eager = False
 
 
+def _per_group(t: Tensor, x: Tensor, axis: int, groups: int) -> Tensor:
+    """A per-channel ``(C,)`` or per-(group, channel) ``(G, C)`` tensor shaped to broadcast against ``x`` viewed
+    as (G, N/G, ...)."""
+    C = x.shape[axis % x.ndim]
+    return _bcast(t.reshape(-1, C).expand(groups, C), x, axis, groups)
+
+
+def _composite_apply(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
+    """``normlab::apply`` from differentiable torch operators (for gradients of every order)."""
+    z = (_grouped(x, groups) - _per_group(mean, x, axis, groups)) * _per_group(scale, x, axis, groups)
+    z = z + _per_group(shift, x, axis, groups)
+    return (torch.relu(z) if act else z).reshape(x.shape)
+
+
+def _composite_train(x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
+                     mask: Tensor | None, rd: Tensor) -> Tensor:
+    """``normlab::batch_norm_train``'s output from differentiable torch operators (for gradients of every order),
+    batch renormalization's r and d (``rd``) held constant as in the kernels' backward."""
+    from .. import _stats
+
+    c = axis % x.ndim
+    xg = _grouped(x, groups)
+    dims = tuple(d for d in range(xg.ndim) if d not in (0, c + 1))
+    mg = None
+    if mask is not None:
+        shape = list(x.shape)
+        shape[c] = 1
+        mg = _grouped(mask.expand(shape), groups)
+        xg = torch.where(mg, xg, xg.new_zeros(()))  # padding out of the arithmetic (it may hold NaN)
+    st = _stats.moments(xg, dims, mask=mg, keepdim=True)
+    z = (xg - st.mean) * torch.rsqrt(st.var + eps)
+    z = z * _bcast(rd[0], x, axis, groups) + _bcast(rd[1], x, axis, groups)
+    z = z * _per_group(weight, x, axis, groups) + _per_group(bias, x, axis, groups)
+    y = torch.relu(z) if act else z
+    if mg is not None:
+        y = torch.where(mg, y, y.new_zeros(()))
+    return y.reshape(x.shape)
+
+
 def _apply_backward(ctx, dy):
     # y = act(z), z = (x - mean) * scale + shift:  dx = dy' scale, dmean = -sum dy' scale,
     # dscale = sum dy' (x - mean), dshift = sum dy'  (sums per (group, channel), then to each input's shape).
     x, mean, scale, shift = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiate the composite, exact at every order
+        from .native import double_backward_grads
+
+        axis, groups, act = ctx.axis, ctx.groups, ctx.act
+        grads = double_backward_grads(lambda *t: _composite_apply(*t, axis, groups, act), (x, mean, scale, shift),
+                                      ctx.needs_input_grad[:4], dy)
+        return (*grads, None, None, None)
     backward = _apply_backward_impl if ctx.eager else apply_backward
     dx, s_dy, s_dyx = backward(dy, x, mean, scale, shift, ctx.axis, ctx.groups, ctx.act)
     C = s_dy.shape[1]
@@ -306,6 +354,15 @@ def _train_backward(ctx, dy, d_mean, d_var, d_count, d_rd):
     if dy is None:  # only the (non-differentiable) statistics were used; eager lane, grads not materialized
         return (None,) * 9
     x, mean, var, count, rd, weight, bias, mask = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiate the composite, exact at every order
+        from .native import double_backward_grads
+
+        eps, axis, groups, act = ctx.eps, ctx.axis, ctx.groups, ctx.act
+        grads = double_backward_grads(
+            lambda a, w, b: _composite_train(a, w, b, eps, axis, groups, act, mask, rd), (x, weight, bias),
+            ctx.needs_input_grad[:3], dy,
+        )
+        return (*grads, None, None, None, None, None, None)
     backward = _train_backward_impl if ctx.eager else batch_norm_train_backward
     dx, dw, db = backward(dy, x, mean, var, count, rd, weight, bias, ctx.eps, ctx.axis, ctx.groups, ctx.act, mask)
     return dx, dw, db, None, None, None, None, None, None
@@ -337,8 +394,7 @@ class _EagerTrain(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # double backward raises, as with the ops
-    def backward(ctx, *grads):
+    def backward(ctx, *grads):  # first order on the kernels; a graph of the backward through the composite
         return _train_backward(ctx, *grads)
 
 
@@ -351,7 +407,6 @@ class _EagerApply(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         return _apply_backward(ctx, dy)
 

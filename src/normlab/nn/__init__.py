@@ -4,11 +4,11 @@ from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNo
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
 
-from .alternatives import GroupNorm, InstanceNorm, LayerNorm, RMSNorm  # noqa: E402
+from .alternatives import GroupNorm, InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm  # noqa: E402,E501
 from .registry import make_norm, norm_specs, register_norm  # noqa: E402
 from .variants import BatchLayerNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm  # noqa: E402
 
-__all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "make_norm", "norm_specs", "register_norm"]
+__all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "make_norm", "norm_specs", "register_norm"]
 __all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
 from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
 

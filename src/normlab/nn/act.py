@@ -101,6 +101,11 @@ class _InPlaceABN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "NormAct(inplace_abn=True): the in-place mode keeps only the output and recovers the input from it; "
+                "double backward (create_graph=True) is not supported, use inplace_abn=False"
+            )
         y, weight, bias, inv_std = ctx.saved_tensors
         count, batch_stats, axis, activation, slope, alpha, group = ctx.conf
         nd = y.ndim

@@ -24,10 +24,64 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import _stats, _validate
+from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+
+
+def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+class _LayerNorm(torch.autograd.Function):
+    """torch's fused layer norm forward and first-order backward; a graph of the backward (create_graph=True)
+    differentiates the composite instead, whose derivatives are exact at every order."""
+
+    @staticmethod
+    def forward(ctx, x, shape, weight, bias, eps):
+        y, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.shape, ctx.eps = shape, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            shape, eps = ctx.shape, ctx.eps
+            dx, dw, db = kernels.native.double_backward_grads(
+                lambda a, w, b: _layer_norm_composite(a, shape, w, b, eps), (x, weight, bias), (n[0], n[2], n[3]), dy)
+            return dx, None, dw, db, None
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            dy, x, ctx.shape, mean, rstd, weight, bias, [n[0], n[2] and weight is not None, n[3] and bias is not None])
+        return dx if n[0] else None, None, dw if n[2] else None, db if n[3] else None, None
+
+
+def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
+    """``torch.nn.functional.layer_norm`` with exact derivatives of every order (torch's double backward treats
+    the saved statistics as constants and is wrong from the third order on)."""
+    if (
+        torch.is_grad_enabled() and kernels.native.plain(x) and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+    ):
+        return _LayerNorm.apply(x, tuple(shape), weight, bias, eps)
+    if not kernels.native.plain(x) and torch.is_grad_enabled():  # torch.func transforms: the composite
+        return _layer_norm_composite(x, tuple(shape), weight, bias, eps)
+    return TF.layer_norm(x, shape, weight, bias, eps)
+
+
+def _instance_norm_composite(x: Tensor, weight, bias, eps: float) -> Tensor:
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    return _stats.affine(y, weight, bias, axis=1)
 
 
 def _check_eps(eps, name: str) -> None:
@@ -129,7 +183,7 @@ class LayerNorm(_SampleNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype, axis)
 
     def _native(self, x, shape, weight, bias):
-        return TF.layer_norm(x, shape, weight, bias, self.eps)
+        return layer_norm(x, shape, weight, bias, self.eps)
 
 
 class RMSNorm(_SampleNorm):
@@ -151,13 +205,13 @@ class RMSNorm(_SampleNorm):
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)`` as torch, plus
+    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the
     group's channels and all spatial positions; per-channel affine. The paper's default is G = 32.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None, *, axis: int = 1) -> None:
+                 device=None, dtype=None, *, bias: bool = True, axis: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
         _validate.check_positive_int(num_groups, name, "num_groups")
@@ -172,15 +226,17 @@ class GroupNorm(nn.Module):
         self.num_groups, self.num_channels, self.num_features = num_groups, num_channels, num_channels
         self.eps, self.affine, self.axis = eps, affine, axis
         self.weight = nn.Parameter(torch.ones(num_channels, **factory)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_channels, **factory)) if affine else None
+        # torch's keyword bias=False: a learned weight and no bias
+        self.bias = nn.Parameter(torch.zeros(num_channels, **factory)) if affine and bias else None
 
     @property
     def layer_name(self) -> str:
         return f"GroupNorm({self.num_groups}, {self.num_channels})"
 
     def reset_parameters(self) -> None:
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
@@ -195,21 +251,38 @@ class GroupNorm(nn.Module):
         c = _validate.check_channels(x, name, self.num_channels, self.axis)
         if c == 0:
             raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        if x.numel() == 0:  # torch's empty output, with gradient 0 for the parameters (torch's is NaN for (N, C, 0))
+            return _stats.affine(x * 0, self.weight, self.bias, axis=c)
         y = TF.group_norm(x.movedim(c, 1), self.num_groups, self.weight, self.bias, self.eps)
         return y.movedim(1, c)
 
 
 class InstanceNorm(nn.Module):
     """InstanceNorm (Ulyanov et al. 2016): ``InstanceNorm(num_features, eps=1e-5, momentum=0.1, affine=False,
-    track_running_stats=False)`` as torch's ``InstanceNorm1d/2d/3d`` (any rank >= 3), plus ``axis``.
+    track_running_stats=False, *, bias=True)`` for a batched input of any rank >= 3 (batch axis 0), plus ``axis``.
 
-    Statistics per (sample, channel) over the spatial positions. With ``track_running_stats=True`` training also
-    keeps torch's running averages (the batch mean of the per-instance mean and unbiased variance, updated with
-    ``momentum``), and eval mode normalizes with them. ``momentum=None`` is the cumulative average (as BatchNorm's).
+    Statistics per (sample, channel) over the spatial positions: ``y = gamma * (x - mu_nc) / sqrt(sigma2_nc + eps)
+    + beta``. With ``track_running_stats=True`` training also keeps torch's running averages (the batch mean of
+    the per-instance mean and unbiased variance, updated with ``momentum``), and eval mode normalizes with them.
+    This rank-generic class extends torch's: ``momentum=None`` is the cumulative average over the batches counted
+    in ``num_batches_tracked`` (as BatchNorm's). :class:`InstanceNorm1d`, :class:`InstanceNorm2d` and
+    :class:`InstanceNorm3d` are torch's classes exactly (rank rules with unbatched inputs, a counter that never
+    moves, ``momentum=None`` leaving the running statistics as they are).
+
+    An empty batch gives an empty output and changes no running statistic (torch's layer writes NaN into them).
+    Raises ``ValueError`` naming the layer for a wrong rank or channel count (torch only warns about the channel
+    count when ``affine=False``) and for a single spatial value per channel when batch statistics are used.
     """
 
+    _version = 2  # torch's _NormBase: version 2 has num_batches_tracked
+    #: torch-named classes: the rank without a batch axis (unbatched input), else None (any batched rank >= 3)
+    _no_batch_rank: int | None = None
+    #: torch's counter and momentum=None rules (the counter never moves, momentum=None = no update)
+    _torch_counter = False
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, device=None, dtype=None, *, axis: int = 1) -> None:
+                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
+                 axis: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
         _validate.check_positive_int(num_features, name, "num_features")
@@ -220,7 +293,8 @@ class InstanceNorm(nn.Module):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
         self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
+        # torch's keyword bias=False: a learned weight and no bias
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine and bias else None
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -232,7 +306,7 @@ class InstanceNorm(nn.Module):
 
     @property
     def layer_name(self) -> str:
-        return f"InstanceNorm({self.num_features})"
+        return f"{type(self).__name__}({self.num_features})"
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -242,8 +316,9 @@ class InstanceNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
@@ -251,30 +326,104 @@ class InstanceNorm(nn.Module):
              f"track_running_stats={self.track_running_stats}")
         return s + (f", axis={self.axis}" if self.axis != 1 else "")
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        from .batchnorm import keep_counter_on_load
+
+        # torch's two rules: a checkpoint without metadata from before 0.4 may hold running statistics a
+        # non-tracking layer does not have (reported and dropped), and one without a counter keeps the layer's
+        if local_metadata.get("version", None) is None and not self.track_running_stats:
+            keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
+            if keys:
+                error_msgs.append(
+                    f"Unexpected running stats buffer(s) {' and '.join(repr(k) for k in keys)} for "
+                    f"{type(self).__name__} with track_running_stats=False (a checkpoint saved before torch 0.4.0?); "
+                    f"remove these keys from state_dict, or set track_running_stats=True to use them"
+                )
+                for k in keys:
+                    state_dict.pop(k)
+        keep_counter_on_load(self, state_dict, prefix, local_metadata)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def forward(self, x: Tensor) -> Tensor:
         name = self.layer_name
         _validate.check_float(x, name)
-        if x.ndim < 3:
+        rank = self._no_batch_rank
+        if rank is not None:
+            if x.ndim not in (rank, rank + 1):
+                raise ValueError(
+                    f"{name}: expected {rank}D (unbatched) or {rank + 1}D (batched) input, got {x.ndim}D input of "
+                    f"shape {tuple(x.shape)}"
+                )
+            if x.ndim == rank:  # unbatched, as torch: a batch of one
+                return self._batched(x.unsqueeze(0)).squeeze(0)
+        elif x.ndim < 3:
             raise ValueError(
                 f"{name}: expected an input of rank >= 3 (batch, channel and at least one spatial dim), got "
                 f"{x.ndim}D input of shape {tuple(x.shape)}; for (N, C) inputs use LayerNorm or BatchNorm"
             )
+        return self._batched(x)
+
+    def _batched(self, x: Tensor) -> Tensor:
+        name = self.layer_name
         c = _validate.check_channels(x, name, self.num_features, self.axis)
         if c == 0:
             raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
         use_input_stats = self.training or not self.track_running_stats
-        if use_input_stats:
-            spatial = x.numel() // (x.shape[0] * x.shape[c])
-            if spatial <= 1:
-                raise ValueError(
-                    f"{name}: expected more than 1 spatial value per channel, got input of shape {tuple(x.shape)}"
-                )
+        if x.numel() == 0:  # torch's empty output; nothing learned, no running statistic changes
+            return _stats.affine(x * 0, self.weight, self.bias, axis=c)
+        if use_input_stats and x.numel() // (x.shape[0] * x.shape[c]) == 1:
+            raise ValueError(
+                f"{name}: expected more than 1 spatial value per channel, got input of shape {tuple(x.shape)}"
+            )
         momentum = 0.0  # unused unless the running statistics update
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            momentum = F.momentum_factor(self.momentum, self.num_batches_tracked, name)
-        y = TF.instance_norm(
-            x.movedim(c, 1), self.running_mean, self.running_var, self.weight, self.bias,
-            use_input_stats, momentum, self.eps,
+            if self._torch_counter:  # torch: the counter never moves, momentum=None means no update
+                momentum = self.momentum if self.momentum is not None else 0.0
+            elif self.momentum is None:  # the cumulative average (a Python number: instance_norm takes a float)
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / max(int(self.num_batches_tracked), 1)
+            else:
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum
+        xm = x.movedim(c, 1)
+        if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
+            y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return y.movedim(1, c)
+        # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps
+        # its first-order gradients and differentiates the composite when a graph of the backward is requested
+        running, eps = (self.running_mean, self.running_var), self.eps
+        if self.training and self.track_running_stats and not kernels.native.plain(xm):
+            # under a torch.func transform the running update is torch's to refuse (the composite has none)
+            y = TF.instance_norm(xm, *running, self.weight, self.bias, True, momentum, eps)
+            return y.movedim(1, c)
+        y = kernels.native.exact_orders(
+            lambda a, w, b: TF.instance_norm(a, *running, w, b, True, momentum, eps),
+            lambda a, w, b: _instance_norm_composite(a, w, b, eps), xm, self.weight, self.bias,
         )
         return y.movedim(1, c)
+
+
+class InstanceNorm1d(InstanceNorm):
+    """``torch.nn.InstanceNorm1d``: input ``(N, C, L)`` or unbatched ``(C, L)``; torch's counter and ``momentum``
+    rules (``num_batches_tracked`` never moves; ``momentum=None`` leaves the running statistics unchanged)."""
+
+    _no_batch_rank = 2
+    _torch_counter = True
+
+
+class InstanceNorm2d(InstanceNorm):
+    """``torch.nn.InstanceNorm2d``: input ``(N, C, H, W)`` or unbatched ``(C, H, W)``; torch's rules, as
+    :class:`InstanceNorm1d`."""
+
+    _no_batch_rank = 3
+    _torch_counter = True
+
+
+class InstanceNorm3d(InstanceNorm):
+    """``torch.nn.InstanceNorm3d``: input ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)``; torch's rules, as
+    :class:`InstanceNorm1d`."""
+
+    _no_batch_rank = 4
+    _torch_counter = True

@@ -43,11 +43,32 @@ def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Call
     return table[spec]
 
 
+def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """torch's rule for a checkpoint without ``num_batches_tracked`` (written before torch 0.4.1, version < 2, or a
+    dict without metadata): the layer keeps its own counter (a layer that has none yet starts at 0). With version-2
+    metadata a missing key is a missing key (``strict=False`` then leaves the counter as it is)."""
+    version = local_metadata.get("version", None)
+    key = prefix + "num_batches_tracked"
+    counter = getattr(module, "num_batches_tracked", None)
+    if (version is None or version < 2) and getattr(module, "track_running_stats", False) and key not in state_dict:
+        if counter is not None and counter.device.type != "meta":
+            state_dict[key] = counter
+        else:
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+
+
 class BatchNormBase(nn.Module):
     """Parameters, buffers, state_dict layout and input checks shared by every batch-statistic layer.
 
     Subclasses set ``_ranks`` (accepted input ranks, ``None`` = any rank >= 2) and may override
     :meth:`_normalize`, which receives a checked input and returns the output.
+
+    Shared rules: an empty batch in training gives an empty output of the input's shape (torch's behaviour) and
+    changes no running statistic and no counter; a synchronized layer decides its data-dependent checks on the
+    count pooled over the group (see :mod:`normlab.nn.sync`); ``momentum=None`` weighs a batch by 1 / counter as a
+    tensor operation; derivatives of every order are exact; a state_dict without ``num_batches_tracked`` keeps
+    the layer's counter, as torch. ``bias=False`` (torch's keyword) keeps the weight and drops the bias.
+    Raises ``ValueError`` naming the layer for a wrong rank, channel count or a single value per channel.
     """
 
     _version = 2
@@ -71,6 +92,7 @@ class BatchNormBase(nn.Module):
         check_finite: bool = False,
         scale: bool | None = None,
         center: bool | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -95,7 +117,8 @@ class BatchNormBase(nn.Module):
         self.sync_statistics = False
         self.process_group = None
         use_scale = affine if scale is None else scale
-        use_center = affine if center is None else center
+        # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
+        use_center = (affine and bias) if center is None else center
         self.weight = nn.Parameter(torch.empty(num_features, **factory)) if use_scale else None
         self.bias = nn.Parameter(torch.empty(num_features, **factory)) if use_center else None
         if track_running_stats:
@@ -126,11 +149,7 @@ class BatchNormBase(nn.Module):
             nn.init.zeros_(self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Checkpoints written before torch 0.4.1 (version < 2) have no num_batches_tracked: start it at 0, as torch does.
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long, device=self.running_mean.device)
+        keep_counter_on_load(self, state_dict, prefix, local_metadata)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
@@ -182,15 +201,46 @@ class BatchNormBase(nn.Module):
         elif x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if self.uses_batch_stats() and self._needs_batch_variance:
+        # A synchronized layer checks the count pooled over every process instead (see _pool): one process may
+        # hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
+        if self.uses_batch_stats() and self._needs_batch_variance and not self.sync_statistics:
             _validate.check_batch_size(x, name, c)
         if self.check_finite:
-            _validate.check_finite(x, name, c)
+            if self.sync_statistics and self.uses_batch_stats():
+                self._check_finite_everywhere(x, c)
+            else:
+                _validate.check_finite(x, name, c)
         return c
+
+    def _check_finite_everywhere(self, x: Tensor, c: int) -> None:
+        """check_finite for a synchronized layer: every process learns whether any holds NaN/Inf, and all raise."""
+        from . import sync
+
+        here = not bool(torch.isfinite(x).all())
+        if sync.any_process(here, self.process_group):
+            if here:
+                _validate.check_finite(x, self.layer_name, c)
+            raise ValueError(
+                f"{self.layer_name}: another process of the group holds NaN or Inf in its input (check_finite=True); "
+                f"every process stops here"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check_input(x)
+        if x.numel() == 0 and self.skips_empty_batch():
+            return self.empty_output(x, c)
         return self._normalize(x, c)
+
+    def skips_empty_batch(self) -> bool:
+        """Whether an empty batch is answered locally by :meth:`empty_output` (batch statistics, not synchronized:
+        a synchronized layer still takes part in the pooling, whose count decides)."""
+        return self.uses_batch_stats() and not self.sync_statistics
+
+    def empty_output(self, x: Tensor, axis: int) -> Tensor:
+        """The output for an empty batch (torch's behaviour): empty, of ``x``'s shape, still in the graph of ``x``
+        and the parameters (their gradients are 0); no running statistic and no counter changes (a batch without
+        samples is not counted, unlike torch, whose counter also counts it)."""
+        return _stats.affine(x * 0, self.weight, self.bias, axis=axis)
 
     # -- the shared batch-statistic path (variants override pieces of it) ------------------------------------
     def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
@@ -205,7 +255,11 @@ class BatchNormBase(nn.Module):
             return stats
         from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
 
-        return sync.all_merge_moments(stats, self.process_group)
+        pooled = sync.all_merge_moments(stats, self.process_group)
+        if self._needs_batch_variance and self.uses_batch_stats():
+            # the pooled count is the same on every process: all raise together, none waits for the others
+            sync.check_pooled_count(pooled, stats, self.layer_name)
+        return pooled
 
     def _local_plain_moments(self) -> bool:
         """Whether :meth:`batch_moments` is the base one without synchronization (then functional.batch_norm, with
@@ -215,13 +269,17 @@ class BatchNormBase(nn.Module):
     def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
         ``momentum=None``) and count the batch."""
-        batches = int(self.num_batches_tracked) + 1 if self.momentum is None else None  # no tensor op per call
-        factor = F.momentum_factor(self.momentum, batches, self.layer_name)
+        if _stats.is_empty(stats, self.sync_statistics):
+            return  # no sample anywhere: nothing to average and no batch to count
+        self.num_batches_tracked.add_(1)
+        # momentum=None: 1 / counter as a tensor operation (no Python number from the counter: torch.compile keeps
+        # it in the graph, where int() would be a data-dependent guard)
+        factor = F.momentum_factor(self.momentum, self.num_batches_tracked if self.momentum is None else None,
+                                   self.layer_name)
         _stats.update_running(
             self.running_mean, self.running_var, stats, momentum=factor,
             running_var_unbiased=self.running_var_unbiased, valid=valid,
         )
-        self.num_batches_tracked.add_(1)
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         if self._local_plain_moments() and self._needs_batch_variance:

@@ -38,6 +38,8 @@ class MaskedBatchNorm(BatchNormBase):
     def forward(self, x: Tensor, mask: Tensor | None = None, lengths: Tensor | None = None) -> Tensor:
         c = self.check_input(x)
         mask = self._mask(x, c, mask, lengths)
+        if x.numel() == 0 and self.skips_empty_batch():
+            return self.empty_output(x, c)
         if mask is None:
             return self._normalize(x, c)
         if self.uses_batch_stats() and self._local_plain_moments() and mask.shape[c] == 1:
@@ -61,6 +63,8 @@ class MaskedBatchNorm(BatchNormBase):
 
     def _check_counts(self, stats: _stats.Moments) -> None:
         """Training needs more than one valid value per channel (count: a tensor under a mask, else an int)."""
+        if self.sync_statistics and _stats.is_empty(stats, True):
+            return  # no valid value on any process: an empty batch, nothing is learned
         counts = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
         if bool((counts <= 1).any()):
             bad = int(torch.nonzero(counts.reshape(-1) <= 1)[0, 0])
@@ -223,9 +227,11 @@ class TimeStepBatchNorm(BatchNormBase):
         steps = torch.arange(first_step, first_step + n_steps, device=x.device)
         slots = steps.clamp(max=self.max_steps - 1)
         weight, bias = self._affine(slots)
+        if z.numel() == 0 and self.skips_empty_batch():  # torch's empty output; nothing learned or counted
+            return _stats.affine(z * 0, weight, bias, axis=1).reshape(moved_shape).movedim((1, 2), (t, c))
         if self.uses_batch_stats():
             per_channel = z.numel() // z.shape[1]
-            if per_channel <= 1:
+            if per_channel == 1 and not self.sync_statistics:  # synchronized: the pooled count decides (_pool)
                 raise ValueError(
                     f"{self.layer_name}: expected more than 1 value per channel and time step when training, got "
                     f"input of shape {tuple(x.shape)}; use a batch of 2 or more, or eval mode"
@@ -247,6 +253,8 @@ class TimeStepBatchNorm(BatchNormBase):
             step = first_step + k
             if step >= self.max_steps:
                 break
+            if _stats.is_empty(stats, self.sync_statistics):
+                break  # no sample on any process: nothing to average, no batch to count
             count = stats.count[k * C:(k + 1) * C] if isinstance(stats.count, Tensor) else stats.count
             part = _stats.Moments(stats.mean[k * C:(k + 1) * C], stats.var[k * C:(k + 1) * C], count)
             factor = F.momentum_factor(self.momentum, self.num_batches_tracked[step] + 1, self.layer_name)

@@ -15,6 +15,13 @@ What is pooled, per layer: BatchNorm, BatchRenorm, MaskedBatchNorm, TimeStepBatc
 part) pool their batch statistics; GhostBatchNorm keeps its virtual batches local and pools only the running
 statistics; MovingAverageBatchNorm cannot be synchronized (its moving averages are per process) and raises.
 
+A process may hold no sample (or a single one): its local statistics have count 0 and weigh nothing in the merge,
+its output is empty and its gradients 0, and it still takes part in every collective (forward and backward). Every
+data-dependent check of a synchronized layer is decided over the group, so all processes raise together and none is
+left waiting: more than one value per channel is required of the *pooled* count (:func:`check_pooled_count`, as
+``torch.nn.SyncBatchNorm``), and ``check_finite`` and GhostBatchNorm's last-virtual-batch check go through
+:func:`any_process`. No sample anywhere is an empty batch: empty outputs, no running statistic or counter changes.
+
 Every process must call the layer (and the backward) the same number of times, as with ``torch.nn.SyncBatchNorm``.
 Parameter gradients are the per-process contributions; sum them (or let DDP average them) as usual.
 """
@@ -28,7 +35,8 @@ from torch import Tensor, nn
 from .. import _stats
 from .batchnorm import BatchNorm, BatchNormBase
 
-__all__ = ["all_merge_moments", "all_reduce_sum", "convert_sync_batchnorm", "is_synchronized"]
+__all__ = ["all_merge_moments", "all_reduce_sum", "any_process", "check_pooled_count", "convert_sync_batchnorm",
+           "is_synchronized"]
 
 
 def _active(group) -> bool:
@@ -122,3 +130,31 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
         return m
 
     return convert(model)
+
+
+def check_pooled_count(pooled: _stats.Moments, local: _stats.Moments, name: str) -> None:
+    """Training needs more than one value per channel over the whole group (the pooled count, the same on every
+    process, so every process raises together). A count of 0 everywhere is an empty batch, which is allowed."""
+    count = pooled.count
+    if isinstance(count, Tensor):
+        bad = bool((count.detach() == 1).any())
+        total = int(count.detach().reshape(-1).max()) if count.numel() else 0
+    else:
+        bad, total = count == 1, int(count)
+    if bad:
+        here = local.count if not isinstance(local.count, Tensor) else int(local.count.detach().reshape(-1).max())
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
+            f"group ({here} on this process); use a larger batch, or eval mode"
+        )
+
+
+def any_process(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is True on any process of ``group`` (one all_reduce; ``flag`` itself when not distributed).
+    A data-dependent check of a synchronized layer goes through this, so that every process raises together
+    instead of one raising while the others wait in the next collective."""
+    if not _active(group):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return bool(t.item() > 0)

@@ -17,10 +17,10 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
 from .. import functional as F
+from .alternatives import layer_norm
 from .batchnorm import BatchNormBase
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
@@ -170,9 +170,28 @@ class GhostBatchNorm(BatchNormBase):
         if not self.uses_batch_stats() or (x.shape[0] <= self.virtual_batch_size and not self.sync_statistics):
             return super()._normalize(x, axis)
         _check_batch_axis(self, axis)
+        per_value = x[:1].numel() // x.shape[axis] if x.shape[0] else 0
+        last = x.shape[0] % self.virtual_batch_size or self.virtual_batch_size
+        short = x.shape[0] > 0 and last * per_value <= 1
+        if self.sync_statistics and self.updates_running_stats():
+            # the running statistics pool over processes: a process whose last virtual batch is too short must not
+            # raise alone while the others wait in that pooling, so every process learns it and all raise
+            from . import sync
+
+            if sync.any_process(short, self.process_group) and not short:
+                raise ValueError(
+                    f"{self.layer_name}: another process of the group has a last virtual batch of 1 value per "
+                    f"channel; every process stops here"
+                )
+        if x.shape[0] == 0:  # synchronized, no sample here: an empty output; the running statistics still pool
+            out = self.empty_output(x, axis)
+            if self.updates_running_stats():
+                with torch.no_grad():
+                    pooled = self._pool(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
+                self.update_running(pooled)
+            return out
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
-        per_value = x[:1].numel() // x.shape[axis]
-        if chunks[-1].shape[0] * per_value <= 1:
+        if short:
             raise ValueError(
                 f"{self.layer_name}: the last virtual batch of a batch of {x.shape[0]} with virtual_batch_size="
                 f"{self.virtual_batch_size} holds {chunks[-1].shape[0]} sample(s), 1 value per channel; use a batch "
@@ -222,6 +241,12 @@ class _MovingAverageNormalize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "MovingAverageBatchNorm: its backward replaces the batch's statistics by moving averages (Yan et al. "
+                "2020), which defines no derivative of higher order; double backward (create_graph=True) is not "
+                "supported, use BatchNorm or another layer of the family for that"
+            )
         x, chi2, r = ctx.saved_tensors
         nd, axis = x.ndim, ctx.axis
         inv = _stats.channel_view(torch.rsqrt(chi2 + ctx.eps), nd, axis)
@@ -388,10 +413,16 @@ class BatchLayerNorm(BatchNormBase):
         _check_batch_axis(self, axis)
         if self.uses_batch_stats():
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
-            # B = samples behind the statistics (all processes' when synchronized).
-            per_sample = x[:1].numel() // x.shape[axis]
+            # B = samples behind the statistics (all processes' when synchronized); from the shape, not x[:1],
+            # which is empty on a process without samples
+            per_sample = 1
+            for d in range(1, x.ndim):
+                if d != axis:
+                    per_sample *= x.shape[d]
             count = stats.count.reshape(-1)[0] if isinstance(stats.count, Tensor) else stats.count
-            batch = round(float(count)) // per_sample
+            batch = round(float(count)) // per_sample if per_sample else 0
+            if batch == 0:  # no sample on any process: an empty batch
+                return self.empty_output(x, axis)
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
@@ -410,5 +441,6 @@ class BatchLayerNorm(BatchNormBase):
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)
-        x_f = TF.layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
+        # alternatives.layer_norm: torch's layer_norm with exact higher-order derivatives
+        x_f = layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
         return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)
