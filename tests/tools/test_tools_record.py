@@ -181,7 +181,7 @@ def test_observe_in_training_mode_restores_buffers_and_random_state():
     torch.manual_seed(99)  # the expected value: training mode with the same random draws as the probe made
     torch.set_rng_state(rng)
     with torch.no_grad():
-        want = model.train()(x)
+        want = model.train()[:3](x)  # the input of the ReLU
     assert row.mean == pytest.approx(want.mean().item(), rel=1e-6)
 
 
