@@ -173,7 +173,7 @@ class ActivationRecorder:
     def _summarize(self, name: str, x: Tensor, step: int | None = None) -> LayerRecord:
         x = x.detach()
         rec = LayerRecord(self.step if step is None else step, name, None, None, None, None, None, None)
-        flat = x.reshape(-1).float()
+        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else None
         if "moments" in self.stats:
             std, mean = torch.std_mean(flat, correction=0)
             rec.mean, rec.std = mean.item(), std.item()
@@ -183,7 +183,9 @@ class ActivationRecorder:
                 # Uniform draws (with replacement, O(max_values)): a stride could alias with the feature-map layout.
                 sample = flat[torch.randint(flat.numel(), (self.max_values,), generator=self._gen)]
             rec.p15, rec.p50, rec.p85 = torch.quantile(sample, torch.tensor(_QUANTILES, device=sample.device)).tolist()
-        per_unit = x.transpose(0, 1).reshape(x.shape[1], -1) if x.ndim >= 2 else None  # (channels, values)
+        per_unit = None
+        if x.ndim >= 2 and self.stats & {"dead", "unit_percentiles"}:
+            per_unit = x.transpose(0, 1).reshape(x.shape[1], -1)  # (channels, values)
         if "dead" in self.stats:
             dead = (per_unit <= 0).all(dim=1) if per_unit is not None else (x <= 0)
             rec.dead_fraction = dead.float().mean().item()
