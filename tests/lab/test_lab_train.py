@@ -377,3 +377,9 @@ def test_latency_probe_times_trained_folded_and_reference_models(mixture):
         assert all(len(v) == 3 and min(v) > 0 for v in lat[f"{b}-all"].values())
         assert lat[b]["trained"] == sorted(lat[f"{b}-all"]["trained"])[1]
     assert lat["max_abs_diff_folded"] < 1e-4
+
+
+def test_population_probe_needs_one_whole_batch(mixture):
+    config = cfg(batch_size=32, probes={"pop": {"kind": "population", "n": 20}})
+    with pytest.raises(ValueError, match=r"probe 'pop': expected at least one whole batch of 32 among the first 20"):
+        train(config, dataset=mixture, progress="none")

@@ -198,6 +198,8 @@ def test_time_step_statistics_whole_sequences_one_population_per_step():
         torch.testing.assert_close(layer.running_mean[t], vals.mean(0))
         torch.testing.assert_close(layer.running_var[t], vals.var(0, correction=1))
     assert torch.equal(model[0].num_batches_tracked, counter) and model.training
+    every = torch.cat(xs)  # the plain layer in front is recalibrated too (pooled over both batches)
+    torch.testing.assert_close(model[0].running_mean, every.mean(dim=(0, 2)))
 
 
 def test_time_step_statistics_step_by_step_inside_a_cell_and_steps_beyond_t_max_ignored():
