@@ -379,7 +379,11 @@ def test_latency_probe_times_trained_folded_and_reference_models(mixture):
     assert lat["max_abs_diff_folded"] < 1e-4
 
 
-def test_population_probe_needs_one_whole_batch(mixture):
-    config = cfg(batch_size=32, probes={"pop": {"kind": "population", "n": 20}})
+def test_population_probe_needs_one_whole_batch_and_a_failing_probe_leaves_no_hook(mixture):
+    config = cfg(batch_size=32, probes={"g": {"kind": "gradients"}, "pop": {"kind": "population", "n": 20}})
+    torch.manual_seed(0)
+    net = build_model(config.model, mixture.input_shape, mixture.num_classes, norm="bn", **config.model_args)
     with pytest.raises(ValueError, match=r"probe 'pop': expected at least one whole batch of 32 among the first 20"):
-        train(config, dataset=mixture, progress="none")
+        train(config, model=net, dataset=mixture, progress="none")
+    assert not net._forward_pre_hooks and all(not m._forward_pre_hooks for m in net.modules())
+    assert all(not p._backward_hooks for p in net.parameters())

@@ -215,10 +215,14 @@ class Prober:
 
     # -- the engine's hook points --------------------------------------------------------------------------------
     def start(self) -> None:
-        for name, spec in self.specs.items():
-            if spec["kind"] == "gradients":
-                self._stack.enter_context(self.recorders[name])
-        self._at(0, None, None, first=True)
+        try:
+            for name, spec in self.specs.items():
+                if spec["kind"] == "gradients":
+                    self._stack.enter_context(self.recorders[name])
+            self._at(0, None, None, first=True)
+        except BaseException:
+            self.close()  # no hook stays on the model
+            raise
 
     def step(self, step: int, x, y) -> None:
         self._at(step, x, y)
