@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from _claims_tiny import tiny_report
 from normlab.cli import main
@@ -90,41 +91,18 @@ def test_missing_dependency_and_errors_are_reported_not_run(tmp_path):
     assert r.verdict.verdict == NOT_RUN and "family layer missing" in r.verdict.reason
 
 
-def _square(unit):
-    return {"value": unit["x"] ** 2}
-
-
-def test_units_are_stored_and_reused_and_damaged_files_recomputed(tmp_path):
+def test_context_map_runs_lab_configs_in_order_and_refuses_anything_else(tmp_path):
     from normlab.lab.claims.base import Context
+    from normlab.lab.train import TrainConfig
 
-    claim = _synthetic(_scores)
-    ctx = Context(claim, "tiny", [0], tmp_path)
-    units = [{"arm": "a", "seed": s, "x": s + 1} for s in range(3)]
-    assert [r["value"] for r in ctx.map(_square, units)] == [1, 4, 9]
-    assert (ctx.computed, ctx.reused) == (3, 0)
-    ctx2 = Context(claim, "tiny", [0], tmp_path)
-    assert [r["value"] for r in ctx2.map(_square, units)] == [1, 4, 9]
-    assert (ctx2.computed, ctx2.reused) == (0, 3)
-    files = sorted((tmp_path / "runs" / "synthetic").glob("*.json"))
-    assert len(files) == 3
-    files[0].write_text("{not json")
-    ctx3 = Context(claim, "tiny", [0], tmp_path)
-    ctx3.map(_square, units + [{"arm": "a", "seed": 9, "x": 10}])
-    assert (ctx3.computed, ctx3.reused) == (2, 2)
-
-
-def test_units_of_other_code_are_recomputed(tmp_path, monkeypatch):
-    """A unit's key holds a digest of normlab's source: results of changed code are not reused."""
-    from normlab.lab.claims import base
-
-    claim = _synthetic(_scores)
-    units = [{"arm": "a", "seed": 0, "x": 2}]
-    base.Context(claim, "tiny", [0], tmp_path).map(_square, units)
-    assert len(base.code_version()) == 16
-    monkeypatch.setattr(base, "code_version", lambda: "another-version")
-    ctx = base.Context(claim, "tiny", [0], tmp_path)
-    assert [r["value"] for r in ctx.map(_square, units)] == [4]
-    assert (ctx.computed, ctx.reused) == (1, 0)
+    ctx = Context(_synthetic(_scores), "tiny", [0], tmp_path)
+    configs = [TrainConfig(data="gaussian_mixture", data_args={"n": 200}, model="mlp", norm=norm,
+                           model_args={"widths": [8]}, steps=3, seed=1) for norm in ("bn", "none")]
+    results = ctx.map(configs)
+    assert [r.config for r in results] == configs and ctx.computed == 2
+    assert all(len(r.step_rows) == 3 and r.model is None for r in results)
+    with pytest.raises(TypeError, match="Context.map: expected TrainConfig objects, got dict"):
+        ctx.map([{"arm": "a"}])
 
 
 # ------------------------------------------------------------------------------------------- end to end (tiny)
@@ -143,12 +121,49 @@ def test_every_claim_runs_end_to_end_on_the_tiny_configuration():
             assert v.verdict == INCONCLUSIVE and v.n_seeds == 1  # one seed never decides
 
 
-def test_rerun_reuses_every_finished_unit():
+def test_rerun_gives_the_same_measurements():
+    # Reuse of finished units is the executors' job (the store); the claim itself must be deterministic.
     results, paths, out, _ = tiny_report()
     first = next(r for r in results if r.claim.id == "dying-relu")
     again = run_claim(first.claim, "tiny", [0], out)
-    assert again.computed == 0 and again.reused == first.computed > 0
+    assert again.computed == first.computed > 0
     assert again.outcome.metrics == first.outcome.metrics
+
+
+def _store_like(result):
+    """What a run looks like when it comes back from the store: JSON, non-finite numbers as null, no module."""
+    import dataclasses
+
+    from normlab.lab.store import _clean
+
+    return dataclasses.replace(result, evals=json.loads(json.dumps(_clean(result.evals))),
+                               probes=json.loads(json.dumps(_clean(result.probes))), model=None)
+
+
+@pytest.mark.parametrize("claim_id", ISSUE_IDS)
+def test_every_unit_is_a_lab_run_and_the_claim_reads_stored_results(claim_id, tmp_path, monkeypatch):
+    """Each unit is a TrainConfig of a lab model (no placeholder), unique, JSON round-trippable with its key, and
+    the claim computes its metrics from results shaped as the store returns them."""
+    from normlab.lab.claims import base
+    from normlab.lab.models import MODELS, build_model
+    from normlab.lab.train import TrainConfig
+
+    seen = []
+    original = base.Context.map
+
+    def recording(self, configs, *, alone=False):
+        seen.extend(configs)
+        return [_store_like(r) for r in original(self, configs, alone=alone)]
+
+    monkeypatch.setattr(base.Context, "map", recording)
+    r = run_claim(get_claim(claim_id), "tiny", [0], tmp_path)
+    assert r.error == "" and r.outcome.metrics, (claim_id, r.error)
+    assert seen and len({c.key() for c in seen}) == len(seen), claim_id
+    for c in seen:
+        assert isinstance(c, TrainConfig) and c.model in MODELS and c.norm != "custom"
+        again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+        assert again == c and again.key() == c.key()
+        build_model(c.model, (1, 28, 28), 10, norm=c.norm, **c.model_args)  # the config names a real model
 
 
 def test_report_files_are_complete_and_self_contained():
@@ -202,37 +217,19 @@ def test_cli_runs_one_claim_and_prints_the_table(tmp_path, capsys):
     assert "| 1 | `dying-relu` |" in text and (tmp_path / "index.html").exists()
 
 
-# ---------------------------------------------------------------------------------------------- the models
+# ------------------------------------------------------------------------------------------------ the data
 
 
-def test_mlp_dropout_positions_and_kept_preactivations():
-    import torch
-    from torch import nn
+def test_claims_data_split_mixes_classes_and_small_training_sets_are_seeded_subsets():
+    # Regression: a split grouped by class made small evaluation batches and the "first 1,000 images" few classes.
+    from normlab.lab.data import load_mnist5k
 
-    from normlab.lab.claims._common import MLP
-
-    last = MLP(784, [8, 8, 8], norm_spec="bn", dropout=0.5, dropout_pos="last")
-    assert [type(d) for d in last.drops] == [nn.Identity, nn.Identity, nn.Dropout]
-    every = MLP(784, [8, 8], norm_spec="bn", dropout=0.5, dropout_pos="before")
-    assert all(isinstance(d, nn.Dropout) for d in every.drops)
-    m = MLP(784, [8, 8], norm_spec="bn", activation="sigmoid").eval()
-    m.keep = True
-    x = torch.randn(5, 1, 28, 28)
-    y = m(x)
-    assert y.shape == (5, 10) and len(m.pre) == 2
-    assert torch.allclose(m.post[0], torch.sigmoid(m.pre[0]))
-    with pytest.raises(ValueError, match="dropout_pos must be"):
-        MLP(784, [8], dropout_pos="middle")
-
-
-def test_digits_split_is_shuffled_so_slices_mix_classes():
-    # Regression: the lab's split is grouped by class; the first examples were all zeros, which made small
-    # evaluation batches non-i.i.d. and the eval-mode training subset three classes only.
-    from normlab.lab.claims._common import digits
-
-    d = digits(0)
+    d = load_mnist5k(split_seed=0)
     assert len(d.y_train) == 4000 and len(d.y_val) == 1000
     assert len(set(d.y_val[:50].tolist())) >= 8 and len(set(d.y_train[:50].tolist())) >= 8
-    assert sorted(d.y_val.tolist()) == sorted(digits(0).y_val.tolist())
-    small = digits(1, n_train=300)
+    small = load_mnist5k(split_seed=1, train_size=300)
     assert len(small.y_train) == 300 and len(set(small.y_train.tolist())) == 10
+    assert torch.equal(small.x_train, load_mnist5k(split_seed=1).x_train[:300])
+    assert torch.equal(small.x_val, load_mnist5k(split_seed=1).x_val)
+    with pytest.raises(ValueError, match=r"mnist5k: expected train_size as an int from 2 to 4000"):
+        load_mnist5k(train_size=5000)

@@ -286,28 +286,73 @@ def test_rnn_rejects_bad_cell_and_init_noise():
 def test_recurrent_claim_runs_cooijmans_bn_lstm_with_h0_noise_in_every_arm():
     from normlab.lab.claims import recurrent
 
+    cfg = recurrent.CLAIM.configs["tiny"]
     for arm in recurrent.ARMS:
-        cell = recurrent._build(arm, 4)[1]
+        c = recurrent._config(arm, 0, cfg)
+        cell = models.build_model(c.model, (1, 28, 28), 10, norm=c.norm, **c.model_args)[1]
         assert cell.cell == "lstm" and cell.init_noise == 0.1, arm
+        # the paper's inference statistics: the mini-batch estimates averaged per time step (tools.recalibrate)
+        assert c.probes["population"]["average"] == "batches" and c.probes["population"]["batch"] == c.batch_size
     assert "LSTM" in recurrent.CLAIM.measures and "0.1^2" in recurrent.CLAIM.measures
+    # (the estimator itself: tests/tools/test_tools_recalibrate.py::test_time_step_statistics_batch_average_*)
 
 
-def test_recurrent_claim_population_statistics_average_the_minibatch_estimates_per_step():
-    # Cooijmans et al., Sec. 3: inference uses the mini-batch estimates averaged over the training set.
-    from normlab.lab.claims.recurrent import population_statistics
+# ------------------------------------------------------------------------------------- options the claims need
 
-    torch.manual_seed(4)
-    net = models.rnn((3, 2), 4, hidden=5, norm="bn").double()
-    x = torch.randn(40, 3, 2, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1) + 0.5
-    net(x[:8])  # some moving averages to be replaced
+
+def test_mlp_widths_dropout_last_and_init_std():
+    net = models.mlp((4,), 3, widths=[8, 6, 5], dropout=0.5, dropout_position="last", norm="bn")
+    assert _kinds(net) == (["Linear", "BatchNorm", "ReLU"] * 2 + ["Linear", "BatchNorm", "ReLU", "Dropout", "Linear"])
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [8, 6, 5, 3]
+    torch.manual_seed(0)
+    big = models.mlp((400,), 10, widths=[500], init="normal", init_std=0.3, norm="none")
+    assert abs(big[1].weight.std().item() / 0.3 - 1) < 0.03 and big[1].bias.abs().max() == 0
+    assert abs(big[4].weight.std().item() / 0.3 - 1) < 0.1  # the classifier too (5,000 values)
+    for bad, match in (({"widths": []}, "widths as a non-empty list"), ({"widths": [4, 0]}, "widths as a non-empty"),
+                       ({"init_std": 0.0}, "init_std as a finite number > 0"),
+                       ({"noise_scale": -1.0}, "noise_scale as a finite number >= 0")):
+        with pytest.raises(ValueError, match=f"mlp: expected {match}"):
+            models.mlp((4,), 3, **bad)
+
+
+def test_ioffe_mlp_paper_init_is_normal_std_0_1():
+    torch.manual_seed(3)
+    net = models.build_model("ioffe_mlp", (1, 28, 28), 10, norm="bn", init="normal", init_std=0.1)
+    w = torch.cat([m.weight.flatten() for m in net if isinstance(m, nn.Linear)])
+    assert abs(w.std().item() / 0.1 - 1) < 0.02 and abs(w.mean().item()) < 0.002
+
+
+def test_noisy_norm_is_santurkar_per_unit_scale_and_shift_in_training_only():
+    torch.manual_seed(0)
+    net = models.mlp((6,), 2, widths=[50], norm="bn", noise_shift=0.5, noise_scale=0.25)
+    block = net[2]
+    assert isinstance(block, nn.Sequential) and isinstance(block[1], models.NormNoise)
+    x = torch.randn(40, 6)
+    y = block[0](net[1](x)).detach()  # BN output (batch statistics; gamma 1, beta 0)
+    z = block(net[1](x)).detach()
+    s = (z - z.mean(0)) / (y - y.mean(0))  # per-unit scale, the same for every example
+    m = z.mean(0) - s.mean(0) * y.mean(0)
+    assert torch.allclose(s, s[0].expand_as(s), atol=1e-4)
+    assert ((s[0] >= 0.75) & (s[0] <= 1.25)).all() and ((m >= -0.5) & (m <= 0.5)).all()
+    assert s[0].std() > 0.05  # drawn per unit
+    z2 = block(net[1](x)).detach()
+    assert not torch.allclose(z, z2)  # drawn again at every forward
     net.eval()
-    population_statistics(net, x, 16)  # batches x[0:16], x[16:32]; the last 8 examples are not a whole batch
-    cell = net[1]
-    assert not net.training and not cell.norm_x.training and cell.norm_x.momentum == 0.1
-    with torch.no_grad():
-        for t in range(3):
-            pre = [x[i:i + 16, t] @ cell.w_x.weight.T for i in (0, 16)]
-            torch.testing.assert_close(cell.norm_x.running_mean[t], (pre[0].mean(0) + pre[1].mean(0)) / 2)
-            torch.testing.assert_close(cell.norm_x.running_var[t], (pre[0].var(0) + pre[1].var(0)) / 2)
-    with pytest.raises(ValueError, match="population_statistics: expected at least one batch of 64, got 40"):
-        population_statistics(net, x, 64)
+    torch.testing.assert_close(block(net[1](x)), block[0](net[1](x)))
+
+
+def test_cnn_full_resolution_head_pool_and_conv_bias():
+    net = models.cnn((1, 12, 12), 10, channels=(4, 6), pool="none", head_pool=4, conv_bias=False)
+    assert "MaxPool2d" not in _kinds(net)
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in convs)
+    assert net[-1].in_features == 6 * 16 and net(torch.rand(3, 1, 12, 12)).shape == (3, 10)
+    assert all(c.bias is not None for c in models.cnn((1, 8, 8), 10) if isinstance(c, nn.Conv2d))
+    with pytest.raises(ValueError, match=r"cnn: pool='avg' is not allowed; expected one of \['max', 'none'\]"):
+        models.cnn((1, 8, 8), 10, pool="avg")
+    with pytest.raises(ValueError, match="cnn: expected head_pool as an int >= 1, got 0"):
+        models.cnn((1, 8, 8), 10, head_pool=0)
+
+
+def test_norm_available():
+    assert models.norm_available("bn") is None and models.norm_available("none") is None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+
+import numpy as np
 
 import pytest
 import torch
@@ -218,3 +221,169 @@ def test_progress_bar_when_asked_and_quiet_otherwise(mixture, capsys):
     assert "step" in capsys.readouterr().err  # tqdm's "n/N [.., step/s]" line
     train(cfg(epochs=1), dataset=mixture, progress="auto")  # stderr is captured, not a terminal: no bar
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------------------------ trainable and probes
+def test_trainable_norms_and_head_leave_every_other_parameter_at_its_init(mixture):
+    from normlab.nn import BatchNormBase
+
+    for which in ("norms", "head"):
+        config = cfg(trainable=which, epochs=1)
+        torch.manual_seed(config.seed)
+        init = build_model(config.model, mixture.input_shape, mixture.num_classes, norm="bn", **config.model_args)
+        res = train(config, dataset=mixture, progress="none")
+        last = [m for m in res.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        moved = {id(p) for p in (
+            [p for m in res.model.modules() if isinstance(m, BatchNormBase) for p in m.parameters()]
+            if which == "norms" else list(last.parameters()))}
+        for p, p0 in zip(res.model.parameters(), init.parameters()):
+            assert torch.equal(p, p0) != (id(p) in moved), which
+    with pytest.raises(ValueError, match=r"trainable='bias' is not allowed; expected one of \['all', 'norms', 'head'\]"):
+        cfg(trainable="bias")
+    with pytest.raises(ValueError, match=r"trainable='norms' but the model has no such parameters"):
+        train(cfg(trainable="norms", norm="none"), dataset=mixture, progress="none")
+
+
+def test_probes_are_validated_with_named_errors():
+    with pytest.raises(ValueError, match=r"probes\['x'\]: expected a table with kind one of \['activations'"):
+        cfg(probes={"x": {"kind": "nope"}})
+    with pytest.raises(ValueError, match=r"probes\['x'\]: unknown option\(s\) \['evry'\] for kind 'gradients'"):
+        cfg(probes={"x": {"kind": "gradients", "evry": 3}})
+    with pytest.raises(ValueError, match=r"probes\['x'\]: stats=\['median'\] is not allowed; expected a list of"):
+        cfg(probes={"x": {"kind": "activations", "stats": ["median"]}})
+    with pytest.raises(ValueError, match=r"probes\['x'\]: modes=\['batch-1'\] is not allowed"):
+        cfg(probes={"x": {"kind": "eval_modes", "modes": ["batch-1"]}})
+    with pytest.raises(ValueError, match=r"probes=\[1\] is not allowed; expected a table"):
+        cfg(probes=[1])
+    assert cfg(probes={"g": {"kind": "gradients"}}).key() != cfg().key()  # part of the run key
+
+
+def _noisy(**kw):
+    """Dropout and Santurkar noise: probes in training mode draw random numbers; the run must not see them."""
+    return cfg(model_args={"widths": [16, 16], "dropout": 0.2, "noise_shift": 0.3, "noise_scale": 0.3}, **kw)
+
+
+def test_probes_leave_the_training_run_unchanged(mixture):
+    probes = {
+        "act": {"kind": "activations", "stats": ["moments", "dead", "unit_percentiles"], "mode": "train", "every": 3},
+        "eval_act": {"kind": "activations", "layers": "norms", "stats": ["variance_shift"], "every": 5},
+        "grads": {"kind": "gradients", "every": 2},
+        "land": {"kind": "landscape", "every": 4},
+        "tr": {"kind": "eval_train", "n": 50},
+        "modes": {"kind": "eval_modes", "modes": ["running", "recalibrated", "batch-8"], "every": 5,
+                  "recalibrate_n": 100, "recalibrate_batch": 20},
+        "pop": {"kind": "population", "every": 6},
+    }
+    plain = train(_noisy(), dataset=mixture, progress="none")
+    probed = train(_noisy(probes=probes), dataset=mixture, progress="none")
+    assert [r[:5] for r in probed.step_rows] == [r[:5] for r in plain.step_rows]
+    assert probed.final == plain.final and set(probed.probes) == set(probes)
+    for a, b in zip(probed.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(a, b)
+    json.dumps(probed.probes)  # JSON-able (the store keeps them as JSON)
+    total = len(plain.step_rows)
+    assert probed.probes["act"]["steps"] == sorted({0, *range(3, total, 3), total})
+    assert probed.probes["grads"]["steps"] == list(range(0, total, 2))
+    assert probed.probes["modes"]["steps"] == sorted({0, *range(5, total, 5), total})
+    assert probed.probes["tr"]["steps"] == [e["step"] for e in probed.evals]
+
+
+def test_activation_probe_equals_an_independent_computation_on_the_final_model(mixture):
+    config = cfg(model_args={"widths": [16, 16]}, probes={
+        "a": {"kind": "activations", "stats": ["dead", "unit_percentiles"], "n": 80, "first": False},
+        "v": {"kind": "activations", "layers": "norms", "stats": ["variance_shift"], "first": False}})
+    res = train(config, dataset=mixture, progress="none")
+    net = res.model.eval()
+    x = mixture.x_val[:80]
+    with torch.no_grad():
+        h1 = net[2](net[1](x))  # input of the first ReLU
+        h2 = net[5](net[4](net[3](h1)))
+        bn_in = [net[1](x), net[4](net[3](h1))]
+    a = res.probes["a"]
+    assert a["layers"] == ["3", "6"] and a["steps"] == [len(res.step_rows)]
+    for h, dead, pct in zip((h1, h2), a["dead_fraction"][0], a["unit_percentiles"][0]):
+        assert dead == pytest.approx((h <= 0).all(0).double().mean().item())
+        np.testing.assert_allclose(pct, np.percentile(h.numpy(), [15, 50, 85], axis=0).T, rtol=1e-5, atol=1e-6)
+    for inp, bn, shift in zip(bn_in, (net[2], net[5]), res.probes["v"]["variance_shift"][0]):
+        want = np.abs(np.log(inp.double().var(0).numpy() / bn.running_var.double().numpy())).mean()
+        assert shift == pytest.approx(want, rel=1e-9)
+
+
+def test_gradient_probe_equals_the_gradient_of_the_first_training_step(mixture):
+    config = cfg(probes={"g": {"kind": "gradients", "every": 100}}, epochs=1)
+    res = train(config, dataset=mixture, progress="none")
+    torch.manual_seed(config.seed)
+    net = build_model(config.model, mixture.input_shape, mixture.num_classes, norm="bn", **config.model_args)
+    perm = torch.randperm(len(mixture.y_train), generator=torch.Generator().manual_seed(config.seed))
+    idx = perm[: config.batch_size]
+    F.cross_entropy(net(mixture.x_train[idx]), mixture.y_train[idx]).backward()
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    g = res.probes["g"]
+    assert g["steps"] == [0] and len(g["layers"]) == len(linears)
+    np.testing.assert_allclose(g["weight_grad_norm"][0], [float(m.weight.grad.norm()) for m in linears], rtol=1e-5)
+
+
+def test_landscape_eval_modes_and_population_equal_independent_computations(mixture):
+    from normlab.tools import recalibrate
+
+    bs = 32
+    config = cfg(batch_size=bs, probes={
+        "land": {"kind": "landscape", "etas": [0.5, 1.0], "first": False},
+        "modes": {"kind": "eval_modes", "modes": ["running", "batch-1000", "batch-8"], "first": False},
+        "pop": {"kind": "population", "first": False, "average": "pooled"}})
+    res = train(config, dataset=mixture, progress="none")
+    net = res.model
+    x, y = mixture.x_train[:bs], mixture.y_train[:bs]  # after the last step: the first batch_size examples
+    params = list(net.parameters())
+    base = [p.detach().clone() for p in params]
+    net.train()
+    g0 = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    losses = [F.cross_entropy(net(x), y).item()]
+    changes = []
+    with torch.no_grad():
+        for eta in (0.5, 1.0):
+            for p, g, b in zip(params, g0, base):
+                p.copy_(b - eta * g)
+            with torch.enable_grad():
+                loss = F.cross_entropy(net(x), y)
+                g1 = torch.autograd.grad(loss, params)
+            losses.append(loss.item())
+            changes.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g1, g0)))))
+        for p, b in zip(params, base):
+            p.copy_(b)
+    land = res.probes["land"]
+    assert land["loss_range"][0] == pytest.approx(max(losses) - min(losses), rel=1e-5)
+    assert land["grad_change"][0] == pytest.approx(max(changes), rel=1e-5)
+    modes = res.probes["modes"]
+    assert modes["running"] == [res.final["val_acc"]]  # the engine's own evaluation (running statistics)
+    import copy
+
+    batch = copy.deepcopy(net)
+    for m in batch.modules():
+        if hasattr(m, "eval_stats"):
+            m.eval_stats = "batch"
+    assert modes["batch-8"] == [evaluate(batch, mixture.x_val, mixture.y_val, 8)[1]]
+    pop = copy.deepcopy(net)
+    n = len(mixture.y_train)
+    recalibrate(pop, [mixture.x_train[i:i + bs] for i in range(0, n - bs + 1, bs)], progress=False)
+    assert res.probes["pop"]["val_acc"] == [evaluate(pop, mixture.x_val, mixture.y_val)[1]]
+
+
+def test_latency_probe_times_trained_folded_and_reference_models(mixture):
+    config = cfg(probes={"lat": {"kind": "latency", "batch_sizes": [1, 4], "rounds": 3, "inner": 1}}, epochs=1)
+    lat = train(config, dataset=mixture, progress="none").probes["lat"]
+    for b in ("1", "4"):
+        assert set(lat[b]) == {"trained", "folded", "reference"}
+        assert all(len(v) == 3 and min(v) > 0 for v in lat[f"{b}-all"].values())
+        assert lat[b]["trained"] == sorted(lat[f"{b}-all"]["trained"])[1]
+    assert lat["max_abs_diff_folded"] < 1e-4
+
+
+def test_population_probe_needs_one_whole_batch_and_a_failing_probe_leaves_no_hook(mixture):
+    config = cfg(batch_size=32, probes={"g": {"kind": "gradients"}, "pop": {"kind": "population", "n": 20}})
+    torch.manual_seed(0)
+    net = build_model(config.model, mixture.input_shape, mixture.num_classes, norm="bn", **config.model_args)
+    with pytest.raises(ValueError, match=r"probe 'pop': expected at least one whole batch of 32 among the first 20"):
+        train(config, model=net, dataset=mixture, progress="none")
+    assert not net._forward_pre_hooks and all(not m._forward_pre_hooks for m in net.modules())
+    assert all(not p._backward_hooks for p in net.parameters())

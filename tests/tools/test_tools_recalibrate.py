@@ -181,14 +181,81 @@ def test_masked_batch_norm_counts_only_valid_positions():
     torch.testing.assert_close(norm.running_var, valid.var(0))
 
 
-def test_time_step_statistics_are_left_alone_with_a_warning():
-    model = nn.Sequential(nn.BatchNorm1d(3), nlnn.TimeStepBatchNorm(3, max_steps=4, axis=1, time_axis=2))
-    before = {k: v.clone() for k, v in model[1].state_dict().items()}
-    x = torch.randn(5, 3, 4) * 3 + 1
-    with pytest.warns(UserWarning, match="1 keep running statistics per time step; not recalibrated"):
-        recalibrate(model, [x], progress=False)  # the model is in training mode: its buffers still stay put
-    assert all(torch.equal(v, before[k]) for k, v in model[1].state_dict().items())
-    torch.testing.assert_close(model[0].running_mean, x.mean(dim=(0, 2)))  # the plain layer was recalibrated
+def test_time_step_statistics_whole_sequences_one_population_per_step():
+    # Per-time-step BN (Cooijmans et al.): step t's statistics are the pooled moments of step t's values only.
+    torch.manual_seed(0)
+    layer = nlnn.TimeStepBatchNorm(3, max_steps=4, axis=1, time_axis=2, dtype=torch.float64)
+    model = nn.Sequential(nn.BatchNorm1d(3, dtype=torch.float64), layer)
+    scale = torch.tensor([1.0, 3.0, 0.2, 5.0, 7.0], dtype=torch.float64).view(1, 1, 5)  # 5 steps > max_steps = 4
+    xs = [torch.randn(n, 3, 5, dtype=torch.float64) * scale + 2.0 for n in (6, 9)]
+    counter = model[0].num_batches_tracked.clone()
+    recalibrate(model, xs, progress=False)
+    with torch.no_grad():  # the layer's input: BatchNorm1d in training mode (batch statistics, gamma 1, beta 0)
+        ins = [(x - x.mean(dim=(0, 2), keepdim=True)) / (x.var(dim=(0, 2), correction=0, keepdim=True) + 1e-5).sqrt()
+               for x in xs]
+    for t in range(4):
+        vals = torch.cat([v[:, :, t] for v in ins])  # (15, 3): every value of step t
+        torch.testing.assert_close(layer.running_mean[t], vals.mean(0))
+        torch.testing.assert_close(layer.running_var[t], vals.var(0, correction=1))
+    assert torch.equal(model[0].num_batches_tracked, counter) and model.training
+    every = torch.cat(xs)  # the plain layer in front is recalibrated too (pooled over both batches)
+    torch.testing.assert_close(model[0].running_mean, every.mean(dim=(0, 2)))
+
+
+def test_time_step_statistics_step_by_step_inside_a_cell_and_steps_beyond_t_max_ignored():
+    class Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nlnn.TimeStepBatchNorm(2, max_steps=3, dtype=torch.float64)
+
+        def forward(self, x):  # (N, T, C), one call per step as a recurrent cell does
+            return torch.stack([self.norm(x[:, t], step=t) for t in range(x.shape[1])], 1)
+
+    torch.manual_seed(1)
+    model = Cell().eval()
+    xs = [torch.randn(8, 4, 2, dtype=torch.float64) * torch.arange(1, 5, dtype=torch.float64).view(1, 4, 1) - 1
+          for _ in range(3)]
+    model.norm.running_var[2] = 7.0
+    recalibrate(model, xs, progress=False)
+    every = torch.cat(xs)  # (24, 4, 2)
+    torch.testing.assert_close(model.norm.running_mean, every[:, :3].mean(0))
+    torch.testing.assert_close(model.norm.running_var, every[:, :3].var(0, correction=1))
+    assert not model.training and not model.norm.training
+
+
+def test_time_step_statistics_batch_average_is_cooijmans_estimator():
+    # Cooijmans et al., Sec. 3: inference uses the mini-batch estimates averaged over the training set.
+    from normlab.lab import models
+
+    torch.manual_seed(4)
+    net = models.rnn((3, 2), 4, hidden=5, norm="bn").double()
+    x = torch.randn(40, 3, 2, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1) + 0.5
+    net(x[:8])  # some moving averages to be replaced
+    net.eval()
+    recalibrate(net, [x[0:16], x[16:32]], average="batches", progress=False)
+    cell = net[1]
+    assert not net.training and not cell.norm_x.training and cell.norm_x.momentum == 0.1
+    with torch.no_grad():
+        for t in range(3):
+            pre = [x[i:i + 16, t] @ cell.w_x.weight.T for i in (0, 16)]
+            torch.testing.assert_close(cell.norm_x.running_mean[t], (pre[0].mean(0) + pre[1].mean(0)) / 2)
+            torch.testing.assert_close(cell.norm_x.running_var[t], (pre[0].var(0) + pre[1].var(0)) / 2)
+    with pytest.raises(ValueError, match="average must be 'pooled' or 'batches', got 'mean'"):
+        recalibrate(net, [x], average="mean", progress=False)
+
+
+def test_batch_average_of_a_plain_layer_and_unreached_steps_warn():
+    torch.manual_seed(2)
+    bn = nn.BatchNorm1d(3, dtype=torch.float64)
+    xs = [torch.randn(n, 3, dtype=torch.float64) * 2 + 1 for n in (4, 10)]
+    recalibrate(bn, xs, average="batches", progress=False)
+    torch.testing.assert_close(bn.running_mean, (xs[0].mean(0) + xs[1].mean(0)) / 2)
+    torch.testing.assert_close(bn.running_var, (xs[0].var(0) + xs[1].var(0)) / 2)
+    layer = nlnn.TimeStepBatchNorm(3, max_steps=6, axis=1, time_axis=2)
+    before = layer.running_var[4:].clone()
+    with pytest.warns(UserWarning, match=r"no batch reached some time steps of TimeStepBatchNorm \(steps \[4, 5\]\)"):
+        recalibrate(layer, [torch.randn(5, 3, 4)], progress=False)
+    assert torch.equal(layer.running_var[4:], before)
 
 
 def test_recalibrate_reaches_batch_norm_inside_inplace_norm_act():

@@ -136,3 +136,63 @@ def test_recorder_sees_norm_inside_inplace_norm_act():
     got, want = records[0][0], records[1][0]
     for field in ("mean", "std", "p15", "p50", "p85", "dead_fraction", "grad_norm", "weight_grad_norm"):
         assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-5), field
+
+
+# ------------------------------------------------------------------------------- what the claims' probes need
+def test_unit_percentiles_and_dead_units_on_a_probe_input_in_eval_mode():
+    model = mlp()
+    x = torch.randn(200, 5) * 3
+    rec = ActivationRecorder(model, ["1", "3"], stats=["dead", "unit_percentiles"])
+    rows = rec.observe(x, step=7)
+    with torch.no_grad():
+        h = model[0](x).numpy()
+    assert [r.layer for r in rows] == ["1", "3"] and all(r.step == 7 for r in rows) and rec.records == rows
+    np.testing.assert_allclose(rows[0].unit_percentiles, np.percentile(h, [15, 50, 85], axis=0).T, rtol=1e-5,
+                               atol=1e-6)
+    assert rows[0].dead_fraction == pytest.approx(float((h <= 0).all(axis=0).mean()))
+    assert rows[0].mean is None and rows[0].p50 is None  # not asked for
+    assert rec.step == -1 and not model[1]._forward_pre_hooks  # no training step counted, no hook left
+
+
+def test_variance_shift_of_batch_norms_against_the_formula():
+    torch.manual_seed(1)
+    bn = nn.BatchNorm1d(4)
+    model = nn.Sequential(nn.Linear(3, 4), bn, nn.ReLU())
+    with torch.no_grad():
+        bn.running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
+    x = torch.randn(64, 3)
+    (row,) = ActivationRecorder(model, ["1"], stats=["variance_shift"]).observe(x)
+    with torch.no_grad():
+        v = model[0](x).double().numpy().var(axis=0, ddof=1)
+    assert row.variance_shift == pytest.approx(np.abs(np.log(v / np.array([0.5, 1.0, 2.0, 4.0]))).mean(), rel=1e-9)
+    (relu,) = ActivationRecorder(model, ["2"], stats=["variance_shift"]).observe(x)
+    assert relu.variance_shift is None  # no running statistics
+
+
+def test_observe_in_training_mode_restores_buffers_and_random_state():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.ReLU()).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(50, 3)
+    rng = torch.get_rng_state()
+    (row,) = ActivationRecorder(model, ["3"], stats=["moments"]).observe(x, train=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training and not model[1].training
+    torch.manual_seed(99)  # the expected value: training mode with the same random draws as the probe made
+    torch.set_rng_state(rng)
+    with torch.no_grad():
+        want = model.train()[:3](x)  # the input of the ReLU
+    assert row.mean == pytest.approx(want.mean().item(), rel=1e-6)
+
+
+def test_paused_passes_are_not_counted_and_gradient_only_stats():
+    model = mlp()
+    with ActivationRecorder(model, ["0", "2"], stats=()) as rec:
+        for i in range(3):
+            model(torch.randn(8, 5)).sum().backward()
+            with rec.paused():
+                model(torch.randn(8, 5)).sum().backward()  # a probe's own pass
+    assert rec.step == 2 and [r.step for r in rec.records if r.layer == "0"] == [0, 1, 2]
+    assert all(r.mean is None and r.weight_grad_norm is not None for r in rec.records)
+    with pytest.raises(ValueError, match=r"unknown stats \['mode'\]"):
+        ActivationRecorder(model, stats=["mode"])

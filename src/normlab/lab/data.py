@@ -191,12 +191,25 @@ def _mnist5k_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, table[:, 784].copy()
 
 
-def load_mnist5k(*, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0) -> Dataset:
-    """The embedded 5k MNIST subset, pixels scaled to [0, 1], shape ``(N, 1, 28, 28)``."""
+def load_mnist5k(
+    *, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0, train_size: int | None = None
+) -> Dataset:
+    """The embedded 5k MNIST subset, pixels scaled to [0, 1], shape ``(N, 1, 28, 28)``.
+
+    ``train_size`` keeps only the first ``train_size`` examples of the training split (which comes in a seeded
+    random order, so this is a seeded random subset): a small training set to overfit, same validation split."""
     x, y = _mnist5k_arrays(str(mnist5k_path()))
-    return _from_arrays(
+    ds = _from_arrays(
         "mnist5k", x / np.float32(255), y, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
     )
+    if train_size is None:
+        return ds
+    if not isinstance(train_size, int) or isinstance(train_size, bool) or not 2 <= train_size <= len(ds.y_train):
+        raise ValueError(
+            f"mnist5k: expected train_size as an int from 2 to {len(ds.y_train)} (the training split), got {train_size!r}"
+        )
+    ds.x_train, ds.y_train = ds.x_train[:train_size], ds.y_train[:train_size]
+    return ds
 
 
 def load_digits(*, val_fraction: float = 0.2, test_fraction: float = 0.0, split_seed: int = 0) -> Dataset:

@@ -9,8 +9,13 @@ Shared options
 - ``init``: "default" (torch's), "he" (Kaiming normal, fan_in), "xavier" (Glorot normal), "lecun" (normal with
   std 1/sqrt(fan_in)), "normal" (N(0, 0.01^2)); ``init_scale`` multiplies every weight matrix after init (bad
   scales are where BN is claimed to help). Biases start at zero unless ``init == "default"``.
-- ``dropout``: rate in [0, 1); ``dropout_position``: "after" (norm -> activation -> dropout, the usual place) or
-  "before" (dropout -> norm, the order Li et al. 2019 call the variance shift).
+- ``init_std``: the standard deviation of ``init="normal"`` (default 0.01; Ioffe & Szegedy's Fig. 1 uses 0.1).
+- ``dropout``: rate in [0, 1); ``dropout_position``: "after" (norm -> activation -> dropout, the usual place),
+  "before" (dropout -> norm, the order Li et al. 2019 call the variance shift) or, for the MLPs, "last" (dropout
+  only after the last hidden block, i.e. after every norm: Li et al.'s remedy).
+- ``noise_shift`` / ``noise_scale`` (MLPs): after every norm, in training only, ``y * s + m`` with per-unit
+  ``s ~ U(1 - noise_scale, 1 + noise_scale)`` and ``m ~ U(-noise_shift, noise_shift)`` drawn at every forward: the
+  "noisy BN" of Santurkar et al. 2018, Sec. 2.1 (a covariate shift injected on purpose). 0 = off.
 - ``norm_kw``: extra keyword arguments passed to ``make_norm`` (e.g. momentum, eps).
 """
 
@@ -36,6 +41,8 @@ __all__ = [
     "rnn",
     "INITS",
     "ACTIVATIONS",
+    "init_weights",
+    "norm_available",
 ]
 
 INITS = ("default", "he", "xavier", "lecun", "normal")
@@ -47,7 +54,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
     "identity": nn.Identity,
 }
-DROPOUT_POSITIONS = ("after", "before")
+DROPOUT_POSITIONS = ("after", "before", "last")
 
 
 def norm_layer(spec: str, num_features: int, **kw) -> nn.Module:
@@ -62,13 +69,32 @@ def _check_choice(builder: str, key: str, value, allowed: Sequence) -> None:
         raise ValueError(f"{builder}: {key}={value!r} is not allowed; expected one of {list(allowed)}")
 
 
-def _check_common(builder: str, init: str, init_scale: float, dropout: float, dropout_position: str) -> None:
+def _check_common(
+    builder: str, init: str, init_scale: float, dropout: float, dropout_position: str, init_std: float = 0.01,
+    positions: Sequence[str] = ("after", "before"),
+) -> None:
     _check_choice(builder, "init", init, INITS)
-    _check_choice(builder, "dropout_position", dropout_position, DROPOUT_POSITIONS)
+    _check_choice(builder, "dropout_position", dropout_position, positions)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"{builder}: dropout must lie in [0, 1), got {dropout}")
     if not init_scale > 0:
         raise ValueError(f"{builder}: init_scale must be positive, got {init_scale}")
+    _check_positive(builder, "init_std", init_std)
+
+
+def _check_positive(builder: str, key: str, value, *, zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{builder}: expected {key} as a finite number {'>=' if zero else '>'} 0, got {value!r}")
+
+
+def norm_available(spec: str) -> str | None:
+    """``None`` if ``norm_layer(spec, ...)`` can be built here, else the reason (an unknown or unmerged layer)."""
+    try:
+        norm_layer(spec, 8)
+    except (ImportError, NotImplementedError) as exc:
+        return f"make_norm({spec!r}): {exc}"
+    return None
 
 
 def _activation(builder: str, name: str) -> nn.Module:
@@ -76,8 +102,9 @@ def _activation(builder: str, name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0) -> nn.Module:
-    """Re-initialize every Linear/Conv/RNN weight of ``model`` with scheme ``init`` times ``scale`` (in place)."""
+def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0, std: float = 0.01) -> nn.Module:
+    """Re-initialize every Linear/Conv/RNN weight of ``model`` with scheme ``init`` times ``scale`` (in place);
+    ``std`` is the standard deviation of ``init="normal"``."""
     _check_choice("init_weights", "init", init, INITS)
     with torch.no_grad():
         for m in model.modules():
@@ -92,7 +119,7 @@ def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0) ->
             elif init == "lecun":
                 nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
             elif init == "normal":
-                nn.init.normal_(w, 0.0, 0.01)
+                nn.init.normal_(w, 0.0, std)
             if init != "default" and m.bias is not None:
                 nn.init.zeros_(m.bias)
             if scale != 1.0:
@@ -103,11 +130,31 @@ def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0) ->
 def _block(
     layer: nn.Module, norm: nn.Module, act: nn.Module, dropout: float, dropout_position: str, dropout_cls=nn.Dropout
 ) -> list[nn.Module]:
-    """layer -> norm -> act with dropout before the norm or after the activation."""
+    """layer -> norm -> act with dropout before the norm or after the activation ("last": the caller decides)."""
     drop = [dropout_cls(dropout)] if dropout > 0 else []
     if dropout_position == "before":
         return [layer, *drop, norm, act]
     return [layer, norm, act, *drop]
+
+
+class NormNoise(nn.Module):
+    """Santurkar et al. (2018, Sec. 2.1) "noisy BN": in training, ``y * s + m`` with ``s ~ U(1 - scale, 1 + scale)``
+    and ``m ~ U(-shift, shift)`` drawn per unit (axis 1) at every forward; the identity in eval mode."""
+
+    def __init__(self, shift: float, scale: float) -> None:
+        super().__init__()
+        self.shift, self.scale = float(shift), float(scale)
+
+    def forward(self, y: Tensor) -> Tensor:
+        if not self.training:
+            return y
+        n = y.shape[1]
+        s = 1 + self.scale * (2 * torch.rand(n) - 1)
+        m = self.shift * (2 * torch.rand(n) - 1)
+        return y * s + m
+
+    def extra_repr(self) -> str:
+        return f"shift={self.shift}, scale={self.scale}"
 
 
 def _flat_features(input_shape: Sequence[int]) -> int:
@@ -133,12 +180,16 @@ def ioffe_mlp(
     norm: str = "bn",
     init: str = "default",
     init_scale: float = 1.0,
+    init_std: float = 0.01,
+    noise_shift: float = 0.0,
+    noise_scale: float = 0.0,
     norm_kw: dict | None = None,
 ) -> nn.Module:
-    """Ioffe & Szegedy (2015), Fig. 1: three hidden layers of 100 sigmoid units, norm before each nonlinearity."""
+    """Ioffe & Szegedy (2015), Fig. 1: three hidden layers of 100 sigmoid units, norm before each nonlinearity
+    (the paper's small Gaussian initial weights: ``init="normal", init_std=0.1``)."""
     return mlp(
         input_shape, num_classes, norm=norm, depth=3, width=100, activation="sigmoid", init=init,
-        init_scale=init_scale, norm_kw=norm_kw,
+        init_scale=init_scale, init_std=init_std, noise_shift=noise_shift, noise_scale=noise_scale, norm_kw=norm_kw,
     )
 
 
@@ -149,27 +200,46 @@ def mlp(
     norm: str = "bn",
     depth: int = 4,
     width: int = 128,
+    widths: Sequence[int] | None = None,
     activation: str = "relu",
     init: str = "default",
     init_scale: float = 1.0,
+    init_std: float = 0.01,
     dropout: float = 0.0,
     dropout_position: str = "after",
+    noise_shift: float = 0.0,
+    noise_scale: float = 0.0,
     norm_kw: dict | None = None,
 ) -> nn.Module:
-    """``depth`` hidden blocks Linear(width) -> norm -> activation (-> dropout), then Linear(num_classes)."""
-    _check_common("mlp", init, init_scale, dropout, dropout_position)
-    if depth < 1 or width < 1:
-        raise ValueError(f"mlp: depth and width must be >= 1, got depth={depth}, width={width}")
+    """``depth`` hidden blocks Linear(width) -> norm -> activation (-> dropout), then Linear(num_classes).
+
+    ``widths`` (a list of hidden widths) replaces ``depth`` x ``width`` when given. ``dropout_position="last"``
+    puts one dropout after the last hidden block only. ``noise_shift``/``noise_scale`` add :class:`NormNoise` after
+    every norm (see the module docstring)."""
+    _check_common("mlp", init, init_scale, dropout, dropout_position, init_std, DROPOUT_POSITIONS)
+    _check_positive("mlp", "noise_shift", noise_shift, zero=True)
+    _check_positive("mlp", "noise_scale", noise_scale, zero=True)
+    if widths is None:
+        if depth < 1 or width < 1:
+            raise ValueError(f"mlp: depth and width must be >= 1, got depth={depth}, width={width}")
+        widths = [width] * depth
+    elif not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ValueError(f"mlp: expected widths as a non-empty list of ints >= 1, got {widths!r}")
+    noisy = noise_shift > 0 or noise_scale > 0
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = _flat_features(input_shape)
-    for _ in range(depth):
+    for i, w in enumerate(widths):
+        nrm = norm_layer(norm, w, **(norm_kw or {}))
+        if noisy:
+            nrm = nn.Sequential(nrm, NormNoise(noise_shift, noise_scale))
+        here = dropout if dropout_position != "last" or i == len(widths) - 1 else 0.0
         layers += _block(
-            nn.Linear(fan_in, width), norm_layer(norm, width, **(norm_kw or {})), _activation("mlp", activation),
-            dropout, dropout_position,
+            nn.Linear(fan_in, w), nrm, _activation("mlp", activation), here,
+            "after" if dropout_position == "last" else dropout_position,
         )
-        fan_in = width
+        fan_in = w
     layers.append(nn.Linear(fan_in, num_classes))
-    return init_weights(nn.Sequential(*layers), init, init_scale)
+    return init_weights(nn.Sequential(*layers), init, init_scale, init_std)
 
 
 # ------------------------------------------------------------------------------------------------------------ CNNs
@@ -182,28 +252,39 @@ def cnn(
     activation: str = "relu",
     init: str = "default",
     init_scale: float = 1.0,
+    init_std: float = 0.01,
     dropout: float = 0.0,
     dropout_position: str = "after",
+    pool: str = "max",
+    head_pool: int = 1,
+    conv_bias: bool = True,
     norm_kw: dict | None = None,
 ) -> nn.Module:
     """Small CNN: per entry of ``channels`` a 3x3 conv -> norm -> activation (-> dropout) -> 2x2 max-pool (while the
-    map is at least 2 wide), then global average pooling and a linear classifier. Input ``(N, C, H, W)``."""
-    _check_common("cnn", init, init_scale, dropout, dropout_position)
+    map is at least 2 wide; ``pool="none"`` keeps the full resolution), then average pooling to ``head_pool`` x
+    ``head_pool`` (1: global) and a linear classifier. ``conv_bias=False`` drops the convs' bias (redundant before
+    a centring norm). Input ``(N, C, H, W)``."""
+    _check_common("cnn", init, init_scale, dropout, dropout_position, init_std)
+    _check_choice("cnn", "pool", pool, ("max", "none"))
+    if not isinstance(head_pool, int) or isinstance(head_pool, bool) or head_pool < 1:
+        raise ValueError(f"cnn: expected head_pool as an int >= 1, got {head_pool!r}")
+    if not isinstance(conv_bias, bool):
+        raise ValueError(f"cnn: expected conv_bias as true or false, got {conv_bias!r}")
     if len(input_shape) != 3:
         raise ValueError(f"cnn: expected an image input_shape (C, H, W), got {tuple(input_shape)}")
     c_in, size = input_shape[0], min(input_shape[1:])
     layers: list[nn.Module] = []
     for c in channels:
         layers += _block(
-            nn.Conv2d(c_in, c, 3, padding=1), norm_layer(norm, c, **(norm_kw or {})), _activation("cnn", activation),
-            dropout, dropout_position, nn.Dropout2d,
+            nn.Conv2d(c_in, c, 3, padding=1, bias=conv_bias), norm_layer(norm, c, **(norm_kw or {})),
+            _activation("cnn", activation), dropout, dropout_position, nn.Dropout2d,
         )
-        if size >= 2:
+        if pool == "max" and size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
         c_in = c
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
-    return init_weights(nn.Sequential(*layers), init, init_scale)
+    layers += [nn.AdaptiveAvgPool2d(head_pool), nn.Flatten(), nn.Linear(c_in * head_pool**2, num_classes)]
+    return init_weights(nn.Sequential(*layers), init, init_scale, init_std)
 
 
 class _BasicBlock(nn.Module):

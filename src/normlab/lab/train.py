@@ -44,6 +44,7 @@ __all__ = [
     "Callback",
     "train",
     "make_optimizer",
+    "apply_trainable",
     "lr_at",
     "evaluate",
     "cached_dataset",
@@ -56,6 +57,7 @@ __all__ = [
 log = logging.getLogger("normlab.lab")
 
 OPTIMIZERS = ("adam", "sgd")
+TRAINABLE = ("all", "norms", "head")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 STEP_COLUMNS = ("step", "epoch", "loss", "acc", "grad_norm", "lr", "time")
 EVAL_COLUMNS = ("step", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "time")
@@ -81,6 +83,11 @@ class TrainConfig:
     Distributed: ``sync_bn=True`` pools batch statistics over all processes
     (``normlab.nn.convert_sync_batchnorm``), so a run on k processes equals one process on the global batch; it
     changes nothing in a single process.
+    ``trainable``: which parameters the optimizer updates, "all", "norms" (the normalization layers' affine
+    parameters only; Frankle et al. 2020) or "head" (the last Linear layer only: a linear probe of the features);
+    the others stay at their initial values.
+    ``probes``: what to measure besides the curves, name -> spec (see :mod:`normlab.lab.probes`); the results are
+    ``RunResult.probes[name]``.
     """
 
     data: str = "mnist5k"
@@ -107,6 +114,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     sync_bn: bool = False
+    trainable: str = "all"
+    probes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +130,8 @@ class TrainConfig:
             bad("optimizer", f"one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             bad("schedule", f"one of {list(SCHEDULES)}")
+        if self.trainable not in TRAINABLE:
+            bad("trainable", f"one of {list(TRAINABLE)}")
         for key in ("batch_size", "eval_batch_size", "lr_decay_every"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -143,6 +154,9 @@ class TrainConfig:
         for key in ("data_args", "model_args"):
             if not isinstance(getattr(self, key), dict):
                 bad(key, "a table (dict) of keyword arguments")
+        from .probes import validate_probes
+
+        validate_probes(self.probes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,7 +186,8 @@ class RunResult:
     previous evaluation; step 0 is the initial model). ``final``: the last good evaluation plus ``test_loss`` /
     ``test_acc`` when the data has a test split, and ``steps``. ``diverged``: a non-finite loss/gradient/validation
     loss stopped the run at ``diverged_step``; everything recorded before it is kept. ``model`` is the trained
-    module (not stored).
+    module (not stored). ``probes``: what the config's probes measured, name -> JSON-able result (see
+    :mod:`normlab.lab.probes`).
     """
 
     config: TrainConfig
@@ -183,6 +198,7 @@ class RunResult:
     diverged_step: int | None = None
     wall_time: float = 0.0
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    probes: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> list[dict]:
@@ -240,6 +256,41 @@ class _FnCallback(Callback):
 
     def on_step(self, state: TrainState, metrics: dict) -> None:
         self.fn(state, metrics)
+
+
+class _ProbeCallback(Callback):
+    """Drives :class:`normlab.lab.probes.Prober` from the engine's hook points."""
+
+    def __init__(self, prober) -> None:
+        self.prober = prober
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.prober.start()
+
+    def on_step(self, state: TrainState, metrics: dict) -> None:
+        self.prober.step(state.step, state.x, state.y)
+
+    def on_eval(self, state: TrainState, metrics: dict) -> None:
+        self.prober.on_eval(int(metrics["step"]))
+
+
+def apply_trainable(net: nn.Module, which: str) -> nn.Module:
+    """Freeze every parameter except the normalization layers' (``"norms"``) or the last Linear's (``"head"``);
+    ``"all"`` changes nothing. Returns ``net``; ValueError when the model has no such parameter."""
+    from ..tools._common import is_norm
+
+    if which == "all":
+        return net
+    if which == "norms":
+        keep = {id(p) for m in net.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+    else:
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        keep = {id(p) for p in linears[-1].parameters()} if linears else set()
+    if not keep:
+        raise ValueError(f"train: trainable={which!r} but the model has no such parameters")
+    for p in net.parameters():
+        p.requires_grad_(id(p) in keep)
+    return net
 
 
 # ------------------------------------------------------------------------------------------------------ pieces
@@ -376,6 +427,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     net = model if model is not None else build_model(
         config.model, ds.input_shape, ds.num_classes, norm=config.norm, **config.model_args
     )
+    apply_trainable(net, config.trainable)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     fwd: nn.Module = net
@@ -437,6 +489,13 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
                      val_loss, val_acc)
         return True
 
+    prober = None
+    if config.probes:
+        from .probes import Prober
+
+        prober = Prober(config, net, ds)
+        cbs.append(_ProbeCallback(prober))
+        step_cbs.append(cbs[-1])
     for c in cbs:
         c.on_train_start(state)
     try:
@@ -517,11 +576,15 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
         final["steps"] = rows[-1][0] if rows else 0
         if diverged_step is None and len(ds.y_test):
             final["test_loss"], final["test_acc"] = evaluate(net, ds.x_test, ds.y_test, config.eval_batch_size)
+        probes = prober.finish(state.step, diverged_step) if prober is not None else {}
         result = RunResult(
-            config, rows, evals, final, diverged_step is not None, diverged_step, time.perf_counter() - t0, net
+            config, rows, evals, final, diverged_step is not None, diverged_step, time.perf_counter() - t0, net,
+            probes,
         )
         return result
     finally:
+        if prober is not None:
+            prober.close()
         if bar is not None:
             bar.close()
         for c in cbs:

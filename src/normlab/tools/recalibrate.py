@@ -19,6 +19,19 @@ inputs it saw during training. Accumulation is in float64 with the exact pooled-
 Synchronized layers (``convert_sync_batchnorm``, ``torch.nn.SyncBatchNorm``) pool the statistics of every process
 of their ``process_group`` the same way, so each process's shard of the data counts and all processes end with the
 same running statistics; every process must then call ``recalibrate`` (as with the layers' own forward).
+
+Layers with statistics per time step (``TimeStepBatchNorm``, Cooijmans et al. 2017) get one population per step t
+and channel: the values of step t of every batch, whether the layer is called on whole sequences or step by step
+(``layer(x_t, step=t)`` inside a recurrent cell); steps at or beyond ``max_steps`` keep no statistics of their own
+(at inference they reuse step ``max_steps - 1``), as in the layer's own update.
+
+``average="batches"`` replaces the pooled moments by the plain average over the K batches of each batch's own
+estimates, the estimator of Cooijmans et al. (Sec. 3, "averaging the minibatch estimates over the training set"):
+
+    mu = (1/K) sum_k mu_k,      sigma2 = (1/K) sum_k s2_k
+
+with ``s2_k`` the batch variance as the layer's running update records it (unbiased, or biased for
+``running_var_unbiased=False``; for MABN the batch second moment). It ignores the spread of the batch means.
 """
 
 from __future__ import annotations
@@ -73,10 +86,63 @@ class _PooledMoments:
     def variance(self, unbiased: bool) -> Tensor:
         return _stats.unbiased(self.stats.var, self.stats.count) if unbiased else self.stats.var
 
+    def result(self, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, variance, second moment E[x^2]) per channel."""
+        return self.stats.mean, self.variance(unbiased), self.variance(False) + self.stats.mean**2
+
+
+class _BatchAverage:
+    """Per-channel plain average over batches of each batch's mean, variance estimate and second moment (float64);
+    a channel that got no value in a batch (all masked) skips that batch."""
+
+    def __init__(self, unbiased: bool) -> None:
+        self.unbiased = unbiased
+        self.sums: list[Tensor] | None = None  # mean, variance estimate, second moment, number of batches
+
+    def add(self, x: Tensor, axis: int, mask: Tensor | None = None) -> None:
+        x = x.detach().to(torch.float64)
+        batch = _stats.moments(x, _stats.reduce_dims(x.ndim, axis), mask=mask)
+        count = torch.as_tensor(batch.count, dtype=torch.float64, device=x.device).expand_as(batch.mean)
+        ok = count > 0
+        estimate = _stats.unbiased(batch.var, count) if self.unbiased else batch.var
+        parts = [batch.mean, estimate, batch.var + batch.mean**2]
+        parts = [torch.where(ok, p, torch.zeros_like(p)) for p in parts] + [ok.to(torch.float64)]
+        self.sums = parts if self.sums is None else [a + b for a, b in zip(self.sums, parts)]
+
+    @property
+    def stats(self):  # the same "anything seen?" test as _PooledMoments
+        return self.sums
+
+    def seen(self) -> Tensor | None:
+        return None if self.sums is None else self.sums[3] > 0
+
+    def result(self, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+        k = self.sums[3].clamp_min(1)
+        return self.sums[0] / k, self.sums[1] / k, self.sums[2] / k
+
 
 def _synchronized(norm: nn.Module) -> bool:
     """Layers whose statistics are pooled over ``torch.distributed`` processes (normlab's or torch's)."""
     return bool(getattr(norm, "sync_statistics", False)) or isinstance(norm, nn.SyncBatchNorm)
+
+
+def _per_step(norm: nn.Module) -> bool:
+    """Running statistics of shape (max_steps, C): one population per time step (TimeStepBatchNorm)."""
+    return norm.running_mean.ndim == 2
+
+
+def _step_inputs(norm: nn.Module, args: tuple, kwargs: dict) -> list[tuple[int, Tensor, int]]:
+    """(step, values of that step, channel axis) of one call of a per-time-step layer, steps < max_steps only."""
+    x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+    if not isinstance(x, Tensor):
+        return []
+    step = args[1] if len(args) > 1 else kwargs.get("step")
+    c = channel_axis(norm) % x.ndim
+    if step is not None:  # one step inside a cell's loop
+        return [(int(step), x, c)] if int(step) < norm.max_steps else []
+    t = norm.time_axis % x.ndim
+    c_in_step = c - 1 if c > t else c
+    return [(k, x.select(t, k), c_in_step) for k in range(min(x.shape[t], norm.max_steps))]
 
 
 def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
@@ -124,6 +190,7 @@ def recalibrate(
     *,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     progress: bool = True,
+    average: str = "pooled",
 ) -> nn.Module:
     """Set the running statistics of every batch norm in ``model`` to its exact population statistics over
     ``batches`` (PreciseBN). Changes ``model`` in place and returns it.
@@ -137,19 +204,26 @@ def recalibrate(
     model (``num_batches_tracked``, MABN's histories, other layers' statistics, ...) are restored afterwards, and
     on any error (a bad batch, too few batches) the running statistics are left as they were. A layer that no
     batch reached keeps its statistics, with a warning. ``MaskedBatchNorm`` counts only the valid positions of its
-    ``mask``/``lengths``; layers with statistics per time step (``TimeStepBatchNorm``) are left alone, with a
-    warning.
+    ``mask``/``lengths``; layers with statistics per time step (``TimeStepBatchNorm``) get one population per step
+    (steps no batch reached keep theirs, with a warning).
+
+    ``average``: ``"pooled"`` (the exact population moments, see the module docstring) or ``"batches"`` (the
+    plain average of the per-batch estimates, Cooijmans et al.'s recurrent-BN inference statistics; not for
+    synchronized layers). Raises ValueError for a bad argument or when no batch arrives.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
+    if average not in ("pooled", "batches"):
+        raise ValueError(f"recalibrate: average must be 'pooled' or 'batches', got {average!r}")
     bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
     if num_batches is not None and bad_count:
         raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
-    norms, per_step = [], []
-    for name, m in model.named_modules():
-        if is_batch_norm(m) and has_running_stats(m):
-            # Statistics per time step (TimeStepBatchNorm) are not one population per channel.
-            (norms if tuple(m.running_mean.shape) == (m.num_features,) else per_step).append((name, m))
+    norms = [(name, m) for name, m in model.named_modules() if is_batch_norm(m) and has_running_stats(m)]
+    if average == "batches":
+        synced = [name for name, m in norms if _synchronized(m)]
+        if synced:
+            raise ValueError(f"recalibrate: average='batches' does not pool over processes; {synced} are synchronized "
+                             "layers (use average='pooled')")
     if not norms:
         raise ValueError(
             "recalibrate: the model has no batch norm with running statistics (torch.nn.BatchNorm*d, SyncBatchNorm "
@@ -165,10 +239,21 @@ def recalibrate(
     # model is put back afterwards, and only then are the new statistics written.
     saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     modes = [(m, m.training) for _, m in norms]
-    pooled = {id(m): _PooledMoments() for _, m in norms}
+
+    def accumulator(m: nn.Module):
+        if average == "batches":
+            return _BatchAverage(getattr(m, "running_var_unbiased", True) and not is_uncentred(m))
+        return _PooledMoments()
+
+    # one accumulator per layer, or per layer and time step for per-step layers
+    pooled = {id(m): ({} if _per_step(m) else accumulator(m)) for _, m in norms}
     handles = []
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if _per_step(module):
+            for t, xt, axis in _step_inputs(module, args, kwargs):
+                pooled[id(module)].setdefault(t, accumulator(module)).add(xt, axis)
+            return
         x, mask = _masked_input(module, args, kwargs)
         if x is not None:
             pooled[id(module)].add(x, channel_axis(module), mask)
@@ -200,31 +285,46 @@ def recalibrate(
             buffers = dict(model.named_buffers())
             for name, value in saved_buffers.items():
                 buffers[name].copy_(value)
-    missed = []
+    missed, missed_steps = [], []
+
+    def write(m: nn.Module, acc, running_mean: Tensor, running_var: Tensor) -> bool:
+        """Copy one population into running_mean/running_var (views of the layer's buffers); False if empty."""
+        if acc.stats is None or not bool(acc.seen().any()):
+            return False
+        seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
+        unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
+        mean, var, second = acc.result(unbiased)
+        if is_uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+            running_var.copy_(torch.where(seen, second, running_var.to(second.dtype)))
+            return True
+        running_mean.copy_(torch.where(seen, mean, running_mean.to(mean.dtype)))
+        running_var.copy_(torch.where(seen, var, running_var.to(var.dtype)))
+        return True
+
     with torch.no_grad():
         for name, m in norms:
             acc = pooled[id(m)]
+            if _per_step(m):
+                if _synchronized(m):  # per-step layers pool over processes too
+                    for t in range(m.max_steps):
+                        acc.setdefault(t, _PooledMoments()).pool_processes(m, m.num_features)
+                done = [t for t, a in sorted(acc.items()) if write(m, a, m.running_mean[t], m.running_var[t])]
+                if not done:
+                    missed.append(name or type(m).__name__)
+                elif len(done) < m.max_steps:
+                    missed_steps.append(f"{name or type(m).__name__} (steps {sorted(set(range(m.max_steps)) - set(done))})")
+                continue
             if _synchronized(m):  # population statistics of every process's shard, identical on every process
                 acc.pool_processes(m, m.num_features)
-            if acc.stats is None or not bool(acc.seen().any()):
+            if not write(m, acc, m.running_mean, m.running_var):
                 missed.append(name)
-                continue
-            seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
-            if is_uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
-                second = acc.variance(False) + acc.stats.mean**2
-                m.running_var.copy_(torch.where(seen, second, m.running_var.to(second.dtype)))
-                continue
-            unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
-            mean, var = acc.stats.mean, acc.variance(unbiased)
-            m.running_mean.copy_(torch.where(seen, mean, m.running_mean.to(mean.dtype)))
-            m.running_var.copy_(torch.where(seen, var, m.running_var.to(var.dtype)))
     if missed:
         warnings.warn(
             f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2
         )
-    if per_step:
+    if missed_steps:
         warnings.warn(
-            f"recalibrate: {', '.join(n for n, _ in per_step)} keep running statistics per time step; not recalibrated",
-            stacklevel=2,
+            f"recalibrate: no batch reached some time steps of {', '.join(missed_steps)}; their statistics are "
+            "unchanged", stacklevel=2,
         )
     return model

@@ -18,22 +18,38 @@ function, its pre-activation) and stores one :class:`LayerRecord`:
 * ``weight_grad_norm``: for a watched module with a ``weight`` parameter (a Linear or Conv), the L2 norm of that
   weight's gradient from the same step's backward (``None`` otherwise).
 
+On request (``stats``) also, per layer:
+
+* ``unit_percentiles``: the 15/50/85th percentiles of every unit (channel, axis 1) separately, over the batch and
+  any other positions, as ``[[p15, p50, p85], ...]`` (Ioffe & Szegedy's Fig. 1 plots them for single units);
+* ``variance_shift``: for a watched batch norm with running statistics, ``mean_c |log(Var_c(input) /
+  running_var_c)|`` with the per-channel unbiased variance of its input: 0 when the running variance matches the
+  variance the layer sees (Li et al. 2019's "variance shift" between training and inference).
+
 A step is one forward call of the root model in training mode; every ``every``-th step is sampled (steps
 0, every, 2 * every, ...). Eval-mode forward calls are neither counted nor recorded. Hooks exist only inside the
-``with`` block, and outside sampled steps they return at once.
+``with`` block, and outside sampled steps they return at once. Two ways to measure outside the training stream:
+:meth:`ActivationRecorder.observe` runs one forward on a fixed probe input (eval mode, or training mode with every
+buffer and the random state put back) and records it; :meth:`ActivationRecorder.paused` hides extra forward and
+backward passes (a probe's own) from the training-step count and the records.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .. import _validate
 
-__all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATIONS"]
+__all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATIONS", "STATS"]
+
+STATS = ("moments", "percentiles", "dead", "unit_percentiles", "variance_shift")
+_DEFAULT_STATS = ("moments", "percentiles", "dead")
+_QUANTILES = (0.15, 0.50, 0.85)
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -43,16 +59,20 @@ ACTIVATIONS = (
 
 @dataclass
 class LayerRecord:
+    """One layer on one step; a statistic not asked for (``stats``) is ``None``."""
+
     step: int
     layer: str
-    mean: float
-    std: float
-    p15: float
-    p50: float
-    p85: float
-    dead_fraction: float
+    mean: float | None
+    std: float | None
+    p15: float | None
+    p50: float | None
+    p85: float | None
+    dead_fraction: float | None
     grad_norm: float | None = None
     weight_grad_norm: float | None = None
+    unit_percentiles: list | None = None
+    variance_shift: float | None = None
 
 
 class ActivationRecorder:
@@ -62,6 +82,9 @@ class ActivationRecorder:
     module of :data:`ACTIVATIONS` (functional calls such as ``torch.relu`` inside a forward are invisible to hooks:
     name the module after which they come instead). ``every``: record one step in ``every``. ``max_values``:
     values used for the percentiles (``seed`` seeds their draw). ``grads``: also record gradient norms.
+    ``stats``: which statistics to compute, some of :data:`STATS` (default: "moments" (mean, std),
+    "percentiles", "dead"; add "unit_percentiles" or "variance_shift", or pass ``()`` to record gradient norms
+    only).
 
     >>> with ActivationRecorder(model, every=10) as rec:
     ...     for x, y in loader:
@@ -78,12 +101,17 @@ class ActivationRecorder:
         max_values: int = 4096,
         grads: bool = True,
         seed: int = 0,
+        stats: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationRecorder: expected a torch.nn.Module, got {type(model).__name__}")
         _validate.check_positive_int(every, "ActivationRecorder", "every")
         if not isinstance(max_values, int) or max_values < 3:
             raise ValueError(f"ActivationRecorder: max_values must be an int >= 3, got {max_values!r}")
+        chosen = _DEFAULT_STATS if stats is None else tuple(stats) if not isinstance(stats, str) else (stats,)
+        unknown_stats = [k for k in chosen if k not in STATS]
+        if unknown_stats:
+            raise ValueError(f"ActivationRecorder: unknown stats {unknown_stats}; expected some of {list(STATS)}")
         named = dict(model.named_modules())
         if modules is None:
             names = [n for n, m in named.items() if isinstance(m, ACTIVATIONS)]
@@ -105,9 +133,11 @@ class ActivationRecorder:
         self.every = every
         self.max_values = max_values
         self.grads = grads
+        self.stats = frozenset(chosen)
         self.records: list[LayerRecord] = []
         self.step = -1  # incremented at the start of each training forward of the root model
         self._sampled = False
+        self._paused = 0
         self._latest: dict[str, LayerRecord] = {}  # this step's record per layer, for the weight-gradient hooks
         self._handles: list = []
         self._modules = {n: named[n] for n in names}
@@ -115,7 +145,9 @@ class ActivationRecorder:
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
-        if module.training:
+        if self._paused:
+            self._sampled = False
+        elif module.training:
             self.step += 1
             self._sampled = self.step % self.every == 0
         else:
@@ -138,24 +170,36 @@ class ActivationRecorder:
         return hook
 
     @torch.no_grad()
-    def _summarize(self, name: str, x: Tensor) -> LayerRecord:
+    def _summarize(self, name: str, x: Tensor, step: int | None = None) -> LayerRecord:
         x = x.detach()
-        flat = x.reshape(-1).float()
-        std, mean = torch.std_mean(flat, correction=0)
-        sample = flat
-        if flat.numel() > self.max_values:
-            # Uniform draws (with replacement, O(max_values)): a stride could alias with the feature-map layout.
-            sample = flat[torch.randint(flat.numel(), (self.max_values,), generator=self._gen)]
-        q = torch.quantile(sample, torch.tensor([0.15, 0.50, 0.85], device=sample.device))
-        if x.ndim >= 2:
-            dead = (x <= 0).transpose(0, 1).reshape(x.shape[1], -1).all(dim=1).float().mean()
-        else:
-            dead = (x <= 0).float().mean()
-        values = torch.stack([mean, std, q[0], q[1], q[2], dead]).tolist()
-        return LayerRecord(self.step, name, *values)
+        rec = LayerRecord(self.step if step is None else step, name, None, None, None, None, None, None)
+        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else None
+        if "moments" in self.stats:
+            std, mean = torch.std_mean(flat, correction=0)
+            rec.mean, rec.std = mean.item(), std.item()
+        if "percentiles" in self.stats:
+            sample = flat
+            if flat.numel() > self.max_values:
+                # Uniform draws (with replacement, O(max_values)): a stride could alias with the feature-map layout.
+                sample = flat[torch.randint(flat.numel(), (self.max_values,), generator=self._gen)]
+            rec.p15, rec.p50, rec.p85 = torch.quantile(sample, torch.tensor(_QUANTILES, device=sample.device)).tolist()
+        per_unit = None
+        if x.ndim >= 2 and self.stats & {"dead", "unit_percentiles"}:
+            per_unit = x.transpose(0, 1).reshape(x.shape[1], -1)  # (channels, values)
+        if "dead" in self.stats:
+            dead = (per_unit <= 0).all(dim=1) if per_unit is not None else (x <= 0)
+            rec.dead_fraction = dead.float().mean().item()
+        if "unit_percentiles" in self.stats and per_unit is not None:
+            q = torch.tensor(_QUANTILES, dtype=torch.float32, device=x.device)
+            rec.unit_percentiles = torch.quantile(per_unit.float(), q, dim=1).T.tolist()
+        if "variance_shift" in self.stats:
+            rec.variance_shift = _variance_shift(self._modules[name], x)
+        return rec
 
     def _watch_weight(self, name: str):
         def hook(grad: Tensor) -> None:
+            if self._paused:
+                return
             rec = self._latest.get(name)
             if rec is not None and rec.step == self.step:
                 rec.weight_grad_norm = float(torch.linalg.vector_norm(grad.detach().float()))
@@ -189,6 +233,57 @@ class ActivationRecorder:
         self._sampled = False
         self._latest.clear()
 
+    # -- probes outside the training stream ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def paused(self) -> Iterator["ActivationRecorder"]:
+        """Inside this block no forward counts as a training step and nothing is recorded (a probe's own passes
+        must not shift the step count nor the gradient norms of the training step)."""
+        self._paused += 1
+        try:
+            yield self
+        finally:
+            self._paused -= 1
+
+    def observe(self, x: Tensor, *, step: int | None = None, train: bool = False) -> list[LayerRecord]:
+        """Run the model once on the probe input ``x`` (no gradient) and record every watched layer's input.
+
+        ``train=False``: in eval mode (running statistics, no dropout). ``train=True``: in training mode, i.e.
+        the distribution the next layer sees while it trains (batch statistics, dropout, injected noise); every
+        buffer of the model (running statistics, counters) and torch's random state are put back afterwards, so
+        the probe leaves the training run unchanged. The records carry ``step`` (default: the current training
+        step), are appended to :attr:`records` and returned. Works inside or outside the ``with`` block.
+        """
+        label = self.step if step is None else int(step)
+        found: list[LayerRecord] = []
+
+        def watch(name: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if args and isinstance(args[0], Tensor):
+                    found.append(self._summarize(name, args[0], label))
+            return hook
+
+        modes = [(m, m.training) for m in self.model.modules()]
+        saved = {k: b.detach().clone() for k, b in self.model.named_buffers()} if train else {}
+        rng = torch.get_rng_state() if train else None
+        handles = [m.register_forward_pre_hook(watch(n)) for n, m in self._modules.items()]
+        try:
+            with self.paused(), torch.no_grad():
+                self.model.train(train)
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+            for m, mode in modes:
+                m.train(mode)
+            if train:
+                with torch.no_grad():
+                    buffers = dict(self.model.named_buffers())
+                    for k, v in saved.items():
+                        buffers[k].copy_(v)
+                torch.set_rng_state(rng)
+        self.records.extend(found)
+        return found
+
     # -- reading -------------------------------------------------------------------------------------------------
     def series(self, layer: str, field: str) -> list[tuple[int, float | None]]:
         """``[(step, value), ...]`` of one field of one layer, in step order."""
@@ -202,3 +297,16 @@ class ActivationRecorder:
     def rows(self) -> list[dict]:
         """Every record as a plain dict (for a table, a DataFrame or the lab's store)."""
         return [asdict(r) for r in self.records]
+
+
+def _variance_shift(module: nn.Module, x: Tensor) -> float | None:
+    """mean_c |log(unbiased Var_c(x) / running_var_c)| for a batch norm with one running variance per channel."""
+    from ._common import channel_axis, has_running_stats, is_batch_norm
+
+    if not (is_batch_norm(module) and has_running_stats(module)) or module.running_var.ndim != 1:
+        return None
+    axis = channel_axis(module) % x.ndim
+    dims = [d for d in range(x.ndim) if d != axis]
+    var = x.double().var(dim=dims, correction=1)
+    ratio = var / module.running_var.double().clamp_min(1e-12)
+    return float(ratio.clamp_min(1e-12).log().abs().mean())

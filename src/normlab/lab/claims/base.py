@@ -10,9 +10,8 @@ A claim is one file under ``normlab/lab/claims/`` that builds a :class:`Claim` a
 - three configurations: ``tiny`` (tests: one seed, a few steps), ``quick`` (the demo) and ``full``.
 
 ``Claim.run(ctx)`` performs the experiment through :class:`Context`, whose :meth:`Context.map` runs the
-independent units (one arm x one seed x one setting) and stores each finished unit as a JSON file under
-``OUT/runs/<claim>/``: a rerun of the same command finds them and reuses them (resumable; a unit killed half-way
-left no file and is run again). The returned :class:`Outcome` holds per-seed metrics; the verdicts are computed
+independent units (one arm x one seed x one setting), each a :class:`~normlab.lab.train.TrainConfig` run by the
+lab's engine. The returned :class:`Outcome` holds per-seed metrics; the verdicts are computed
 from them by :func:`~normlab.lab.verdict.decide` here, never by the claim.
 """
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -38,7 +36,6 @@ __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResu
 
 LEVELS = ("tiny", "quick", "full")
 DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
-UNIT_FORMAT = 2  # bump when the meaning of stored units changes, so old files are not reused
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,64 +134,27 @@ class Context:
         self.reused = 0
         self.computed = 0
 
-    def _path(self, unit: Mapping[str, Any], fn: Callable) -> tuple[Path, str]:
-        key = {"claim": self.claim.id, "fn": f"{fn.__module__}.{fn.__qualname__}", "format": UNIT_FORMAT,
-               "code": code_version(), "unit": dict(unit)}
-        text = json.dumps(key, sort_keys=True, default=str)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        label = "-".join(str(unit[k]) for k in ("arm", "seed") if k in unit).replace("/", "_").replace(":", "_")
-        return self.run_dir / f"{label or 'unit'}-{digest}.json", text
+    def map(self, configs: Sequence[Any], *, alone: bool = False) -> list[Any]:
+        """Run every :class:`~normlab.lab.train.TrainConfig` with the lab's engine; the results in order.
 
-    def map(self, fn: Callable[[dict], dict], units: Sequence[Mapping[str, Any]], *, alone: bool = False) -> list[dict]:
-        """Run ``fn(unit)`` for every unit (a JSON-able dict), reusing stored results; returns results in order.
-
-        ``fn`` must be a module-level function returning a JSON-able dict (it may run in another process).
-        ``alone=True`` runs the units one after another in this process (still one torch thread each): for units
-        that *measure time*, where a neighbour unit on the other core would add its own noise to the figure.
+        A minimal sequential runner (one torch thread per run), kept until the executors (local processes, Ray,
+        resumable through the store) replace it. ``alone=True`` is for units that *measure time*: here every unit
+        already runs alone.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        results: list[dict | None] = [None] * len(units)
-        todo = []
-        for i, unit in enumerate(units):
-            path, key = self._path(unit, fn)
-            if path.exists():
-                try:
-                    stored = json.loads(path.read_text())
-                    if stored.get("key") == key:
-                        results[i] = stored["result"]
-                        self.reused += 1
-                        continue
-                except (OSError, ValueError, KeyError):
-                    pass  # a damaged file is recomputed and overwritten
-            todo.append((i, dict(unit), path, key))
-        if todo:
-            self.log(f"  {self.claim.id}: {len(todo)} unit(s) to run, {len(units) - len(todo)} reused")
-        if self.pool is not None and len(todo) > 1 and not alone:
-            futures = [(i, path, key, self.pool.submit(_run_unit, fn, unit)) for i, unit, path, key in todo]
-            for i, path, key, fut in futures:
-                results[i] = self._store(path, key, fut.result())
-        else:
-            for i, unit, path, key in todo:
-                results[i] = self._store(path, key, _run_unit(fn, unit))
-        return results  # type: ignore[return-value]
+        from ..train import TrainConfig, train
 
-    def _store(self, path: Path, key: str, result: dict) -> dict:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "result": result}, allow_nan=True))
-        os.replace(tmp, path)  # atomic: a killed run leaves either no file or a whole one
-        self.computed += 1
-        return result
-
-
-def _run_unit(fn: Callable[[dict], dict], unit: dict) -> dict:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # units run side by side; one thread each is fastest on a small machine
-    try:
-        return fn(unit)
-    finally:
-        torch.set_num_threads(before)
+        bad = [type(c).__name__ for c in configs if not isinstance(c, TrainConfig)]
+        if bad:
+            raise TypeError(f"Context.map: expected TrainConfig objects, got {bad[0]}")
+        if configs:
+            self.log(f"  {self.claim.id}: {len(configs)} unit(s) to run")
+        results = []
+        for config in configs:
+            result = train(config, progress="none", threads=1)
+            result.model = None  # a stored run has no module: claims read metrics and probes only
+            results.append(result)
+            self.computed += 1
+        return results
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ..verdict import Rule
 from . import _common as C
+from ..models import norm_available
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 AUC = "mean validation accuracy over training (area under the curve)"
@@ -17,15 +19,11 @@ NORMS = ("bln", "bn", "ln", "none")
 LABEL = {"bln": "batch-layer norm", "bn": "BN", "ln": "LN", "none": "no norm"}
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec=u["arm"], activation="relu")
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
-                eval_every=u["eval_every"], seed=u["seed"])
-    return {**u, **h.to_dict()}
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=arm,
+                       model_args={"widths": cfg["widths"], "activation": "relu"}, optimizer="sgd", momentum=0.9,
+                       lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["eval_every"],
+                       drop_last=True)
 
 
 def run(ctx: Context) -> Outcome:
@@ -33,12 +31,14 @@ def run(ctx: Context) -> Outcome:
     out = Outcome()
     arms = []
     for arm in NORMS:
-        why = C.unavailable(arm)
+        why = norm_available(arm)
         if why:
             out.not_run[arm] = why
         else:
             arms.append(arm)
-    res = ctx.map(_unit, [{"arm": a, "seed": s, **cfg} for s in ctx.seeds for a in arms])
+    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in arms]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = [{**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc")} for u, r in zip(units, runs)]
     for r in res:
         out.add(AUC, r["arm"], r["seed"], C.mean(r["val_acc"][1:]))
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 VAL = "final validation accuracy"
@@ -17,37 +18,36 @@ ARMS = ("bn-only", "frozen", "output-only", "all")
 CHANCE = 0.1
 
 
-def _params(model, arm):
-    if arm == "all":
-        return list(model.parameters())
-    if arm == "output-only":
-        return list(model.head.parameters())
-    if arm in ("bn-only", "frozen"):  # "frozen" runs the same loop at learning rate 0: nothing moves
-        return [p for n in model.norms for p in n.parameters()]
-    raise ValueError(f"bn-only-training: unknown arm {arm!r}")
+TRAINABLE = {"bn-only": "norms", "frozen": "norms", "output-only": "head", "all": "all"}
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec="bn", activation="relu")
-    trainable = _params(model, u["arm"])
-    for p in model.parameters():
-        p.requires_grad_(any(p is q for q in trainable))
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
     # The frozen reference trains nothing (lr 0: Adam's update is exactly 0) but still runs the forward passes, so
     # BN's running statistics are estimated exactly as in the other arms.
-    lr = {"all": u["lr_all"], "frozen": 0.0}.get(u["arm"], u["lr"])
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=lr, optimizer="adam",
-                eval_every=u["eval_every"], seed=u["seed"], params=trainable)
-    n_trained = 0 if u["arm"] == "frozen" else sum(p.numel() for p in trainable)
-    return {**u, **h.to_dict(), "n_trained": n_trained, "n_total": sum(p.numel() for p in model.parameters())}
+    lr = {"all": cfg["lr_all"], "frozen": 0.0}.get(arm, cfg["lr"])
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm="bn",
+                       model_args={"widths": cfg["widths"], "activation": "relu"}, trainable=TRAINABLE[arm],
+                       optimizer="adam", lr=lr, batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["eval_every"], drop_last=True)
+
+
+def _counts(config: TrainConfig) -> tuple[int, int]:
+    """(parameters trained, parameters in total) of the run's network (the frozen arm, at lr 0, trains none)."""
+    from ..models import build_model
+    from ..train import apply_trainable
+
+    net = apply_trainable(build_model(config.model, (1, 28, 28), 10, norm=config.norm, **config.model_args),
+                          config.trainable)
+    trained = sum(p.numel() for p in net.parameters() if p.requires_grad) if config.lr > 0 else 0
+    return trained, sum(p.numel() for p in net.parameters())
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    res = ctx.map(_unit, [{"arm": a, "seed": s, **cfg} for s in ctx.seeds for a in ARMS])
+    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in ARMS]
+    configs = [_config(u["arm"], u["seed"], cfg) for u in units]
+    res = [{**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"),
+            **dict(zip(("n_trained", "n_total"), _counts(c)))} for u, c, r in zip(units, configs, ctx.map(configs))]
     out = Outcome()
     for r in res:
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])

@@ -12,15 +12,15 @@ batch 60):
     the loss and the largest change of the gradient (their loss-landscape and gradient-predictiveness measures).
 
 The percentiles are measured in training mode (the distribution the next layer sees while it trains; noise
-included for noisy BN) on 1,000 fixed validation images; every probe restores the weights and BN buffers.
+included for noisy BN) on 1,000 fixed validation images by ``tools.ActivationRecorder``; every probe restores the
+weights, the BN buffers and the random state (``normlab.lab.probes``).
 """
 
 from __future__ import annotations
 
-import copy
-
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 SHIFT = "shift of the last hidden layer's sigmoid inputs (percentile path / spread)"
@@ -31,85 +31,29 @@ ARMS = ("bn", "none", "noisy_bn")
 LABEL = {"bn": "with BN", "none": "without BN", "noisy_bn": "noisy BN (Santurkar)"}
 
 
-def _noisy_bn_factory(noise_mean: float, noise_scale: float):
-    import torch
-    from torch import nn
-
-    class NoisyBN(nn.Module):
-        """BN followed, in training only, by y * s + m with s ~ U(1 - noise_scale, 1 + noise_scale) and
-        m ~ U(-noise_mean, noise_mean) drawn per unit at every forward (Santurkar et al. 2018, Sec. 2.1)."""
-
-        def __init__(self, n: int) -> None:
-            super().__init__()
-            self.bn = C.norm("bn", n)
-
-        def forward(self, x):
-            y = self.bn(x)
-            if not self.training:
-                return y
-            n = y.shape[1]
-            s = 1 + noise_scale * (2 * torch.rand(n) - 1)
-            m = noise_mean * (2 * torch.rand(n) - 1)
-            return y * s + m
-
-    return NoisyBN
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    args = {"init": "normal", "init_std": cfg["init_std"]}
+    if arm == "noisy_bn":  # BN followed by Santurkar et al.'s per-unit, per-step random scale and shift
+        args.update(noise_shift=cfg["noise_mean"], noise_scale=cfg["noise_scale"])
+    every = cfg["probe_every"]
+    probes = {
+        # input of the last hidden layer's sigmoids, per unit, training mode, on the 1,000 validation images
+        "percentiles": {"kind": "activations", "layers": "activations", "index": [-1], "stats": ["unit_percentiles"],
+                        "data": "val", "mode": "train", "every": every, "last": False},
+        "landscape": {"kind": "landscape", "etas": cfg["etas"], "every": every, "last": False},
+    }
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="ioffe_mlp",
+                       norm="none" if arm == "none" else "bn", model_args=args, optimizer="sgd", lr=cfg["lr"],
+                       batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["eval_every"], drop_last=True,
+                       probes=probes)
 
 
-def _build(u: dict):
-    if u["arm"] != "noisy_bn":
-        return C.ioffe_mlp(u["arm"], init_std=u["init_std"])
-    model = C.ioffe_mlp("none", init_std=u["init_std"])
-    noisy = _noisy_bn_factory(u["noise_mean"], u["noise_scale"])
-    for i, lin in enumerate(model.linears):
-        model.norms[i] = noisy(lin.out_features)
-    return model
-
-
-def _unit(u: dict) -> dict:
-    import torch
-    from torch import nn
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = _build(u)
-    probe_x = data.x_val
-    pct = torch.tensor([0.15, 0.50, 0.85])
-    percentiles, landscape = [], []
-
-    def probe(step, m, xb, yb):
-        if step % u["probe_every"]:
-            return
-        saved = copy.deepcopy(m.state_dict())
-        rng_state = torch.get_rng_state()
-        try:
-            with torch.no_grad():
-                m.keep = True
-                m(probe_x)
-                last = m.pre[-1]  # (N, 100): input of the last hidden sigmoids
-                m.keep = False
-                percentiles.append({"step": step, "q": torch.quantile(last, pct, dim=0).T.tolist()})
-            params = list(m.parameters())
-            base = [p.detach().clone() for p in params]
-            loss0 = nn.functional.cross_entropy(m(xb), yb)
-            g0 = torch.autograd.grad(loss0, params)
-            losses, changes = [loss0.item()], []
-            for eta in u["etas"]:
-                with torch.no_grad():
-                    for p, g, b in zip(params, g0, base):
-                        p.copy_(b - eta * g)
-                loss = nn.functional.cross_entropy(m(xb), yb)
-                g1 = torch.autograd.grad(loss, params)
-                losses.append(loss.item())
-                changes.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g1, g0)))))
-            landscape.append({"step": step, "loss_range": max(losses) - min(losses), "grad_change": max(changes)})
-        finally:
-            m.keep = False
-            m.load_state_dict(saved)
-            torch.set_rng_state(rng_state)  # probes must not change the training run's random stream
-
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="sgd",
-                eval_every=u["eval_every"], seed=u["seed"], on_step=probe)
-    return {**u, **h.to_dict(), "percentiles": percentiles, "landscape": landscape}
+def _result(u: dict, r) -> dict:
+    p, land = r.probes["percentiles"], r.probes["landscape"]
+    return {**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"),
+            "percentiles": [{"step": s, "q": row[0]} for s, row in zip(p["steps"], p["unit_percentiles"])],
+            "landscape": [{"step": s, "loss_range": C.num(a), "grad_change": C.num(b)}
+                          for s, a, b in zip(land["steps"], land["loss_range"], land["grad_change"])]}
 
 
 def _shift(percentiles: list[dict]) -> float:
@@ -126,8 +70,8 @@ def _shift(percentiles: list[dict]) -> float:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ARMS]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
+    res = [_result(u, r) for u, r in zip(units, ctx.map([_config(u["arm"], u["seed"], cfg) for u in units]))]
     out = Outcome()
     for r in res:
         out.add(SHIFT, r["arm"], r["seed"], _shift(r["percentiles"]))

@@ -13,6 +13,7 @@ import math
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 VAL = "final validation accuracy"
@@ -20,44 +21,26 @@ SHIFT = "variance shift: mean |log(test variance / running variance)| at the BN 
 ARMS = {"dropout-after-bn": "last", "dropout-before-bn": "before"}
 
 
-def _variance_shift(model, x) -> tuple[float, list[float]]:
-    import torch
-
-    inputs = []
-    hooks = [n.register_forward_hook(lambda mod, inp, out: inputs.append(inp[0])) for n in model.norms]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hk in hooks:
-            hk.remove()
-        model.train(was)
-    per_layer = []
-    for nrm, inp in zip(model.norms, inputs):
-        ratio = inp.var(dim=0, unbiased=True) / nrm.running_var.clamp_min(1e-12)
-        per_layer.append(float(ratio.clamp_min(1e-12).log().abs().mean()))
-    return sum(per_layer) / len(per_layer), per_layer
-
-
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec="bn", activation="relu", dropout=u["dropout"],
-                  dropout_pos=ARMS[u["arm"]])
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="adam",
-                eval_every=u["eval_every"], seed=u["seed"])
-    shift, per_layer = _variance_shift(model, data.x_val)
-    return {**u, **h.to_dict(), "shift": shift, "shift_per_layer": per_layer}
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    # Variance shift at the end: tools.ActivationRecorder on every BN layer, eval mode, the validation images.
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm="bn",
+                       model_args={"widths": cfg["widths"], "activation": "relu", "dropout": cfg["dropout"],
+                                   "dropout_position": ARMS[arm]},
+                       optimizer="adam", lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["eval_every"], drop_last=True,
+                       probes={"shift": {"kind": "activations", "layers": "norms", "stats": ["variance_shift"],
+                                         "data": "val", "mode": "eval", "first": False, "last": True}})
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ARMS]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = []
+    for u, r in zip(units, runs):
+        per_layer = [C.num(v) for v in r.probes["shift"]["variance_shift"][-1]]
+        res.append({**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"), "shift": C.mean(per_layer),
+                    "shift_per_layer": per_layer})
     out = Outcome()
     for r in res:
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])

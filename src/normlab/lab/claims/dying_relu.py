@@ -9,53 +9,36 @@ from __future__ import annotations
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 DEAD = "fraction of dead ReLU units at the end"
 VAL = "final validation accuracy"
 
 
-def _dead_fraction(model, x) -> float:
-    import torch
-
-    was = model.training
-    model.eval()
-    model.keep = True
-    try:
-        with torch.no_grad():
-            model(x)
-            dead = sum(int((p <= 0).all(dim=0).sum()) for p in model.post)
-            total = sum(p.shape[1] for p in model.post)
-    finally:
-        model.keep = False
-        model.train(was)
-    return dead / total
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    # A unit is dead when its ReLU input is <= 0 for every probe image: tools.ActivationRecorder's dead fraction of
+    # the ReLU modules' inputs, eval mode, on the 1,000 validation images, at step 0, every probe_every, the end.
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=arm,
+                       model_args={"widths": cfg["widths"], "activation": "relu"}, optimizer="sgd", momentum=0.9,
+                       lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["steps"],
+                       drop_last=True,
+                       probes={"dead": {"kind": "activations", "layers": "activations", "stats": ["dead"],
+                                        "data": "val", "mode": "eval", "every": cfg["probe_every"]}})
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec=u["arm"], activation="relu")
-    trace: list[tuple[int, float]] = []
-
-    def probe(step, m, xb, yb):
-        if step % u["probe_every"] == 0:
-            trace.append((step, _dead_fraction(m, data.x_val)))
-
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
-                eval_every=u["steps"], seed=u["seed"], on_step=probe)
-    end = u["steps"] if h.diverged_at is None else h.diverged_at
-    if trace[-1][0] != end:
-        trace.append((end, _dead_fraction(model, data.x_val)))
-    return {**u, "trace": trace, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
+def _trace(result) -> list[tuple[int, float]]:
+    """(step, fraction of dead units over all hidden layers) per probe; every layer has the same width."""
+    d = result.probes["dead"]
+    return [(s, C.mean([C.num(v) for v in row])) for s, row in zip(d["steps"], d["dead_fraction"])]
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ("bn", "none")]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ("bn", "none")]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = [{**u, "trace": _trace(r), "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step}
+           for u, r in zip(units, runs)]
     out = Outcome()
     for r in res:
         out.add(DEAD, r["arm"], r["seed"], r["trace"][-1][1])

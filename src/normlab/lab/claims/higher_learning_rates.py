@@ -11,6 +11,7 @@ import math
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 TARGET = 0.85
@@ -18,23 +19,18 @@ PRIMARY = f"log10 of the largest learning rate reaching {TARGET:.0%} validation 
 MEAN_ACC = "validation accuracy averaged over the learning-rate grid"
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec=u["arm"], activation="relu")
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="sgd",
-                eval_every=u["steps"], seed=u["seed"])
-    return {**u, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
+def _config(arm: str, seed: int, lr: float, cfg: dict) -> TrainConfig:
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=arm,
+                       model_args={"widths": cfg["widths"], "activation": "relu"}, optimizer="sgd", lr=lr,
+                       batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["steps"], drop_last=True)
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     lrs = cfg["lrs"]
-    units = [{"arm": arm, "seed": s, "lr": lr, **{k: cfg[k] for k in ("widths", "steps", "batch_size")}}
-             for s in ctx.seeds for arm in ("bn", "none") for lr in lrs]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s, "lr": lr} for s in ctx.seeds for arm in ("bn", "none") for lr in lrs]
+    runs = ctx.map([_config(u["arm"], u["seed"], u["lr"], cfg) for u in units])
+    res = [{**u, "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step} for u, r in zip(units, runs)]
     out = Outcome()
     floor = math.log10(min(lrs)) - 0.5  # no rate on the grid trains: below the grid
     for arm in ("bn", "none"):

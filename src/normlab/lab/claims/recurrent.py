@@ -18,11 +18,11 @@ statistics; gradient norm spikes above 2,000). Cooijmans et al., Sec. 5.1, injec
 
 from __future__ import annotations
 
-import math
-
 from ..verdict import Rule
 from . import _common as C
-from .base import Claim, Context, Figure, MissingDependency, Outcome, Quote
+from ..models import norm_available
+from ..train import TrainConfig
+from .base import Claim, Context, Figure, Outcome, Quote
 
 VAL = "final validation accuracy"
 AUC = "mean validation accuracy over training (area under the curve)"
@@ -33,68 +33,16 @@ CELL = "lstm"  # Cooijmans et al.'s BN-LSTM
 INIT_NOISE = 0.1  # std of the initial hidden state h_0, every arm (the authors' sequential-MNIST setting)
 
 
-def _build(spec: str, hidden: int):
-    try:
-        from ..models import build_model
-    except ImportError as exc:
-        raise MissingDependency(f"the lab's recurrent model (normlab.lab.models) is not available ({exc})") from exc
-    return build_model("rnn", (1, 28, 28), 10, norm=spec, hidden=hidden, cell=CELL, init_noise=INIT_NOISE)
-
-
-def population_statistics(model, x, batch_size: int):
-    """Cooijmans et al.'s inference statistics (Sec. 3: "During inference we use estimates obtained by averaging
-    the minibatch estimates over the training set"): with the weights fixed, the running mean and variance of every
-    ``TimeStepBatchNorm`` of ``model``, at every step t, become the plain average over the batches
-    x[0:B], x[B:2B], ... (``B = batch_size``, whole batches only) of that step's batch mean and unbiased batch
-    variance. Changes ``model`` in place (use a copy to keep its moving averages) and returns it; momentum and
-    training flags are restored."""
-    import torch
-
-    from ...nn import TimeStepBatchNorm
-
-    layers = [m for m in model.modules() if isinstance(m, TimeStepBatchNorm)]
-    if not layers:
-        return model
-    if len(x) < batch_size:
-        raise ValueError(f"population_statistics: expected at least one batch of {batch_size}, got {len(x)} examples")
-    modes = [(m, m.training) for m in model.modules()]
-    momenta = [m.momentum for m in layers]
-    try:
-        for m in layers:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: every batch weighted 1/K
-        model.train()
-        with torch.no_grad():
-            for i in range(0, len(x) - batch_size + 1, batch_size):
-                model(x[i:i + batch_size])
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        for m, training in modes:
-            m.train(training)
-    return model
-
-
-def _unit(u: dict) -> dict:
-    import copy
-
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = _build(u["arm"], u["hidden"])
-    paper: dict[int, float] = {}
-
-    def at_eval(step, net, x, y):
-        # Before each of the engine's evaluations (step 0, every eval_every, the last): the paper's inference on a
-        # copy, so the moving averages (the engine's evaluation) go on untouched.
-        if step % u["eval_every"] == 0 or step == u["steps"]:
-            frozen = population_statistics(copy.deepcopy(net), data.x_train[:u["population"]], u["batch_size"])
-            paper[step] = C.evaluate(frozen, data.x_val, data.y_val)[1]
-
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="adam",
-                eval_every=u["eval_every"], seed=u["seed"], on_step=at_eval)
-    return {**u, **h.to_dict(), "val_acc_ema": h.val_acc, "val_acc": [paper.get(s, math.nan) for s in h.steps]}
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    # At every evaluation (step 0, every eval_every, the end) the paper's inference on a copy: its batch norms get
+    # the average of the mini-batch estimates per time step over whole batches of the training split
+    # (tools.recalibrate, average="batches"), so the moving averages (the engine's evaluation) go on untouched.
+    population = {"kind": "population", "n": cfg["population"], "batch": cfg["batch_size"], "average": "batches",
+                  "every": cfg["eval_every"]}
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="rnn", norm=arm,
+                       model_args={"hidden": cfg["hidden"], "cell": CELL, "init_noise": INIT_NOISE},
+                       optimizer="adam", lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["eval_every"], drop_last=True, probes={"population": population})
 
 
 def run(ctx: Context) -> Outcome:
@@ -102,12 +50,19 @@ def run(ctx: Context) -> Outcome:
     out = Outcome()
     arms = []
     for arm in ARMS:
-        try:
-            _build(arm, 4)
+        why = norm_available(arm)
+        if why:
+            out.not_run[arm] = why
+        else:
             arms.append(arm)
-        except MissingDependency as exc:
-            out.not_run[arm] = str(exc)
-    res = ctx.map(_unit, [{"arm": a, "seed": s, **cfg} for s in ctx.seeds for a in arms])
+    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in arms]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = []
+    for u, r in zip(units, runs):
+        paper = dict(zip(r.probes["population"]["steps"], r.probes["population"]["val_acc"]))
+        steps = C.curve(r, "step")
+        res.append({**u, "steps": steps, "val_acc_ema": C.curve(r, "val_acc"),
+                    "val_acc": [C.num(paper.get(int(s))) for s in steps]})
     for r in res:
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])
         out.add(AUC, r["arm"], r["seed"], C.mean(r["val_acc"][1:]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 GAP = "validation - training loss gap at the end (eval mode)"
@@ -17,22 +18,22 @@ VAL = "final validation accuracy"
 ARMS = {"neither": ("none", 0.0), "bn": ("bn", 0.0), "dropout": ("none", 0.5), "bn+dropout": ("bn", 0.5)}
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"], n_train=u["n_train"])
-    spec, p = ARMS[u["arm"]]
-    model = C.MLP(784, u["widths"], norm_spec=spec, activation="relu", dropout=p)
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="adam",
-                eval_every=u["eval_every"], seed=u["seed"], train_eval_size=u["n_train"])
-    return {**u, **h.to_dict()}
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    spec, p = ARMS[arm]
+    return TrainConfig(data="mnist5k", data_args={"train_size": cfg["n_train"]}, split_seed=seed, seed=seed,
+                       model="mlp", norm=spec, model_args={"widths": cfg["widths"], "activation": "relu", "dropout": p},
+                       optimizer="adam", lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["eval_every"], drop_last=True,
+                       probes={"train_eval": {"kind": "eval_train", "n": cfg["n_train"]}})
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ARMS]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = [{**u, "steps": C.curve(r, "step"), "val_loss": C.curve(r, "val_loss"), "val_acc": C.curve(r, "val_acc"),
+            "train_eval_loss": [C.num(v) for v in r.probes["train_eval"]["loss"]],
+            "train_acc": [C.num(v) for v in r.probes["train_eval"]["acc"]]} for u, r in zip(units, runs)]
     out = Outcome()
     for r in res:
         out.add(GAP, r["arm"], r["seed"], r["val_loss"][-1] - r["train_eval_loss"][-1])

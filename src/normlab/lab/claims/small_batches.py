@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ..verdict import Rule
 from . import _common as C
+from ..models import norm_available
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 DROP = "accuracy drop from the largest to the smallest batch size"
@@ -33,16 +35,13 @@ def _norm_kw(arm: str, steps: int) -> dict:
             "d_max_steps": max(steps // 2, steps // 10 + 1)}
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec=_spec(u["arm"], u["batch_size"]), activation="relu",
-                  norm_kw=u.get("norm_kw", {}))
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="adam",
-                eval_every=u["steps"], seed=u["seed"])
-    return {**u, "val_acc": h.val_acc[-1], "train_acc": h.train_acc[-1], "diverged_at": h.diverged_at}
+def _config(arm: str, seed: int, batch_size: int, cfg: dict) -> TrainConfig:
+    args = {"widths": cfg["widths"], "activation": "relu"}
+    if _norm_kw(arm, cfg["steps"]):
+        args["norm_kw"] = _norm_kw(arm, cfg["steps"])
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=_spec(arm, batch_size),
+                       model_args=args, optimizer="adam", lr=cfg["lr"], batch_size=batch_size, steps=cfg["steps"],
+                       eval_every=cfg["steps"], drop_last=True)
 
 
 def run(ctx: Context) -> Outcome:
@@ -51,17 +50,14 @@ def run(ctx: Context) -> Outcome:
     out = Outcome()
     arms = []
     for arm in NORMS:
-        why = C.unavailable(_spec(arm, sizes[-1]))
+        why = norm_available(_spec(arm, sizes[-1]))
         if why:
             out.not_run[arm] = why
         else:
             arms.append(arm)
-    units = [{"arm": arm, "seed": s, "batch_size": bs, **{k: cfg[k] for k in ("widths", "steps", "lr")}}
-             for s in ctx.seeds for arm in arms for bs in sizes]
-    for u in units:  # part of the unit, so the stored result is keyed by it
-        if _norm_kw(u["arm"], u["steps"]):
-            u["norm_kw"] = _norm_kw(u["arm"], u["steps"])
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s, "batch_size": bs} for s in ctx.seeds for arm in arms for bs in sizes]
+    runs = ctx.map([_config(u["arm"], u["seed"], u["batch_size"], cfg) for u in units])
+    res = [{**u, "val_acc": C.curve(r, "val_acc")[-1]} for u, r in zip(units, runs)]
     curves = {}
     for arm in arms:
         curves[arm] = []

@@ -10,10 +10,9 @@ averaged over the checkpoints, for each way.
 
 from __future__ import annotations
 
-import copy
-
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 ACC = "validation accuracy, mean over checkpoints"
@@ -28,43 +27,19 @@ def _recalibrate_available() -> str | None:
     return None
 
 
-def _eval_all(model, data, modes) -> dict:
-    import torch
-
-    out = {}
-    for mode in modes:
-        m = copy.deepcopy(model)
-        batch = 1000
-        if mode == "recalibrated":
-            from ...tools import recalibrate
-
-            recalibrate(m, [data.x_train[i:i + 200] for i in range(0, 2000, 200)], progress=False)
-        elif mode.startswith("batch-"):
-            batch = int(mode.split("-")[1])
-            for mod in m.modules():
-                if hasattr(mod, "eval_stats"):
-                    mod.eval_stats = "batch"
-        with torch.no_grad():
-            out[mode] = C.evaluate(m, data.x_val, data.y_val, batch=batch)[1]
-    return out
+def _config(seed: int, modes: list[str], cfg: dict) -> TrainConfig:
+    # Checkpoints at every probe_every steps (not step 0) and at the end; each evaluates copies of the model.
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm="bn",
+                       model_args={"widths": cfg["widths"], "activation": "relu"}, optimizer="sgd", momentum=0.9,
+                       lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["steps"],
+                       drop_last=True,
+                       probes={"modes": {"kind": "eval_modes", "modes": modes, "recalibrate_n": 2000,
+                                         "recalibrate_batch": 200, "every": cfg["probe_every"], "first": False}})
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec="bn", activation="relu")
-    checkpoints: list[dict] = []
-
-    def probe(step, m, xb, yb):
-        if step and step % u["probe_every"] == 0 and step < u["steps"]:
-            checkpoints.append({"step": step, **_eval_all(m, data, u["modes"])})
-
-    C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
-            eval_every=u["steps"], seed=u["seed"], on_step=probe)
-    checkpoints.append({"step": u["steps"], **_eval_all(model, data, u["modes"])})
-    return {**u, "checkpoints": checkpoints}
+def _checkpoints(result, modes: list[str]) -> list[dict]:
+    p = result.probes["modes"]
+    return [{"step": s, **{m: C.num(p[m][i]) for m in modes}} for i, s in enumerate(p["steps"])]
 
 
 def run(ctx: Context) -> Outcome:
@@ -75,8 +50,8 @@ def run(ctx: Context) -> Outcome:
     if why:
         out.not_run["recalibrated"] = why
         modes.remove("recalibrated")
-    units = [{"arm": "bn", "seed": s, "modes": modes, **cfg} for s in ctx.seeds]
-    res = ctx.map(_unit, units)
+    runs = ctx.map([_config(s, modes, cfg) for s in ctx.seeds])
+    res = [{"arm": "bn", "seed": s, "checkpoints": _checkpoints(r, modes)} for s, r in zip(ctx.seeds, runs)]
     for r in res:
         for mode in modes:
             out.add(ACC, mode, r["seed"], C.mean([c[mode] for c in r["checkpoints"]]))

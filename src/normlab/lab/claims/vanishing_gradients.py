@@ -11,32 +11,27 @@ import math
 
 from ..verdict import Rule
 from . import _common as C
+from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
 
 IMBALANCE = "|log10(grad norm of layer 1 / grad norm of the last hidden layer)|, mean over sampled steps"
 VAL = "final validation accuracy"
 
 
-def _unit(u: dict) -> dict:
-    import torch
-    from torch import nn
+def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
+    # Weight-gradient norms of every Linear, recorded by tools.ActivationRecorder on the training steps themselves
+    # (step k: the gradient of the training loss on that step's mini-batch, with the weights after k updates).
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=arm,
+                       model_args={"depth": cfg["depth"], "width": cfg["width"], "activation": cfg["activation"]},
+                       optimizer="sgd", lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["steps"], drop_last=True,
+                       probes={"grads": {"kind": "gradients", "layers": "weights", "every": cfg["probe_every"]}})
 
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, [u["width"]] * u["depth"], norm_spec=u["arm"], activation=u["activation"])
-    weights = [lin.weight for lin in model.linears]
-    samples: list[dict] = []
 
-    def probe(step, m, xb, yb):
-        if step % u["probe_every"]:
-            return
-        loss = nn.functional.cross_entropy(m(xb), yb)
-        grads = torch.autograd.grad(loss, weights)
-        samples.append({"step": step, "norms": [float(g.norm()) for g in grads]})
-
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="sgd",
-                eval_every=u["steps"], seed=u["seed"], on_step=probe)
-    return {**u, "samples": samples, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
+def _samples(result) -> list[dict]:
+    """Per sampled step, the weight-gradient norms of the hidden Linear layers (the classifier dropped)."""
+    g = result.probes["grads"]
+    return [{"step": s, "norms": [C.num(v) for v in row[:-1]]} for s, row in zip(g["steps"], g["weight_grad_norm"])]
 
 
 def _imbalance(norms: list[float]) -> float:
@@ -46,8 +41,9 @@ def _imbalance(norms: list[float]) -> float:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s, **cfg} for s in ctx.seeds for arm in ("bn", "none")]
-    res = ctx.map(_unit, units)
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ("bn", "none")]
+    runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
+    res = [{**u, "samples": _samples(r), "val_acc": C.curve(r, "val_acc")[-1]} for u, r in zip(units, runs)]
     out = Outcome()
     for r in res:
         out.add(IMBALANCE, r["arm"], r["seed"], C.mean([_imbalance(p["norms"]) for p in r["samples"]]))
@@ -99,8 +95,9 @@ CLAIM = Claim(
             "become trainable. Later work (Yang et al. 2019, 'A mean field theory of batch normalization') shows "
             "deep BN networks can have *exploding* gradients at initialization — hence the two-sided measure here."),
     measures=("Weight-gradient norms of every Linear layer of a 20-hidden-layer, width-64 sigmoid MLP (BN before "
-              "each sigmoid, or none; torch default init; SGD), sampled during training. Per seed: |log10 of the "
-              "first/last hidden-layer gradient-norm ratio|, averaged over the samples."),
+              "each sigmoid, or none; torch default init; SGD), recorded on sampled training steps (the training "
+              "loss's own gradient on that step's mini-batch). Per seed: |log10 of the first/last hidden-layer "
+              "gradient-norm ratio|, averaged over the samples."),
     rule=Rule(metric=IMBALANCE, treatment="bn", control="none", direction="less", unit=" decades"),
     secondary=(Rule(metric=VAL, treatment="bn", control="none", direction="greater"),),
     configs={"tiny": _cfg(6, 3), "quick": _cfg(400, 40), "full": _cfg(1500, 50)},
