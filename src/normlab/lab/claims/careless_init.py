@@ -7,6 +7,7 @@ validation accuracy over the grid, and the worst accuracy on the grid.
 
 from __future__ import annotations
 
+from ..train import TrainConfig
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -15,23 +16,24 @@ SPREAD = "spread (max - min) of final validation accuracy over init scales"
 WORST = "worst final validation accuracy over init scales"
 
 
-def _unit(u: dict) -> dict:
-    import torch
-
-    torch.manual_seed(u["seed"])
-    data = C.digits(u["seed"])
-    model = C.MLP(784, u["widths"], norm_spec=u["arm"], activation="relu", init_std=u["init_std"])
-    h = C.train(model, data, steps=u["steps"], batch_size=u["batch_size"], lr=u["lr"], optimizer="momentum",
-                eval_every=u["steps"], seed=u["seed"])
-    return {**u, "val_acc": h.val_acc[-1], "diverged_at": h.diverged_at}
+def _config(arm: str, seed: int, init_std: float, cfg: dict) -> TrainConfig:
+    """One unit as a lab run: the lab's ``mlp`` (Linear -> norm -> ReLU blocks) with N(0, init_std^2) weights
+    (``init="normal"`` draws N(0, 0.01^2), scaled by init_std / 0.01), SGD with momentum 0.9 on mnist5k."""
+    widths = cfg["widths"]
+    return TrainConfig(data="mnist5k", split_seed=seed, model="mlp", norm=arm,
+                       model_args={"depth": len(widths), "width": widths[0], "init": "normal",
+                                   "init_scale": init_std / 0.01},
+                       optimizer="sgd", momentum=0.9, lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       eval_every=cfg["steps"], seed=seed)
 
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     stds = cfg["init_stds"]
-    units = [{"arm": arm, "seed": s, "init_std": sd, **{k: cfg[k] for k in ("widths", "steps", "batch_size", "lr")}}
-             for s in ctx.seeds for arm in ("bn", "none") for sd in stds]
-    res = ctx.map(_unit, units)
+    units = [(arm, s, sd) for s in ctx.seeds for arm in ("bn", "none") for sd in stds]
+    runs = ctx.map([_config(arm, s, sd, cfg) for arm, s, sd in units])
+    res = [{"arm": arm, "seed": s, "init_std": sd, "val_acc": r.final["val_acc"]}
+           for (arm, s, sd), r in zip(units, runs)]
     out = Outcome()
     curves = {}
     for arm in ("bn", "none"):
