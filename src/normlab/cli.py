@@ -117,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _claims(args: argparse.Namespace) -> int:
     """``normlab claims``: run the literature's claims about BN and write the report."""
     from .lab.claims import all_claims, get_claim, run_claims
-    from .lab.executors import MissingExtra
+    from .lab.executors import MissingExtra, make_executor
     from .lab.report import verdict_table_markdown
 
     if args.list:
@@ -131,10 +131,13 @@ def _claims(args: argparse.Namespace) -> int:
             get_claim(i)  # unknown ids fail before anything runs
     except ValueError as exc:
         return _fail("claims", str(exc).removeprefix("normlab claims: "))
+    if args.seeds is not None and args.seeds < 1:
+        return _fail("claims", f"--seeds must be a positive integer, got {args.seeds}")
     why = _writable(args.out)
     if why:
         return _fail("claims", why)
     try:
+        make_executor(args.executor, jobs=args.jobs, address=args.address)  # Ray installed? before anything runs
         results, paths = run_claims(ids, level=args.level, seeds=args.seeds, out_dir=args.out, jobs=args.jobs,
                                     executor=args.executor, address=args.address, command=command.strip(),
                                     log=(lambda s: None) if args.quiet else print,
@@ -170,7 +173,7 @@ def _add_claims_parser(sub) -> None:
     level.add_argument("--tiny", dest="level", action="store_const", const="tiny", help="seconds; for tests")
     p.set_defaults(level="quick", func=_claims, command_line=None)
     p.add_argument("--only", metavar="ID,...", help="comma-separated claim ids (see --list)")
-    p.add_argument("--seeds", type=_positive_int, help="number of seeds (default 1 tiny, 3 quick, 5 full)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 1 tiny, 3 quick, 5 full)")
     p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
     _add_executor_args(p, min(2, os.cpu_count() or 1), "worker processes, or Ray CPUs (default: 2 at most)")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
@@ -225,13 +228,14 @@ def _open_db(args: argparse.Namespace, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .lab.executors import MissingExtra
+    from .lab.executors import MissingExtra, make_executor
     from .lab.sweep import SpecError, check_data, load_spec, run_grid
 
     try:
         spec = load_spec(args.spec, out=args.out)
         check_data(spec, download=args.download)
-    except SpecError as e:
+        make_executor(args.executor, jobs=args.jobs or 1, address=args.address)  # Ray installed? before any run
+    except (SpecError, ValueError, MissingExtra) as e:
         return _fail("run", str(e))
     if args.dry_run:
         print(f"{spec.name}: {len(spec.runs)} runs -> {spec.db_path}")
@@ -455,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description=USAGE_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser,
+                                prog="normlab",
                                 help=argparse.SUPPRESS)  # the description lists the commands with examples
     p = sub.add_parser("demo", help="a BatchNorm smoke test against torch, then the seed comparison on MNIST")
     p.set_defaults(func=_demo)
@@ -478,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     from .lab.sweep import SpecError
 
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a one-line usage error (already printed)
+            return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
         return int(args.func(args) or 0)
     except DatabaseNotFound as e:
         print(f"{e}", file=sys.stderr)
