@@ -167,8 +167,15 @@ def test_progress_lines_when_not_a_terminal_and_a_bar_on_one(capsys):
     p.update()
     p.tick()
     p.close()
-    assert lines and all("\r" not in s for s in lines)
+    p.close()  # once is enough
+    assert len(lines) == 3 and all("\r" not in s for s in lines)
     assert re.fullmatch(r"  claim-x: 2/4 units, ETA \d+s \(\d+s\)", lines[0])
+    assert re.fullmatch(r"  claim-x: 2/4 units in \d+s", lines[-1])
+    beats = []
+    quiet = Progress(2, "long-unit", mode="lines", every=0.5, echo=beats.append)
+    assert wait_for(lambda: len(beats) >= 1, 10.0)  # a heartbeat while nothing finishes, from its own thread
+    quiet.close()
+    assert beats[0].startswith("  long-unit: 0/2 units (")
     bar = Progress(3, "spec", mode="bar")
     bar.update(3)
     bar.close()

@@ -109,6 +109,15 @@ class Progress:
             except ImportError:
                 mode = "lines"
         self.mode = mode
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if mode == "lines" and every > 0:
+            # a heartbeat even while one long unit runs in this very thread: no silent minute in a log file
+            threading.Thread(target=self._beat, name="normlab-progress", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            self.tick()
 
     def eta(self) -> float | None:
         ran = self.done - self.first
@@ -116,27 +125,33 @@ class Progress:
             return None
         return (time.perf_counter() - self.start) / ran * (self.total - self.done)
 
-    def _line(self) -> str:
+    def _line(self, final: bool = False) -> str:
+        elapsed = _fmt_seconds(time.perf_counter() - self.start)
+        head = f"  {self.label + ': ' if self.label else ''}{self.done}/{self.total} units"
+        if final:
+            return f"{head} in {elapsed}"
         eta = self.eta()
-        elapsed = time.perf_counter() - self.start
-        rest = "" if eta is None else f", ETA {_fmt_seconds(eta)}"
-        return f"  {self.label + ': ' if self.label else ''}{self.done}/{self.total} units{rest} ({_fmt_seconds(elapsed)})"
+        return f"{head}{'' if eta is None else f', ETA {_fmt_seconds(eta)}'} ({elapsed})"
+
+    def _maybe_line(self) -> None:
+        with self._lock:
+            if self.mode == "lines" and time.perf_counter() - self.last >= self.every and not self._stop.is_set():
+                self.last = time.perf_counter()
+                self.echo(self._line())
 
     def update(self, n: int = 1) -> None:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.mode == "lines" and time.perf_counter() - self.last >= self.every:
-            self.last = time.perf_counter()
-            self.echo(self._line())
+        else:
+            self._maybe_line()
 
     def tick(self) -> None:
-        """Called about once a second while waiting: a heartbeat line when nothing was printed for ``every``."""
+        """A heartbeat line when nothing was printed for ``every`` seconds (lines mode calls it every second)."""
         if self.bar is not None:
             self.bar.refresh()
-        elif self.mode == "lines" and time.perf_counter() - self.last >= self.every:
-            self.last = time.perf_counter()
-            self.echo(self._line())
+        else:
+            self._maybe_line()
 
     def write(self, line: str) -> None:
         """A line of its own (under a bar: above it, the bar kept intact)."""
@@ -146,11 +161,15 @@ class Progress:
             self.echo(line)
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self._stop.set()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         elif self.mode == "lines" and self.done > self.first:
-            self.echo(self._line())
+            self.echo(self._line(final=True))
 
 
 # ------------------------------------------------------------------------------------------------ local workers
@@ -504,6 +523,8 @@ def execute(configs: Sequence, store, *, executor: Any = "local", jobs: int = 1,
         _fill_copies(results, copies)
         return results
 
+    owned = isinstance(executor, str)
+    ex = make_executor(executor, jobs=jobs, address=address, threads=threads) if owned else executor
     own_bar = not isinstance(progress, Progress)
     bar = Progress(n_unique, label, done=n_unique - len(todo), mode=progress or "none") if own_bar else progress
 
@@ -519,8 +540,6 @@ def execute(configs: Sequence, store, *, executor: Any = "local", jobs: int = 1,
                 on_result(index, result, False)
         bar.update()
 
-    owned = isinstance(executor, str)
-    ex = make_executor(executor, jobs=jobs, address=address, threads=threads) if owned else executor
     try:
         if alone:
             _run_here(todo, done, 1)
