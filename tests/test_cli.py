@@ -221,3 +221,21 @@ def test_kind_cli_ctrl_c_during_claims(tmp_path):
     assert m and 1 <= int(m.group(1)) < int(m.group(2)) == 10, line
     assert wait_for(lambda: not alive(family), 5.0), alive(family)
     assert count_runs(out_dir / "normlab.sqlite") == int(m.group(1))
+
+
+def test_kind_cli_ray_cluster_unreachable(spec, tmp_path, monkeypatch, capsys):
+    """A Ray that cannot start (no cluster at --address): one line naming the address, exit 2, for run and claims."""
+    import types
+
+    def refuse(**kw):
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to.")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=refuse, remote=lambda **kw: (lambda f: f))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    for argv in (["run", str(spec), "--executor", "ray", "--address", "head:6379"],
+                 ["claims", "--tiny", "--only", "careless-init", "--executor", "ray", "--address", "head:6379",
+                  "--out", str(tmp_path / "c")]):
+        code, _, err = _run(argv, capsys)
+        line = _one_line(err)
+        assert code == 2 and "cannot start the Ray cluster at --address head:6379: ConnectionError: Could not find" \
+            in line, line

@@ -117,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _claims(args: argparse.Namespace) -> int:
     """``normlab claims``: run the literature's claims about BN and write the report."""
     from .lab.claims import all_claims, get_claim, run_claims
-    from .lab.executors import MissingExtra, make_executor
+    from .lab.executors import ExecutorUnavailable, MissingExtra, make_executor
     from .lab.report import verdict_table_markdown
 
     if args.list:
@@ -142,7 +142,7 @@ def _claims(args: argparse.Namespace) -> int:
                                     executor=args.executor, address=args.address, command=command.strip(),
                                     log=(lambda s: None) if args.quiet else print,
                                     progress="none" if args.quiet else "auto")
-    except (ValueError, MissingExtra) as exc:
+    except (ValueError, MissingExtra, ExecutorUnavailable) as exc:
         return _fail("claims", str(exc).removeprefix("normlab claims: "))
     if args.print_table:
         print(verdict_table_markdown(results, link=False))
@@ -228,7 +228,7 @@ def _open_db(args: argparse.Namespace, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .lab.executors import MissingExtra, make_executor
+    from .lab.executors import ExecutorUnavailable, MissingExtra, make_executor
     from .lab.sweep import SpecError, check_data, load_spec, run_grid
 
     try:
@@ -254,7 +254,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _fail("run", str(e))
     try:
         summary = run_grid(spec, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
-    except (ValueError, MissingExtra) as e:
+    except (ValueError, MissingExtra, ExecutorUnavailable) as e:
         return _fail("run", str(e))
     for key, err in summary.failed:
         print(f"normlab run: run {key} failed: {err}", file=sys.stderr)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 __all__ = ["execute", "LocalExecutor", "RayExecutor", "make_executor", "Progress", "Tally", "Interrupted",
-           "UnitsFailed", "MissingExtra", "EXECUTORS", "CLUSTER_EXTRA"]
+           "UnitsFailed", "MissingExtra", "ExecutorUnavailable", "EXECUTORS", "CLUSTER_EXTRA"]
 
 EXECUTORS = ("local", "ray")
 CLUSTER_EXTRA = "pip install 'normlab[cluster]'"
@@ -42,6 +42,10 @@ CLUSTER_EXTRA = "pip install 'normlab[cluster]'"
 
 class MissingExtra(RuntimeError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ExecutorUnavailable(RuntimeError):
+    """The executor cannot start (e.g. no Ray cluster at ``--address``): nothing can run, so callers stop."""
 
 
 class UnitsFailed(RuntimeError):
@@ -407,10 +411,15 @@ class RayExecutor:
             import logging
 
             kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-            if self.address:
-                ray.init(address=self.address, **kw)
-            else:
-                ray.init(num_cpus=self.jobs, **kw)
+            try:
+                if self.address:
+                    ray.init(address=self.address, **kw)
+                else:
+                    ray.init(num_cpus=self.jobs, **kw)
+            except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+                where = f"the Ray cluster at --address {self.address}" if self.address else "a local Ray instance"
+                raise ExecutorUnavailable(f"cannot start {where}: {type(exc).__name__}: {exc}".splitlines()[0]
+                                          ) from None
             self.owns = True
         self._remote = ray.remote(num_cpus=1)(_ray_unit)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..executors import Tally, execute
+from ..executors import ExecutorUnavailable, Tally, execute
 from ..store import DB_NAME, Store, code_version
 from ..train import RunResult, TrainConfig
 from ..verdict import NOT_RUN, Rule, Verdict, decide, not_run
@@ -284,6 +284,8 @@ def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *, 
     error = ""
     try:
         outcome = claim.run(ctx)
+    except ExecutorUnavailable:
+        raise  # no claim can run: the command stops with the reason
     except MissingDependency as exc:
         error = f"missing dependency: {exc}"
     except Exception as exc:  # noqa: BLE001 - one broken claim must not take the whole report down
