@@ -410,12 +410,12 @@ class RayExecutor:
         if not ray.is_initialized():
             import logging
 
-            kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            kw = dict(include_dashboard=False, log_to_driver=False)
             try:
                 if self.address:
-                    ray.init(address=self.address, **kw)
-                else:
-                    ray.init(num_cpus=self.jobs, **kw)
+                    ray.init(address=self.address, logging_level=logging.WARNING, **kw)
+                else:  # a private instance of this command: Ray's start-up notes (auth token...) are noise here
+                    ray.init(num_cpus=self.jobs, logging_level=logging.ERROR, **kw)
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
                 where = f"the Ray cluster at --address {self.address}" if self.address else "a local Ray instance"
                 raise ExecutorUnavailable(f"cannot start {where}: {type(exc).__name__}: {exc}".splitlines()[0]
