@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := lab,kernels,export,dev
+EXTRAS := lab,kernels,export,dev,cluster
 
 .PHONY: demo test install bench clean
 

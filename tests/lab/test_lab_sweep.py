@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the data tests write the IDX f
 
 from normlab.cli import main
 from normlab.lab import data
-from normlab.lab.store import DB_NAME, Store, open_store
+from normlab.lab.store import DB_NAME, Store, open_store, run_key
 from normlab.lab.sweep import SpecError, load_spec, parse_spec, run_grid
 from normlab.lab.train import TrainConfig, train
 
@@ -62,15 +62,16 @@ def _result(**kw):
 # ------------------------------------------------------------------------------------------------------------ store
 def test_store_round_trip_and_no_duplicates(tmp_path):
     r = _result()
+    key = run_key(r.config)  # the store's key: the whole config plus the code digest
     with Store(tmp_path / "db.sqlite") as store:
         assert store.save(r, sweep="s", params={"norm": "bn"})
         assert not store.save(r, sweep="other")  # same config, same key: stored once
         assert store.count() == {"runs": 1, "steps": 6, "evals": 3}
-        rec = store.get(r.key[:5])
-        assert rec.key == r.key and rec.sweep == "s" and rec.params == {"norm": "bn"}
+        rec = store.get(key[:5])
+        assert rec.key == key and rec.sweep == "s" and rec.params == {"norm": "bn"}
         assert rec.config == r.config.to_dict() and rec.final == r.final and not rec.diverged
-        assert [tuple(s.values()) for s in store.steps(r.key)] == r.step_rows
-        got = store.evals(r.key)
+        assert [tuple(s.values()) for s in store.steps(key)] == r.step_rows
+        got = store.evals(key)
         assert got[1:] == r.evals[1:] and math.isnan(got[0]["train_loss"]) and got[0]["val_acc"] == r.evals[0]["val_acc"]
 
 
@@ -79,10 +80,10 @@ def test_store_nan_and_divergence(tmp_path):
     assert r.diverged
     with Store(tmp_path / "db.sqlite") as store:
         store.save(r)
-        rec = store.get(r.key)
+        rec = store.get(run_key(r.config))
         assert rec.diverged and rec.diverged_step == r.diverged_step
         # the step-0 evaluation has no training steps before it: NaN goes in as NULL and comes back as NaN
-        assert math.isnan(store.evals(r.key)[0]["train_loss"])
+        assert math.isnan(store.evals(run_key(r.config))[0]["train_loss"])
 
 
 def test_a_save_that_fails_midway_stores_nothing(tmp_path):

@@ -20,17 +20,16 @@ A spec::
 
 :func:`load_spec` validates everything before any run starts (unknown keys, bad values, model options, norm
 specs, by building each distinct model once) and names the offending key and what is allowed. :func:`run_grid`
-skips runs whose key is already in the store, runs the others in up to ``jobs`` processes (each stores its run
-in one transaction when it finishes), and returns a :class:`SweepSummary`. Killed at any moment, the same call
+skips runs whose key is already in the store, runs the others through :mod:`normlab.lab.executors` (local
+processes or Ray; the driver stores each run in one transaction when it finishes), and returns a
+:class:`SweepSummary`. Killed at any moment, the same call
 resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import itertools
-import multiprocessing
 import os
 import sys
 import time
@@ -42,9 +41,10 @@ from typing import Any, Callable
 from .data import DATASETS
 from .models import MODELS, build_model, model_options
 from .store import DB_NAME, Store
-from .train import TrainConfig, train
+from .train import TrainConfig
 
-__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch"]
+__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch",
+           "check_data"]
 
 _TOP_KEYS = ("name", "out", "description", "base", "grid")
 _CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
@@ -71,7 +71,11 @@ class Spec:
 
     @property
     def keys(self) -> list[str]:
-        return [c.key() for c, _ in self.runs]
+        """The runs' store keys (:func:`~normlab.lab.store.run_key`: config and code digest)."""
+        from .store import code_version, run_key
+
+        code = code_version()
+        return [run_key(c, code) for c, _ in self.runs]
 
     @property
     def db_path(self) -> Path:
@@ -224,18 +228,31 @@ def prefetch(spec: Spec, echo: Callable[[str], None] | None = print) -> list[tup
     return wanted
 
 
+def check_data(spec: Spec, *, download: bool = False) -> None:
+    """Check, before anything runs, that the file data sets (MNIST, Fashion-MNIST, CIFAR-10) the runs read have a
+    ``data_args.root`` that exists (or, with ``download``, is given: it will be created). Raises SpecError naming
+    the spec, the data set and the directory."""
+    from .data import FILE_SETS
+
+    where = spec.path or spec.name
+    seen: set[tuple[str, str]] = set()
+    for config, _ in spec.runs:
+        if config.data not in FILE_SETS:
+            continue
+        root = config.data_args.get("root")
+        if root is None:
+            raise SpecError(f"{where}: data {config.data!r} needs data_args.root (a directory holding its files)")
+        if (config.data, str(root)) in seen:
+            continue
+        seen.add((config.data, str(root)))
+        path = Path(root).expanduser()
+        if not download and not path.is_dir():
+            raise SpecError(f"{where}: data {config.data!r}: data_args.root {str(path)!r} is not a directory; give "
+                            f"the directory holding the files, or add --download to fetch them there")
+
+
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def _run_one(config_dict: dict, params: dict, db_path: str, sweep: str, threads: int | None,
-             progress: str = "none") -> tuple[str, bool, dict, float]:
-    """Train one run and store it (in the worker, so a dying parent loses nothing that finished)."""
-    config = TrainConfig(**config_dict)
-    result = train(config, progress=progress, threads=threads)
-    with Store(db_path) as store:
-        store.save(result, sweep=sweep, params=params)
-    return config.key(), result.diverged, result.final, result.wall_time
 
 
 def _fmt_params(params: dict) -> str:
@@ -249,68 +266,68 @@ def run_grid(
     jobs: int | None = None,
     echo: Callable[[str], None] | None = print,
     threads: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    progress: str = "auto",
 ) -> SweepSummary:
     """Run every not-yet-stored run of ``spec`` (a :class:`Spec` or a TOML path) and return a summary.
 
-    ``jobs``: parallel processes (default: the number of cores, at most the number of pending runs); with 1 the
-    runs go in this process. ``threads``: torch threads per run (default: cores // jobs; small models on a busy
-    machine are fastest with 1). ``echo`` prints one line per finished run (None: silent). Runs that raise are
-    reported in ``summary.failed`` and not stored, so a rerun retries them.
+    The runs go through :func:`normlab.lab.executors.execute` (this process alone writes the store, one
+    transaction per run). ``executor``: "local" (``jobs`` processes; default the number of cores, at most the
+    number of pending runs; with 1 the runs go in this process) or "ray" (one task per run on the cluster at
+    ``address``, or on a local Ray instance with ``jobs`` CPUs). ``threads``: torch threads per run (default:
+    cores // jobs; small models on a busy machine are fastest with 1). ``echo`` prints one line per finished run
+    (None: silent); ``progress``: "auto" (a bar with an ETA on a terminal, else periodic lines), "bar", "lines"
+    or "none". Runs that raise are reported in ``summary.failed`` and not stored, so a rerun retries them. Ctrl-C
+    raises :class:`~normlab.lab.executors.Interrupted` after stopping the workers.
     """
+    from .executors import Progress, Tally, UnitsFailed, execute
+
     if not isinstance(spec, Spec):
         spec = load_spec(spec, out=out)
     elif out is not None:
         spec.out = Path(out)
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ValueError(f"run_grid: jobs must be an int >= 1, got {jobs!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"run_grid: threads must be an int >= 1, got {threads!r}")
     spec.out.mkdir(parents=True, exist_ok=True)
     db_path = spec.db_path
+    keys = spec.keys
     with Store(db_path) as store:
         done = store.keys()
-    pending = [(c, p) for c, p in spec.runs if c.key() not in done]
-    summary = SweepSummary(spec.name, db_path, len(spec.runs), len(spec.runs) - len(pending), keys=spec.keys)
-    say = echo or (lambda s: None)
-    say(f"{spec.name}: {len(spec.runs)} runs, {summary.skipped} already stored, {len(pending)} to run -> {db_path}")
-    if not pending:
-        return summary
-    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
-        raise ValueError(f"run_grid: jobs must be an int >= 1, got {jobs!r}")
-    jobs = min(jobs or default_jobs(), len(pending))
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"run_grid: threads must be an int >= 1, got {threads!r}")
-    threads = threads or max(1, default_jobs() // jobs)
-    width = len(str(len(pending)))
-    t0 = time.perf_counter()
+        n_pending = sum(k not in done for k in keys)
+        summary = SweepSummary(spec.name, db_path, len(spec.runs), len(spec.runs) - n_pending, keys=keys)
+        say = echo or (lambda s: None)
+        say(f"{spec.name}: {len(spec.runs)} runs, {summary.skipped} already stored, {n_pending} to run -> {db_path}")
+        if not n_pending:
+            return summary
+        jobs = min(jobs or default_jobs(), n_pending)
+        threads = threads or max(1, default_jobs() // jobs)
+        width = len(str(n_pending))
+        t0 = time.perf_counter()
+        bar = Progress(len(spec.runs), spec.name, done=summary.skipped, mode=progress if echo else "none",
+                       echo=echo)
+        params = [p for _, p in spec.runs]
 
-    def report(i: int, params: dict, key: str, diverged: bool, final: dict, wall: float) -> None:
-        summary.ran += 1
-        summary.diverged += int(diverged)
-        status = "DIVERGED " if diverged else ""
-        acc = final.get("val_acc", float("nan"))
-        say(f"[{i:>{width}}/{len(pending)}] {key[:10]} {_fmt_params(params)}  {status}val_acc {acc:.4f}  {wall:.1f}s")
+        def report(i: int, result, was_stored: bool) -> None:
+            if was_stored:
+                return
+            summary.ran += 1
+            summary.diverged += int(result.diverged)
+            status = "DIVERGED " if result.diverged else ""
+            acc = result.final.get("val_acc", float("nan"))
+            bar.write(f"[{summary.ran:>{width}}/{n_pending}] {keys[i][:10]} {_fmt_params(params[i])}  {status}"
+                      f"val_acc {acc:.4f}  {result.wall_time:.1f}s")
 
-    if jobs == 1:
-        for i, (config, params) in enumerate(pending, 1):
-            try:
-                key, diverged, final, wall = _run_one(config.to_dict(), params, str(db_path), spec.name, threads, "auto")
-            except Exception as e:  # a crashing run must not take the sweep down; it is retried next time
-                summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
-                say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
-                continue
-            report(i, params, key, diverged, final, wall)
-    else:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's thread pools
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_run_one, c.to_dict(), p, str(db_path), spec.name, threads): (c, p) for c, p in pending
-            }
-            for i, fut in enumerate(cf.as_completed(futures), 1):
-                config, params = futures[fut]
-                try:
-                    key, diverged, final, wall = fut.result()
-                except Exception as e:
-                    summary.failed.append((config.key(), f"{type(e).__name__}: {e}"))
-                    say(f"[{i:>{width}}/{len(pending)}] {config.key()[:10]} {_fmt_params(params)}  FAILED: {e}")
-                    continue
-                report(i, params, key, diverged, final, wall)
+        try:
+            execute([c for c, _ in spec.runs], store, executor=executor, jobs=jobs, address=address,
+                    threads=threads, tags={"sweep": spec.name}, params=params, progress=bar,
+                    tally=Tally(), on_result=report)
+        except UnitsFailed as e:
+            summary.failed = list(e.failures)
+        finally:
+            bar.close()
     say(f"{spec.name}: ran {summary.ran}, diverged {summary.diverged}, failed {len(summary.failed)}, "
         f"skipped {summary.skipped} in {time.perf_counter() - t0:.1f}s")
     if echo is not None:

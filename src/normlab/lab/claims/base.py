@@ -1,53 +1,46 @@
 """The claim protocol: what a claim declares, how it runs, and what it hands to the report.
 
-A claim is one file under ``normlab/lab/claims/`` that builds a :class:`Claim` and is listed in the registry
-(``claims/__init__.py``). It declares, before anything runs:
+A claim is one file under ``normlab/lab/claims/`` that defines ``CLAIM``, a :class:`Claim`; the registry
+(``claims/__init__.py``) finds it by listing the package's modules, nothing else names it. It declares, before
+anything runs:
 
 - what the articles say (quoted) and what the papers report,
 - what the experiment measures,
 - its :class:`~normlab.lab.verdict.Rule` (metric, the two arms, predicted direction, margin) and optional
   secondary rules,
-- three configurations: ``tiny`` (tests: one seed, a few steps), ``quick`` (the demo) and ``full``.
+- three configurations: ``tiny`` (tests: one seed, a few steps), ``quick`` (the demo) and ``full``,
+- its place in the report (``order``).
 
-``Claim.run(ctx)`` performs the experiment through :class:`Context`, whose :meth:`Context.map` runs the
-independent units (one arm x one seed x one setting), each a :class:`~normlab.lab.train.TrainConfig` run by the
-lab's engine. The returned :class:`Outcome` holds per-seed metrics; the verdicts are computed
-from them by :func:`~normlab.lab.verdict.decide` here, never by the claim.
+``Claim.run(ctx)`` performs the experiment through :class:`Context`: every unit (one arm x one seed x one
+setting) is a lab run described by a :class:`~normlab.lab.train.TrainConfig`, and :meth:`Context.map` hands the
+configs to :func:`normlab.lab.executors.execute`, which skips the units already in ``OUT/normlab.sqlite``, runs
+the others (local worker processes or Ray) and stores each finished one with the claim id and the level: a rerun
+of the same command resumes where it stopped, and ``normlab ls --db OUT`` lists the units. The returned
+:class:`Outcome` holds per-seed metrics; the verdicts are computed from them by
+:func:`~normlab.lab.verdict.decide` here, never by the claim.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import platform
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..verdict import NOT_RUN, Rule, Verdict, decide, not_run
+from ..executors import ExecutorUnavailable, Tally, execute
+from ..store import DB_NAME, Store, code_version
+from ..train import RunResult, TrainConfig
+from ..verdict import NOT_RUN, Rule, Verdict, decide, holm, not_run
 
 __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResult", "LEVELS", "run_claim",
-           "MissingDependency"]
+           "MissingDependency", "code_version"]
 
 LEVELS = ("tiny", "quick", "full")
-DEFAULT_SEEDS = {"tiny": 1, "quick": 3, "full": 5}
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A digest of normlab's own source files: part of every unit's key, so results computed by other code (a
-    changed claim, layer or kernel) are recomputed rather than reused; unchanged code reuses them."""
-    root = Path(__file__).resolve().parents[2]  # the normlab package
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+DEFAULT_SEEDS = {"tiny": 1, "quick": 5, "full": 10}  # issue 12: the t-interval's coverage is shown at these counts
 
 
 class MissingDependency(RuntimeError):
@@ -109,6 +102,7 @@ class Claim:
     run: Callable[["Context"], Outcome]
     secondary: tuple[Rule, ...] = ()
     interpretation: str = ""  # how to read the result (caveats of scale), declared with the rule
+    order: int = 0  # place in the report (1 = first); 0: the number of the file's docstring ("Claim N, ...")
 
     def __post_init__(self) -> None:
         missing = [lv for lv in LEVELS if lv not in self.configs]
@@ -117,10 +111,16 @@ class Claim:
 
 
 class Context:
-    """What a running claim receives: its configuration, seeds, output folder and the resumable unit runner."""
+    """What a running claim receives: its configuration, seeds, output folder and the unit runner :meth:`map`.
 
-    def __init__(self, claim: Claim, level: str, seeds: Sequence[int], out_dir: Path,
-                 pool: ProcessPoolExecutor | None = None, log: Callable[[str], None] = lambda s: None) -> None:
+    ``executor``: an executor of :mod:`normlab.lab.executors` shared by the claims of one command (None: the units
+    run in this process). ``store``: the open claims store (None: ``out_dir/normlab.sqlite``, opened on first use
+    and closed by :meth:`close`). ``progress``: how :func:`~normlab.lab.executors.execute` shows progress.
+    """
+
+    def __init__(self, claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *, executor: Any = None,
+                 store: Store | None = None, log: Callable[[str], None] = lambda s: None, progress: Any = "none",
+                 tally: Tally | None = None) -> None:
         if level not in LEVELS:
             raise ValueError(f"Context: level must be one of {LEVELS}, got {level!r}")
         self.claim = claim
@@ -129,32 +129,52 @@ class Context:
         self.seeds = [int(s) for s in seeds]
         self.out_dir = Path(out_dir)
         self.run_dir = self.out_dir / "runs" / claim.id
-        self.pool = pool
+        self.executor = executor
         self.log = log
+        self.progress = progress
+        self.tally = tally if tally is not None else Tally()
         self.reused = 0
         self.computed = 0
+        self._store = store
+        self._own_store = False
 
-    def map(self, configs: Sequence[Any], *, alone: bool = False) -> list[Any]:
-        """Run every :class:`~normlab.lab.train.TrainConfig` with the lab's engine; the results in order.
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.out_dir / DB_NAME)
+            self._own_store = True
+        return self._store
 
-        A minimal sequential runner (one torch thread per run), kept until the executors (local processes, Ray,
-        resumable through the store) replace it. ``alone=True`` is for units that *measure time*: here every unit
-        already runs alone.
+    def close(self) -> None:
+        if self._own_store and self._store is not None:
+            self._store.close()
+            self._store, self._own_store = None, False
+
+    def map(self, configs: Sequence[TrainConfig], *, alone: bool = False) -> list[RunResult]:
+        """Run every unit's :class:`~normlab.lab.train.TrainConfig` and return its
+        :class:`~normlab.lab.train.RunResult` (``final``, ``evals``, ``step_rows``, ``probes``), in order.
+
+        Units already stored in ``OUT/normlab.sqlite`` (same config, same code) come back from the store; the
+        others run on the command's executor and are stored with the claim id and level as they finish.
+        ``alone=True`` runs them one after another in this process (one torch thread): for units that *measure
+        time*, where a neighbour unit on the other core would add its own noise to the figure. Raises TypeError
+        naming the item when a unit is not a TrainConfig; UnitsFailed when units raised (the others are stored).
         """
-        from ..train import TrainConfig, train
+        configs = list(configs)
+        for i, c in enumerate(configs):
+            if not isinstance(c, TrainConfig):
+                raise TypeError(f"Context.map ({self.claim.id}): unit {i} must be a TrainConfig, got "
+                                f"{type(c).__name__}")
 
-        bad = [type(c).__name__ for c in configs if not isinstance(c, TrainConfig)]
-        if bad:
-            raise TypeError(f"Context.map: expected TrainConfig objects, got {bad[0]}")
-        if configs:
-            self.log(f"  {self.claim.id}: {len(configs)} unit(s) to run")
-        results = []
-        for config in configs:
-            result = train(config, progress="none", threads=1)
-            result.model = None  # a stored run has no module: claims read metrics and probes only
-            results.append(result)
-            self.computed += 1
-        return results
+        def count(index: int, result: RunResult, was_stored: bool) -> None:
+            if was_stored:
+                self.reused += 1
+            else:
+                self.computed += 1
+
+        return execute(configs, self.store, executor=self.executor or "local", tags={"claim": self.claim.id,
+                       "level": self.level}, alone=alone, progress=self.progress, label=self.claim.id,
+                       tally=self.tally, on_result=count)
 
 
 @dataclass
@@ -190,20 +210,27 @@ def _verdict_for(rule: Rule, outcome: Outcome) -> Verdict:
     return decide(rule, arms[rule.treatment], arms[rule.control])
 
 
-def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *,
-              pool: ProcessPoolExecutor | None = None, log: Callable[[str], None] = lambda s: None) -> ClaimResult:
-    """Run one claim and compute its verdicts. A claim that raises is reported as not run with the error."""
-    ctx = Context(claim, level, seeds, out_dir, pool=pool, log=log)
+def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *, executor: Any = None,
+              store: Store | None = None, log: Callable[[str], None] = lambda s: None, progress: Any = "none",
+              tally: Tally | None = None) -> ClaimResult:
+    """Run one claim and compute its verdicts. A claim that raises is reported as not run with the error; Ctrl-C
+    (KeyboardInterrupt, :class:`~normlab.lab.executors.Interrupted`) goes through to the caller."""
+    ctx = Context(claim, level, seeds, out_dir, executor=executor, store=store, log=log, progress=progress,
+                  tally=tally)
     start = time.perf_counter()
     outcome: Outcome | None = None
     error = ""
     try:
         outcome = claim.run(ctx)
+    except ExecutorUnavailable:
+        raise  # no claim can run: the command stops with the reason
     except MissingDependency as exc:
         error = f"missing dependency: {exc}"
     except Exception as exc:  # noqa: BLE001 - one broken claim must not take the whole report down
         error = f"{type(exc).__name__}: {exc}"
         log("".join(traceback.format_exception(exc)))
+    finally:
+        ctx.close()
     seconds = time.perf_counter() - start
     if outcome is None:
         verdict = not_run(claim.rule, error)
@@ -211,6 +238,7 @@ def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *,
     else:
         verdict = _verdict_for(claim.rule, outcome)
         secondary = [_verdict_for(r, outcome) for r in claim.secondary]
+        verdict, secondary = holm(verdict, secondary)  # the log line and the report agree on the family
     return ClaimResult(claim, level, list(ctx.seeds), outcome, verdict, secondary, seconds,
                        ctx.reused, ctx.computed, error)
 
