@@ -101,7 +101,7 @@ def test_context_map_runs_lab_configs_in_order_and_refuses_anything_else(tmp_pat
     results = ctx.map(configs)
     assert [r.config for r in results] == configs and ctx.computed == 2
     assert all(len(r.step_rows) == 3 and r.model is None for r in results)
-    with pytest.raises(TypeError, match="Context.map: expected TrainConfig objects, got dict"):
+    with pytest.raises(TypeError, match=r"Context.map \(synthetic\): unit 0 must be a TrainConfig, got dict"):
         ctx.map([{"arm": "a"}])
 
 
@@ -121,12 +121,16 @@ def test_every_claim_runs_end_to_end_on_the_tiny_configuration():
             assert v.verdict == INCONCLUSIVE and v.n_seeds == 1  # one seed never decides
 
 
-def test_rerun_gives_the_same_measurements():
-    # Reuse of finished units is the executors' job (the store); the claim itself must be deterministic.
+def test_rerun_gives_the_same_measurements(tmp_path):
+    # The claim is deterministic: computed afresh into another store it measures the same; rerun into its own
+    # store it reuses every unit (nothing computed twice) and still measures the same.
     results, paths, out, _ = tiny_report()
     first = next(r for r in results if r.claim.id == "dying-relu")
+    fresh = run_claim(first.claim, "tiny", [0], tmp_path / "fresh")
+    assert fresh.computed == first.computed > 0
+    assert fresh.outcome.metrics == first.outcome.metrics
     again = run_claim(first.claim, "tiny", [0], out)
-    assert again.computed == first.computed > 0
+    assert again.computed == 0 and again.reused == first.computed
     assert again.outcome.metrics == first.outcome.metrics
 
 
