@@ -32,7 +32,7 @@ from ..nn.act import NormAct
 from ..nn.alternatives import InstanceNorm as _NormlabInstanceNorm
 from ..nn.alternatives import LayerNorm as _NormlabLayerNorm
 from ..nn.alternatives import RMSNorm as _NormlabRMSNorm
-from ..nn.batchnorm import BatchNormBase
+from ..nn.batchnorm import BatchNorm, BatchNormBase
 from ..nn.sequence import MaskedBatchNorm, TimeStepBatchNorm
 from ..nn.variants import BatchLayerNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm
 from ._common import TORCH_BATCH_NORM, module_nonfinite, set_submodule
@@ -262,12 +262,13 @@ def _twin(name: str, m: nn.Module, dynamic_batch: bool, batch: int) -> nn.Module
                     f"for batches of {batch}), or give it running statistics"
                 )
             return _BatchStatsTwin(m, chunk=m.virtual_batch_size)
-        if type(m)._normalize in (BatchNormBase._normalize, BatchRenorm._normalize):
-            # BatchNorm(1d/2d/3d) and, at inference, BatchRenorm: the plain batch-statistics formula
+        if isinstance(m, (BatchNorm, BatchRenorm, MaskedBatchNorm)):
+            # BatchNorm(1d/2d/3d), MaskedBatchNorm and, at inference, BatchRenorm: the plain batch-statistics formula
+            # (a subclass computing something else is caught by the twin's check against the layer)
             return _BatchStatsTwin(m, masked=isinstance(m, MaskedBatchNorm))
         raise ValueError(
-            f"{where} normalizes with batch statistics at inference in its own way ({type(m).__qualname__} "
-            f"overrides _normalize), which export_onnx has no plain-operation form for; give it running statistics"
+            f"{where} normalizes with batch statistics at inference in a way export_onnx has no plain-operation "
+            f"form for ({type(m).__qualname__}); give it running statistics to export it"
         )
     if isinstance(m, TORCH_BATCH_NORM) and m.running_mean is None and m.running_var is None:
         return _BatchStatsTwin(m)  # torch's eval mode without running statistics: batch statistics
@@ -413,6 +414,8 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its successor
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
+            # instance statistics are what an instance norm without running statistics uses in eval mode too
+            warnings.filterwarnings("ignore", "ONNX export mode is set to TrainingMode.EVAL, but operator 'instance_norm'")
             torch.onnx.export(
                 exported, inputs, str(path), dynamo=False, opset_version=opset_version,
                 input_names=input_names, output_names=output_names, dynamic_axes=axes,
