@@ -243,8 +243,8 @@ def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> 
     (axis 1 of a conv's output, the last axis of a Linear's), and it is right only when the norm normalizes that
     same axis of the tensor it actually receives."""
     x = x.detach().to(torch.float64)
-    layer64, norm64 = copy.deepcopy(layer).to(torch.float64), copy.deepcopy(norm).to(torch.float64)
     try:
+        layer64, norm64 = copy.deepcopy(layer).to(torch.float64), copy.deepcopy(norm).to(torch.float64)
         with torch.no_grad():
             z = layer64(x)
             want = norm64(z)
