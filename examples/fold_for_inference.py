@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.model}: {args.steps} training steps, last loss {loss.item():.3f}")
 
     model.eval()
-    print(plan_fold(model))
-    folded = fold_batchnorm(model)  # a folded copy; `model` keeps its BN layers
-
     x, _ = next(synthetic_batches(1, args.batch, shape, classes, seed=1))
+    # example_input: every pair is checked on the input its layer really gets (folded against unfolded)
+    print(plan_fold(model, example_input=x))
+    folded = fold_batchnorm(model, example_input=x)  # a folded copy; `model` keeps its BN layers
+
     with torch.inference_mode():
         diff = (model(x) - folded(x)).abs().max().item()
         scale = model(x).abs().max().item()

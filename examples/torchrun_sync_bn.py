@@ -11,6 +11,7 @@ batches, and prints the largest difference.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 
 import torch
@@ -35,9 +36,7 @@ def batches(steps: int, size: int):
              torch.randint(0, 4, (size,), generator=g)) for _ in range(steps)]
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def train_and_compare(rank: int, world: int) -> None:
     # unequal slices: rank r gets r + 3 samples of every batch
     sizes = [r + 3 for r in range(world)]
     lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
@@ -67,6 +66,20 @@ def main() -> None:
         vs_single = (ours - want).abs().max().item()
         print(f"{world} processes, batch slices {sizes}: running statistics identical across ranks "
               f"(max diff {across:.1e}); vs one process on the whole batch: max diff {vs_single:.1e}")
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    # The DDP model, its optimizer and the last autograd graph are locals of train_and_compare: gone when it returns.
+    train_and_compare(dist.get_rank(), dist.get_world_size())
+    # Teardown, so that no process aborts at exit with "terminate called without an active exception": DDP keeps
+    # gloo's process group, and with it gloo's worker threads, alive past destroy_process_group. A worker that still
+    # holds a finished collective's tensors needs the GIL to free them; if the interpreter is already shutting down
+    # then, Python ends that thread mid-destructor and the C++ runtime aborts. So free everything that holds the
+    # group while the interpreter runs (gc.collect for reference cycles), wait until every process has stopped
+    # talking (barrier), and only then leave the group, in every process.
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

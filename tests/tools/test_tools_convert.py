@@ -167,3 +167,34 @@ def test_bn_to_mabn_carries_second_moment_not_mean_and_var(unbiased):
     z = torch.randn(5, 3, dtype=torch.float64)
     want = z.numpy() / np.sqrt(var + mean**2 + mabn.eps) * bn.weight.detach().numpy() + bn.bias.detach().numpy()
     np.testing.assert_allclose(mabn(z).detach().numpy(), want, rtol=1e-12)
+
+
+# -- kind: a tool's error names the module path and the cause, and the model is unchanged ---------------------------
+def ten_channel_model():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16),
+        nn.Sequential(nn.Conv2d(16, 10, 1), nn.BatchNorm2d(10)),
+        nlnn.MovingAverageBatchNorm(10),
+    )
+
+
+@pytest.mark.parametrize("spec,kw,error,message", [
+    ("gn:32", {}, ValueError, r"convert_norm: cannot convert '1' \(BatchNorm2d, 16 channels\) to 'gn:32': GroupNorm: "
+                              r"num_channels \(16\) must be divisible by num_groups \(32\)"),
+    ("gn:8", {}, ValueError, r"convert_norm: cannot convert '2.1' \(BatchNorm2d, 10 channels\) to 'gn:8': .*divisible"),
+    ("bn", {"bogus": 1}, TypeError, r"convert_norm: cannot convert '1' \(BatchNorm2d, 16 channels\) to 'bn': .*'bogus'"),
+    ("tbn", {}, ValueError, r"convert_norm: cannot convert '1' \(BatchNorm2d, 16 channels\) to 'tbn': .*T_max"),
+    ("sync", {}, ValueError, r"convert_norm: cannot synchronize '3' \(MovingAverageBatchNorm\): .*per process"),
+])
+def test_kind_tool_error_names_module(spec, kw, error, message):
+    model = ten_channel_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message + ".*model unchanged"):
+        convert_norm(model, spec, inplace=True, **kw)
+    assert [type(m).__name__ for m in model] == ["Conv2d", "BatchNorm2d", "Sequential", "MovingAverageBatchNorm"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_kind_tool_error_names_module_when_the_model_is_the_norm():
+    with pytest.raises(ValueError, match=r"convert_norm: cannot convert '<model>' \(BatchNorm1d, 10 channels\) to 'gn:32'"):
+        convert_norm(nn.BatchNorm1d(10), "gn:32")

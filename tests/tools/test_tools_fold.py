@@ -2,6 +2,7 @@
 (torch and normlab norms mixed), the fx and module-order paths, and every refusal with an unchanged model."""
 
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -407,3 +408,142 @@ def test_normact_that_cannot_fold_says_why_and_changes_nothing():
     with pytest.raises(ValueError, match=r"fold_batchnorm\(strict=True\): cannot fold every batch norm"):
         fold_batchnorm(model, strict=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- kinds: a fold is checked numerically on the layer's input, never silently wrong --------------------------------
+def linear_then_channel_norm(norm):
+    """Linear(5, 5) acting on the last axis L of (N, C, L) = (N, 5, 5), then a norm over axis 1 (C)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 5), norm)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 5, 5) * 3 + 2)
+    return randomize_norms(model).eval()
+
+
+AXIS_NORMS = {
+    "torch_bn1d": lambda: nn.BatchNorm1d(5),
+    "normlab_bn1d": lambda: nlnn.BatchNorm1d(5),
+    "normlab_bn": lambda: nlnn.BatchNorm(5),
+    "normact": lambda: nlnn.NormAct("bn", 5),
+}
+
+
+@pytest.mark.parametrize("norm", sorted(AXIS_NORMS))
+def test_kind_fold_axis_mismatch(norm):
+    model = linear_then_channel_norm(AXIS_NORMS[norm]())
+    x3 = torch.randn(4, 5, 5)
+    name = "1.norm" if norm == "normact" else "1"
+    before = state_copy(model)
+    # with the example input the pair is checked on the Linear's actual input, and refused with the reason
+    report = plan_fold(model, x3)
+    assert report.folded == []
+    [(skipped, reason)] = report.skipped
+    assert skipped == name and "acts on the last axis of its (4, 5, 5) output, but the norm normalizes axis 1" in reason
+    with pytest.raises(ValueError, match="cannot fold every batch norm"):
+        fold_batchnorm(model, strict=True, example_input=x3)
+    with pytest.warns(UserWarning, match="acts on the last axis"):
+        folded = fold_batchnorm(model, example_input=x3)
+    assert_same_outputs(folded, model, x3)
+    assert_state_equal(model, before)
+    # without it the fold assumes (N, C) features and guards that: a 3D input raises instead of a wrong output
+    report = plan_fold(model)
+    assert report.folded == [("0", name)]
+    folded = fold_batchnorm(model)
+    x2 = torch.randn(4, 5)
+    assert_same_outputs(folded, model, x2)
+    with pytest.raises(ValueError, match=rf"folded norm '{re.escape(name)}': .*for \(N, C\) inputs, got a 3D input"):
+        folded(x3)
+    # on (N, C) example inputs the same pair folds
+    assert plan_fold(model, x2).folded == [("0", name)]
+
+
+def every_pair_kind():
+    """Every producer kind with torch and normlab norms, NormAct, channels-last after a Linear; inputs to match."""
+    return nn.ModuleDict({
+        "conv1d": nn.Sequential(nn.Conv1d(3, 4, 3, stride=2), nn.BatchNorm1d(4)),
+        "conv2d": nn.Sequential(nn.Conv2d(3, 4, 3, dilation=2, padding=1), nlnn.BatchNorm2d(4)),
+        "conv3d": nn.Sequential(nn.Conv3d(3, 4, 2, bias=False), nn.BatchNorm3d(4)),
+        "convt1d": nn.Sequential(nn.ConvTranspose1d(3, 4, 3, stride=2), nlnn.BatchNorm1d(4)),
+        "convt2d": nn.Sequential(nn.ConvTranspose2d(3, 4, 2, stride=2, groups=1), nlnn.NormAct("bn", 4, activation="elu")),
+        "convt3d": nn.Sequential(nn.ConvTranspose3d(3, 4, 2, groups=1), nlnn.BatchNorm3d(4)),
+        "linear": nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)),
+        "linear_seq": nn.Sequential(nn.Linear(3, 4), nlnn.BatchNorm(4, axis=-1)),
+        "conv_last": nn.Sequential(nn.Conv2d(3, 4, 1), nlnn.BatchNorm(4, axis=-3)),
+    })
+
+
+PAIR_INPUTS = {
+    "conv1d": (2, 3, 9), "conv2d": (2, 3, 6, 6), "conv3d": (2, 3, 3, 3, 3), "convt1d": (2, 3, 4),
+    "convt2d": (2, 3, 3, 3), "convt3d": (2, 3, 2, 2, 2), "linear": (4, 3), "linear_seq": (2, 6, 3),
+    "conv_last": (2, 3, 4, 4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAIR_INPUTS))
+@pytest.mark.parametrize("with_example", [True, False])
+def test_kind_fold_axis_mismatch_every_pair_kind_is_checked(kind, with_example):
+    model = randomize_norms(every_pair_kind()[kind].double()).eval()
+    x = torch.randn(PAIR_INPUTS[kind], dtype=torch.float64)
+    example = x if with_example else None
+    report = plan_fold(model, example)
+    assert report.skipped == [] and len(report.folded) == 1
+    assert_same_outputs(fold_batchnorm(model, example_input=example), model, x)
+
+
+def test_kind_fold_axis_mismatch_check_compares_outputs(monkeypatch):
+    """The check compares folded and unfolded outputs: a fold that computed wrong weights would be refused."""
+    from normlab.tools import fold as fold_module
+
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
+    real = fold_module.fold_into
+
+    def off_by_one_channel(*args, **kwargs):
+        weight, bias = real(*args, **kwargs)
+        return weight, bias + torch.tensor([0.0, 0.5, 0.0, 0.0], dtype=bias.dtype)
+
+    monkeypatch.setattr(fold_module, "fold_into", off_by_one_channel)
+    for example in (None, torch.randn(2, 3, 5, 5)):
+        [(name, reason)] = plan_fold(model, example).skipped
+        assert name == "1" and "the folded layer differs from norm(layer(x)) by 0.5" in reason
+
+
+def test_kind_fold_axis_mismatch_bad_example_input():
+    model = linear_then_channel_norm(nn.BatchNorm1d(5))
+    with pytest.raises(ValueError, match=r"plan_fold: the eval-mode model failed on example_input: RuntimeError"):
+        plan_fold(model, torch.randn(2, 3))
+    with pytest.raises(TypeError, match="plan_fold: example_input must be a Tensor or a non-empty tuple of Tensors"):
+        fold_batchnorm(model, example_input=[1, 2])
+    assert model[1].training is False
+
+
+NONFINITE = ["1.running_var", "1.running_mean", "1.weight", "1.bias", "0.weight", "0.bias"]
+
+
+@pytest.mark.parametrize("where", NONFINITE)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_kind_nonfinite_weights(where, value):
+    """NaN or inf in the layer's or the norm's tensors: the plan refuses the pair naming the tensor (no cryptic
+    'atol must be greater than or equal to zero'); strict folding raises; the model is unchanged."""
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nlnn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
+    model.eval()
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        tensors[where].view(-1)[1] = value
+    before = state_copy(model)
+    label = "NaN" if value != value else "inf"
+    owner = "the norm's" if where.startswith("1.") else "the Conv2d's"
+    attr = where.split(".")[1]
+    for example in (None, torch.randn(2, 3, 6, 6)):
+        report = plan_fold(model, example)
+        assert report.folded == [("2", "3")]
+        [(name, reason)] = report.skipped
+        assert name == "1" and f"{owner} {attr} holds 1 {label} of" in reason and "would spread them" in reason
+    with pytest.raises(ValueError, match=rf"(?s)strict=True.*{owner} {attr} holds 1 {label}"):
+        fold_batchnorm(model, strict=True)
+    with pytest.warns(UserWarning, match=f"holds 1 {label}"):
+        folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nlnn.BatchNorm2d) and isinstance(folded[3], nn.Identity)
+    for k, v in before.items():
+        torch.testing.assert_close(model.state_dict()[k], v, equal_nan=True)

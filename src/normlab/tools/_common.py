@@ -71,3 +71,27 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def nonfinite(tensors: dict[str, "torch.Tensor | None"]) -> list[str]:
+    """``"<name> holds 2 NaN and 1 inf of 8 values"`` for each floating tensor of ``tensors`` that is not finite."""
+    import torch
+
+    found = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or isinstance(t, nn.parameter.UninitializedTensorMixin):
+            continue
+        t = t.detach()
+        if bool(torch.isfinite(t).all()):
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        what = " and ".join(f"{k} {label}" for k, label in ((nan, "NaN"), (inf, "inf")) if k)
+        found.append(f"{name} holds {what} of {t.numel()} values")
+    return found
+
+
+def module_nonfinite(module: nn.Module, prefix: str = "", recurse: bool = True) -> list[str]:
+    """:func:`nonfinite` over the parameters and buffers of ``module``, named by their dotted path under ``prefix``."""
+    named = dict(module.named_parameters(prefix=prefix, recurse=recurse))
+    named.update(module.named_buffers(prefix=prefix, recurse=recurse))
+    return nonfinite(named)

@@ -117,12 +117,25 @@ def convert_norm(
             raise ValueError(f"convert_norm: spec 'sync' takes only process_group=, got {sorted(unknown)}")
         for name, old in targets:
             # normlab layers are switched to synchronized statistics; torch's become normlab BatchNorm (same keys).
-            built[id(old)] = convert_sync_batchnorm(copy.deepcopy(old), kw.get("process_group"))
+            try:
+                built[id(old)] = convert_sync_batchnorm(copy.deepcopy(old), kw.get("process_group"))
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(
+                    f"convert_norm: cannot synchronize {name or '<model>'!r} ({type(old).__name__}): {exc}; "
+                    f"model unchanged"
+                ) from exc
     for name, old in targets if not built else ():
         channels = _num_channels(name, old)
-        probe = make_norm(spec, channels, **kw)
-        options = {**_carried_options(old, type(probe)), **kw} if not isinstance(probe, nn.Identity) else {}
-        new = make_norm(spec, channels, **options) if options.keys() - kw.keys() else probe
+        try:
+            probe = make_norm(spec, channels, **kw)
+            options = {**_carried_options(old, type(probe)), **kw} if not isinstance(probe, nn.Identity) else {}
+            new = make_norm(spec, channels, **options) if options.keys() - kw.keys() else probe
+        except (ValueError, TypeError) as exc:
+            # make_norm names the spec and the layer class; the user needs to know which of their layers failed
+            raise type(exc)(
+                f"convert_norm: cannot convert {name or '<model>'!r} ({type(old).__name__}, {channels} channels) "
+                f"to {spec!r}: {exc}; model unchanged"
+            ) from exc
         ref = next(iter(old.parameters()), None)
         if ref is None:
             ref = next(iter(old.buffers()), None)

@@ -37,11 +37,12 @@ from ._common import (
     channel_axis,
     eval_uses_running_stats,
     is_batch_norm,
+    module_nonfinite,
     module_use_counts,
     set_submodule,
 )
 
-__all__ = ["FoldReport", "fold_into", "plan_fold", "fold_batchnorm"]
+__all__ = ["FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -194,6 +195,8 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
             got = norm(x).to(f64)
     except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
         return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
+    if not bool(torch.isfinite(expected).all()):
+        return "its running statistics or affine parameters are not finite (NaN or inf), so folding would spread them"
     tol = 64 * torch.finfo(dtype).eps
     atol = tol * (1 + float(expected.abs().max()))
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=atol):
@@ -201,13 +204,81 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
     return None
 
 
-def _pair_problem(layer: nn.Module, norm: nn.Module, counts: dict[int, int]) -> str | None:
-    """Why ``norm(layer(x))`` cannot be folded into ``layer``, or ``None`` if it can."""
+def _synthetic_input(layer: nn.Module) -> Tensor:
+    """A small float64 input the layer accepts: ``(2, in_features)`` for a Linear (the ``(N, C)`` reading), a batch
+    of 2 with spatial sizes that fit the kernel, stride, dilation and padding for a convolution."""
+    gen = torch.Generator().manual_seed(1)
+    if isinstance(layer, nn.Linear):
+        return torch.randn(2, layer.in_features, generator=gen, dtype=torch.float64)
+    k, d, st = layer.kernel_size, layer.dilation, layer.stride
+    pad = layer.padding if isinstance(layer.padding, tuple) else (0,) * len(k)
+    sizes = [di * (ki - 1) + 1 + si + 2 * pi for ki, di, si, pi in zip(k, d, st, pad)]
+    return torch.randn(2, layer.in_channels, *sizes, generator=gen, dtype=torch.float64)
+
+
+def _folded_layer(layer: nn.Module, norm: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``layer`` (in ``dtype`` if given) carrying the weights of :func:`fold_into`."""
+    new = copy.deepcopy(layer)
+    if dtype is not None:
+        new = new.to(dtype)
+    transposed = isinstance(layer, _CONV_T)
+    f = lambda t: None if t is None else t.detach().to(new.weight.dtype)  # noqa: E731
+    weight, bias = fold_into(
+        new.weight, new.bias, f(norm.running_mean), f(norm.running_var), norm.eps, f(norm.weight), f(norm.bias),
+        transposed=transposed, groups=layer.groups if transposed else 1,
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if new.bias is None:
+            new.bias = nn.Parameter(bias)
+        else:
+            new.bias.copy_(bias)
+    return new
+
+
+def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> str | None:
+    """Why ``folded_layer(x)`` differs from ``norm(layer(x))``, computed in float64, or ``None`` if it does not.
+
+    This is what makes folding safe: the fold is the per-channel affine map along the *layer's* output feature axis
+    (axis 1 of a conv's output, the last axis of a Linear's), and it is right only when the norm normalizes that
+    same axis of the tensor it actually receives."""
+    x = x.detach().to(torch.float64)
+    try:
+        layer64, norm64 = copy.deepcopy(layer).to(torch.float64), copy.deepcopy(norm).to(torch.float64)
+        with torch.no_grad():
+            z = layer64(x)
+            want = norm64(z)
+    except Exception as exc:  # noqa: BLE001 - the pair cannot even run on this input: do not fold
+        return f"norm(layer(x)) failed on {what} of shape {tuple(x.shape)}: {exc}"
+    if isinstance(layer, nn.Linear) and z.ndim > 2 and channel_axis(norm) % z.ndim != z.ndim - 1:
+        return (
+            f"the Linear before it acts on the last axis of its {tuple(z.shape)} output, but the norm normalizes "
+            f"axis {channel_axis(norm) % z.ndim} (seen on {what}); folding would scale the wrong axis "
+            f"(use a channels-last norm, axis=-1, if the Linear's features are the channels)"
+        )
+    with torch.no_grad():
+        got = _folded_layer(layer, norm, torch.float64)(x)
+    diff = float((got - want).abs().max()) if want.numel() else 0.0
+    if got.shape != want.shape or not diff <= 1e-9 * (1 + float(want.abs().max()) if want.numel() else 1):
+        return f"the folded layer differs from norm(layer(x)) by {diff:.3g} on {what} of shape {tuple(x.shape)}"
+    return None
+
+
+def _pair_problem(
+    layer: nn.Module, norm: nn.Module, counts: dict[int, int], seen: Tensor | None = None
+) -> str | None:
+    """Why ``norm(layer(x))`` cannot be folded into ``layer``, or ``None`` if it can.
+
+    ``seen`` is the layer's input on the example input, when :func:`plan_fold` got one: the pair is then checked
+    on it (folded against unfolded); else on a small synthetic input of the layer."""
     reason = eval_uses_running_stats(norm)
     if reason:
         return reason
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         return f"{type(layer).__name__} before it is lazy and not initialized yet"
+    bad = module_nonfinite(norm, "the norm's") + module_nonfinite(layer, f"the {type(layer).__name__}'s")
+    if bad:
+        return "; ".join(b.replace("'s.", "'s ") for b in bad) + ": folding would spread them"
     if counts.get(id(layer), 1) > 1 or counts.get(id(norm), 1) > 1:
         return "the layer or the norm is shared (registered under several names), so folding would change other uses"
     if tuple(norm.running_mean.shape) != (norm.num_features,):
@@ -220,7 +291,22 @@ def _pair_problem(layer: nn.Module, norm: nn.Module, counts: dict[int, int]) -> 
             return f"channel axis {axis} is not the feature axis of the Linear before it (use axis=-1)"
     elif axis not in (1, 1 - layer.weight.ndim):
         return f"channel axis {axis} is not the channel axis (1) of the {type(layer).__name__} before it"
-    return _probe(layer, norm)
+    reason = _probe(layer, norm)
+    if reason:
+        return reason
+    if seen is not None:
+        if seen.is_floating_point() and not bool(torch.isfinite(seen).all()):
+            # NaN from elsewhere in the model reaches this layer: what matters is the shape, so use random values
+            gen = torch.Generator().manual_seed(2)
+            seen = torch.randn(seen.shape, generator=gen, dtype=torch.float64)
+        return _check_on_input(layer, norm, seen, "the example input")
+    try:
+        x = _synthetic_input(layer)
+        with torch.no_grad():
+            copy.deepcopy(layer).to(torch.float64)(x)
+    except Exception:  # noqa: BLE001 - an unusual layer configuration: the norm-only probe above stands
+        return None
+    return _check_on_input(layer, norm, x, "a probe input")
 
 
 def _describe(node: object) -> str:
@@ -233,7 +319,9 @@ def _describe(node: object) -> str:
     return repr(node)
 
 
-def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict) -> None:
+def _plan_graph(
+    graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict, seen: dict
+) -> None:
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -263,10 +351,12 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
             decisions[name] = (None, f"{src.target!r} is called more than once in forward")
         else:
             layer = root.get_submodule(src.target)
-            decisions[name] = (_join(prefix, src.target), _pair_problem(layer, norm, counts))
+            decisions[name] = (_join(prefix, src.target), _pair_problem(layer, norm, counts, seen.get(id(layer))))
 
 
-def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict) -> None:
+def _plan_module(
+    module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict, seen: dict
+) -> None:
     if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
         return  # a NormAct's BN is planned with what comes before the NormAct, by its parent
     if not any(is_batch_norm(m) for m in module.modules()):
@@ -278,7 +368,7 @@ def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report:
         report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
     else:
         report.traced.append(prefix)
-        _plan_graph(graph, module, prefix, counts, decisions)
+        _plan_graph(graph, module, prefix, counts, decisions, seen)
         return
     children = list(module.named_children())
     if isinstance(module, nn.Sequential):
@@ -288,24 +378,62 @@ def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report:
             if wrapped is not None and isinstance(layer, FOLD_TARGETS):
                 suffix, norm = wrapped
                 decisions[_join(prefix, norm_name) + suffix] = (
-                    _join(prefix, layer_name), _pair_problem(layer, norm, counts)
+                    _join(prefix, layer_name), _pair_problem(layer, norm, counts, seen.get(id(layer)))
                 )
     for child_name, child in children:
-        _plan_module(child, _join(prefix, child_name), counts, report, decisions)
+        _plan_module(child, _join(prefix, child_name), counts, report, decisions, seen)
 
 
-def plan_fold(model: nn.Module) -> FoldReport:
+def _layer_inputs(model: nn.Module, example_input) -> dict[int, Tensor]:
+    """The first input of every Conv/ConvTranspose/Linear when the eval-mode model runs on ``example_input``.
+
+    Every module's training flag is restored afterwards (in eval mode no normlab or torch norm changes its state)."""
+    inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("plan_fold: example_input must be a Tensor or a non-empty tuple of Tensors")
+    seen: dict[int, Tensor] = {}
+
+    def record(module, args):
+        if args and isinstance(args[0], Tensor):
+            seen.setdefault(id(module), args[0].detach().clone())  # clone: in-place ABN may overwrite it later
+
+    flags = [(m, m.training) for m in model.modules()]
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, FOLD_TARGETS)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*(t.clone() for t in inputs))
+    except Exception as exc:
+        raise ValueError(f"plan_fold: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    return seen
+
+
+def plan_fold(model: nn.Module, example_input: Tensor | tuple[Tensor, ...] | None = None) -> FoldReport:
     """What :func:`fold_batchnorm` would fold in ``model`` and why it would skip the rest; changes nothing.
 
     Data flow comes from ``torch.fx`` (a norm folds when its only input is a Conv/ConvTranspose/Linear output that
     feeds nothing else, each called once). A module that does not trace is searched for ``nn.Sequential``
     neighbours (layer then norm) and its children are traced one by one.
+
+    Every candidate pair is checked numerically: the folded layer must give the norm's output (float64). With
+    ``example_input`` (what the model takes) the check runs on each layer's actual input, which also proves that the
+    layer's output feature axis is the axis the norm normalizes: a ``Linear`` acting on the last axis ``L`` of an
+    ``(N, C, L)`` tensor followed by a ``BatchNorm1d`` over ``C`` is refused with that reason. Without it, the check
+    runs on a small synthetic input of each layer (a Linear's is ``(N, C)``). Weights or buffers holding NaN or inf
+    are refused naming the tensor. Raises ``TypeError`` for a non-module or a bad ``example_input`` and
+    ``ValueError`` if the model fails on ``example_input``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"plan_fold: expected a torch.nn.Module, got {type(model).__name__}")
+    seen = _layer_inputs(model, example_input) if example_input is not None else {}
     report = FoldReport()
     decisions: dict[str, tuple[str | None, str | None]] = {}
-    _plan_module(model, "", module_use_counts(model), report, decisions)
+    _plan_module(model, "", module_use_counts(model), report, decisions, seen)
     for name, norm in model.named_modules():
         if not is_batch_norm(norm):
             continue
@@ -325,7 +453,35 @@ def plan_fold(model: nn.Module) -> FoldReport:
     return report
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = False) -> nn.Module:
+class FoldedFeatureNorm(nn.Identity):
+    """Stands where a channel-axis-1 norm after a ``Linear`` was folded. The fold assumed ``(N, C)`` inputs, the only
+    ones on which a Linear's features lie on axis 1; any other rank raises instead of giving a wrong output."""
+
+    def __init__(self, name: str, num_features: int) -> None:
+        super().__init__()
+        self.folded_name, self.num_features = name, num_features
+
+    def extra_repr(self) -> str:
+        return f"folded {self.folded_name!r}, (N, {self.num_features}) inputs only"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2:
+            raise ValueError(
+                f"folded norm {self.folded_name!r}: it was folded into the Linear before it for (N, C) inputs, got a "
+                f"{x.ndim}D input of shape {tuple(x.shape)}, whose axis 1 is not the Linear's feature axis: this "
+                f"output would be wrong. Fold with fold_batchnorm(model, example_input=x) (such pairs are refused), "
+                f"or use a channels-last norm (axis=-1)"
+            )
+        return x
+
+
+def fold_batchnorm(
+    model: nn.Module,
+    inplace: bool = False,
+    *,
+    strict: bool = False,
+    example_input: Tensor | tuple[Tensor, ...] | None = None,
+) -> nn.Module:
     """Fold every foldable eval-mode batch norm into the layer before it; return the folded model.
 
     The folded norms become ``nn.Identity`` and their layers get the weights of :func:`fold_into` (a conv without
@@ -335,13 +491,16 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = Fa
     Handles ``torch.nn.BatchNorm*d`` (and ``SyncBatchNorm``) and every ``normlab.nn.BatchNormBase`` layer.
 
     A norm with channel axis 1 after a ``Linear`` is folded as the ``(N, C)`` case, the only input on which a
-    Linear's features lie on axis 1; for ``(N, L, C)`` sequences use a channels-last norm (``axis=-1``).
+    Linear's features lie on axis 1; for ``(N, L, C)`` sequences use a channels-last norm (``axis=-1``). With
+    ``example_input`` every pair is checked on the layer's actual input first (see :func:`plan_fold`), so a Linear
+    acting on another axis than the norm's is refused; without it the folded norm is replaced by a
+    :class:`FoldedFeatureNorm` that raises on any input that is not ``(N, C)`` rather than return a wrong output.
 
     ``inplace=False`` folds a deep copy. :func:`plan_fold` returns the :class:`FoldReport` of what this call folds.
     Norms that cannot fold are skipped with a warning listing the reasons, or, with ``strict=True``, make it raise
     ``ValueError``. A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
     """
-    report = plan_fold(model)
+    report = plan_fold(model, example_input)
     if not report.num_norms:
         raise ValueError(
             "fold_batchnorm: the model has no batch-norm layer to fold (looked for torch.nn.BatchNorm*d, "
@@ -358,17 +517,18 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False, *, strict: bool = Fa
             layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
             transposed=transposed, groups=layer.groups if transposed else 1,
         )
-        folded.append((layer_name, norm_name, weight, bias))
+        guard = isinstance(layer, nn.Linear) and channel_axis(norm) == 1
+        folded.append((layer_name, norm_name, weight, bias, guard))
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
-        for layer_name, norm_name, weight, bias in folded:
+        for layer_name, norm_name, weight, bias, guard in folded:
             layer = target.get_submodule(layer_name)
             layer.weight.copy_(weight)
             if layer.bias is None:
                 layer.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
             else:
                 layer.bias.copy_(bias)
-            set_submodule(target, norm_name, nn.Identity())
+            set_submodule(target, norm_name, FoldedFeatureNorm(norm_name, layer.out_features) if guard else nn.Identity())
             parent = target.get_submodule(norm_name.rpartition(".")[0])
             if isinstance(parent, NormAct):
                 parent.inplace_abn = False  # act(Identity(x)): in-place ABN needs a BatchNorm to run
