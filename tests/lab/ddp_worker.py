@@ -1,5 +1,6 @@
 """Launched by torchrun from test_lab_ddp.py: trains each named config on every rank, saves what rank r ended with."""
 
+import gc
 import sys
 
 import torch
@@ -11,7 +12,12 @@ from normlab.lab.train import TrainConfig, train
 def main(out_dir: str, norms: list[str]) -> None:
     torch.set_num_threads(1)
     for norm in norms:
-        run(out_dir, norm)
+        run(out_dir, norm)  # each run's DDP model dies when run returns
+    # DDP keeps gloo's worker threads alive until its model is collected; one of them finishing after the
+    # interpreter began to shut down aborts with "terminate called without an active exception" (issue 14).
+    # Collect, wait until every process has stopped talking, then leave the group in every process.
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

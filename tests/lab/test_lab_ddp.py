@@ -24,6 +24,7 @@ def ddp_runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr, proc.stderr[-3000:]  # the gloo teardown kind (issue 14)
     return {(name, r): torch.load(out / f"{name}-rank{r}.pt") for name in NAMES for r in (0, 1)}
 
 
