@@ -83,6 +83,12 @@ def mlp_bn1d():
                          nn.ReLU(), nn.Linear(8, 3))
 
 
+def plain_bns():
+    """torch BNs without affine parameters or without running statistics."""
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, affine=False), nn.ReLU(), nn.Linear(8, 8),
+                         nn.BatchNorm1d(8, track_running_stats=False), nn.LeakyReLU(0.1), nn.Linear(8, 3))
+
+
 def cnn3d():
     return nn.Sequential(nn.Conv3d(3, 4, 2), nn.BatchNorm3d(4, momentum=None), nn.ReLU(), nn.Flatten())
 
@@ -105,6 +111,7 @@ MODELS = {
     "normlab_leaky": (cnn_normlab_leaky, (3, 6, 6)),
     "mlp_bn1d": (mlp_bn1d, (6,)),
     "bn3d": (cnn3d, (3, 4, 4, 4)),
+    "plain_bns": (plain_bns, (6,)),
     "F.relu": (lambda: FunctionalBlock("F.relu"), (3, 6, 6)),
     "torch.relu": (lambda: FunctionalBlock("torch.relu"), (3, 6, 6)),
     "method": (lambda: FunctionalBlock("method"), (3, 6, 6)),
@@ -114,7 +121,7 @@ MODELS = {
     "wrapper": (Wrapper, (3, 6, 6)),
     "untraceable": (Untraceable, (3, 6, 6)),
 }
-EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "F.relu": 1, "torch.relu": 1,
+EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1, "torch.relu": 1,
                   "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2, "untraceable": 1}
 
 
@@ -449,3 +456,12 @@ def test_fuse_relu_runs_inside_the_kernel_pass_in_training():
     with kernels.backend("fast"):
         assert _relu_ops(model, x)  # the check can fail: the unfused model runs ReLU's operators
         assert _relu_ops(fuse_norm_act(model), x) == []
+
+
+def test_fuse_twice_fuses_nothing_more():
+    fused = fuse_norm_act(cnn_torch())
+    report = plan_fuse_norm_act(fused)
+    assert not report.fused and [r for _, r in report.skipped] == [
+        "already fused: it is the norm of the NormAct '1'", "already fused: it is the norm of the NormAct '4'"]
+    again = fuse_norm_act(fused)
+    assert fused_count(again) == 2 and list(again.state_dict()) == list(fused.state_dict())

@@ -324,10 +324,13 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     problems = {o: _rewrite_problem(model, o) for o in owners}
     roots = {o for o in owners if problems[o] is None}
     roots = {o for o in roots if not any(r != o and (r == "" or o.startswith(r + ".")) for r in roots)}
+    wrapped = {id(m.norm): n for n, m in model.named_modules() if isinstance(m, NormAct)}
     for name, norm in model.named_modules():
         if not is_batch_norm(norm):
             continue
         d = decisions.get(name)
+        if id(norm) in wrapped:
+            d = f"already fused: it is the norm of the NormAct {wrapped[id(norm)] or '<model>'!r}"
         if d is None:
             report.skipped.append((name, "not reached: no traced forward calls it, and it is not in an nn.Sequential"))
             continue
