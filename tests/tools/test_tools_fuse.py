@@ -68,6 +68,42 @@ class Wrapper(nn.Module):
         return self.block(self.stem(x)[:, :3])
 
 
+class BlockOut(nn.Module):
+    """A functional pair inside, and a BN output returned for the parent's activation module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+class OuterAct(nn.Module):
+    """bn2 lives in the rewritten block, its ReLU module in the parent: NormAct inside the GraphModule, Identity
+    outside."""
+
+    def __init__(self):
+        super().__init__()
+        self.block, self.relu, self.head = BlockOut(), nn.ReLU(), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.relu(self.block(x)))
+
+
+class ReachesIn(nn.Module):
+    """The parent calls a module inside the block whose forward would be rewritten (a GraphModule drops it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = FunctionalBlock("F.relu")
+        self.block.extra = nn.Identity()
+
+    def forward(self, x):
+        return self.block(self.block.extra(x))
+
+
 def cnn_torch():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3),
                          nn.BatchNorm2d(5), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -119,10 +155,11 @@ MODELS = {
     "F.leaky_relu": (lambda: FunctionalBlock("F.leaky_relu"), (3, 6, 6)),
     "shared_relu": (SharedReLU, (3, 6, 6)),
     "wrapper": (Wrapper, (3, 6, 6)),
+    "outer_act": (OuterAct, (3, 6, 6)),
     "untraceable": (Untraceable, (3, 6, 6)),
 }
 EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1, "torch.relu": 1,
-                  "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2, "untraceable": 1}
+                  "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2, "outer_act": 2, "untraceable": 1}
 
 
 def randomize(model, seed=0):
@@ -343,6 +380,7 @@ REFUSALS = {
     "hooked_relu": (hooked_relu, "has hooks"),
     "shared_bn": (shared_bn, "shared"),
     "slope_from_input": (SlopeFromInput, "not a constant"),
+    "reaches_in": (ReachesIn, "'block.extra' inside it is used from"),
 }
 
 
@@ -465,3 +503,10 @@ def test_fuse_twice_fuses_nothing_more():
         "already fused: it is the norm of the NormAct '1'", "already fused: it is the norm of the NormAct '4'"]
     again = fuse_norm_act(fused)
     assert fused_count(again) == 2 and list(again.state_dict()) == list(fused.state_dict())
+
+
+def test_fuse_bn_in_rewritten_block_with_activation_module_outside():
+    report = plan_fuse_norm_act(OuterAct())
+    assert report.rewritten == ["block"] and report.fused == [("block.bn1", "relu() in block"), ("block.bn2", "relu")]
+    fused = fuse_norm_act(OuterAct())
+    assert isinstance(fused.relu, nn.Identity) and isinstance(fused.block.bn2, nlnn.NormAct)

@@ -72,9 +72,15 @@ class _Pair:
     norm: str  # the BN's name in the model
     activation: str  # "relu" or "leaky_relu"
     slope: float
-    act_module: str | None  # the activation module to replace by Identity (module mode), else None
-    owner: str | None  # the module whose forward is rewritten (graph mode), else None
+    act_module: str | None  # the activation module called once (replaced by Identity), None for a call to remove
+    act_owner: str | None  # the module whose forward calls the activation (None: nn.Sequential order)
     what: str  # how the activation is called, for the report
+    act_root: str | None = None  # the rewritten module whose graph loses the activation's call, if any
+    norm_root: str | None = None  # the rewritten module inside which the BN is replaced, if any
+
+    @property
+    def needs_rewrite(self) -> bool:
+        return self.act_module is None
 
 
 @dataclass
@@ -189,10 +195,24 @@ def _owner_of(node: fx.Node) -> str:
     return names[-1] if names else ""
 
 
-def _rewrite_problem(model: nn.Module, owner: str) -> str | None:
-    """Why ``owner``'s forward cannot be rewritten through torch.fx (it traces, keeps its state_dict keys, no hooks)."""
+def _inside(name: str, root: str) -> bool:
+    return root == "" or name == root or name.startswith(root + ".")
+
+
+def _rewrite_problem(model: nn.Module, owner: str, graphs: list) -> str | None:
+    """Why ``owner``'s forward cannot be rewritten through torch.fx: it must trace on its own, keep its state_dict
+    keys and have no hooks, and nothing outside its forward may reach inside it (a GraphModule keeps only what its
+    own graph uses)."""
     module = model.get_submodule(owner) if owner else model
     label = repr(owner) if owner else "the model"
+    for prefix, graph in graphs:
+        for node in graph.nodes:
+            if node.op in ("call_module", "get_attr"):
+                target = _join(prefix, node.target)
+                caller = _join(prefix, _owner_of(node))
+                if owner and target.startswith(owner + ".") and not _inside(caller, owner):
+                    return (f"the activation is a call in {label}'s forward, but {target!r} inside it is used from "
+                            f"{caller or 'the model'!r}'s forward, which a GraphModule of {label} would break")
     if _has_hooks(module):
         return f"the activation is a call in {label}'s forward, which has hooks a GraphModule would not keep"
     try:
@@ -207,7 +227,9 @@ def _rewrite_problem(model: nn.Module, owner: str) -> str | None:
     return None
 
 
-def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict) -> None:
+def _plan_graph(
+    graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict, graphs: list
+) -> None:
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -247,8 +269,8 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
                 if _has_hooks(act_module):
                     decisions[name] = f"the activation {user.target!r} has hooks that would no longer see its output"
                 elif calls[user.target] == 1:
-                    decisions[name] = _Pair(name, act[0], act[1], _join(prefix, user.target), None,
-                                            _join(prefix, user.target))
+                    full = _join(prefix, user.target)
+                    decisions[name] = _Pair(name, act[0], act[1], full, _join(prefix, _owner_of(user)), full)
                 else:  # one ReLU module called at several places: remove this call from the forward
                     owner = _join(prefix, _owner_of(user))
                     decisions[name] = _Pair(name, act[0], act[1], None, owner,
@@ -257,6 +279,7 @@ def _plan_graph(graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int,
                 owner = _join(prefix, _owner_of(user))
                 decisions[name] = _Pair(name, act[0], act[1], None, owner,
                                         f"{getattr(user.target, '__name__', user.target)}() in {owner or '<model>'}")
+    graphs.append((prefix, graph))
 
 
 def _act_from(node: fx.Node, root: nn.Module) -> tuple[str, float, bool] | str:
@@ -265,7 +288,9 @@ def _act_from(node: fx.Node, root: nn.Module) -> tuple[str, float, bool] | str:
     return _activation_of(None, node)
 
 
-def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report: FuseReport, decisions: dict) -> None:
+def _plan_module(
+    module: nn.Module, prefix: str, counts: dict[int, int], report: FuseReport, decisions: dict, graphs: list
+) -> None:
     if is_batch_norm(module) or isinstance(module, NormAct) or not any(is_batch_norm(m) for m in module.modules()):
         return
     try:
@@ -275,7 +300,7 @@ def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report:
         report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
     else:
         report.traced.append(prefix)
-        _plan_graph(graph, module, prefix, counts, decisions)
+        _plan_graph(graph, module, prefix, counts, decisions, graphs)
         return
     children = list(module.named_children())
     if isinstance(module, nn.Sequential):
@@ -300,7 +325,7 @@ def _plan_module(module: nn.Module, prefix: str, counts: dict[int, int], report:
                     full = _join(prefix, act_name)
                     decisions[name] = _Pair(name, act[0], act[1], full, None, full)
     for child_name, child in children:
-        _plan_module(child, _join(prefix, child_name), counts, report, decisions)
+        _plan_module(child, _join(prefix, child_name), counts, report, decisions, graphs)
 
 
 def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
@@ -317,13 +342,19 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
         raise TypeError(f"plan_fuse_norm_act: expected a torch.nn.Module, got {type(model).__name__}")
     report = FuseReport()
     decisions: dict[str, _Pair | str] = {}
-    _plan_module(model, "", module_use_counts(model), report, decisions)
-    # graph-mode pairs: the outermost rewritten module takes every pair inside it (a GraphModule inlines its
-    # children's forwards, so a module swap inside it would not be seen)
-    owners = {d.owner for d in decisions.values() if isinstance(d, _Pair) and d.owner is not None}
-    problems = {o: _rewrite_problem(model, o) for o in owners}
+    graphs: list[tuple[str, fx.Graph]] = []
+    _plan_module(model, "", module_use_counts(model), report, decisions, graphs)
+    # Pairs whose activation is a call to remove rewrite the forward of the module making it. The outermost such
+    # module takes every pair inside it: its GraphModule inlines its children's forwards, so module swaps inside it
+    # happen in the GraphModule (BN -> NormAct) and its graph (the activation's call removed).
+    owners = {d.act_owner for d in decisions.values() if isinstance(d, _Pair) and d.needs_rewrite}
+    problems = {o: _rewrite_problem(model, o, graphs) for o in owners}
     roots = {o for o in owners if problems[o] is None}
-    roots = {o for o in roots if not any(r != o and (r == "" or o.startswith(r + ".")) for r in roots)}
+    roots = {o for o in roots if not any(r != o and _inside(o, r) for r in roots)}
+
+    def root_of(name: str | None) -> str | None:
+        return next((r for r in roots if _inside(name, r)), None) if name is not None else None
+
     wrapped = {id(m.norm): n for n, m in model.named_modules() if isinstance(m, NormAct)}
     for name, norm in model.named_modules():
         if not is_batch_norm(norm):
@@ -337,18 +368,17 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
         if isinstance(d, str):
             report.skipped.append((name, d))
             continue
-        if d.owner is not None and problems[d.owner] is not None:
-            report.skipped.append((name, problems[d.owner]))
+        if d.needs_rewrite and problems[d.act_owner] is not None:
+            report.skipped.append((name, problems[d.act_owner]))
             continue
-        inside = [r for r in roots if r == "" or name.startswith(r + ".")]
-        if d.owner is not None and not inside:
-            report.skipped.append((name, f"the BN is not inside {d.owner!r}, whose forward calls the activation"))
+        act_root, norm_root = root_of(d.act_owner), root_of(name)
+        if act_root is not None and norm_root != act_root:
+            report.skipped.append((name, f"the BN is not inside {act_root or '<model>'!r}, whose forward (rewritten) "
+                                         f"calls the activation"))
             continue
-        if inside:
-            d = _Pair(d.norm, d.activation, d.slope, None, inside[0], d.what)
-        report.pairs.append(d)
+        report.pairs.append(_Pair(d.norm, d.activation, d.slope, d.act_module, d.act_owner, d.what, act_root, norm_root))
         report.fused.append((name, d.what))
-    report.rewritten = sorted({p.owner for p in report.pairs if p.owner is not None})
+    report.rewritten = sorted({r for p in report.pairs for r in (p.act_root, p.norm_root) if r is not None})
     return report
 
 
@@ -380,20 +410,26 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
     """``owner``'s forward as a GraphModule without the fused activations' calls, its BNs replaced by NormActs."""
     module = model.get_submodule(owner) if owner else model
     graph = _Tracer().trace(module)
-    for pair in pairs:
-        rel = pair.norm[len(owner) + 1:] if owner else pair.norm
-        nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel]
-        if len(nodes) != 1 or len(nodes[0].users) != 1:
-            raise RuntimeError(f"fuse_norm_act: {pair.norm!r} is no longer called once in {owner or 'the model'}'s "
-                               f"forward as planned; model unchanged")
-        act = next(iter(nodes[0].users))
+
+    def rel(name: str) -> str:
+        return name[len(owner) + 1:] if owner else name
+
+    for pair in (p for p in pairs if p.act_root == owner):
+        nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel(pair.norm)]
+        act = next(iter(nodes[0].users)) if len(nodes) == 1 and len(nodes[0].users) == 1 else None
+        expected = act is not None and (
+            act.target == rel(pair.act_module) if pair.act_module is not None
+            else not isinstance(_act_from(act, module), str)
+        )
+        if not expected:
+            raise RuntimeError(f"fuse_norm_act: in {owner or 'the model'}'s forward, {pair.norm!r} is no longer "
+                               f"followed by its activation alone as planned; model unchanged")
         act.replace_all_uses_with(nodes[0])
         graph.erase_node(act)
     graph.lint()
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
-    for pair in pairs:  # gm's intermediate modules are its own: this changes nothing in the original
-        rel = pair.norm[len(owner) + 1:] if owner else pair.norm
-        set_submodule(gm, rel, fused[pair.norm])
+    for pair in (p for p in pairs if p.norm_root == owner):  # gm's intermediate modules are its own
+        set_submodule(gm, rel(pair.norm), fused[pair.norm])
     originals = dict(module.named_modules())
     for name, sub in gm.named_modules():  # gm and its new intermediate modules: the originals' modes, one by one
         if name in originals and originals[name] is not sub and not isinstance(sub, NormAct):
@@ -423,19 +459,17 @@ def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = Fal
     if inplace and "" in report.rewritten:
         raise ValueError(
             "fuse_norm_act(inplace=True): the model's own forward calls an activation function after a BN "
-            f"({', '.join(p.norm for p in report.pairs if p.owner == '')}); fusing it makes a new GraphModule, so "
-            "use inplace=False (the default); model unchanged"
+            f"({', '.join(p.norm for p in report.pairs if p.act_root == '')}); fusing it makes a new GraphModule, "
+            "so use inplace=False (the default); model unchanged"
         )
     target = model if inplace else copy.deepcopy(model)
     # Build every new module before replacing anything, so an error leaves the model as it was.
     fused = {p.norm: _norm_act(target.get_submodule(p.norm), p) for p in report.pairs}
-    graphs = {
-        owner: _rewritten(target, owner, [p for p in report.pairs if p.owner == owner], fused)
-        for owner in report.rewritten
-    }
+    graphs = {owner: _rewritten(target, owner, report.pairs, fused) for owner in report.rewritten}
     for p in report.pairs:
-        if p.owner is None:
+        if p.norm_root is None:
             set_submodule(target, p.norm, fused[p.norm])
+        if p.act_root is None:
             set_submodule(target, p.act_module, nn.Identity().train(target.get_submodule(p.act_module).training))
     for owner, gm in graphs.items():
         if owner:
