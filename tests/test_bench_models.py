@@ -74,3 +74,15 @@ def test_bench_says_native_setting_turns_kernels_off():
     assert bench_kernels.kernels_off_reason() is None or kernels.get_backend() == "native"
     with kernels.backend("native"):
         assert "'native'" in bench_kernels.kernels_off_reason()
+
+
+def test_bench_models_main_prints_table_and_writes_json(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "models.json"
+    assert bench_models.main(["--models", "mlp", "--batch", "4", "--reps", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "normlab bench --models:" in printed and "mlp" in printed and f"wrote {out}" in printed
+    data = json.loads(out.read_text())
+    assert [m["model"] for m in data["models"]] == ["mlp"] and data["models"][0]["fused_pairs"] == 3
+    assert set(data["models"][0]["bn_share"]) == {"torch", "normlab", "fused"}
