@@ -47,8 +47,10 @@ def test_bench_models_bad_input_one_line_exit_2(capsys):
         bench_models.run_models_bench(["vgg"])
     assert bench_models.main(["--models", "vgg", "--reps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["normlab bench: normlab bench --models: unknown model 'vgg'; expected one of "
-                   "['cnn', 'resnet20', 'mlp']"]
+    assert err == ["normlab bench --models: unknown model 'vgg'; expected one of ['cnn', 'resnet20', 'mlp']"]
+    assert bench_models.main(["--reps", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "normlab bench --models: reps must be >= 1, got 0\n"
 
 
 def test_bench_says_why_kernels_are_off_without_numba(monkeypatch):

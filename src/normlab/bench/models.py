@@ -156,6 +156,16 @@ def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> f
     return (forward + backward) / total if total > 0 else float("nan")
 
 
+def _checked(names: list[str] | None, reps: int) -> list[str]:
+    names = list(MODELS) if names is None else list(names)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"normlab bench --models: unknown model {unknown[0]!r}; expected one of {list(MODELS)}")
+    if reps < 1:
+        raise ValueError(f"normlab bench --models: reps must be >= 1, got {reps}")
+    return names
+
+
 def run_models_bench(
     names: list[str] | None = None, *, reps: int = 10, warmup: int = 2, batch: int | None = None,
     size: dict[str, dict] | None = None, profile_steps: int = 3, progress: Callable[[str], None] | None = None,
@@ -165,12 +175,7 @@ def run_models_bench(
     ``batch`` overrides every model's batch size and ``size[name]`` its builder options (small values make a smoke
     run); ``profile_steps=0`` skips the profiler. Raises ``ValueError`` for an unknown model name.
     """
-    names = list(MODELS) if names is None else list(names)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise ValueError(f"normlab bench --models: unknown model {unknown[0]!r}; expected one of {list(MODELS)}")
-    if reps < 1:
-        raise ValueError(f"normlab bench --models: reps must be >= 1, got {reps}")
+    names = _checked(names, reps)
     cases = []
     for name in names:
         _, _, shape, default_batch = MODELS[name]
@@ -227,14 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
     try:
-        names = [s.strip() for s in args.models.split(",") if s.strip()] or None
+        names = _checked([s.strip() for s in args.models.split(",") if s.strip()] or None, args.reps)
         env = environment()
         print(f"normlab bench --models: torch {env['torch']}, numba {env['numba']}, {env['cpus']} CPUs, "
               f"threads torch={env['torch_threads']}, load {env['loadavg_at_start']}")
         cases = run_models_bench(names, reps=args.reps, batch=args.batch,
                                  progress=lambda s: print(f"  timing {s}", file=sys.stderr, flush=True))
     except ValueError as exc:
-        print(f"normlab bench: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("normlab bench: interrupted", file=sys.stderr)
