@@ -289,17 +289,11 @@ def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] 
 
 
 def with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """The same model with every normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
-    state_dict keys)."""
-    from ..nn import BatchNorm
+    """The same model with every plain normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
+    state_dict keys): :func:`normlab.bench.models.with_torch_batchnorm`."""
+    from .models import with_torch_batchnorm as replace
 
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, BatchNorm) and child.axis == 1:
-                new = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
-                new.load_state_dict(child.state_dict())
-                setattr(module, child_name, new)
-    return model
+    return replace(model, torch.nn.BatchNorm2d)
 
 
 def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:

@@ -70,12 +70,15 @@ class ModelCase:
         }
 
 
-def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """``model`` with every normlab batch norm (channel axis 1) replaced in place by ``cls`` (torch's BatchNorm1d
-    or 2d) carrying the same parameters and statistics."""
+def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+    """``model`` with every plain normlab BatchNorm (channel axis 1) replaced in place by ``cls`` (torch's
+    BatchNorm1d/2d/3d) carrying the same parameters and statistics (the same state_dict keys)."""
+    from ..nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)  # not the variants: torch has no equivalent
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if is_batch_norm(child) and not isinstance(child, nn.modules.batchnorm._BatchNorm):
+            if type(child) in plain and child.axis == 1:
                 new = cls(child.num_features, child.eps, child.momentum)
                 new.load_state_dict(child.state_dict())
                 setattr(module, child_name, new.train(child.training))

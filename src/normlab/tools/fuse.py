@@ -2,8 +2,9 @@
 
 A model built from torch layers computes ``relu(BN(z))`` as two operators: the BN writes its output, the ReLU reads
 it and writes another tensor (and the backward does the same twice). :class:`~normlab.nn.NormAct` computes
-``act(BN(z))`` as one module, which normlab's kernels can run as one pass forward and one backward (statistics,
-normalize and the activation together; ``normlab.kernels.batch_norm_train(..., act="relu")``).
+``act(BN(z))`` as one module: the one place where normlab's kernels can run statistics, normalization and the
+activation as one pass forward and one backward (``normlab.kernels.batch_norm_train(..., act="relu")``). This tool
+only makes a model use NormAct; how NormAct runs (kernels or torch's operators) is decided there.
 
 :func:`plan_fuse_norm_act` decides which pairs fuse and says why the others do not (data flow from ``torch.fx`` where
 the model traces, ``nn.Sequential`` order where it does not, as :func:`~normlab.tools.plan_fold`);
