@@ -1,2 +1,3 @@
-"""Benchmarks used by ``normlab bench`` and ``benchmarks/``: a timing harness for shared machines and the
-BatchNorm kernel grid. Figures are printed and written to JSON, never asserted."""
+"""Benchmarks used by ``normlab bench`` and ``benchmarks/``: a timing harness for shared machines, the
+BatchNorm kernel grid (:mod:`.kernels`) and whole-model training steps (:mod:`.models`). Figures are printed and
+written to JSON, never asserted."""

@@ -51,6 +51,36 @@ QUICK = ["32x64x56x56", "32x256x14x14", "32x64x56x56 CL", "256x128", "32x128"]
 MODES = ("fwd", "fwd+bwd")
 
 
+#: Where numba ships wheels (numba 0.68.1; the markers of normlab's numba dependency in pyproject.toml).
+NUMBA_WHEELS = {("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"), ("win32", "AMD64"), ("win32", "ARM64")}
+
+
+def kernels_off_reason() -> str | None:
+    """Why ``normlab bench``'s "normlab" column cannot use the numba kernels here, or ``None`` when it can.
+
+    (numba missing: where it ships wheels it is a dependency, so it was removed or the install skipped it; elsewhere
+    normlab installs without it. ``NORMLAB_KERNELS=native`` / ``set_backend("native")`` turn the kernels off too.)
+    """
+    import sys
+
+    if not kernels.numba_available():
+        where = (sys.platform, platform.machine())
+        py = platform.python_version()
+        if where in NUMBA_WHEELS:
+            return (f"kernels off: numba is not installed (normlab depends on it on {where[0]} {where[1]}; "
+                    f"`pip install numba` brings it back); every layer uses torch's operators")
+        return (f"kernels off: numba ships no wheel for {where[0]} {where[1]} (Python {py}), so normlab installs "
+                f"without it and every layer uses torch's operators (`pip install 'normlab[kernels]'` tries to build "
+                f"numba from source)")
+    try:
+        import numba  # noqa: F401 - installed but broken (e.g. a NumPy it does not support) is a reason too
+    except Exception as exc:  # noqa: BLE001
+        return f"kernels off: numba is installed but does not import ({type(exc).__name__}: {exc})"
+    if kernels.get_backend() == "native":
+        return "kernels off: the setting is 'native' (NORMLAB_KERNELS=native or normlab.kernels.set_backend)"
+    return None
+
+
 @dataclass
 class Case:
     name: str
@@ -77,6 +107,10 @@ class Case:
             "roofline_ms": self.roofline() * 1e3,
             "normlab_over_roofline": self.timings["normlab"].median / self.roofline(),
         }
+
+    def fast_ratio_text(self) -> str:
+        r = self.ratio("normlab-fast", "torch")
+        return f"{r:>8.2f}" if r is not None else f"{'-':>8}"
 
 
 def _composite(x: torch.Tensor, w, b, eps: float) -> torch.Tensor:
@@ -136,15 +170,16 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
                 return F.batch_norm(xg, rm, rv, w, b, training=True)
         return call
 
+    fast = kernels.numba_available()  # without numba there is no fast column (the table says why)
     out = {
         "normlab": run(normlab_with(None)),
-        "normlab-fast": run(normlab_with("fast")),
+        **({"normlab-fast": run(normlab_with("fast"))} if fast else {}),
         "normlab-native": run(normlab_with("native")),
-        "fast-nocache": run(normlab_with("fast", cache=False)),
+        **({"fast-nocache": run(normlab_with("fast", cache=False))} if fast else {}),
         "torch": run(lambda: torch.nn.functional.batch_norm(xg, *buffers["torch"], w, b, training=True)),
         "composite": run(lambda: _composite(xg, w, b, 1e-5)),
     }
-    if variants:
+    if variants and fast:
         def ghost():
             with kernels.backend("fast"):
                 return kernels.batch_norm_train(xg, w, b, 1e-5, groups=4)[0]
@@ -205,7 +240,9 @@ def format_table(cases: list[Case]) -> str:
     variants = [v for v in VARIANTS if v in cols]
     head = (f"{'shape':<17}{'mode':<9}" + "".join(f"{c:>15}" for c in cols) + f"{'x torch':>9}{'fast x':>8}{'/roof':>7}"
             + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
-    lines = ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
+    reason = kernels_off_reason()
+    lines = [reason] if reason else []
+    lines += ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
              "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
              "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
              head, "-" * len(head)]
@@ -213,7 +250,7 @@ def format_table(cases: list[Case]) -> str:
         row = f"{k.name:<17}{k.mode:<9}"
         for c in cols:
             row += f"{k.timings[c].median * 1e3:>15.3f}" if c in k.timings else f"{'':>15}"
-        row += f"{k.ratio('normlab', 'torch'):>9.2f}{k.ratio('normlab-fast', 'torch'):>8.2f}"
+        row += f"{k.ratio('normlab', 'torch'):>9.2f}{k.fast_ratio_text()}"
         row += f"{k.timings['normlab'].median / k.roofline():>7.2f}"
         for v in variants:
             r = k.ratio("normlab-fast", v)
@@ -228,12 +265,17 @@ def environment() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    import numba
+    try:
+        import numba
 
+        numba_version, numba_threads = numba.__version__, numba.config.NUMBA_NUM_THREADS
+    except Exception:  # noqa: BLE001 - absent or broken: kernels_off_reason says which
+        numba_version, numba_threads = "absent", 0
     return {
-        "torch": torch.__version__, "numba": numba.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "numba": numba_version, "python": platform.python_version(),
+        "kernels_off": kernels_off_reason(),
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads,
         "loadavg_at_start": load, "kernels_auto_min_numel": kernels.AUTO_MIN_NUMEL, "backend": kernels.get_backend(),
     }
 
@@ -247,17 +289,11 @@ def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] 
 
 
 def with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """The same model with every normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
-    state_dict keys)."""
-    from ..nn import BatchNorm
+    """The same model with every plain normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
+    state_dict keys): :func:`normlab.bench.models.with_torch_batchnorm`."""
+    from .models import with_torch_batchnorm as replace
 
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, BatchNorm) and child.axis == 1:
-                new = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
-                new.load_state_dict(child.state_dict())
-                setattr(module, child_name, new)
-    return model
+    return replace(model, torch.nn.BatchNorm2d)
 
 
 def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:

@@ -1,0 +1,259 @@
+"""End-to-end benchmark behind ``normlab bench --models``: one full training step (forward, loss, backward,
+optimizer step) of whole models with torch's BN, normlab's BN, and normlab's BN after :func:`fuse_norm_act`.
+
+Models (all from :mod:`normlab.lab.models`, the project's one model zoo):
+
+* ``cnn``      — the lab CNN (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), batch 256;
+* ``resnet20`` — CIFAR ResNet-20 (He et al. 2016, Sec. 4.2: 3 stages of 3 basic blocks, widths 16/32/64; the lab's
+  ``resnet`` with ``blocks_per_stage=3``, whose downsampling shortcuts are 1x1 conv + BN, option B), 3x32x32,
+  batch 128;
+* ``mlp``      — the lab MLP with BatchNorm1d (784 -> 3 x [Linear(1024) -> BN -> ReLU] -> 10), batch 256.
+
+Variants, the same initial weights:
+
+* ``torch``   — every BN is ``torch.nn.BatchNorm1d/2d`` (what a torch user has);
+* ``normlab`` — that model after ``normlab.tools.convert_norm(model, "bn")`` (kernels as dispatched, ``auto``);
+* ``fused``   — the normlab model after ``normlab.tools.fuse_norm_act`` (BN -> ReLU pairs as NormAct).
+
+The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
+ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
+forwards (a NormAct's includes its activation) plus their autograd nodes' backward (matched by sequence number),
+over the time of whole profiled steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..nn.act import NormAct
+from ..tools._common import is_batch_norm
+from .harness import Timing, interleaved
+
+#: name -> (builder options, input shape, default batch)
+MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
+    "cnn": ("cnn", {"channels": (16, 32)}, (1, 28, 28), 256),
+    "resnet20": ("resnet", {"blocks_per_stage": 3, "widths": (16, 32, 64)}, (3, 32, 32), 128),
+    "mlp": ("mlp", {"depth": 3, "width": 1024}, (784,), 256),
+}
+VARIANTS = ("torch", "normlab", "fused")
+_RANGE = "normlab_bench::norm"
+_STEP = "normlab_bench::step"
+
+
+@dataclass
+class ModelCase:
+    """One model's step timings per variant, BN's share of each variant's step, what fusion fused."""
+
+    name: str
+    batch: int
+    timings: dict[str, Timing]
+    bn_share: dict[str, float] = field(default_factory=dict)
+    fused_pairs: int = 0
+    norms: int = 0
+
+    def ratio(self, a: str, b: str = "torch") -> float:
+        """``b``'s median step over ``a``'s (> 1: ``a`` is faster)."""
+        return self.timings[b].median / self.timings[a].median
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.name, "batch": self.batch, "timings": {k: t.as_dict() for k, t in self.timings.items()},
+            "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
+            "fused_pairs": self.fused_pairs, "norms": self.norms,
+        }
+
+
+def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+    """``model`` with every plain normlab BatchNorm (channel axis 1) replaced in place by ``cls`` (torch's
+    BatchNorm1d/2d/3d) carrying the same parameters and statistics (the same state_dict keys)."""
+    from ..nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)  # not the variants: torch has no equivalent
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) in plain and child.axis == 1:
+                new = cls(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(module, child_name, new.train(child.training))
+    return model
+
+
+def build_variants(name: str, *, size: dict | None = None) -> dict[str, nn.Module]:
+    """The three variants of model ``name`` with the same initial weights; ``size`` overrides builder options."""
+    from ..lab.models import build_model
+    from ..tools import convert_norm, fuse_norm_act
+
+    builder, options, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    base = build_model(builder, shape, 10, norm="bn", **{**options, **(size or {})})
+    torch_model = with_torch_batchnorm(base, nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)
+    normlab_model = convert_norm(torch_model, "bn")
+    return {"torch": torch_model, "normlab": normlab_model, "fused": fuse_norm_act(normlab_model)}
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _norm_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose time counts as BN's: NormActs (norm and activation) and bare batch norms outside them."""
+    inside = {id(m.norm) for m in model.modules() if isinstance(m, NormAct)}
+    return [m for m in model.modules() if isinstance(m, NormAct) or (is_batch_norm(m) and id(m) not in inside)]
+
+
+def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
+    """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time)."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    open_ranges: list = []
+
+    def enter(module, args):
+        rf = record_function(_RANGE)
+        rf.__enter__()
+        open_ranges.append(rf)
+
+    def leave(module, args, output):
+        open_ranges.pop().__exit__(None, None, None)
+
+    handles = []
+    for m in _norm_modules(model):
+        handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function(_STEP):
+                    step()
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.events()
+    forward, seq = 0.0, set()
+    for ev in events:
+        if ev.name == _RANGE:
+            forward += ev.cpu_time_total
+            stack = list(ev.cpu_children)
+            while stack:
+                child = stack.pop()
+                if child.sequence_nr >= 0:
+                    seq.add(child.sequence_nr)
+                stack.extend(child.cpu_children)
+    backward = sum(
+        ev.cpu_time_total for ev in events
+        if ev.name.startswith("autograd::engine::evaluate_function:") and ev.sequence_nr in seq
+    )
+    total = sum(ev.cpu_time_total for ev in events if ev.name == _STEP)
+    return (forward + backward) / total if total > 0 else float("nan")
+
+
+def _checked(names: list[str] | None, reps: int) -> list[str]:
+    names = list(MODELS) if names is None else list(names)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"normlab bench --models: unknown model {unknown[0]!r}; expected one of {list(MODELS)}")
+    if reps < 1:
+        raise ValueError(f"normlab bench --models: reps must be >= 1, got {reps}")
+    return names
+
+
+def run_models_bench(
+    names: list[str] | None = None, *, reps: int = 10, warmup: int = 2, batch: int | None = None,
+    size: dict[str, dict] | None = None, profile_steps: int = 3, progress: Callable[[str], None] | None = None,
+) -> list[ModelCase]:
+    """Time a training step of each model of ``names`` (default: all of :data:`MODELS`) in its three variants.
+
+    ``batch`` overrides every model's batch size and ``size[name]`` its builder options (small values make a smoke
+    run); ``profile_steps=0`` skips the profiler. Raises ``ValueError`` for an unknown model name.
+    """
+    names = _checked(names, reps)
+    cases = []
+    for name in names:
+        _, _, shape, default_batch = MODELS[name]
+        bs = batch or default_batch
+        if progress:
+            progress(f"{name} (batch {bs})")
+        models = build_variants(name, size=(size or {}).get(name))
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((bs,) + shape, generator=gen)
+        y = torch.randint(0, 10, (bs,), generator=gen)
+        steps = {v: _train_step(models[v], x, y) for v in VARIANTS}
+        timings = interleaved(steps, reps=reps, warmup=warmup)
+        fused = models["fused"]
+        case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
+                         norms=sum(is_batch_norm(m) for m in models["torch"].modules()))
+        if profile_steps:
+            case.bn_share = {v: bn_share(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
+        cases.append(case)
+    return cases
+
+
+def format_models_table(cases: list[ModelCase]) -> str:
+    """Medians (ms) per variant, the speed-ups over torch's BN and BN's share of each step."""
+    from .kernels import kernels_off_reason
+
+    reason = kernels_off_reason()
+    lines = [reason] if reason else []
+    lines += [
+        "training step (forward, loss, backward, SGD step), medians in ms; 'x torch' = torch-BN step / this step",
+        "(> 1: faster); 'BN %' = share of the step in the norm layers (torch.profiler; 'fused': BN + activation)",
+    ]
+    head = (f"{'model':<10}{'batch':>6}{'fused':>7}" + "".join(f"{v:>10}" for v in VARIANTS)
+            + f"{'normlab x':>11}{'fused x':>9}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS))
+    lines += [head, "-" * len(head)]
+    for c in cases:
+        row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms}':>7}"
+        row += "".join(f"{c.timings[v].median * 1e3:>10.2f}" for v in VARIANTS)
+        row += f"{c.ratio('normlab'):>11.2f}{c.ratio('fused'):>9.2f}"
+        row += "".join(f"{100 * c.bn_share[v]:>13.1f}%" if v in c.bn_share else f"{'':>14}" for v in VARIANTS)
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m normlab.bench.models [--reps N] [--models cnn,resnet20,mlp] [--json PATH]``."""
+    import json
+
+    from .kernels import environment
+
+    parser = argparse.ArgumentParser(prog="python -m normlab.bench.models", description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10, help="timed rounds per model (median reported)")
+    parser.add_argument("--models", default="", help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--batch", type=int, default=None, help="override every model's batch size")
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args(argv)
+    try:
+        names = _checked([s.strip() for s in args.models.split(",") if s.strip()] or None, args.reps)
+        env = environment()
+        print(f"normlab bench --models: torch {env['torch']}, numba {env['numba']}, {env['cpus']} CPUs, "
+              f"threads torch={env['torch_threads']}, load {env['loadavg_at_start']}")
+        cases = run_models_bench(names, reps=args.reps, batch=args.batch,
+                                 progress=lambda s: print(f"  timing {s}", file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("normlab bench: interrupted", file=sys.stderr)
+        return 130
+    print(format_models_table(cases))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": env, "models": [c.as_dict() for c in cases]}, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

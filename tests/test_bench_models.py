@@ -1,0 +1,90 @@
+"""`normlab bench --models` (normlab.bench.models) runs on tiny sizes and returns its structure (figures are never
+asserted); its three variants are the same model; `normlab bench` says why the kernels are off without numba."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from normlab import kernels
+from normlab.bench import kernels as bench_kernels
+from normlab.bench import models as bench_models
+from normlab.kernels import dispatch
+
+TINY = {"cnn": {"channels": (4, 8)}, "resnet20": {"widths": (4, 8, 8), "blocks_per_stage": 1}, "mlp": {"width": 16}}
+
+
+def test_bench_models_smoke_structure():
+    cases = bench_models.run_models_bench(reps=1, warmup=0, batch=4, size=TINY, profile_steps=1)
+    assert [c.name for c in cases] == ["cnn", "resnet20", "mlp"]
+    # tiny ResNet: the stem's BN and each block's first BN fuse; the BNs before the residual addition do not
+    assert [(c.fused_pairs, c.norms) for c in cases] == [(2, 2), (4, 9), (3, 3)]
+    for c in cases:
+        assert set(c.timings) == set(bench_models.VARIANTS) and all(t.reps == 1 for t in c.timings.values())
+        assert set(c.bn_share) == set(bench_models.VARIANTS) and all(0 < s < 1 for s in c.bn_share.values())
+        d = c.as_dict()
+        assert d["batch"] == 4 and set(d["speedup_vs_torch"]) == set(bench_models.VARIANTS)
+    table = bench_models.format_models_table(cases)
+    assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "BN% torch"))
+
+
+@pytest.mark.parametrize("name", list(bench_models.MODELS))
+def test_bench_models_variants_are_the_same_model(name):
+    models = bench_models.build_variants(name, size=TINY[name])
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models["normlab"].modules())
+    assert all(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or not bench_models.is_batch_norm(m)
+               for m in models["torch"].modules())
+    shape = bench_models.MODELS[name][2]
+    x = torch.randn((6,) + shape)
+    with kernels.backend("native"):
+        want = models["torch"](x)
+        for v in ("normlab", "fused"):
+            torch.testing.assert_close(models[v](x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_models_bad_input_one_line_exit_2(capsys):
+    with pytest.raises(ValueError, match="unknown model 'vgg'; expected one of"):
+        bench_models.run_models_bench(["vgg"])
+    assert bench_models.main(["--models", "vgg", "--reps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["normlab bench --models: unknown model 'vgg'; expected one of ['cnn', 'resnet20', 'mlp']"]
+    assert bench_models.main(["--reps", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "normlab bench --models: reps must be >= 1, got 0\n"
+
+
+def test_bench_says_why_kernels_are_off_without_numba(monkeypatch):
+    monkeypatch.setattr(dispatch, "_numba_available", False)
+    monkeypatch.setattr(bench_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(bench_kernels, "NUMBA_WHEELS", {(__import__("sys").platform, "x86_64")})
+    assert "numba is not installed" in bench_kernels.kernels_off_reason()
+    monkeypatch.setattr(bench_kernels.platform, "machine", lambda: "ppc64le")
+    reason = bench_kernels.kernels_off_reason()
+    assert reason.startswith("kernels off: numba ships no wheel for") and "ppc64le" in reason
+    # the grid runs without the fast columns and its table starts with the reason
+    cases = bench_kernels.run_grid(["32x128"], reps=1, modes=("fwd",))
+    assert "normlab-fast" not in cases[0].timings and "normlab" in cases[0].timings
+    table = bench_kernels.format_table(cases)
+    assert table.splitlines()[0] == reason
+    env = bench_kernels.environment()
+    assert env["kernels_off"] == reason
+
+
+def test_bench_says_native_setting_turns_kernels_off():
+    if not kernels.numba_available():
+        pytest.skip("numba is not installed: the reason is its absence")
+    assert bench_kernels.kernels_off_reason() is None or kernels.get_backend() == "native"
+    with kernels.backend("native"):
+        assert "'native'" in bench_kernels.kernels_off_reason()
+
+
+def test_bench_models_main_prints_table_and_writes_json(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "models.json"
+    assert bench_models.main(["--models", "mlp", "--batch", "4", "--reps", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "normlab bench --models:" in printed and "mlp" in printed and f"wrote {out}" in printed
+    data = json.loads(out.read_text())
+    assert [m["model"] for m in data["models"]] == ["mlp"] and data["models"][0]["fused_pairs"] == 3
+    assert set(data["models"][0]["bn_share"]) == {"torch", "normlab", "fused"}
