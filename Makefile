@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/normlab bench
+	$(BIN)/normlab bench --models
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

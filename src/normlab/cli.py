@@ -95,6 +95,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     """The BatchNorm kernel grid: medians and ratios printed, everything written to JSON."""
+    if args.models:
+        from .bench.models import main as bench_models_main
+
+        json_path = "bench_models.json" if args.json == "bench_kernels.json" else args.json
+        return bench_models_main(["--reps", str(args.reps), "--json", json_path])
     from .bench import kernels as bench_kernels
 
     names = args.shapes.split(",") if args.shapes else (bench_kernels.QUICK if args.quick else None)
@@ -470,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     p.add_argument("--json", default="bench_kernels.json", help="where to write the results")
     p.add_argument("--no-train-step", action="store_true", help="skip the lab cnn end-to-end training step")
+    p.add_argument("--models", action="store_true",
+                   help="time a whole training step of the lab CNN, ResNet-20 and a BN1d MLP with torch's BN, "
+                        "normlab's and normlab's fused (bench_models.json)")
     p.set_defaults(func=_bench)
     _add_lab_commands(sub)
     _add_claims_parser(sub)
