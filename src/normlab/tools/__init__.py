@@ -7,6 +7,7 @@ The ONNX export needs the optional ``normlab[export]`` extra (onnx, onnxruntime)
 from .convert import convert_norm, freeze, is_frozen, unfreeze
 from .export import ExportResult, export_onnx
 from .fold import FoldReport, fold_batchnorm, fold_into, plan_fold
+from .inspect import RedundantBias, find_redundant_biases  # noqa: F401 - public: normlab.tools.find_redundant_biases
 from .recalibrate import recalibrate
 from .record import ActivationRecorder, LayerRecord
 
