@@ -82,6 +82,8 @@ ENTRIES: tuple[Entry, ...] = (
     _e("000", 56, "This is because the statistics of each time step in a sequence can vary, and the sequence length "
                   "may also vary.", "claim:recurrent", "feature:normlab.nn.TimeStepBatchNorm",
        "feature:normlab.nn.MaskedBatchNorm"),
+    _e("000", 56, "Applying Batch Normalization to recurrent neural networks is less straightforward than applying "
+                  "it to feedforward networks.", "claim:recurrent"),
     _e("000", 58, "One approach is to compute the statistics not over the mini-batch, but over the entire training "
                   "set. This is known as Layer Normalization.", "correction:layer-norm-per-example"),
     _e("000", 58, "Another approach is to compute the statistics over the mini-batch and over time, which is known "
@@ -99,15 +101,24 @@ ENTRIES: tuple[Entry, ...] = (
                   "Batch Normalization.", "correction:running-average-not-mabn", "claim:running-average-normalization",
        "feature:normlab.nn.RunningAverageNorm",
        "feature:normlab.nn.MovingAverageBatchNorm"),
+    _e("000", 84, "Layer Normalization is a variant of Batch Normalization that normalizes the inputs across the "
+                  "features instead of across the mini-batch.", "correction:layer-norm-per-example",
+       "feature:normlab.nn.LayerNorm"),
     _e("000", 84, "This makes it independent of batch size, and therefore suitable for tasks where the mini-batch "
                   "size is small or varies.", "correction:layer-norm-per-example", "claim:small-batches"),
     _e("000", 86, "This means that the normalization does not introduce any noise into the training process, and the "
                   "training is more stable.", "correction:layer-norm-per-example"),
     _e("000", 86, "However, it also means that Layer Normalization does not have the regularizing effect of Batch "
                   "Normalization.", "claim:alternatives-regularize"),
+    _e("000", 90, "Instance Normalization is a variant of Batch Normalization that normalizes the inputs across the "
+                  "spatial dimensions of the input.", "feature:normlab.nn.InstanceNorm",
+       "feature:normlab.reference.instance_norm_forward"),
     _e("000", 92, "However, it also means that Instance Normalization does not have the regularizing effect of Batch "
                   "Normalization, and may require additional regularization methods.",
        "claim:alternatives-regularize", "feature:normlab.nn.InstanceNorm"),
+    _e("000", 96, "Group Normalization is a variant of Batch Normalization that divides the channels of the input "
+                  "into groups, and normalizes each group independently.", "feature:normlab.nn.GroupNorm",
+       "feature:normlab.reference.group_norm_forward"),
     _e("000", 98, "However, it also means that Group Normalization does not have the regularizing effect of Batch "
                   "Normalization, and may require additional regularization methods.",
        "claim:alternatives-regularize", "feature:normlab.nn.GroupNorm"),
@@ -119,8 +130,12 @@ ENTRIES: tuple[Entry, ...] = (
        "claim:activation-placement"),
     _e("001", 13, "This problem is solved by normalizing the layer’s inputs over a mini-batch.",
        "claim:covariate-shift"),
+    _e("001", 13, "This makes training slow and requires a very small learning rate and a good parameter "
+                  "initialization.", "claim:covariate-shift", "claim:higher-learning-rates", "claim:careless-init"),
     _e("001", 15, "By normalizing the outputs of each layer, we can significantly deal with this issue.",
        "claim:vanishing-gradients"),
+    _e("001", 17, "In traditional neural networks, if we use higher learning rate, we may face exploding gradient "
+                  "issue.", "claim:higher-learning-rates", "claim:vanishing-gradients"),
     _e("001", 17, "But, if we normalize the output of each layer, we can safely use higher learning rate due to which "
                   "we can drastically reduce the training period.",
        "claim:higher-learning-rates", "claim:faster-convergence"),
@@ -154,6 +169,8 @@ ENTRIES: tuple[Entry, ...] = (
     _e("002", 80, "The learnable parameters γ and β assist protect the non-linearity of the community and counteract "
                   "any potential saturation within the activation capabilities.",
        "correction:affine-is-linear", "claim:sigmoid-saturation"),
+    _e("002", 86, "Batch normalization helps to hurry up the coaching course of by normalizing the hidden layer "
+                  "activations and smoothing the loss perform.", "claim:faster-convergence", "claim:covariate-shift"),
     _e("002", 86, "It additionally permits for greater studying charges, which helps to hurry up the coaching course "
                   "of.", "claim:higher-learning-rates", "claim:faster-convergence"),
     _e("002", 92, "Within the unique paper by Sergey and Christian, it’s claimed that Batch Normalization reduces the "
@@ -166,6 +183,9 @@ ENTRIES: tuple[Entry, ...] = (
     _e("002", 108, "The PyTorch framework gives torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, and "
                    "torch.nn.BatchNorm3dfor implementing batch normalization in 1D, 2D, and 3D networks, respectively.",
        "feature:normlab.nn.BatchNorm1d", "feature:normlab.nn.BatchNorm2d", "feature:normlab.nn.BatchNorm3d"),
+    _e("002", 112, "When implementing batch normalization, it is important to set the enter vector measurement in line "
+                   "with the variety of neurons or filters within the present hidden layer.",
+       "feature:normlab.nn.BatchNorm1d", "feature:normlab.nn.BatchNorm2d"),
     _e("002", 121, "The layer maintains operating estimates of imply and variance throughout coaching (default "
                    "momentum: 0.1), that are used for normalization throughout analysis.",
        "claim:train-vs-inference", "feature:normlab.nn.BatchNorm2d"),
@@ -180,15 +200,23 @@ ENTRIES: tuple[Entry, ...] = (
                    "capabilities.", "claim:faster-convergence", "claim:regularization"),
     _e("002", 183, "As an example, when the mini- batch measurement is just too small, often 1, it could actually "
                    "result in unsatisfactory outcomes.", "claim:small-batches"),
+    _e("002", 183, "Furthermore, Batch normalization is extremely depending on the mini-batch measurement and may "
+                   "converge to totally different options, which might influence the general efficiency of the "
+                   "mannequin.", "claim:small-batches"),
     _e("002", 183, "To deal with this challenge, utilizing bigger batch sizes or different normalization strategies "
                    "like layer normalization or occasion normalization may be helpful.",
        "claim:small-batches", "feature:normlab.nn.LayerNorm", "feature:normlab.nn.InstanceNorm"),
+    _e("002", 187, "In sequence fashions like RNNs, the enter varies in size, making it troublesome to use batch "
+                   "normalization.", "claim:recurrent", "claim:sequence-normalization", "feature:normlab.nn.MaskedBatchNorm"),
     _e("002", 187, "To beat this problem, a number of normalization methods have been proposed, together with batch "
                    "renormalization, weight normalization, and layer normalization.",
        "claim:sequence-normalization", "claim:recurrent", "feature:normlab.nn.MaskedBatchNorm"),
     _e("002", 191, "Batch normalization could make it more durable to interpret the mannequin because it provides an "
                    "additional layer of complexity.",
        not_testable="interpretability is not defined by any measurable quantity in the article"),
+    _e("002", 191, "To deal with this, different normalization methods that protect interpretability like "
+                   "feature-wise normalization can be utilized.",
+       not_testable="neither interpretability nor \"feature-wise normalization\" is defined"),
     _e("002", 195, "Batch normalization requires extra computations throughout each the ahead and backward passes, "
                    "leading to slower coaching and longer inference instances, particularly on low-power units like "
                    "cellphones.", "claim:training-overhead", "claim:inference-overhead"),
@@ -201,6 +229,9 @@ ENTRIES: tuple[Entry, ...] = (
     _e("002", 201, "One other recent paper proposed a refinement of Batch Normalization referred to as Full "
                    "Normalization (FN), which addresses points with Batch Normalization when batches are usually not "
                    "constructed ideally.", "claim:full-normalization", "feature:normlab.nn.FullNormalization"),
+    _e("002", 203, "Lastly, researchers have additionally highlighted the significance of understanding the limitations "
+                   "of Batch Normalization, comparable to poor efficiency when batch measurement is small and dependence "
+                   "on supreme batch statistics.", "claim:small-batches", "claim:full-normalization"),
     _e("002", 203, "Corrected formulations of Batch Normalization have been proposed to deal with these points and "
                    "enhance inference efficiency.",
        not_testable="no formulation is named, so there is nothing specific to run (normlab.tools.recalibrate is one "
@@ -209,6 +240,8 @@ ENTRIES: tuple[Entry, ...] = (
     _e("003", 5, "The main goal in batch normalization is to prevent the internal covariate shift within the layers "
                   "of the network by restricting the changes to each layer to a specific range.",
        "claim:covariate-shift"),
+    _e("003", 7, "First the ``whitening’’ process is done for each feature independently of all the other features "
+                 "to make it 0 have a 0 mean and variance of 1.", "feature:normlab.reference.batch_norm_forward"),
     _e("003", 5, "Complete normalization of the inputs to each layer is an expensive operation and requires "
                   "computing the covariate matrix.",
        not_testable="about whitening, which normlab does not implement; the cost argument is the paper's, not a "
@@ -230,6 +263,9 @@ ENTRIES: tuple[Entry, ...] = (
     _e("004", 10, "Regularization Effect: Despite being primarily a normalization technique, BatchNorm also has a "
                   "regularization effect similar to dropout because it imparts some level of noise due to mini-batch "
                   "variations.", "claim:regularization"),
+    _e("004", 20, "In Convolutional Neural Networks, BatchNorm can be applied in a similar manner where normalization "
+                  "is performed across batches and spatial locations for each feature map.",
+       "feature:normlab.nn.BatchNorm2d"),
     _e("004", 20, "It is typically applied after convolution and before activation.", "claim:activation-placement",
        "feature:normlab.nn.NormAct"),
     _e("004", 25, "Training with very small batch sizes can lead to noisy statistics which may destabilize training.",

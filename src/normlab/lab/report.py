@@ -523,7 +523,7 @@ _COVERAGE_INTRO = ("Every testable sentence of the five seed articles and what a
 
 def _coverage_counts(meta) -> str:
     s = meta.get("coverage_summary") or {}
-    return (f"{s.get('sentences', 0)} sentences: {s.get('existing_claim', 0)} answered by a claim run here, "
+    return (f"{s.get('sentences', 0)} sentences: {s.get('existing_claim', 0)} answered by a registered claim, "
             f"{s.get('planned_claim_only', 0)} only by planned claims, {s.get('correction', 0)} by a correction, "
             f"{s.get('feature', 0)} by a feature, {s.get('not_testable', 0)} not testable.")
 
