@@ -43,7 +43,9 @@ def test_every_answer_exists():
     # a planned id that has landed in the registry is simply existing; the rest are counted on the page
     table = V.coverage_table()
     planned_rows = [a for r in table for a in r["answers"] if a["status"] == "planned"]
-    assert {a["ref"] for a in planned_rows} == planned_used
+    assert {a["ref"] for a in planned_rows} == planned_used == set(V.planned_in_use(table))
+    assert sum(V.planned_in_use(table).values()) == sum(
+        any(a["ref"] == p and a["status"] == "planned" for a in r["answers"]) for r in table for p in planned_used)
     assert all(a["status"] == "existing" for r in table for a in r["answers"] if a["kind"] != "claim")
 
 
@@ -124,3 +126,5 @@ def test_report_carries_coverage_and_corrections(tmp_path):
     shown = f"{brn['numbers']['r'][0]:.4g}"
     assert shown in page and shown in md and r.sources[0] in md
     assert "(planned)" in page and "not testable:" in md
+    assert meta["coverage_planned"] == V.planned_in_use()
+    assert all(f"{k} ({n})" in md for k, n in meta["coverage_planned"].items())

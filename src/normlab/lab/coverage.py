@@ -21,7 +21,8 @@ from typing import Any
 
 from .corrections import Sentence, correction_ids
 
-__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "coverage_table", "problems", "resolve_feature", "summary"]
+__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "coverage_table", "problems", "resolve_feature", "summary",
+           "planned_in_use"]
 
 # Claim ids issue 13 fixes that are not registered yet (each becomes "existing" once its file lands).
 PLANNED_CLAIMS = frozenset({
@@ -344,3 +345,13 @@ def summary(table: list[dict[str, Any]] | None = None) -> dict[str, int]:
         "feature": sum(has(r, "feature") for r in table),
         "not_testable": sum(bool(r["not_testable"]) for r in table),
     }
+
+
+def planned_in_use(table: list[dict[str, Any]] | None = None) -> dict[str, int]:
+    """Planned (not yet registered) claim ids the table cites, each with the number of sentences citing it."""
+    table = coverage_table() if table is None else table
+    out: dict[str, int] = {}
+    for row in table:
+        for ref in {a["ref"] for a in row["answers"] if a["kind"] == "claim" and a["status"] == "planned"}:
+            out[ref] = out.get(ref, 0) + 1
+    return dict(sorted(out.items()))

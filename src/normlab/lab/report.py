@@ -487,10 +487,11 @@ def articles_meta() -> dict[str, Any]:
     """``corrections`` (each with the numbers its demonstration computed now), ``coverage`` (one row per testable
     sentence of the seed articles) and ``coverage_summary`` (counts) for ``results.json`` ``meta``."""
     from .corrections import compute_corrections
-    from .coverage import coverage_table, summary
+    from .coverage import coverage_table, planned_in_use, summary
 
     table = coverage_table()
-    return {"corrections": compute_corrections(), "coverage": table, "coverage_summary": summary(table)}
+    return {"corrections": compute_corrections(), "coverage": table, "coverage_summary": summary(table),
+            "coverage_planned": planned_in_use(table)}
 
 
 def _number_text(v: Any) -> str:
@@ -525,7 +526,9 @@ def _coverage_counts(meta) -> str:
     s = meta.get("coverage_summary") or {}
     return (f"{s.get('sentences', 0)} sentences: {s.get('existing_claim', 0)} answered by a registered claim, "
             f"{s.get('planned_claim_only', 0)} only by planned claims, {s.get('correction', 0)} by a correction, "
-            f"{s.get('feature', 0)} by a feature, {s.get('not_testable', 0)} not testable.")
+            f"{s.get('feature', 0)} by a feature, {s.get('not_testable', 0)} not testable."
+            + ("" if not meta.get("coverage_planned") else " Planned claims cited (sentences): " + ", ".join(
+                f"{k} ({n})" for k, n in meta["coverage_planned"].items()) + "."))
 
 
 def _corrections_markdown(meta) -> list[str]:
