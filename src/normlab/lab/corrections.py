@@ -277,7 +277,7 @@ def demo_bias_cancelled() -> dict[str, Any]:
     found = find_redundant_biases(model, torch.randn(8, 10, generator=g))
     return {
         "dtype": "float64",
-        "bias_norm": float(lin.bias.detach().abs().max()),
+        "bias_max_abs": float(lin.bias.detach().abs().max()),
         "output_with_vs_without_bias": _maxabs(y_with.detach(), y_without),
         "bias_grad_max": bias_grad,
         "weight_grad_max": weight_grad,
