@@ -99,7 +99,16 @@ def test_running_average_normalization_lets_the_bias_run_away():
 def test_compute_corrections_is_json_ready_and_shares_demonstrations():
     import json
 
-    out = K.compute_corrections()
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the lab's conftest runs with 1: make a change of the thread count visible
+    try:
+        rng = torch.get_rng_state()
+        out = K.compute_corrections()
+        assert torch.get_num_threads() == 2 and torch.equal(torch.get_rng_state(), rng)
+    finally:
+        torch.set_num_threads(before)
     assert [c["id"] for c in out] == K.correction_ids()
     assert all(c["error"] is None and c["numbers"] for c in out)
     json.dumps(out, allow_nan=False)
