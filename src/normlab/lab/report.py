@@ -207,6 +207,7 @@ def write_report(results: Sequence[ClaimResult], out_dir: str | Path, *, command
             "calibration": calibration_for(results), "definitions": dict(STATISTICS),
             "seed_articles": [{"id": i, "title": t, "where": w} for i, t, w in SEED_ARTICLES],
             "rules_without_margin": _zero_margin_rules(results)}
+    meta.update(articles_meta())  # meta.corrections, meta.coverage, meta.coverage_summary
     # Render each figure once: PNG file for the Markdown, the same bytes inline for the HTML.
     images: dict[str, list[tuple[str, str, bytes]]] = {}
     for r in results:
@@ -281,6 +282,7 @@ def _markdown(results, meta, images) -> str:
         md += ["**Rerun**", "", f"```\n{r.rerun_command}\n```", "", "Configuration:", "",
                f"```json\n{json.dumps(dict(c.configs[r.level]), indent=1)}\n```",
                f"seeds: {r.seeds}; {r.seconds:.1f} s; units computed {r.computed}, reused {r.reused}.", ""]
+    md += _corrections_markdown(meta) + _coverage_markdown(meta)
     return "\n".join(md)
 
 
@@ -440,6 +442,7 @@ def _html(results, meta, images) -> str:
                      f"<pre>{esc(json.dumps(dict(c.configs[r.level]), indent=1))}</pre>"
                      f'<p class="meta">seeds: {esc(str(r.seeds))}; {r.seconds:.1f} s; units computed {r.computed}, '
                      f"reused {r.reused}.</p></section>")
+    parts += _corrections_html(meta) + _coverage_html(meta)
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -476,4 +479,138 @@ def _method_html(meta) -> list[str]:
               "<p>The claims quote these five public articles (as &ldquo;seed article NNN&rdquo;):</p><ul>"
               + "".join(f"<li>{esc(a['id'])}: <i>{esc(a['title'])}</i> ({esc(a['where'])})</li>"
                         for a in meta["seed_articles"]) + "</ul></section>"]
+    return parts
+
+
+# -- what the articles get wrong, and what answers each of their sentences (lab/corrections.py, lab/coverage.py) --
+def articles_meta() -> dict[str, Any]:
+    """``corrections`` (each with the numbers its demonstration computed now), ``coverage`` (one row per testable
+    sentence of the seed articles) and ``coverage_summary`` (counts) for ``results.json`` ``meta``."""
+    from .corrections import compute_corrections
+    from .coverage import coverage_table, planned_in_use, summary
+
+    table = coverage_table()
+    return {"corrections": compute_corrections(), "coverage": table, "coverage_summary": summary(table),
+            "coverage_planned": planned_in_use(table)}
+
+
+def _number_text(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return "0" if v == 0 else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_number_text(x) for x in v) + "]"
+    return str(v)
+
+
+def _quote_source(q: dict) -> str:
+    return f"seed article {q['article']} ({q['file']}, line {q['line']})"
+
+
+def _answer_text(a: dict) -> str:
+    label = {"claim": "claim", "feature": "feature", "correction": "correction"}.get(a["kind"], a["kind"])
+    return f"{label} {a['ref']}" + (" (planned)" if a["status"] == "planned" else "")
+
+
+_CORRECTIONS_INTRO = ("Statements of the seed articles that are wrong or misleading. Each is quoted with its article "
+                      "and line, followed by what the primary sources say and a demonstration computed with "
+                      "normlab's layers when this report was written (normlab.lab.corrections; the tests assert "
+                      "the same numbers).")
+_COVERAGE_INTRO = ("Every testable sentence of the five seed articles and what answers it: a claim of this report "
+                   "(planned: announced, not yet run), a normlab feature, a correction above, or why it cannot be "
+                   "tested.")
+
+
+def _coverage_counts(meta) -> str:
+    s = meta.get("coverage_summary") or {}
+    return (f"{s.get('sentences', 0)} sentences: {s.get('existing_claim', 0)} answered by a registered claim, "
+            f"{s.get('planned_claim_only', 0)} only by planned claims, {s.get('correction', 0)} by a correction, "
+            f"{s.get('feature', 0)} by a feature, {s.get('not_testable', 0)} not testable."
+            + ("" if not meta.get("coverage_planned") else " Planned claims cited (sentences): " + ", ".join(
+                f"{k} ({n})" for k, n in meta["coverage_planned"].items()) + "."))
+
+
+def _corrections_markdown(meta) -> list[str]:
+    items = meta.get("corrections") or []
+    if not items:
+        return []
+    md = ['<a id="corrections"></a>', "", "## Corrections: what the articles get wrong", "", _CORRECTIONS_INTRO, ""]
+    for i, c in enumerate(items, 1):
+        md += [f"### C{i}. `{c['id']}`: {c['title']}", ""]
+        md += [f"> {q['text']}\n> — {_quote_source(q)}\n" for q in c["quotes"]]
+        md += [f"**What is true.** {c['truth']}", "", "**Sources:** " + "; ".join(c["sources"]) + ".", ""]
+        if c.get("claim"):
+            md += [f"Measured further by the claim `{c['claim']}`.", ""]
+        md += [f"**Demonstration** (`{c['demonstration']}`): {c['reading']}", ""]
+        if c.get("error"):
+            md += [f"The demonstration failed: {c['error']}.", ""]
+        else:
+            md += ["| quantity | value |", "|---|---|"]
+            md += [_cells_md([f"`{k}`", _number_text(v)]) for k, v in c["numbers"].items()] + [""]
+    return md
+
+
+def _coverage_markdown(meta) -> list[str]:
+    rows = meta.get("coverage") or []
+    if not rows:
+        return []
+    md = ['<a id="coverage"></a>', "", "## Coverage: every testable sentence of the articles", "", _COVERAGE_INTRO,
+          "", _coverage_counts(meta), "", "| article | line | sentence | answered by |", "|---|---|---|---|"]
+    for r in rows:
+        answered = "; ".join(_answer_text(a) for a in r["answers"]) or f"not testable: {r['not_testable']}"
+        md.append(_cells_md([r["article"], str(r["line"]), r["text"], answered]))
+    return md + [""]
+
+
+def _corrections_html(meta) -> list[str]:
+    esc = html.escape
+    items = meta.get("corrections") or []
+    if not items:
+        return []
+    parts = ['<section id="corrections"><h2>Corrections: what the articles get wrong</h2>',
+             f"<p>{esc(_CORRECTIONS_INTRO)}</p>"]
+    for i, c in enumerate(items, 1):
+        parts.append(f'<section class="correction" id="correction-{esc(c["id"])}" data-correction="{esc(c["id"])}">'
+                     f"<h3>C{i}. <code>{esc(c['id'])}</code>: {esc(c['title'])}</h3>")
+        parts += [f'<blockquote>{esc(q["text"])}<span class="src">&mdash; {esc(_quote_source(q))}</span>'
+                  "</blockquote>" for q in c["quotes"]]
+        parts.append(f"<p><b>What is true.</b> {esc(c['truth'])}</p>"
+                     f"<p><b>Sources:</b> {esc('; '.join(c['sources']))}.</p>")
+        if c.get("claim"):
+            parts.append(f"<p>Measured further by the claim <code>{esc(c['claim'])}</code>.</p>")
+        parts.append(f"<p><b>Demonstration</b> (<code>{esc(c['demonstration'])}</code>): {esc(c['reading'])}</p>")
+        if c.get("error"):
+            parts.append(f"<p><b>The demonstration failed:</b> {esc(c['error'])}.</p>")
+        else:
+            parts.append('<table class="numbers"><thead><tr><th>quantity</th><th>value</th></tr></thead><tbody>'
+                         + "".join(f"<tr><td><code>{esc(k)}</code></td><td>{esc(_number_text(v))}</td></tr>"
+                                   for k, v in c["numbers"].items()) + "</tbody></table>")
+        parts.append("</section>")
+    parts.append("</section>")
+    return parts
+
+
+def _coverage_html(meta) -> list[str]:
+    esc = html.escape
+    rows = meta.get("coverage") or []
+    if not rows:
+        return []
+    parts = ['<section id="coverage"><h2>Coverage: every testable sentence of the articles</h2>',
+             f"<p>{esc(_COVERAGE_INTRO)}</p><p>{esc(_coverage_counts(meta))}</p>",
+             '<table class="coverage"><thead><tr><th>Article</th><th>Line</th><th>Sentence</th><th>Answered by</th>'
+             "</tr></thead><tbody>"]
+    for r in rows:
+        cells = []
+        for a in r["answers"]:
+            text = esc(_answer_text(a))
+            if a["kind"] == "correction":
+                text = f'<a href="#correction-{esc(a["ref"])}">{text}</a>'
+            elif a["kind"] == "claim" and a["status"] == "existing":
+                text = f"<code>{text}</code>"
+            cells.append(text)
+        answered = "<br>".join(cells) or f"<i>not testable:</i> {esc(r['not_testable'])}"
+        parts.append(f'<tr class="coverage-row"><td>{esc(r["article"])}</td><td>{r["line"]}</td>'
+                     f"<td>&ldquo;{esc(r['text'])}&rdquo;</td><td>{answered}</td></tr>")
+    parts.append("</tbody></table></section>")
     return parts

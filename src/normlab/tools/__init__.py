@@ -8,6 +8,7 @@ from .convert import convert_norm, freeze, is_frozen, unfreeze
 from .export import ExportResult, export_onnx
 from .fold import FoldReport, fold_batchnorm, fold_into, plan_fold
 from .fuse import FuseReport, fuse_norm_act, plan_fuse_norm_act
+from .inspect import RedundantBias, find_redundant_biases
 from .recalibrate import recalibrate
 from .record import ActivationRecorder, LayerRecord
 
@@ -17,8 +18,10 @@ __all__ = [
     "FoldReport",
     "FuseReport",
     "LayerRecord",
+    "RedundantBias",
     "convert_norm",
     "export_onnx",
+    "find_redundant_biases",
     "fold_batchnorm",
     "fold_into",
     "fuse_norm_act",
