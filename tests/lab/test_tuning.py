@@ -174,17 +174,23 @@ def test_tuning_runs_for_real_through_the_engine():
 
 
 def test_bisection_brackets_each_configs_threshold():
-    thresholds = {0: 0.05, 1: 0.7, 2: 20.0, 3: 1e-4}  # by seed; 2 is above the range, 3 below
+    # ok when the rate is in [floor, threshold]: too small a rate fails too (non-monotone at the low end)
+    thresholds = {0: 0.05, 1: 0.7, 2: 20.0, 3: 1e-4, 4: 0.3}  # by seed; 2 is above the grid, 3 below
+    floor = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 4: 0.05}
 
     def make(c):
-        return _result(c, [0.9 if c.lr <= thresholds[c.seed] else 0.1])
+        return _result(c, [0.9 if floor[c.seed] <= c.lr <= thresholds[c.seed] else 0.1])
 
     bases = [_base(seed=s) for s in thresholds]
     ctx = FakeCtx([0], make)
-    rates, trail = bisect_stable_lr(ctx, bases, lambda r: r.evals[-1]["val_acc"] > 0.5, 0.01, 10.0, rounds=6)
-    width = 3.0 / 2 ** 6  # decades
-    for s, rate in zip(thresholds, rates[:2]):
-        assert rate <= thresholds[s] and math.log10(thresholds[s]) - math.log10(rate) <= width + 1e-12
+    grid = (0.01, 0.1, 1.0, 10.0)
+    rates, trail = bisect_stable_lr(ctx, bases, lambda r: r.evals[-1]["val_acc"] > 0.5, grid, rounds=6)
+    width = 1.0 / 2 ** 6  # decades: one grid step bisected 6 times
+    for s in (0, 1, 4):
+        assert rates[s] <= thresholds[s] and math.log10(thresholds[s]) - math.log10(rates[s]) <= width + 1e-12
     assert rates[2] == 10.0 and rates[3] == pytest.approx(0.01 / 10 ** 0.5)
-    assert len(trail[0]) == 2 + 6 and len(trail[2]) == 2
-    assert trail[1][0] == (0.01, True) and trail[1][1] == (10.0, False)
+    assert len(trail[0]) == 4 + 6 and len(trail[2]) == 4 and len(trail[3]) == 4
+    assert trail[1][:4] == [(0.01, True), (0.1, True), (1.0, False), (10.0, False)]
+    assert all(0.1 <= r <= 1.0 for r, _ in trail[1][4:])
+    with pytest.raises(ValueError, match="ascending grid"):
+        bisect_stable_lr(ctx, bases, bool, (1.0, 0.1), 2)

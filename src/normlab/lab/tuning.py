@@ -17,8 +17,8 @@ not eligible; ties go to the first rate of the grid. :func:`tune` returns, per a
 record of the search (grid, criterion, per-rate and per-seed scores, seeds, split, budget, choice).
 
 :func:`bisect_stable_lr` finds, per seed, the largest rate at which a run stays stable (does not diverge and
-reaches a target), by bisection in log space between a declared low and high rate, so seeds can differ by less
-than a grid step.
+reaches a target): a scan of a declared grid, then bisection in log space above its largest stable rate, so
+seeds can differ by less than a grid step.
 """
 
 from __future__ import annotations
@@ -186,49 +186,50 @@ def tune(ctx, arms: Mapping[str, TrainConfig], search: Search | Mapping[str, Sea
     return out
 
 
-def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult], bool], low: float, high: float,
+def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult], bool], grid: Sequence[float],
                      rounds: int) -> tuple[list[float], list[list[tuple[float, bool]]]]:
-    """Per config, the largest rate in ``[low, high]`` at which ``ok(run)`` holds, by bisection in log10.
+    """Per config, the largest rate at which ``ok(run)`` holds: a scan of the declared ``grid`` (ascending), then
+    bisection in log10 between the largest ok grid rate and the next grid rate.
 
-    Every round runs one rate per config (all configs of a round in one ``ctx.map``): the midpoint (in log10) of
-    the config's bracket [largest rate found ok, smallest rate found not ok]; both ends are tried first. After
-    ``rounds`` bisection rounds the bracket is ``(log10(high) - log10(low)) / 2**rounds`` decades wide and the
-    lower end is returned. A config not ok even at ``low`` returns ``low / 10**0.5`` (below the range: censored);
-    one ok at ``high`` returns ``high`` (censored above). Returns (rates, per-config trail of (rate, ok)).
+    ``ok`` need not be monotone at the low end (a rate too small to reach a target in the budget fails too): the
+    scan finds the largest ok rate of the grid, and the bisection refines only above it. Every round runs one rate
+    per config still bracketed (one ``ctx.map`` per round): the log10 midpoint of [largest rate found ok, smallest
+    rate above it found not ok]; the lower end is returned, within ``step / 2**rounds`` decades of the boundary
+    (``step``: the grid's spacing there). A config ok at no grid rate returns ``grid[0] / 10**0.5`` (censored
+    below the grid); one ok at the largest grid rate returns it (censored above). Returns (rates, per-config trail
+    of (rate, ok)).
     """
-    if not (0 < low < high) or rounds < 0:
-        raise ValueError(f"bisect_stable_lr: expected 0 < low < high and rounds >= 0, got {low}, {high}, {rounds}")
+    grid = [float(g) for g in grid]
+    if len(grid) < 2 or any(not (0 < a < b) for a, b in zip(grid, grid[1:])) or rounds < 0:
+        raise ValueError(f"bisect_stable_lr: expected an ascending grid of >= 2 rates > 0 and rounds >= 0, got "
+                         f"{grid}, {rounds}")
     n = len(bases)
     trail: list[list[tuple[float, bool]]] = [[] for _ in range(n)]
 
-    def run(rates: Sequence[float], which: Sequence[int]) -> list[bool]:
-        rs = ctx.map([dataclasses.replace(bases[i], lr=float(r)) for i, r in zip(which, rates)])
+    def run(pairs: Sequence[tuple[int, float]]) -> list[bool]:
+        rs = ctx.map([dataclasses.replace(bases[i], lr=float(r)) for i, r in pairs])
         flags = [bool(ok(r)) for r in rs]
-        for i, rate, f in zip(which, rates, flags):
+        for (i, rate), f in zip(pairs, flags):
             trail[i].append((float(rate), f))
         return flags
 
-    lo_ok = run([low] * n, range(n))
-    hi_ok = run([high] * n, range(n))
-    lo = [math.log10(low)] * n
-    hi = [math.log10(high)] * n
-    active = [i for i in range(n) if lo_ok[i] and not hi_ok[i]]
+    scan = run([(i, g) for i in range(n) for g in grid])
+    best = []  # index of the largest ok grid rate, -1 for none
+    for i in range(n):
+        flags = scan[i * len(grid):(i + 1) * len(grid)]
+        best.append(max((k for k, f in enumerate(flags) if f), default=-1))
+    lo = [math.log10(grid[b]) if b >= 0 else 0.0 for b in best]
+    hi = [math.log10(grid[b + 1]) if 0 <= b < len(grid) - 1 else 0.0 for b in best]
+    active = [i for i in range(n) if 0 <= best[i] < len(grid) - 1]
     for _ in range(rounds):
         if not active:
             break
         mids = [(lo[i] + hi[i]) / 2 for i in active]
-        flags = run([10 ** m for m in mids], active)
+        flags = run([(i, 10 ** m) for i, m in zip(active, mids)])
         for i, m, f in zip(active, mids, flags):
             if f:
                 lo[i] = m
             else:
                 hi[i] = m
-    rates = []
-    for i in range(n):
-        if not lo_ok[i]:
-            rates.append(low / 10 ** 0.5)
-        elif hi_ok[i]:
-            rates.append(high)
-        else:
-            rates.append(10 ** lo[i])
+    rates = [grid[0] / 10 ** 0.5 if best[i] < 0 else 10 ** lo[i] for i in range(n)]
     return rates, trail
