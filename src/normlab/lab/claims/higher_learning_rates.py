@@ -103,8 +103,8 @@ CLAIM = Claim(
     # the factor-of-3 grid practitioners sweep, so it would not let anyone use a "higher learning rate"; the quick
     # bisection resolves 0.125 decade.
     rule=Rule(metric=PRIMARY, treatment="bn", control="none", direction="greater", margin=0.25, unit=" decades"),
-    interpretation=("The bisection assumes stability is monotone in the rate between the two ends; its trail per "
-                    "seed is in the tables."),
+    interpretation=("The bisection assumes a run is stable at every rate between the largest stable grid rate and "
+                    "its bisected boundary; the trail of every seed is in the tables."),
     configs={"tiny": _cfg([0.1, 3.0], 1, 10), "quick": _cfg([0.01, 0.1, 1.0, 10.0], 3, 300),
              "full": _cfg([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], 4, 800)},
     run=run,
