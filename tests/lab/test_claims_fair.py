@@ -16,7 +16,7 @@ from normlab.lab.claims.base import Context
 from normlab.lab.train import RunResult, train
 from normlab.lab.tuning import TUNING_SEED_BASE
 
-TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients")
+TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm")
 
 
 class RecordingContext(Context):
