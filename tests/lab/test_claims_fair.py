@@ -16,7 +16,7 @@ from normlab.lab.claims.base import Context
 from normlab.lab.train import RunResult, train
 from normlab.lab.tuning import TUNING_SEED_BASE
 
-TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm")
+TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm", "bn-only-training")
 
 
 class RecordingContext(Context):
@@ -51,7 +51,7 @@ def test_tuning_units_use_no_verdict_seed_and_no_verdict_validation_split(claim_
     # each verdict unit runs at the rate its arm's search chose, recorded for results.json's arms[]
     assert out.arms and all(set(a) >= {"lr", "tuning", "init"} for a in out.arms.values())
     chosen = {a["lr"] for a in out.arms.values()}
-    assert {c.lr for c in verdict} <= chosen
+    assert {c.lr for c in verdict} - {0.0} <= chosen  # (bn-only-training's frozen reference trains at lr 0)
     for a in out.arms.values():
         assert a["lr"] in a["tuning"]["grid"] and all(s >= TUNING_SEED_BASE for s in a["tuning"]["seeds"])
     json.dumps(out.arms, allow_nan=False)
@@ -136,3 +136,44 @@ def test_vanishing_and_exploding_measures():
     assert V._exploding(steady) == 0.0 and V._exploding(spike) == pytest.approx(2.0)
     diverged = RunResult(cfg, [], [], {}, diverged=True, diverged_step=2)
     assert V._exploding(diverged) == 6.0
+
+
+# ------------------------------------------------------------------------------- bn-only's random control
+
+
+def test_trainable_random_trains_exactly_as_many_entries_as_the_norms_hold():
+    import dataclasses
+
+    import torch
+
+    from normlab.lab.train import TrainConfig
+
+    cfg = TrainConfig(data="gaussian_mixture", data_args={"n": 300, "dim": 6, "classes": 3}, model="mlp", norm="bn",
+                      model_args={"widths": [8, 8]}, trainable="random", optimizer="adam", lr=0.05, batch_size=32,
+                      steps=15, seed=4)
+    torch.manual_seed(cfg.seed)
+    from normlab.lab.models import build_model
+
+    before = build_model("mlp", (6,), 3, norm="bn", widths=[8, 8])
+    r = train(cfg, progress="none", threads=1)
+    n_norm = 2 * (8 + 8)  # gamma and beta of two BN layers
+    changed = sum(int((p0 != p1).sum()) for p0, p1 in zip(before.parameters(), r.model.parameters()))
+    assert changed == n_norm
+    # the norms themselves stay frozen; the same seed draws the same entries, another seed others
+    norm_mods = [m for m in r.model.modules() if type(m).__name__.lower().startswith("batchnorm")]
+    assert norm_mods and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norm_mods)
+    again = train(cfg, progress="none", threads=1)
+    assert all(torch.equal(a, b) for a, b in zip(r.model.parameters(), again.model.parameters()))
+    other = train(dataclasses.replace(cfg, seed=5), progress="none", threads=1)
+    torch.manual_seed(5)
+    before5 = build_model("mlp", (6,), 3, norm="bn", widths=[8, 8])
+    moved4 = [(p0 != p1) for p0, p1 in zip(before.parameters(), r.model.parameters())]
+    moved5 = [(p0 != p1) for p0, p1 in zip(before5.parameters(), other.model.parameters())]
+    assert any(not torch.equal(a, b) for a, b in zip(moved4, moved5))
+
+
+def test_trainable_random_refuses_weight_decay():
+    from normlab.lab.train import TrainConfig
+
+    with pytest.raises(ValueError, match="weight_decay=.*trainable='random'"):
+        TrainConfig(trainable="random", weight_decay=1e-4)
