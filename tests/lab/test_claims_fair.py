@@ -16,7 +16,8 @@ from normlab.lab.claims.base import Context
 from normlab.lab.train import RunResult, train
 from normlab.lab.tuning import TUNING_SEED_BASE
 
-TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm", "bn-only-training")
+TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm", "bn-only-training",
+         "dropout-order")
 
 
 class RecordingContext(Context):
