@@ -90,7 +90,8 @@ class Search:
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(float(g) for g in self.grid))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if not self.grid or any(not (math.isfinite(g) and g > 0) for g in self.grid) or len(set(self.grid)) != len(self.grid):
+        bad_rate = any(not (math.isfinite(g) and g > 0) for g in self.grid)
+        if not self.grid or bad_rate or len(set(self.grid)) != len(self.grid):
             raise ValueError(f"Search: grid must be distinct finite rates > 0, got {self.grid!r}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"Search: criterion must be one of {sorted(CRITERIA)}, got {self.criterion!r}")

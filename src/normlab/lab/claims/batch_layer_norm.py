@@ -28,7 +28,8 @@ SPLIT = 0  # one verdict validation split for every seed: the tuning split (its 
 def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainConfig:
     return TrainConfig(data="mnist5k", split_seed=SPLIT, seed=seed, model="mlp", norm=arm,
                        model_args={"widths": cfg["widths"], "activation": "relu", "init": "he"}, optimizer="sgd",
-                       momentum=0.9, lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["eval_every"],
+                       momentum=0.9, lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"],
+                       steps=cfg["steps"], eval_every=cfg["eval_every"],
                        drop_last=True)
 
 
@@ -85,7 +86,8 @@ CLAIM = Claim(
             "1e-4) * x_batch-normalized] / sqrt(d) + beta, eps 1e-3; population statistics are per-epoch averages. "
             "No quantitative table was found for the convergence claim."),
     measures=("784-100-100-10 ReLU MLP (He init) with BLN, BN, LN or no norm before each ReLU; SGD momentum 0.9, "
-              "batch 32, each arm at its own rate (declared search on tuning seeds and a tuning split); mean eval-mode validation accuracy over the evaluations (every 25 steps) and final "
+              "batch 32, each arm at its own rate (declared search on tuning seeds and a tuning split); mean eval-mode "
+              "validation accuracy over the evaluations (every 25 steps) and final "
               "accuracy."),
     # Margins (declared before the runs): 0.01 (1 accuracy point) on the accuracy averaged over training and on
     # the final accuracy: the smallest improvement over BN or LN worth adopting a new layer for. BLN vs LN is the

@@ -34,7 +34,8 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
     return TrainConfig(data="mnist5k", split_seed=SPLIT, seed=seed, model="mlp", norm="bn",
                        model_args={"widths": cfg["widths"], "activation": "relu", "dropout": cfg["dropout"] * factor,
                                    "dropout_position": position, "init": "he"},
-                       optimizer="adam", lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       optimizer="adam", lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"],
+                       steps=cfg["steps"],
                        eval_every=cfg["eval_every"], drop_last=True,
                        probes={"shift": {"kind": "activations", "layers": "norms", "stats": ["variance_shift"],
                                          "data": "val", "mode": "eval", "first": False, "last": True}})
@@ -68,7 +69,8 @@ def run(ctx: Context) -> Outcome:
     axes[1].set(title="variance shift per BN layer", xlabel="BN layer", ylabel="exp(mean |log var ratio|)")
     axes[0].legend()
     out.figures.append(Figure("dropout-order", f"Dropout {cfg['dropout']} after every block's BN -> ReLU, before every "
-                              "BN, only after the last BN (Li et al.), and none (Adam, per-arm tuned rates). Right: geometric-mean factor between the test-time variance of each BN's "
+                              "BN, only after the last BN (Li et al.), and none (Adam, per-arm tuned rates). "
+                              "Right: geometric-mean factor between the test-time variance of each BN's "
                               "input and its running variance (1 = no shift). Line: mean over seeds; band: min..max.",
                               fig))
     out.tables.append(C.seed_table(out, (VAL, SHIFT)))
@@ -98,7 +100,8 @@ CLAIM = Claim(
             "dropout such as their Uout)."),
     measures=("784-128-128-128-10 ReLU MLP (He init) with BN in every block and dropout 0.5 in every block, "
               "after BN -> ReLU (the article's order) or before BN; secondary arms: dropout only after the last BN "
-              "(Li et al.'s remedy) and no dropout; Adam, batch 64, per-arm rates from a declared search. Eval-mode validation accuracy and the variance shift "
+              "(Li et al.'s remedy) and no dropout; Adam, batch 64, per-arm rates from a declared search. "
+              "Eval-mode validation accuracy and the variance shift "
               "mean |log(test-time variance of the BN input / running variance)| over units and BN layers."),
     # Margins (declared before the runs): 0.01 of accuracy (1 point); variance shift in mean |log variance ratio|:
     # 0.05 (a 5% mismatch of the variance BN divides by, the smallest Li et al. would call a shift).

@@ -28,7 +28,8 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
     # the ReLU modules' inputs, eval mode, on the 1,000 validation images, at step 0, every probe_every, the end.
     return TrainConfig(data="mnist5k", split_seed=SPLIT, seed=seed, model="mlp", norm=arm,
                        model_args={"widths": cfg["widths"], "activation": "relu", "init": "he"}, optimizer="sgd",
-                       momentum=0.9, lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["steps"],
+                       momentum=0.9, lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"],
+                       steps=cfg["steps"], eval_every=cfg["steps"],
                        drop_last=True,
                        probes={"dead": {"kind": "activations", "layers": "activations", "stats": ["dead"],
                                         "data": "val", "mode": "eval", "every": cfg["probe_every"]}})

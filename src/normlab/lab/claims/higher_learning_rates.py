@@ -2,8 +2,8 @@
 
 A 4-hidden-layer ReLU MLP (He init) with and without BN, plain SGD, a fixed step budget. Per seed and arm: the
 largest learning rate whose run reaches the target validation accuracy without diverging, found by bisection in
-log10 above the largest stable rate of a declared grid (:func:`normlab.lab.tuning.bisect_stable_lr`), so seeds can differ by
-less than a grid step (log10 units).
+log10 above the largest stable rate of a declared grid (:func:`normlab.lab.tuning.bisect_stable_lr`), so seeds
+can differ by less than a grid step (log10 units).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
     return TrainConfig(data="mnist5k", data_args={"train_size": cfg["n_train"]}, split_seed=SPLIT, seed=seed,
                        model="mlp", norm=spec,
                        model_args={"widths": cfg["widths"], "activation": "relu", "dropout": p, "init": "he"},
-                       optimizer="adam", lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"], steps=cfg["steps"],
+                       optimizer="adam", lr=cfg["grid"][0] if lr is None else lr, batch_size=cfg["batch_size"],
+                       steps=cfg["steps"],
                        eval_every=cfg["eval_every"], drop_last=True,
                        probes={"train_eval": {"kind": "eval_train", "n": cfg["n_train"]}})
 

@@ -38,7 +38,8 @@ def _config(seed: int, modes: list[str], cfg: dict, momentum: float = 0.1) -> Tr
     args = {"widths": cfg["widths"], "activation": "relu", "init": "he"}
     if momentum != 0.1:
         args["norm_kw"] = {"momentum": momentum}
-    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm="bn", model_args=args, optimizer="sgd", momentum=0.9,
+    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm="bn", model_args=args,
+                       optimizer="sgd", momentum=0.9,
                        lr=cfg["lr"], batch_size=cfg["batch_size"], steps=cfg["steps"], eval_every=cfg["steps"],
                        drop_last=True,
                        probes={"modes": {"kind": "eval_modes", "modes": modes, "recalibrate_n": 2000,
@@ -76,7 +77,8 @@ def run(ctx: Context) -> Outcome:
     ax.legend()
     out.figures.append(Figure("inference-stats", "The same trained BN network evaluated with running (EMA) "
                               "statistics, recalibrated population statistics (PreciseBN), and batch statistics of "
-                              "evaluation batches of 32 (the training batch size) and of 1,000 (BN momentum 0.1). Line: mean over seeds; band: min..max.", fig))
+                              "evaluation batches of 32 (the training batch size) and of 1,000 (BN momentum 0.1). "
+                              "Line: mean over seeds; band: min..max.", fig))
     out.tables.append(C.seed_table(out, (ACC, MISMATCH)))
     out.measured = "mean val acc: " + ", ".join(f"{m} {C.mean(out.metrics[ACC][m]):.3f}" for m in modes)
     return out

@@ -154,8 +154,8 @@ CLAIM = Claim(
              unit=" decades", confirmatory=True),
         Rule(metric=EXPLODE.format(f="relu", d="deepest"), treatment="bn", control="none", direction="less", margin=0.3,
              unit=" decades", confirmatory=True),
-        Rule(metric=VAL.format(f="tanh", d="deepest"), treatment="bn", control="none", direction="greater", margin=0.01),
-        Rule(metric=VAL.format(f="relu", d="deepest"), treatment="bn", control="none", direction="greater", margin=0.01),
+        *(Rule(metric=VAL.format(f=f, d="deepest"), treatment="bn", control="none", direction="greater", margin=0.01)
+          for f in ("tanh", "relu")),
     ),
     interpretation=("With the standard init of each activation, a plain deep net may not vanish or explode at all; "
                     "then BN has nothing to solve here and the rules say 'not supported' or inconclusive, not "
