@@ -194,3 +194,10 @@ def test_bisection_brackets_each_configs_threshold():
     assert all(0.1 <= r <= 1.0 for r, _ in trail[1][4:])
     with pytest.raises(ValueError, match="ascending grid"):
         bisect_stable_lr(ctx, bases, bool, (1.0, 0.1), 2)
+
+
+def test_a_stored_null_value_is_not_eligible():
+    search = Search(grid=(0.1, 1.0), seeds=tuning_seeds(1))
+    cs = tuning_configs(_base(), search)
+    lr, rec = choose(search, [_result(cs[0], [0.1, 0.6]), _result(cs[1], [0.1, None])])
+    assert lr == 0.1 and rec["scores"]["1.0"] is None

@@ -49,17 +49,21 @@ def log_grid(low: float, high: float, n: int) -> tuple[float, ...]:
     return tuple(float(f"{10 ** (a + (b - a) * i / (n - 1)):.3g}") for i in range(n))
 
 
+def _f(v) -> float:
+    return math.nan if v is None else float(v)  # a stored run keeps a non-finite value as None
+
+
 def _final_val_acc(r: RunResult) -> float:
-    return float(r.evals[-1]["val_acc"])
+    return _f(r.evals[-1]["val_acc"])
 
 
 def _mean_val_acc(r: RunResult) -> float:
-    vals = [float(e["val_acc"]) for e in r.evals[1:]] or [float(r.evals[-1]["val_acc"])]
+    vals = [_f(e["val_acc"]) for e in r.evals[1:]] or [_f(r.evals[-1]["val_acc"])]
     return sum(vals) / len(vals)
 
 
 def _neg_final_val_loss(r: RunResult) -> float:
-    return -float(r.evals[-1]["val_loss"])
+    return -_f(r.evals[-1]["val_loss"])
 
 
 # name -> (score of one run, higher is better; a sentence for the report)
