@@ -17,7 +17,7 @@ from normlab.lab.train import RunResult, train
 from normlab.lab.tuning import TUNING_SEED_BASE
 
 TUNED = ("faster-convergence", "dying-relu", "vanishing-gradients", "batch-layer-norm", "bn-only-training",
-         "regularization", "dropout-order")
+         "regularization", "dropout-order", "covariate-shift")
 
 
 class RecordingContext(Context):
@@ -80,6 +80,9 @@ def _fake(c):
         probes["shift"] = {"steps": [c.steps], "variance_shift": [[0.0] * len(c.model_args["widths"])]}
     if "train_eval" in c.probes:
         probes["train_eval"] = {"steps": steps, "loss": [1.0] * len(steps), "acc": [0.5] * len(steps)}
+    if "percentiles" in c.probes:
+        probes["percentiles"] = {"steps": [0, c.steps], "unit_percentiles": [[[[0.0, 0.5, 1.0]]]] * 2}
+        probes["landscape"] = {"steps": [0, c.steps], "loss_range": [0.1, 0.1], "grad_change": [0.1, 0.1]}
     if "dead" in c.probes:
         probes["dead"] = {"steps": [0, c.steps], "dead_fraction": [[0.0] * 4] * 2}
     rows = [(s, 0, 1.0, 0.5, 1.0 + 0.1 * s, c.lr, 0.0) for s in range(1, c.steps + 1)]
