@@ -156,7 +156,7 @@ def choose(search: Search, results: Sequence[RunResult], split: Mapping[str, Any
     chosen = max(eligible)[2] if eligible else min(search.grid)
     record = {"grid": list(search.grid), "criterion": search.criterion,
               "criterion_text": CRITERIA[search.criterion][1], "seeds": list(search.seeds),
-              "steps": int(results[0].config.steps) if results else search.steps,
+              "steps": int(getattr(results[0].config, "steps", search.steps)) if results else search.steps,
               "split": dict(split or {}, tuning_fraction=search.fraction), "scores": scores,
               "per_seed": per_seed, "lr": chosen,
               "note": "" if eligible else "every rate diverged on some tuning seed: the smallest rate was taken"}
