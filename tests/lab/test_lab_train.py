@@ -238,7 +238,7 @@ def test_trainable_norms_and_head_leave_every_other_parameter_at_its_init(mixtur
             if which == "norms" else list(last.parameters()))}
         for p, p0 in zip(res.model.parameters(), init.parameters()):
             assert torch.equal(p, p0) != (id(p) in moved), which
-    with pytest.raises(ValueError, match=r"trainable='bias' is not allowed; expected one of \['all', 'norms', 'head'\]"):
+    with pytest.raises(ValueError, match=r"trainable='bias' is not allowed; expected one of \['all', 'norms', 'head', 'random'\]"):
         cfg(trainable="bias")
     with pytest.raises(ValueError, match=r"trainable='norms' but the model has no such parameters"):
         train(cfg(trainable="norms", norm="none"), dataset=mixture, progress="none")

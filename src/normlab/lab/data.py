@@ -44,6 +44,7 @@ __all__ = [
     "DATASETS",
     "load_dataset",
     "stratified_split",
+    "tuning_split",
     "mnist5k_path",
     "load_mnist5k",
     "load_digits",
@@ -511,17 +512,43 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def tuning_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """The tuning view of ``ds``: only its training split, cut (stratified, seeded by ``seed``) into a tuning
+    training split and a tuning validation split of ``fraction`` of it.
+
+    The validation and test splits of ``ds`` are dropped (the tuning view's test split is empty), so a
+    hyper-parameter search on this view never sees an example that a verdict evaluated on ``ds``'s validation
+    (or test) split. Raises ValueError when ``fraction`` is not in (0, 1) or leaves a part empty.
+    """
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1):
+        raise ValueError(f"tuning_split({ds.name!r}): expected tuning_fraction in (0, 1), got {fraction!r}")
+    val_idx, train_idx = stratified_split(ds.y_train.numpy(), (float(fraction),), seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError(f"tuning_split({ds.name!r}): tuning_fraction={fraction} of {len(ds.y_train)} training "
+                         "examples leaves an empty tuning training or validation split")
+    vi, ti = torch.from_numpy(val_idx), torch.from_numpy(train_idx)
+    empty_x = ds.x_train.new_zeros((0, *ds.input_shape))
+    return Dataset(f"{ds.name}[tuning]", ds.x_train[ti], ds.y_train[ti], ds.x_train[vi], ds.y_train[vi], empty_x,
+                   ds.y_train.new_zeros((0,)), ds.num_classes)
+
+
 def load_dataset(name: str, **kwargs) -> Dataset:
     """Load a data set by name (see :data:`DATASETS`); keyword arguments go to its loader.
 
     Common keywords: ``val_fraction``, ``split_seed``; file sets take ``root`` and ``download``; synthetic sets
-    take ``n``, ``dim``, ``classes``, ``seed``.
+    take ``n``, ``dim``, ``classes``, ``seed``. ``tuning_fraction=f`` (any set) returns the set's
+    :func:`tuning_split`: its training split only, with ``f`` of it as the validation split (for a
+    hyper-parameter search that must not see the validation split of the same ``split_seed``).
     """
     if name not in DATASETS:
         raise ValueError(f"load_dataset: unknown data set {name!r}; expected one of {sorted(DATASETS)}")
+    tuning_fraction = kwargs.pop("tuning_fraction", None)
     try:
-        return DATASETS[name](**kwargs)
+        ds = DATASETS[name](**kwargs)
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise TypeError(f"load_dataset({name!r}): {e}") from None
         raise
+    if tuning_fraction is None:
+        return ds
+    return tuning_split(ds, tuning_fraction, int(kwargs.get("split_seed", 0)) + 7919)

@@ -162,15 +162,20 @@ def _flat_features(input_shape: Sequence[int]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------ MLPs
-def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", norm_kw: dict | None = None) -> nn.Module:
-    """The seed article's Keras model: Flatten -> Dense(128, ReLU) -> [norm] -> Dense(num_classes)."""
-    return nn.Sequential(
+def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", norm_kw: dict | None = None,
+             init: str = "default") -> nn.Module:
+    """The seed article's Keras model: Flatten -> Dense(128, ReLU) -> [norm] -> Dense(num_classes).
+
+    ``init``: one of :data:`INITS` for both Linear layers (see :func:`init_weights`; "he" is the standard init
+    for the ReLU layer), default torch's."""
+    _check_choice("seed_mlp", "init", init, INITS)
+    return init_weights(nn.Sequential(
         nn.Flatten(),
         nn.Linear(_flat_features(input_shape), 128),
         nn.ReLU(),
         norm_layer(norm, 128, **(norm_kw or {})),
         nn.Linear(128, num_classes),
-    )
+    ), init)
 
 
 def ioffe_mlp(

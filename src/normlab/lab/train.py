@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger("normlab.lab")
 
 OPTIMIZERS = ("adam", "sgd")
-TRAINABLE = ("all", "norms", "head")
+TRAINABLE = ("all", "norms", "head", "random")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 STEP_COLUMNS = ("step", "epoch", "loss", "acc", "grad_norm", "lr", "time")
 EVAL_COLUMNS = ("step", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "time")
@@ -84,8 +84,10 @@ class TrainConfig:
     (``normlab.nn.convert_sync_batchnorm``), so a run on k processes equals one process on the global batch; it
     changes nothing in a single process.
     ``trainable``: which parameters the optimizer updates, "all", "norms" (the normalization layers' affine
-    parameters only; Frankle et al. 2020) or "head" (the last Linear layer only: a linear probe of the features);
-    the others stay at their initial values.
+    parameters only; Frankle et al. 2020), "head" (the last Linear layer only: a linear probe of the features) or
+    "random" (as many entries as "norms" would train, chosen at random, seeded by ``seed``, among the other
+    parameters' entries: the control of "norms"; needs ``weight_decay=0``); the others stay at their initial
+    values.
     ``probes``: what to measure besides the curves, name -> spec (see :mod:`normlab.lab.probes`); the results are
     ``RunResult.probes[name]``.
     """
@@ -149,6 +151,8 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 bad(key, "a finite number >= 0")
+        if self.trainable == "random" and self.weight_decay:
+            bad("weight_decay", "0 with trainable='random' (decay would move the entries that must stay frozen)")
         if not isinstance(self.norm, str):
             bad("norm", "a make_norm spec string such as 'bn' or 'none'")
         for key in ("data_args", "model_args"):
@@ -274,13 +278,18 @@ class _ProbeCallback(Callback):
         self.prober.on_eval(int(metrics["step"]))
 
 
-def apply_trainable(net: nn.Module, which: str) -> nn.Module:
+def apply_trainable(net: nn.Module, which: str, seed: int = 0) -> nn.Module:
     """Freeze every parameter except the normalization layers' (``"norms"``) or the last Linear's (``"head"``);
-    ``"all"`` changes nothing. Returns ``net``; ValueError when the model has no such parameter."""
+    ``"all"`` changes nothing; ``"random"`` trains as many entries as ``"norms"`` would, drawn uniformly (seeded
+    by ``seed``, independent of torch's global generator) among the entries of the non-normalization parameters,
+    by a gradient mask (a masked entry's gradient is exactly 0, so Adam and SGD with momentum leave it unchanged;
+    the normalization parameters are frozen). Returns ``net``; ValueError when the model has no such parameter."""
     from ..tools._common import is_norm
 
     if which == "all":
         return net
+    if which == "random":
+        return _random_trainable(net, seed)
     if which == "norms":
         keep = {id(p) for m in net.modules() if is_norm(m) for p in m.parameters(recurse=False)}
     else:
@@ -290,6 +299,34 @@ def apply_trainable(net: nn.Module, which: str) -> nn.Module:
         raise ValueError(f"train: trainable={which!r} but the model has no such parameters")
     for p in net.parameters():
         p.requires_grad_(id(p) in keep)
+    return net
+
+
+def _random_trainable(net: nn.Module, seed: int) -> nn.Module:
+    from ..tools._common import is_norm
+
+    norm_ids = {id(p) for m in net.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+    params = list(net.parameters())
+    n = sum(p.numel() for p in params if id(p) in norm_ids)
+    others = [p for p in params if id(p) not in norm_ids]
+    total = sum(p.numel() for p in others)
+    if n == 0 or total < n:
+        raise ValueError(f"train: trainable='random' needs normalization parameters to count ({n}) and at least as "
+                         f"many other parameter entries ({total})")
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    flat = torch.zeros(total, dtype=torch.bool)
+    flat[torch.randperm(total, generator=gen)[:n]] = True
+    offset = 0
+    for p in params:
+        if id(p) in norm_ids:
+            p.requires_grad_(False)
+            continue
+        mask = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        p.requires_grad_(bool(mask.any()))
+        if mask.any():
+            m = mask.to(p.dtype)
+            p.register_hook(lambda g, m=m: g * m)
     return net
 
 
@@ -427,7 +464,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     net = model if model is not None else build_model(
         config.model, ds.input_shape, ds.num_classes, norm=config.norm, **config.model_args
     )
-    apply_trainable(net, config.trainable)
+    apply_trainable(net, config.trainable, config.seed)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     fwd: nn.Module = net

@@ -72,3 +72,28 @@ def seed_table(out, metrics: Sequence[str], title: str = "Per-seed values"):
         for arm, vals in out.metrics.get(metric, {}).items():
             rows.append((metric, arm, ", ".join(f"{vals[s]:.4g}" for s in sorted(vals)), f"{mean(vals):.4g}"))
     return Table(title, ("metric", "arm", "per seed", "mean"), tuple(rows))
+
+
+# ------------------------------------------------------------------------------------------------- tuned arms
+
+
+def record_arms(out, tuned, init: dict | None = None) -> None:
+    """Put each arm's chosen learning rate and its search record (:func:`normlab.lab.tuning.tune`'s
+    ``{arm: (lr, record)}``) into the outcome: ``out.arms[arm] = {"lr", "tuning", "init"}`` (for results.json's
+    ``arms[]``; Outcome has no such field in base.py yet, so it is set as an attribute), a table and a note."""
+    from .base import Table
+
+    arms = dict(getattr(out, "arms", None) or {})
+    rows = []
+    for arm, (lr, rec) in tuned.items():
+        arms[arm] = {"lr": lr, "tuning": rec, **({"init": init[arm]} if init and arm in init else {})}
+        scores = ", ".join(f"{float(k):.3g}: " + ("diverged" if v is None else f"{v:.4g}")
+                           for k, v in rec["scores"].items())
+        rows.append((arm, f"{lr:.3g}", scores, rec["criterion"], ", ".join(map(str, rec["seeds"])),
+                     str(rec["steps"]), (init or {}).get(arm, "")))
+    out.arms = arms
+    out.tables.append(Table("Per-arm learning rates: a declared search on the tuning split (tuning seeds, a held-out "
+                            "part of the training split; the verdict's validation split and seeds are not used)",
+                            ("arm", "chosen lr", "score per lr (mean over tuning seeds)", "criterion",
+                             "tuning seeds", "steps per tuning run", "init"), tuple(rows)))
+    out.notes.append("per-arm learning rates (tuned): " + ", ".join(f"{a} {lr:.3g}" for a, (lr, _) in tuned.items()))
