@@ -177,6 +177,10 @@ def test_report_files_are_complete_and_self_contained():
     for c in data["claims"]:
         assert c["verdict"]["rule"]["description"].startswith("Supported if")
         assert c["rerun"].startswith(f"normlab claims --only {c['id']} --tiny")
+    tuned = {c["id"]: c["arms"] for c in data["claims"] if c["arms"]}
+    assert "faster-convergence" in tuned  # issue 12: every tuned arm's rate and its search reach results.json
+    for arms in tuned.values():
+        assert all({"name", "lr", "tuning"} <= set(a) for a in arms), arms
     md = paths["md"].read_text()
     assert len(re.findall(r"^\| \d+ \| \[`", md, flags=re.M)) == len(ISSUE_IDS)
     for c in data["claims"]:

@@ -167,6 +167,7 @@ def results_dict(results: Sequence[ClaimResult], meta: dict[str, Any]) -> dict[s
             "tables": [{"title": t.title, "header": list(t.header), "rows": [list(x) for x in t.rows]}
                        for t in (o.tables if o else [])],
             "notes": list(o.notes) if o else [], "not_run": dict(o.not_run) if o else {},
+            "arms": [{"name": a, **v} for a, v in o.arms.items()] if o else [],
             "error": r.error, "seconds": round(r.seconds, 2), "units_reused": r.reused,
             "units_computed": r.computed, "config": dict(c.configs[r.level]), "rerun": r.rerun_command,
             "protocol_hash": st["protocol_hash"], "status": st["status"], "status_reason": st["status_reason"],

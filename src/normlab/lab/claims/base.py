@@ -85,6 +85,7 @@ class Outcome:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     not_run: dict[str, str] = field(default_factory=dict)
+    arms: dict[str, dict] = field(default_factory=dict)  # arm -> {"lr", "tuning", "init"}: what each arm ran with
 
     def add(self, metric: str, arm: str, seed: int, value: float) -> None:
         self.metrics.setdefault(metric, {}).setdefault(arm, {})[int(seed)] = float(value)
