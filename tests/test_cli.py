@@ -305,3 +305,27 @@ def test_claims_help_states_the_default_seed_counts(capsys):
         build_parser().parse_args(["claims", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default " + ", ".join(f"{n} {level}" for level, n in DEFAULT_SEEDS.items()) in text, text
+
+
+def test_kind_cli_read_verbs_leave_another_programs_database_alone(tmp_path, capsys):
+    """ls/show/export/plot --db on an SQLite file that is not normlab's (or an empty file) used to create normlab's
+    tables in it and switch it to WAL; now one line, exit 2, the file byte for byte as it was."""
+    import sqlite3
+
+    other = tmp_path / "app.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.execute("INSERT INTO users VALUES (1)")
+    con.commit()
+    con.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for db in (other, empty):
+        before = db.read_bytes()
+        for argv in (["ls", "--db", str(db)], ["show", "abc", "--db", str(db)], ["export", "--db", str(db)],
+                     ["plot", "--db", str(db)]):
+            code, _, err = _run(argv, capsys)
+            line = _one_line(err)
+            assert code == 2 and "expected a normlab SQLite run database" in line and str(db) in line, (argv, line)
+        assert db.read_bytes() == before, db
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite", "empty.sqlite"]  # no -wal/-shm left
