@@ -239,3 +239,93 @@ def test_kind_cli_ray_cluster_unreachable(spec, tmp_path, monkeypatch, capsys):
         line = _one_line(err)
         assert code == 2 and "cannot start the Ray cluster at --address head:6379: ConnectionError: Could not find" \
             in line, line
+
+
+# ------------------------------------------------------------------------------------ spec paths that are not specs
+def test_kind_cli_spec_path_that_is_not_a_toml_file(tmp_path, capsys):
+    """A directory, or a file that is not UTF-8 text, given where a spec belongs: one line, exit 2."""
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    for where, said in ((tmp_path, "found a directory"), (binary, "not UTF-8")):
+        for argv in (["run", str(where)], ["run", str(where), "--dry-run"]):
+            code, out, err = _run(argv, capsys)
+            line = _one_line(err)
+            assert code == 2 and str(where) in line and said in line, (argv, line)
+    for argv in (["plot", str(binary)], ["ls", "--db", str(binary)]):
+        code, _, err = _run(argv, capsys)
+        line = _one_line(err)
+        assert code == 2 and "not UTF-8" in line and line.startswith(f"normlab {argv[0]}: "), (argv, line)
+
+
+# ------------------------------------------------------------------------- read verbs given a file that is no database
+def test_kind_cli_read_verbs_given_a_file_that_is_no_database(tmp_path, capsys):
+    junk = tmp_path / "results.json"
+    junk.write_text("{}")
+    for argv in (["ls", "--db", str(junk)], ["show", "abc", "--db", str(junk)], ["export", "--db", str(junk)],
+                 ["plot", "--db", str(junk)], ["ls", str(junk)]):
+        code, _, err = _run(argv, capsys)
+        line = _one_line(err)
+        assert code == 2 and line.startswith(f"normlab {argv[0]}: ") and str(junk) in line, (argv, line)
+        assert "expected a normlab SQLite run database" in line, line
+    assert junk.read_text() == "{}"  # untouched
+
+
+# ----------------------------------------------------------------------------- unwritable -o of export and plot
+def test_kind_cli_unwritable_output_file_of_export_and_plot(spec, tmp_path, capsys):
+    assert _run(["run", str(spec), "--jobs", "1", "--threads", "1"], capsys)[0] == 0
+    db = tmp_path / "normlab-runs"
+    for place in _unwritable(tmp_path):
+        for argv, name in ((["export", "--db", str(db), "-o", str(place / "runs.csv")], "runs.csv"),
+                           (["plot", "--db", str(db), "-o", str(place / "curves.png")], "curves.png")):
+            code, out, err = _run(argv, capsys)
+            line = _one_line(err)
+            assert code == 2 and line.startswith(f"normlab {argv[0]}: error: ") and str(place) in line, (argv, line)
+            assert "cannot write" in line, line
+
+
+# ------------------------------------------------------------------------------------------ bench's numbers
+@pytest.mark.parametrize("argv,said", [
+    (["bench", "--reps", "0"], "argument --reps: expected an integer >= 1, got '0'"),
+    (["bench", "--models", "--reps", "-2"], "argument --reps: expected an integer >= 1, got '-2'"),
+    (["bench", "--shapes", "32x64x56x56,nope"], "--shapes: unknown shape 'nope'"),
+    (["bench", "--shapes", ","], "--shapes: unknown shape ','"),
+])
+def test_kind_cli_bench_bad_reps_or_shapes_fail_before_timing(argv, said, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(argv, capsys)
+    line = _one_line(err)
+    assert code == 2 and said in line and "timing" not in err, line
+    assert out == "" and not list(tmp_path.iterdir())  # nothing timed, no JSON written
+
+
+def test_claims_help_states_the_default_seed_counts(capsys):
+    from normlab.lab.claims.base import DEFAULT_SEEDS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["claims", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default " + ", ".join(f"{n} {level}" for level, n in DEFAULT_SEEDS.items()) in text, text
+
+
+def test_kind_cli_read_verbs_leave_another_programs_database_alone(tmp_path, capsys):
+    """ls/show/export/plot --db on an SQLite file that is not normlab's (or an empty file) used to create normlab's
+    tables in it and switch it to WAL; now one line, exit 2, the file byte for byte as it was."""
+    import sqlite3
+
+    other = tmp_path / "app.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.execute("INSERT INTO users VALUES (1)")
+    con.commit()
+    con.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for db in (other, empty):
+        before = db.read_bytes()
+        for argv in (["ls", "--db", str(db)], ["show", "abc", "--db", str(db)], ["export", "--db", str(db)],
+                     ["plot", "--db", str(db)]):
+            code, _, err = _run(argv, capsys)
+            line = _one_line(err)
+            assert code == 2 and "expected a normlab SQLite run database" in line and str(db) in line, (argv, line)
+        assert db.read_bytes() == before, db
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite", "empty.sqlite"]  # no -wal/-shm left

@@ -102,7 +102,12 @@ def _bench(args: argparse.Namespace) -> int:
         return bench_models_main(["--reps", str(args.reps), "--json", json_path])
     from .bench import kernels as bench_kernels
 
-    names = args.shapes.split(",") if args.shapes else (bench_kernels.QUICK if args.quick else None)
+    names = [s.strip() for s in args.shapes.split(",") if s.strip()] if args.shapes else \
+        (bench_kernels.QUICK if args.quick else None)
+    known = [n for n, _, _ in bench_kernels.GRID]
+    unknown = [n for n in names or () if n not in known]
+    if unknown or (args.shapes and not names):  # before the environment line and any timing
+        return _fail("bench", f"--shapes: unknown shape {(unknown or [args.shapes])[0]!r}; expected some of {known}")
     env = bench_kernels.environment()
     print(f"normlab bench: torch {env['torch']}, numba {env['numba']}, {env['cpus']} CPUs, "
           f"threads torch={env['torch_threads']} numba={env['numba_threads']}, load {env['loadavg_at_start']}")
@@ -178,7 +183,10 @@ def _add_claims_parser(sub) -> None:
     level.add_argument("--tiny", dest="level", action="store_const", const="tiny", help="seconds; for tests")
     p.set_defaults(level="quick", func=_claims, command_line=None)
     p.add_argument("--only", metavar="ID,...", help="comma-separated claim ids (see --list)")
-    p.add_argument("--seeds", type=int, help="number of seeds (default 1 tiny, 3 quick, 5 full)")
+    from .lab.claims.base import DEFAULT_SEEDS
+
+    p.add_argument("--seeds", type=int, help="number of seeds (default "
+                   + ", ".join(f"{n} {level}" for level, n in DEFAULT_SEEDS.items()) + ")")
     p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
     _add_executor_args(p, min(2, os.cpu_count() or 1), "worker processes, or Ray CPUs (default: 2 at most)")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
@@ -228,8 +236,16 @@ def _open_db(args: argparse.Namespace, command: str):
     """The store a read command means (``--db`` or the positional argument; see :func:`normlab.lab.store.find_db`)."""
     from .lab.store import open_store, find_db
 
+    from .lab.store import DatabaseNotFound
+    from .lab.sweep import SpecError
+
     where = getattr(args, "db_opt", None) or getattr(args, "db", None)
-    return open_store(find_db(where, command=f"normlab {command}"))
+    try:
+        return open_store(find_db(where, command=f"normlab {command}"))
+    except DatabaseNotFound:
+        raise
+    except (SpecError, ValueError) as e:  # a bad spec file, or a file that is no run database: one line, exit 2
+        raise DatabaseNotFound(f"normlab {command}: error: {e}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -345,7 +361,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         out = Path(args.output) if args.output else default_dir / f"{name}-{args.metric}.{args.format}"
         path = plot_runs(store, records, metric=args.metric, out=out, x=args.x, logy=args.logy)
     except (SpecError, ValueError) as e:
-        return _fail("plot", str(e).removeprefix("normlab plot: "))
+        return _fail("plot", str(e).removeprefix("normlab plot: ").removeprefix("error: "))
+    except OSError as e:  # the image cannot be written there
+        where = e.filename or args.output or "the output directory"
+        return _fail("plot", f"cannot write {where} ({e.strerror or e}); give a writable -o file")
     print(f"wrote {path} ({len(records)} runs)")
     return 0
 
@@ -374,7 +393,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         fetch = store.steps if args.table == "steps" else store.evals
         rows = [{"key": r.key, **{k: clean(v) for k, v in m.items()}} for r in runs for m in fetch(r.key)]
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        out = open(args.output, "w", newline="") if args.output else sys.stdout
+    except OSError as e:
+        return _fail("export", f"-o {args.output}: cannot write there ({e.strerror or e}); give a writable file")
     try:
         _write_rows(out, rows, args.format)
     except BrokenPipeError:  # `normlab export | head`: the reader left; not an error
@@ -469,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a BatchNorm smoke test against torch, then the seed comparison on MNIST")
     p.set_defaults(func=_demo)
     p = sub.add_parser("bench", help="time normlab's BatchNorm kernels against torch (table + JSON)")
-    p.add_argument("--reps", type=int, default=15, help="timed rounds per case (median reported)")
+    p.add_argument("--reps", type=_positive_int, default=15, help="timed rounds per case (median reported)")
     p.add_argument("--quick", action="store_true", help="a 5-shape subset of the grid")
     p.add_argument("--shapes", default="", help="comma-separated grid names, e.g. '32x64x56x56,256x128'")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")

@@ -25,9 +25,12 @@ def test_bench_cli_writes_table_and_json(tmp_path, capsys):
         assert case["roofline_ms"] == pytest.approx(case["timings"]["copy"]["median_ms"] * (1 if case["mode"] == "fwd" else 2.5))
 
 
-def test_bench_unknown_shape_names_the_choices():
-    with pytest.raises(ValueError, match=r"normlab bench: unknown shape '3x3'; expected one of \['32x64x56x56'"):
-        main(["bench", "--shapes", "3x3", "--reps", "1"])
+def test_bench_unknown_shape_names_the_choices(capsys):
+    # a user's mistake: one line naming the choices, exit 2, no traceback (it used to raise ValueError out of main)
+    assert main(["bench", "--shapes", "3x3", "--reps", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("normlab bench: error: --shapes: unknown shape '3x3'; expected some of ['32x64x56x56'"), err
 
 
 def test_train_step_rows():

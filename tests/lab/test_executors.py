@@ -266,3 +266,35 @@ def test_ctrl_c_stops_workers_prints_one_line_and_a_rerun_resumes(tmp_path):
 def test_interrupted_line():
     assert str(Interrupted(Tally(known=9, stored=4))) == (
         "interrupted: 4 of 9 units stored; rerun the same command to resume")
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_unit_fails_that_unit_naming_the_signal(tmp_path):
+    """A worker killed under a unit (the out-of-memory killer's SIGKILL): that unit fails with the signal named
+    (it read 'exit code None': the code was taken before the process was reaped), the other unit is stored, and no
+    process is left."""
+    import threading
+
+    long_unit, short_unit = _config(seed=0, steps=500_000), _config(seed=1)
+    ex = LocalExecutor(jobs=2)
+    killed: list[int] = []
+
+    def kill_the_long_units_worker():
+        def busy():
+            return [w for w in ex.workers if w.task == 0 and w.proc.pid]
+        if wait_for(lambda: busy(), 120):
+            pid = busy()[0].proc.pid
+            wait_for(lambda: False, 1.0)  # let it get into the unit
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    threading.Thread(target=kill_the_long_units_worker, daemon=True).start()
+    with Store(tmp_path / DB_NAME) as store, ex:
+        with pytest.raises(UnitsFailed) as info:
+            execute([long_unit, short_unit], store, executor=ex, progress="none")
+        assert killed, "the long unit's worker was never seen busy"
+        [(key, error)] = info.value.failures
+        assert key == run_key(long_unit) and error == "worker process died (killed by SIGKILL) while running this unit"
+        assert store.keys() == {run_key(short_unit)}
+        pids = [w.proc.pid for w in ex.workers]
+    assert wait_for(lambda: not alive(pids + killed), 5.0), alive(pids + killed)

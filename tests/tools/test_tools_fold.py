@@ -547,3 +547,24 @@ def test_kind_nonfinite_weights(where, value):
     assert isinstance(folded[1], nlnn.BatchNorm2d) and isinstance(folded[3], nn.Identity)
     for k, v in before.items():
         torch.testing.assert_close(model.state_dict()[k], v, equal_nan=True)
+
+
+def test_kind_tool_misuse_example_input_passed_as_inplace():
+    """fold_batchnorm(model, x) / fuse_norm_act(model, x): the tensor lands in ``inplace``; a one-element tensor
+    used to fold the caller's model in place without the example check, a larger one gave torch's "Boolean value
+    of Tensor ... is ambiguous". Now a TypeError naming the argument, the model unchanged."""
+    from normlab.tools import fuse_norm_act
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU())
+    model.train()
+    model(torch.randn(16, 1))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fn in (fold_batchnorm, fuse_norm_act):
+        for x in (torch.full((1, 1), 0.5), torch.randn(2, 1)):
+            with pytest.raises(TypeError, match=rf"{fn.__name__}: inplace must be True or False, got Tensor"):
+                fn(model, x)
+            assert isinstance(model[1], torch.nn.BatchNorm1d) and model[1].__class__ is torch.nn.BatchNorm1d
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, before[k]), k

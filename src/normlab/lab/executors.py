@@ -324,13 +324,13 @@ class LocalExecutor:
     def _lost(self, w: _Worker, busy: dict, done, pending: list) -> None:
         """A worker died mid-unit (killed, out of memory): the unit fails, a new worker takes its place."""
         index = w.task
-        code = w.proc.exitcode
         del busy[w.conn]
-        w.kill()
+        w.kill()  # joins it: its exit code is known only once it is reaped
+        code = w.proc.exitcode
         self.workers.remove(w)
         if pending:
             self.workers.append(_Worker(self._ctx, self.threads))
-        done(index, None, f"worker process died (exit code {code}) while running this unit")
+        done(index, None, f"worker process died ({_exit_reason(code)}) while running this unit")
 
     def abort(self) -> None:
         """Stop every worker now (units in flight are lost; nothing of them was stored)."""
@@ -348,6 +348,18 @@ class LocalExecutor:
             w.proc.join(timeout=5)
             w.kill()
         self.workers = []
+
+
+def _exit_reason(code: int | None) -> str:
+    """How a worker ended, for the failure line: "killed by SIGKILL" (e.g. the out-of-memory killer) or "exit code 3"."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _run_here(units, done, threads: int) -> None:

@@ -300,7 +300,26 @@ def open_store(path_or_dir: str | os.PathLike) -> Store:
     if not p.exists():
         raise DatabaseNotFound(f"open_store: {p}: no such run database (expected {DB_NAME} in an output directory of "
                                f"`normlab run` or `normlab claims`)")
+    _check_is_run_database(p)
     return Store(p)
+
+
+def _check_is_run_database(p: Path) -> None:
+    """Raise ValueError unless ``p`` already holds normlab's tables, looking read-only: opening another program's
+    SQLite file (or an empty file) for reading must not add tables to it or switch its journal mode."""
+    try:
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"Store: {p}: expected a normlab SQLite run database, found {e}") from None
+    if not {"runs", "steps", "evals"} <= tables or not {"key", "config", "final"} <= runs:
+        found = ", ".join(sorted(tables)) if tables else "no tables"
+        raise ValueError(f"Store: {p}: expected a normlab SQLite run database (tables runs, steps, evals), found "
+                         f"{found}; the file was left as it was")
 
 
 DEFAULT_PLACES = ("normlab-runs", "claims-report")

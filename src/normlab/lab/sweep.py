@@ -196,10 +196,17 @@ def load_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = None) 
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: spec file is missing")
+    if path.is_dir():
+        raise SpecError(f"{path}: expected a spec file (TOML), found a directory")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: expected TOML, found a syntax error ({e})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: expected TOML (UTF-8 text), found bytes that are not UTF-8 ({e.reason} at byte "
+                        f"{e.start})") from None
+    except OSError as e:  # unreadable: permissions, a FIFO gone, ...
+        raise SpecError(f"{path}: cannot read the spec file ({e.strerror or e})") from None
     doc.setdefault("name", path.stem)
     spec = parse_spec(doc, where=str(path), out=out, base_dir=path.parent)
     spec.path = path

@@ -500,6 +500,9 @@ def fold_batchnorm(
     Norms that cannot fold are skipped with a warning listing the reasons, or, with ``strict=True``, make it raise
     ``ValueError``. A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
     """
+    if not isinstance(inplace, bool):  # fold_batchnorm(model, x): a tensor's truth would decide inplace
+        raise TypeError(f"fold_batchnorm: inplace must be True or False, got {type(inplace).__name__} (an example "
+                        f"input goes to example_input=); model unchanged")
     report = plan_fold(model, example_input)
     if not report.num_norms:
         raise ValueError(

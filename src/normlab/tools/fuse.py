@@ -451,6 +451,9 @@ def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = Fal
     Pairs that cannot fuse are skipped (listed by the plan), or with ``strict=True`` make it raise ``ValueError``.
     A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
     """
+    if not isinstance(inplace, bool):  # fuse_norm_act(model, x): a tensor's truth would decide inplace
+        raise TypeError(f"fuse_norm_act: inplace must be True or False, got {type(inplace).__name__}; model "
+                        f"unchanged")
     report = plan_fuse_norm_act(model)
     if not report.num_norms:
         raise ValueError("fuse_norm_act: the model has no batch-norm layer (looked for torch.nn.BatchNorm1d/2d/3d "
