@@ -148,7 +148,8 @@ def _claims(args: argparse.Namespace) -> int:
         return _fail("claims", why)
     try:
         make_executor(args.executor, jobs=args.jobs, address=args.address)  # Ray installed? before anything runs
-        results, paths = run_claims(ids, level=args.level, seeds=args.seeds, out_dir=args.out, jobs=args.jobs,
+        results, paths = run_claims(ids, level=args.level, seeds=args.seeds, first_seed=args.first_seed,
+                                    out_dir=args.out, jobs=args.jobs,
                                     executor=args.executor, address=args.address, command=command.strip(),
                                     log=(lambda s: None) if args.quiet else print,
                                     progress="none" if args.quiet else "auto")
@@ -187,6 +188,9 @@ def _add_claims_parser(sub) -> None:
 
     p.add_argument("--seeds", type=int, help="number of seeds (default "
                    + ", ".join(f"{n} {level}" for level, n in DEFAULT_SEEDS.items()) + ")")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first verdict seed (default 0; a preregistered protocol names its fresh block, see "
+                        "python -m normlab.lab.protocol)")
     p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
     _add_executor_args(p, min(2, os.cpu_count() or 1), "worker processes, or Ray CPUs (default: 2 at most)")
     p.add_argument("--list", action="store_true", help="list the claims and exit")

@@ -50,21 +50,64 @@ def test_status_is_confirmatory_only_for_the_registered_protocol(tmp_path):
     reg_path = tmp_path / "PROTOCOLS.json"
     c = _claim(secondary=(Rule("score", "treated", "control", "within", margin=1.0, kind="equivalence",
                                confirmatory=True),))
-    st = P.status(c, "quick", 5, P.load_registry(reg_path))
+    fresh = list(range(100, 105))  # the block a first registration declares (fresh-seed rule below)
+    st = P.status(c, "quick", fresh, P.load_registry(reg_path))
     assert st["status"] == P.EXPLORATORY and "no protocol" in st["status_reason"]
     P.register([c], "quick", 5, reg_path)
     reg = P.load_registry(reg_path)
     assert reg["protocols"]["synthetic"]["quick"]["hash"] == st["protocol_hash"]
-    assert P.status(c, "quick", 5, reg)["status"] == P.CONFIRMATORY
+    assert P.status(c, "quick", fresh, reg)["status"] == P.CONFIRMATORY
     changed = dataclasses.replace(c, rule=Rule("score", "treated", "control", "greater", margin=0.05))
-    st2 = P.status(changed, "quick", 5, reg)
+    st2 = P.status(changed, "quick", fresh, reg)
     assert st2["status"] == P.EXPLORATORY and "the rules or margins changed" in st2["status_reason"]
-    st3 = P.status(c, "quick", 3, reg)
+    st3 = P.status(c, "quick", fresh[:3], reg)
     assert "seed count (registered 5, run 3)" in st3["status_reason"] and "rules" not in st3["status_reason"]
-    assert P.status(c, "tiny", 5, reg)["status"] == P.EXPLORATORY  # registered per level
+    assert P.status(c, "tiny", fresh, reg)["status"] == P.EXPLORATORY  # registered per level
     # Registering another level keeps the first.
     P.register([c], "full", 10, reg_path)
     assert set(P.load_registry(reg_path)["protocols"]["synthetic"]) == {"quick", "full"}
+
+
+def test_kind_preregistration_needs_fresh_seeds(tmp_path):
+    # Registering after results exist must not relabel those results confirmatory: the registration declares a
+    # fresh seed block, and only a run on exactly those seeds is confirmatory.
+    reg_path = tmp_path / "PROTOCOLS.json"
+    c = _claim()
+    reg = P.register([c], "quick", 5, reg_path)
+    entry = reg["protocols"]["synthetic"]["quick"]
+    assert entry["seeds"] == [100, 101, 102, 103, 104]
+    assert P.status(c, "quick", 5, reg)["status"] == P.EXPLORATORY  # seeds 0..4: the exploratory ones
+    st = P.status(c, "quick", list(range(100, 105)), reg)
+    assert st["status"] == P.CONFIRMATORY and "100..104" in st["status_reason"]
+    again = P.status(c, "quick", 5, reg)["status_reason"]
+    assert "the seeds (registered 100..104, run 0..4" in again and "--first-seed 100" in again
+    # A second registration gets the next block, never seeds registered before.
+    reg = P.register([c], "quick", 5, reg_path)
+    assert reg["protocols"]["synthetic"]["quick"]["seeds"] == [105, 106, 107, 108, 109]
+    with pytest.raises(ValueError, match="registered before"):
+        P.register([c], "quick", 5, reg_path, first_seed=107)
+    with pytest.raises(ValueError, match=r"must lie in \[100, 1000\)"):
+        P.register([c], "quick", 5, reg_path, first_seed=3)
+    with pytest.raises(ValueError, match=r"must lie in \[100, 1000\)"):
+        P.register([c], "quick", 5, reg_path, first_seed=998)
+
+
+def test_kind_preregistration_covers_the_verdict_machinery(monkeypatch):
+    # The protocol's code digest covers the shared code that turns runs into verdicts, not only the claim's file.
+    c = _claim()
+    before = P.protocol(c, "quick", 5)["code"]
+    monkeypatch.setattr(P, "_MACHINERY", P._MACHINERY[:-1])
+    assert P.protocol(c, "quick", 5)["code"] != before
+
+
+def test_claims_run_on_the_declared_seed_block(tmp_path):
+    from normlab.lab.claims import run_claims
+
+    results, _ = run_claims(["careless-init"], level="tiny", seeds=1, first_seed=100, out_dir=str(tmp_path),
+                            log=lambda s: None, progress="none")
+    assert results[0].seeds == [100] and "--first-seed 100" in results[0].rerun_command
+    with pytest.raises(ValueError, match="first-seed"):
+        run_claims(["careless-init"], level="tiny", seeds=2, first_seed=999, out_dir=str(tmp_path))
 
 
 def test_registry_in_the_repository_is_valid_and_written_only_on_request(tmp_path, capsys):

@@ -2,8 +2,15 @@
 
 A claim's *protocol* at a level is everything declared before its runs: its rules (metric, arms, kind, direction,
 margin, confidence, confirmatory flag), the configuration of that level (arms, budgets, learning rates, grids), the
-number of seeds, and a digest of the claim's own source file (the experiment the configuration drives). Its
-SHA-256 over canonical JSON is the claim's ``protocol_hash``.
+verdict seeds, and a digest of the code that turns runs into a verdict (the claim's own file and the shared claim
+machinery: ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py``). Its SHA-256
+over canonical JSON is the claim's ``protocol_hash``.
+
+*Fresh seeds.* Exploratory runs use verdict seeds ``0 .. n-1``. A registration declares the seed block of the
+confirmatory run, ``first_seed .. first_seed + n - 1`` with ``first_seed`` in ``[100, 1000)`` (tuning seeds start
+at 1000), by default just above every block registered before for that claim and level; the run then uses them
+(``normlab claims --first-seed N``). A claim is confirmatory only when its run used exactly the registered seeds, so
+results that existed before the registration (other seeds) can never be relabelled confirmatory by it.
 
 The registry ``claims/PROTOCOLS.json`` (committed in the repository) holds the hashes that were *preregistered*:
 written only by an explicit :func:`register` (``python -m normlab.lab.protocol --register``), never during a run.
@@ -34,7 +41,10 @@ REGISTRY = Path(__file__).resolve().parent / "claims" / "PROTOCOLS.json"
 CONFIRMATORY = "confirmatory"
 EXPLORATORY = "exploratory"
 _FORMAT = 1
-_PARTS = ("rules", "config", "n_seeds", "code")
+_PARTS = ("rules", "config", "n_seeds", "seeds", "code")
+FRESH_SEEDS = (100, 1000)  # where registered (confirmatory) seed blocks live: above exploratory, below tuning seeds
+# The code that turns runs into a verdict, besides the claim's own file (paths relative to normlab/lab).
+_MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py")
 
 
 def _digest(obj: Any) -> str:
@@ -43,21 +53,35 @@ def _digest(obj: Any) -> str:
 
 
 def _code_digest(claim) -> str:
-    """SHA-256 of the source file of the module defining the claim's ``run`` ("unavailable" if it has none)."""
+    """SHA-256 of the source of the module defining the claim's ``run`` plus the shared claim machinery."""
     module = sys.modules.get(getattr(claim.run, "__module__", "") or "")
     path = getattr(module, "__file__", None)
-    if not path or not Path(path).is_file():
-        return "unavailable"
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    if path and Path(path).is_file():
+        h.update(Path(path).read_bytes())
+    else:
+        h.update(b"unavailable")
+    lab = Path(__file__).resolve().parent
+    for rel in _MACHINERY:
+        f = lab / rel
+        h.update(rel.encode())
+        h.update(f.read_bytes() if f.is_file() else b"absent")
+    return h.hexdigest()
 
 
-def protocol(claim, level: str, n_seeds: int) -> dict[str, Any]:
-    """The claim's protocol at ``level`` with ``n_seeds`` seeds, as plain JSON data (what is hashed)."""
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    return list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
+def protocol(claim, level: str, seeds: int | Sequence[int]) -> dict[str, Any]:
+    """The claim's protocol at ``level`` with verdict ``seeds`` (a list, or a count ``n`` meaning ``0 .. n-1``), as
+    plain JSON data (what is hashed)."""
+    seeds = _seed_list(seeds)
     if level not in claim.configs:
         raise ValueError(f"protocol: claim {claim.id!r} has no configuration for level {level!r}")
     rules = [{"role": "primary", **asdict(claim.rule)}]
     rules += [{"role": "confirmatory" if r.confirmatory else "secondary", **asdict(r)} for r in claim.secondary]
-    return {"claim": claim.id, "level": level, "n_seeds": int(n_seeds), "rules": rules,
+    return {"claim": claim.id, "level": level, "n_seeds": len(seeds), "seeds": seeds, "rules": rules,
             "config": json.loads(json.dumps(dict(claim.configs[level]), sort_keys=True, default=str)),
             "code": _code_digest(claim)}
 
@@ -85,20 +109,39 @@ def load_registry(path: str | Path = REGISTRY) -> dict[str, Any]:
     return data
 
 
+def _fresh_block(entry: Mapping[str, Any] | None, n_seeds: int, first_seed: int | None) -> list[int]:
+    lo, hi = FRESH_SEEDS
+    if first_seed is None:  # just above the block registered before (each registration gets seeds never used)
+        first_seed = max([lo, *[s + 1 for s in (entry or {}).get("seeds", [])]])
+    block = list(range(int(first_seed), int(first_seed) + int(n_seeds)))
+    if block[0] < lo or block[-1] >= hi:
+        raise ValueError(f"--first-seed: a registered seed block must lie in [{lo}, {hi}) (below: exploratory seeds, "
+                         f"from {hi}: tuning seeds), got {block[0]}..{block[-1]}")
+    used = set((entry or {}).get("seeds", []))
+    if used & set(block):
+        raise ValueError(f"--first-seed: seeds {sorted(used & set(block))} were registered before; a new registration "
+                         f"needs fresh seeds")
+    return block
+
+
 def register(claims: Sequence, level: str, n_seeds: int, path: str | Path = REGISTRY,
-             note: str = "") -> dict[str, Any]:
-    """Record the current protocol hash of each claim at ``level`` with ``n_seeds`` seeds in the registry file.
+             note: str = "", first_seed: int | None = None) -> dict[str, Any]:
+    """Record the current protocol hash of each claim at ``level`` with ``n_seeds`` fresh seeds in the registry.
 
     This is the preregistration: run it (and commit the file) *before* the confirmatory run, never after looking
-    at that run's results. Other claims and levels in the file are kept. Returns the updated registry.
+    at that run's results. The seeds are a block in :data:`FRESH_SEEDS` starting at ``first_seed`` (default: just
+    above the claim's previously registered block); the confirmatory run must use them (``normlab claims
+    --first-seed``). Other claims and levels in the file are kept. Returns the updated registry. Raises ValueError
+    for a block outside :data:`FRESH_SEEDS` or overlapping a block registered before.
     """
     reg = load_registry(path)
     reg["format"] = _FORMAT
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    blocks = {c.id: _fresh_block(reg["protocols"].get(c.id, {}).get(level), n_seeds, first_seed) for c in claims}
     for c in claims:
-        proto = protocol(c, level, n_seeds)
+        proto = protocol(c, level, blocks[c.id])
         entry = {"hash": protocol_hash(proto), "parts": _part_digests(proto), "n_seeds": int(n_seeds),
-                 "registered": stamp}
+                 "seeds": blocks[c.id], "registered": stamp}
         if note:
             entry["note"] = note
         reg["protocols"].setdefault(c.id, {})[level] = entry
@@ -109,30 +152,43 @@ def register(claims: Sequence, level: str, n_seeds: int, path: str | Path = REGI
     return reg
 
 
-def status(claim, level: str, n_seeds: int, registry: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``{"protocol_hash", "status", "status_reason", "protocol"}`` of a claim against the registry."""
+def status(claim, level: str, seeds: int | Sequence[int],
+           registry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{"protocol_hash", "status", "status_reason", "protocol"}`` of a claim run with verdict ``seeds`` (a list,
+    or a count meaning ``0 .. n-1``) against the registry."""
     reg = load_registry() if registry is None else registry
-    proto = protocol(claim, level, n_seeds)
+    proto = protocol(claim, level, seeds)
+    n_seeds = proto["n_seeds"]
     h = protocol_hash(proto)
     entry = reg.get("protocols", {}).get(claim.id, {}).get(level)
     if entry is None:
         st, why = EXPLORATORY, (f"no protocol of {claim.id!r} at level {level!r} is preregistered in "
                                 f"claims/PROTOCOLS.json, so nothing shows the rules were fixed before the results")
     elif entry.get("hash") == h:
-        st, why = CONFIRMATORY, (f"the protocol (rules, margins, configuration, {n_seeds} seeds, claim code) is the "
-                                 f"one preregistered on {entry.get('registered', '?')}")
+        st, why = CONFIRMATORY, (f"the protocol (rules, margins, configuration, claim code) and its {n_seeds} fresh "
+                                 f"seeds ({_span(proto['seeds'])}) are the ones preregistered on "
+                                 f"{entry.get('registered', '?')}")
     else:
         parts = entry.get("parts", {})
         now = _part_digests(proto)
         changed = [k for k in _PARTS if parts.get(k) != now[k]]
         what = {"rules": "the rules or margins", "config": "the configuration (arms, budgets)",
                 "n_seeds": f"the seed count (registered {entry.get('n_seeds')}, run {n_seeds})",
+                "seeds": f"the seeds (registered {_span(entry.get('seeds', []))}, run {_span(proto['seeds'])}; "
+                         f"rerun with --first-seed {(entry.get('seeds') or ['?'])[0]})",
                 "code": "the claim's code"}
         listed = ", ".join(what[k] for k in changed) or "the protocol"
         st, why = EXPLORATORY, (f"{listed} changed since the protocol was preregistered on "
                                 f"{entry.get('registered', '?')}; a confirmatory verdict needs the registered "
                                 "protocol or a new registration followed by a rerun on fresh seeds")
     return {"protocol_hash": h, "status": st, "status_reason": why, "protocol": proto}
+
+
+def _span(seeds: Sequence[int]) -> str:
+    seeds = list(seeds)
+    if not seeds:
+        return "none"
+    return f"{seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else str(seeds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--level", default="quick", choices=("quick", "full", "tiny"))
     ap.add_argument("--seeds", type=int, default=None, help="seed count of the confirmatory run (default: the "
                     "level's default)")
+    ap.add_argument("--first-seed", type=int, default=None, help="first seed of the confirmatory run's fresh block "
+                    "(default: just above the block registered before, from 100)")
     ap.add_argument("--only", nargs="*", default=None, help="claim ids (default: all)")
     ap.add_argument("--registry", default=str(REGISTRY))
     args = ap.parse_args(argv)
@@ -159,11 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = status(c, args.level, n, load_registry(args.registry))
                 print(f"{c.id:24s} {s['status']:13s} {s['protocol_hash'][:12]}  {s['status_reason']}")
             return 0
-        register(claims, args.level, n, args.registry)
+        reg = register(claims, args.level, n, args.registry, first_seed=args.first_seed)
     except ValueError as exc:
         print(f"normlab protocol: {exc}", file=sys.stderr)
         return 2
-    print(f"registered {len(claims)} protocol(s) at level {args.level} with {n} seeds in {args.registry}")
+    firsts = sorted({reg["protocols"][c.id][args.level]["seeds"][0] for c in claims})
+    print(f"registered {len(claims)} protocol(s) at level {args.level} with {n} fresh seeds in {args.registry}; "
+          f"run them with: normlab claims --{args.level} --seeds {n} --first-seed "
+          f"{firsts[0] if len(firsts) == 1 else '(per claim: ' + ', '.join(map(str, firsts)) + ')'}")
     return 0
 
 

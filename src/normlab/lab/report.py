@@ -120,7 +120,7 @@ def _final(r: ClaimResult) -> ClaimResult:
 
 def _status(r: ClaimResult, registry: dict) -> dict[str, Any]:
     try:
-        return protocol_status(r.claim, r.level, len(r.seeds), registry)
+        return protocol_status(r.claim, r.level, r.seeds, registry)
     except (ValueError, TypeError) as exc:  # a claim whose configuration is not JSON-able: say so, not crash
         return {"protocol_hash": None, "status": "exploratory", "status_reason": f"protocol not hashable: {exc}",
                 "protocol": None}

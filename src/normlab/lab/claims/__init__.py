@@ -69,11 +69,13 @@ def get_claim(claim_id: str) -> Claim:
 
 
 def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int | None = None,
-               out_dir: str = "claims-report", jobs: int = 1, executor: str = "local", address: str | None = None,
+               first_seed: int = 0, out_dir: str = "claims-report", jobs: int = 1, executor: str = "local", address: str | None = None,
                command: str = "", log=print, progress: str = "auto", tally=None) -> tuple[list[ClaimResult], dict]:
     """Run the selected claims (all by default) and write the report; returns the results and the report paths.
 
-    ``seeds`` defaults to 1 (tiny), 5 (quick) or 10 (full). Every unit is a lab run stored in
+    ``seeds`` defaults to 1 (tiny), 5 (quick) or 10 (full); the verdict seeds are ``first_seed ..
+    first_seed + seeds - 1`` (0 for exploratory runs; a preregistered protocol names its fresh block, see
+    :mod:`normlab.lab.protocol`). Every unit is a lab run stored in
     ``out_dir/normlab.sqlite`` (with the claim id and level) by this process; units already there are reused.
     ``executor``: "local" (``jobs`` worker processes, one torch thread each; 1 = in this process) or "ray" (one
     task per unit on the cluster at ``address``, or a local Ray instance with ``jobs`` CPUs); one executor serves
@@ -95,6 +97,12 @@ def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int
         raise ValueError(f"normlab claims: --seeds must be a positive integer, got {seeds!r}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"normlab claims: --jobs must be a positive integer, got {jobs!r}")
+    from ..tuning import TUNING_SEED_BASE
+
+    if not isinstance(first_seed, int) or isinstance(first_seed, bool) or first_seed < 0 \
+            or first_seed + n_seeds > TUNING_SEED_BASE:
+        raise ValueError(f"normlab claims: --first-seed must be an integer >= 0 with every verdict seed below the "
+                         f"tuning seeds ({TUNING_SEED_BASE}), got {first_seed!r} with {n_seeds} seeds")
     selected = [get_claim(i) for i in ids] if ids else all_claims()  # unknown ids fail before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +114,7 @@ def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int
         with Store(out / DB_NAME) as store:
             for n, claim in enumerate(selected, 1):
                 log(f"[{n}/{len(selected)}] {claim.id} ({level}, {n_seeds} seed(s))")
-                r = run_claim(claim, level, list(range(n_seeds)), out, executor=ex, store=store, log=log,
+                r = run_claim(claim, level, list(range(first_seed, first_seed + n_seeds)), out, executor=ex, store=store, log=log,
                               progress=progress, tally=tally)
                 log(f"    -> {r.verdict.verdict}: {r.verdict.summary()} ({r.seconds:.1f} s)")
                 results.append(r)

@@ -196,6 +196,8 @@ class ClaimResult:
     @property
     def rerun_command(self) -> str:
         seeds = "" if len(self.seeds) == DEFAULT_SEEDS[self.level] else f" --seeds {len(self.seeds)}"
+        if self.seeds and self.seeds[0] != 0:
+            seeds += f" --first-seed {self.seeds[0]}"
         level = {"tiny": " --tiny", "quick": " --quick", "full": " --full"}[self.level]
         return f"normlab claims --only {self.claim.id}{level}{seeds} --out DIR"
 
