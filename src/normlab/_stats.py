@@ -7,7 +7,8 @@ Three pure functions on tensors (no modules, keyword-only flags):
   difference cancels catastrophically in float32 when |mean| >> std. Half types accumulate in float32.
   Returning ``count`` makes merges exact (ghost batches, masks, several processes): see :func:`merge_moments`.
 * :func:`normalize` -> ``(x - mean) * rsqrt(var + eps) * weight + bias`` along one channel axis.
-* :func:`update_running` -> the in-place running-average update of the buffers, in torch's convention
+* :func:`track` -> the in-place running-average step of the buffers (count the batch, weigh it by momentum or
+  the cumulative average's 1 / counter, :func:`update_running`), in torch's convention
   ``running <- (1 - momentum) * running + momentum * batch`` with the unbiased (torch) or biased (Keras/ONNX)
   variance estimator.
 
@@ -139,10 +140,7 @@ def normalize(
     # Half buffers (e.g. after module.to(torch.bfloat16)) must not pull the arithmetic down to half precision.
     ct = compute_dtype(torch.promote_types(x.dtype, mean.dtype))
     mean, var = mean.to(ct), var.to(ct)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.to(ct)
-    y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale, nd, axis)
+    y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale(var, weight, eps), nd, axis)
     if bias is not None:
         y = y + channel_view(bias.to(y.dtype), nd, axis)
     return y.to(x.dtype)
@@ -174,6 +172,38 @@ def unbiased(var: Tensor, count: int | Tensor) -> Tensor:
     return var * (count / max(count - 1, 1))
 
 
+def check_momentum(momentum: float | None, name: str, *, allow_none: bool = True) -> None:
+    """``momentum`` lies in [0, 1] (torch's convention, the weight of the new value), or is ``None`` (the cumulative
+    average) when ``allow_none``; raises ``ValueError`` naming the layer."""
+    if momentum is None and allow_none:
+        return
+    if momentum is None or not 0.0 <= float(momentum) <= 1.0:
+        tail = " or be None (cumulative average)" if allow_none else " (torch convention: weight of the new value)"
+        raise ValueError(f"{name}: momentum must lie in [0, 1]{tail}, got {momentum}")
+
+
+def momentum_factor(
+    momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm"
+) -> float | Tensor:
+    """The weight of the new batch statistic in the running average.
+
+    ``momentum=None`` means the cumulative (equal-weight) average, as in torch: the n-th batch gets weight 1/n,
+    which needs the count of batches seen so far (``num_batches_tracked``, *after* counting this batch). Given the
+    counter as a tensor, the weight is a 0-dim float64 tensor computed by tensor operations (no Python number is
+    read from the counter, so torch.compile keeps it in the graph); given an int, a float.
+    """
+    if momentum is not None:
+        check_momentum(momentum, name, allow_none=False)
+        return float(momentum)
+    if num_batches_tracked is None:
+        raise ValueError(
+            f"{name}: momentum=None (cumulative average) needs num_batches_tracked to count the batches seen"
+        )
+    if isinstance(num_batches_tracked, Tensor):
+        return torch.reciprocal(num_batches_tracked.detach().clamp_min(1).to(torch.float64))
+    return 1.0 / max(int(num_batches_tracked), 1)
+
+
 @torch.no_grad()
 def update_running(
     running_mean: Tensor,
@@ -182,24 +212,61 @@ def update_running(
     *,
     momentum: float | Tensor,
     running_var_unbiased: bool = True,
-    valid: Tensor | None = None,
 ) -> None:
     """In place: ``running <- (1 - momentum) * running + momentum * batch`` for mean and variance.
 
     ``momentum`` is a number or a 0-dim tensor (the cumulative average's 1 / counter, kept in the graph under
-    torch.compile). ``valid`` (bool per channel) leaves channels that saw no value untouched (masked layers).
+    torch.compile).
     """
     if isinstance(momentum, Tensor):
         momentum = momentum.to(running_mean.dtype)
     var = unbiased(stats.var, stats.count) if running_var_unbiased else stats.var
-    if valid is None:  # the common case, in place: two operators instead of six on the hot path of every layer
-        running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)
-        running_var.lerp_(var.detach().to(running_var.dtype), momentum)
+    running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)
+    running_var.lerp_(var.detach().to(running_var.dtype), momentum)
+
+
+@torch.no_grad()
+def track(
+    running_mean: Tensor,
+    running_var: Tensor,
+    counter: Tensor | None,
+    stats: Moments,
+    *,
+    momentum: float | None,
+    running_var_unbiased: bool = True,
+    name: str = "batch_norm",
+    read_count: bool = False,
+) -> None:
+    """The one running-average step: count the batch in ``counter`` (in place, if given), then fold ``stats`` into
+    the running buffers with ``momentum`` (torch's convention) or, for ``momentum=None``, the cumulative average's
+    weight 1 / counter (a tensor operation, so torch.compile keeps it in the graph).
+
+    Statistics over no value at all change nothing and count no batch (``read_count``: also read a tensor count,
+    see :func:`is_empty`). Raises ``ValueError`` for ``momentum=None`` without a counter.
+    """
+    check_momentum(momentum, name)  # before anything changes
+    if momentum is None and counter is None:
+        momentum_factor(None, None, name)  # raises: the cumulative average needs a counter
+    if is_empty(stats, read_count):
         return
-    new_mean = running_mean.lerp(stats.mean.detach().to(running_mean.dtype), momentum)
-    new_var = running_var.lerp(var.detach().to(running_var.dtype), momentum)
-    if valid is not None:
-        new_mean = torch.where(valid, new_mean, running_mean)
-        new_var = torch.where(valid, new_var, running_var)
-    running_mean.copy_(new_mean)
-    running_var.copy_(new_var)
+    if counter is not None:
+        counter.add_(1)
+    factor = momentum_factor(momentum, counter if momentum is None else None, name)
+    update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
+
+
+def scale(var: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """Normalize's per-channel multiplier ``weight / sqrt(var + eps)`` (``1 / sqrt(var + eps)`` without a weight),
+    in ``var``'s dtype: ``y = (x - mean) * scale + bias``."""
+    s = torch.rsqrt(var + eps)
+    return s * weight.to(s.dtype) if weight is not None else s
+
+
+def renorm_affine(
+    weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Batch renormalization's correction folded into the affine: ``gamma * (x_hat * r + d) + beta =
+    x_hat * (gamma r) + (gamma d + beta)``, so that BatchNorm's normalize computes it with a new weight and bias."""
+    w = r if weight is None else weight * r
+    b = d if weight is None else weight * d
+    return w, (b + bias if bias is not None else b)

@@ -140,9 +140,7 @@ def normalize(
             return native.activate(native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis)), a)
         return native.activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
     c = _stats.channel_axis(x.ndim, axis)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.to(scale.dtype)
+    scale = _stats.scale(var, weight, eps)
     shift = bias.to(x.dtype) if bias is not None else torch.zeros_like(scale)
     return _ops().apply_affine(x, mean, scale, shift, c, 1, a)
 
@@ -220,10 +218,7 @@ def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int,
     w, b = weight, bias
     if renorm is not None:
         r, d = _stats.renorm_correction(stats, *renorm[:2], eps, *renorm[2:])
-        w = r if weight is None else weight * r
-        b = d if weight is None else weight * d
-        if bias is not None:
-            b = b + bias
+        w, b = _stats.renorm_affine(weight, bias, r, d)
     y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
     if mask is not None:
         y = torch.where(mask, y, y.new_zeros(()))

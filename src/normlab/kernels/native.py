@@ -289,9 +289,8 @@ def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
         return activate(y, act), stats.mean.detach(), stats.var.detach()
     xg = x.reshape((groups, x.shape[0] // groups) + tuple(x.shape[1:]))
     stats = _stats.moments(xg, tuple(d for d in range(xg.ndim) if d not in (0, c + 1)), keepdim=True)
-    scale = torch.rsqrt(stats.var + eps)
-    if weight is not None:
-        scale = scale * _stats.channel_view(weight.to(scale.dtype), xg.ndim, c + 1)
+    w = _stats.channel_view(weight, xg.ndim, c + 1) if weight is not None else None
+    scale = _stats.scale(stats.var, w, eps)
     y = (xg.to(stats.mean.dtype) - stats.mean) * scale
     if bias is not None:
         y = y + _stats.channel_view(bias.to(y.dtype), xg.ndim, c + 1)

@@ -158,8 +158,7 @@ class _SampleNorm(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         return c
 
     def forward(self, x: Tensor) -> Tensor:
@@ -249,8 +248,7 @@ class GroupNorm(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_channels, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         if x.numel() == 0:  # torch's empty output, with gradient 0 for the parameters (torch's is NaN for (N, C, 0))
             return _stats.affine(x * 0, self.weight, self.bias, axis=c)
         y = TF.group_norm(x.movedim(c, 1), self.num_groups, self.weight, self.bias, self.eps)
@@ -287,8 +285,7 @@ class InstanceNorm(nn.Module):
         name = type(self).__name__
         _validate.check_positive_int(num_features, name, "num_features")
         _check_eps(eps, name)
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
+        _stats.check_momentum(momentum, name)
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
@@ -368,8 +365,7 @@ class InstanceNorm(nn.Module):
     def _batched(self, x: Tensor) -> Tensor:
         name = self.layer_name
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         use_input_stats = self.training or not self.track_running_stats
         if x.numel() == 0:  # torch's empty output; nothing learned, no running statistic changes
             return _stats.affine(x * 0, self.weight, self.bias, axis=c)
@@ -381,12 +377,9 @@ class InstanceNorm(nn.Module):
         if self.training and self.track_running_stats:
             if self._torch_counter:  # torch: the counter never moves, momentum=None means no update
                 momentum = self.momentum if self.momentum is not None else 0.0
-            elif self.momentum is None:  # the cumulative average (a Python number: instance_norm takes a float)
+            else:  # counted; momentum=None: the cumulative average (a Python number: instance_norm takes a float)
                 self.num_batches_tracked.add_(1)
-                momentum = 1.0 / max(int(self.num_batches_tracked), 1)
-            else:
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum
+                momentum = _stats.momentum_factor(self.momentum, int(self.num_batches_tracked), name)
         xm = x.movedim(c, 1)
         if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)

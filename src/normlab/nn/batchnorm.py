@@ -99,8 +99,7 @@ class BatchNormBase(nn.Module):
         _validate.check_positive_int(num_features, name, "num_features")
         if eps <= 0:
             raise ValueError(f"{name}: eps must be positive, got {eps}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
+        _stats.check_momentum(momentum, name)
         if eval_stats not in EVAL_STATS:
             raise ValueError(f"{name}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
         factory = {"device": device, "dtype": dtype}
@@ -266,19 +265,12 @@ class BatchNormBase(nn.Module):
         its fast paths, computes exactly this layer's forward)."""
         return not self.sync_statistics and type(self).batch_moments is BatchNormBase.batch_moments
 
-    def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
+    def update_running(self, stats: _stats.Moments) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
-        ``momentum=None``) and count the batch."""
-        if _stats.is_empty(stats, self.sync_statistics):
-            return  # no sample anywhere: nothing to average and no batch to count
-        self.num_batches_tracked.add_(1)
-        # momentum=None: 1 / counter as a tensor operation (no Python number from the counter: torch.compile keeps
-        # it in the graph, where int() would be a data-dependent guard)
-        factor = F.momentum_factor(self.momentum, self.num_batches_tracked if self.momentum is None else None,
-                                   self.layer_name)
-        _stats.update_running(
-            self.running_mean, self.running_var, stats, momentum=factor,
-            running_var_unbiased=self.running_var_unbiased, valid=valid,
+        ``momentum=None``) and count the batch: :func:`normlab._stats.track` on this layer's buffers."""
+        _stats.track(
+            self.running_mean, self.running_var, self.num_batches_tracked, stats, momentum=self.momentum,
+            running_var_unbiased=self.running_var_unbiased, name=self.layer_name, read_count=self.sync_statistics,
         )
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
@@ -330,7 +322,7 @@ class BatchNorm(BatchNormBase):
         ``running = momentum * running + (1 - momentum) * batch``. Here that is ``momentum = 1 - keras_momentum`` and
         ``running_var_unbiased=False``.
         """
-        if not 0.0 <= momentum <= 1.0:
+        if not 0.0 <= momentum <= 1.0:  # Keras' convention: its own wording
             raise ValueError(f"BatchNorm.keras: momentum must lie in [0, 1] (weight of the old value), got {momentum}")
         layer = cls(
             num_features,

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
 from .batchnorm import BatchNormBase
 
 __all__ = ["MaskedBatchNorm", "TimeStepBatchNorm"]
@@ -257,9 +256,7 @@ class TimeStepBatchNorm(BatchNormBase):
                 break  # no sample on any process: nothing to average, no batch to count
             count = stats.count[k * C:(k + 1) * C] if isinstance(stats.count, Tensor) else stats.count
             part = _stats.Moments(stats.mean[k * C:(k + 1) * C], stats.var[k * C:(k + 1) * C], count)
-            factor = F.momentum_factor(self.momentum, self.num_batches_tracked[step] + 1, self.layer_name)
-            _stats.update_running(
-                self.running_mean[step], self.running_var[step], part, momentum=factor,
-                running_var_unbiased=self.running_var_unbiased,
-            )
-            self.num_batches_tracked[step] += 1
+            # each step its own counter (a 0-dim view of the buffer, counted in place)
+            _stats.track(self.running_mean[step], self.running_var[step], self.num_batches_tracked[step], part,
+                         momentum=self.momentum, running_var_unbiased=self.running_var_unbiased,
+                         name=self.layer_name)

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
 from .alternatives import layer_norm
 from .batchnorm import BatchNormBase
 
@@ -32,8 +31,7 @@ def _require_running_stats(layer: BatchNormBase, kwargs: dict) -> None:
 
 
 def _check_batch_axis(layer: BatchNormBase, axis: int) -> None:
-    if axis == 0:
-        raise ValueError(f"{layer.layer_name}: the channel axis cannot be the batch axis 0 for this layer")
+    _validate.check_not_batch_axis(axis, layer.layer_name, layer.axis)
 
 
 class BatchRenorm(BatchNormBase):
@@ -118,11 +116,7 @@ class BatchRenorm(BatchNormBase):
             return y
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         r, d = _stats.renorm_correction(stats, self.running_mean, ref_std, self.eps, r_max, d_max)
-        # gamma * (x_hat * r + d) + beta = x_hat * (gamma r) + (gamma d + beta): BatchNorm's normalize, new affine.
-        weight = r if self.weight is None else self.weight * r
-        bias = d if self.weight is None else self.weight * d
-        if self.bias is not None:
-            bias = bias + self.bias
+        weight, bias = _stats.renorm_affine(self.weight, self.bias, r, d)
         self.update_running(stats)
         return kernels.normalize(x, stats.mean, stats.var, weight, bias, self.eps, axis=axis)
 
@@ -334,8 +328,7 @@ class MovingAverageBatchNorm(BatchNormBase):
             return kernels.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         if not self.updates_running_stats():
             raise ValueError(f"{self.layer_name}: eval_stats='batch' is not defined for MABN; use eval_stats='running'")
-        self.num_batches_tracked.add_(1)
-        iteration = int(self.num_batches_tracked)
+        iteration = int(self.num_batches_tracked) + 1  # this batch, counted by track below
         slot = iteration % self.buffer_size
         with torch.no_grad():
             m = kernels.moments(x, _stats.reduce_dims(x.ndim, axis))
@@ -349,10 +342,10 @@ class MovingAverageBatchNorm(BatchNormBase):
             else:
                 r = (torch.sqrt(chi2 + self.eps) / torch.sqrt(self.running_var.to(chi2.dtype) + self.eps))
                 r = r.clamp(1.0 / self.r_max, self.r_max)
-            factor = F.momentum_factor(self.momentum, self.num_batches_tracked, self.layer_name)
-            _stats.update_running(
-                self.running_mean, self.running_var, _stats.Moments(torch.zeros_like(chi2), chi2, m.count),
-                momentum=factor, running_var_unbiased=False,
+            _stats.track(
+                self.running_mean, self.running_var, self.num_batches_tracked,
+                _stats.Moments(torch.zeros_like(chi2), chi2, m.count), momentum=self.momentum,
+                running_var_unbiased=False, name=self.layer_name,
             )
         out = _MovingAverageNormalize.apply(x, chi2, r, self.gz_history, slot, use_average, axis, self.eps)
         return _stats.affine(out, self.weight, self.bias, axis=axis)
