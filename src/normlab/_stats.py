@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -107,6 +108,82 @@ def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) ->
     mean = (counts * means).sum(dim=dim) / safe
     var = (counts * (vars_ + (means - mean.unsqueeze(dim)) ** 2)).sum(dim=dim) / safe
     return Moments(mean, var, total)
+
+
+# -- pooling across processes (torch.distributed): the collective beside the exact merge ------------------------
+def _active(group) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def all_reduce_sum(t: Tensor, group=None) -> Tensor:
+    """Sum of ``t`` over the processes of ``group`` (a new tensor; no autograd)."""
+    out = t.detach().clone()
+    if _active(group):
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+class _AllGather(torch.autograd.Function):
+    """Stack every process's ``t`` into ``(world, *t.shape)``, differentiably.
+
+    Written as a sum of one-hot placements so a single all_reduce does it on every backend; the backward of a sum
+    over processes is the sum over processes of the gradients, taken at this process's row.
+    """
+
+    @staticmethod
+    def forward(ctx, t, group):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        out = t.new_zeros((world, *t.shape))
+        out[rank] = t
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        ctx.group, ctx.rank = group, rank
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank], None
+
+
+def all_merge_moments(stats: Moments, group=None) -> Moments:
+    """Exact pooled statistics of every process in ``group`` (unchanged when not distributed)."""
+    if not _active(group):
+        return stats
+    count = stats.count
+    if not isinstance(count, Tensor):
+        count = torch.full_like(stats.mean, float(count))
+    packed = torch.stack([stats.mean, stats.var, count.to(stats.mean.dtype).detach()])
+    gathered = _AllGather.apply(packed, group)  # (world, 3, C)
+    return merge_moments(gathered[:, 0], gathered[:, 1], gathered[:, 2], dim=0)
+
+
+def check_pooled_count(pooled: Moments, local: Moments, name: str) -> None:
+    """Training needs more than one value per channel over the whole group (the pooled count, the same on every
+    process, so every process raises together). A count of 0 everywhere is an empty batch, which is allowed."""
+    count = pooled.count
+    if isinstance(count, Tensor):
+        bad = bool((count.detach() == 1).any())
+        total = int(count.detach().reshape(-1).max()) if count.numel() else 0
+    else:
+        bad, total = count == 1, int(count)
+    if bad:
+        here = local.count if not isinstance(local.count, Tensor) else int(local.count.detach().reshape(-1).max())
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
+            f"group ({here} on this process); use a larger batch, or eval mode"
+        )
+
+
+def any_process(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is True on any process of ``group`` (one all_reduce; ``flag`` itself when not distributed).
+    A data-dependent check of a synchronized layer goes through this, so that every process raises together
+    instead of one raising while the others wait in the next collective."""
+    if not _active(group):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return bool(t.item() > 0)
 
 
 def renorm_correction(

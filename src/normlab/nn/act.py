@@ -120,9 +120,7 @@ class _InPlaceABN(torch.autograd.Function):
         if batch_stats:
             sums = torch.stack([sum_dz, sum_dz_xhat])
             if group is not False:
-                from . import sync
-
-                sums = sync.all_reduce_sum(sums, group)
+                sums = _stats.all_reduce_sum(sums, group)
             mean_dz, mean_dz_xhat = sums[0] / count, sums[1] / count
             dx = _stats.channel_view(gamma * inv_std, nd, axis) * (
                 dz - _stats.channel_view(mean_dz, nd, axis) - x_hat * _stats.channel_view(mean_dz_xhat, nd, axis)

@@ -73,6 +73,14 @@ class BatchNormBase(nn.Module):
 
     _version = 2
     _ranks: tuple[int, ...] | None = None
+    # -- capabilities, read by nn.sync and normlab.tools (never a concrete-type check) --
+    #: whether convert_sync_batchnorm may pool this layer's statistics over processes
+    syncable = True
+    #: why not, when ``syncable`` is False (completes "... is a <class>, whose <reason> and cannot be synchronized")
+    not_syncable_because = ""
+    #: whether ``running_mean``/``running_var`` are a mean and a (centred) variance; False when ``running_var`` is
+    #: the uncentred second moment E[x^2] and ``running_mean`` stays 0 (MABN): recalibrate then averages E[x^2]
+    centred = True
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
 
@@ -213,16 +221,23 @@ class BatchNormBase(nn.Module):
 
     def _check_finite_everywhere(self, x: Tensor, c: int) -> None:
         """check_finite for a synchronized layer: every process learns whether any holds NaN/Inf, and all raise."""
-        from . import sync
-
         here = not bool(torch.isfinite(x).all())
-        if sync.any_process(here, self.process_group):
+        if _stats.any_process(here, self.process_group):
             if here:
                 _validate.check_finite(x, self.layer_name, c)
             raise ValueError(
                 f"{self.layer_name}: another process of the group holds NaN or Inf in its input (check_finite=True); "
                 f"every process stops here"
             )
+
+    def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+        """What a forward call ``layer(*args, **kwargs)`` takes its statistics over: ``(x, mask)``, ``mask`` a bool
+        tensor broadcastable to ``x`` (True = valid) or None for every position; ``(None, None)`` when the call holds
+        no tensor input. Tools that re-estimate statistics from the calls (``normlab.tools.recalibrate``) read this
+        instead of the layer's internals; layers with a mask (MaskedBatchNorm) override it. Raises the layer's own
+        errors for a bad mask."""
+        x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+        return (x, None) if isinstance(x, Tensor) else (None, None)
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check_input(x)
@@ -252,12 +267,10 @@ class BatchNormBase(nn.Module):
         unchanged (the one place a layer's statistics cross processes)."""
         if not self.sync_statistics:
             return stats
-        from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
-
-        pooled = sync.all_merge_moments(stats, self.process_group)
+        pooled = _stats.all_merge_moments(stats, self.process_group)
         if self._needs_batch_variance and self.uses_batch_stats():
             # the pooled count is the same on every process: all raise together, none waits for the others
-            sync.check_pooled_count(pooled, stats, self.layer_name)
+            _stats.check_pooled_count(pooled, stats, self.layer_name)
         return pooled
 
     def _local_plain_moments(self) -> bool:

@@ -72,6 +72,16 @@ class MaskedBatchNorm(BatchNormBase):
                 f"has {int(counts.reshape(-1)[bad])}; pass a mask with more valid positions, or use eval mode"
             )
 
+    def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+        """``(x, mask)`` of a call ``forward(x, mask=None, lengths=None)``: the validity mask built as the forward
+        builds it (``lengths`` become a mask), or None for every position (see :meth:`BatchNormBase.statistics_input`)."""
+        x, _ = super().statistics_input(args, kwargs)
+        if x is None:
+            return None, None
+        mask = args[1] if len(args) > 1 else kwargs.get("mask")
+        lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+        return x, self._mask(x, _stats.channel_axis(x.ndim, self.axis), mask, lengths)
+
     def _mask(self, x: Tensor, c: int, mask: Tensor | None, lengths: Tensor | None) -> Tensor | None:
         """The mask as a bool tensor broadcastable to ``x`` (validated before anything changes)."""
         name = self.layer_name

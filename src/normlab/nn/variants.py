@@ -170,9 +170,7 @@ class GhostBatchNorm(BatchNormBase):
         if self.sync_statistics and self.updates_running_stats():
             # the running statistics pool over processes: a process whose last virtual batch is too short must not
             # raise alone while the others wait in that pooling, so every process learns it and all raise
-            from . import sync
-
-            if sync.any_process(short, self.process_group) and not short:
+            if _stats.any_process(short, self.process_group) and not short:
                 raise ValueError(
                     f"{self.layer_name}: another process of the group has a last virtual batch of 1 value per "
                     f"channel; every process stops here"
@@ -278,6 +276,9 @@ class MovingAverageBatchNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # a second moment exists for a single value per channel (batch size 1, 2D)
+    syncable = False
+    not_syncable_because = "moving averages are per process"
+    centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
 
     def __init__(
         self,
