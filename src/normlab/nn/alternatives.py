@@ -26,6 +26,7 @@ from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
 from .. import functional as F
+from .batchnorm import RunningStatsNorm
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
@@ -255,7 +256,7 @@ class GroupNorm(nn.Module):
         return y.movedim(1, c)
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(RunningStatsNorm):
     """InstanceNorm (Ulyanov et al. 2016): ``InstanceNorm(num_features, eps=1e-5, momentum=0.1, affine=False,
     track_running_stats=False, *, bias=True)`` for a batched input of any rank >= 3 (batch axis 0), plus ``axis``.
 
@@ -272,7 +273,6 @@ class InstanceNorm(nn.Module):
     count when ``affine=False``) and for a single spatial value per channel when batch statistics are used.
     """
 
-    _version = 2  # torch's _NormBase: version 2 has num_batches_tracked
     #: torch-named classes: the rank without a batch axis (unbatched input), else None (any batched rank >= 3)
     _no_batch_rank: int | None = None
     #: torch's counter and momentum=None rules (the counter never moves, momentum=None = no update)
@@ -282,53 +282,15 @@ class InstanceNorm(nn.Module):
                  track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
                  axis: int = 1) -> None:
         super().__init__()
-        name = type(self).__name__
-        _validate.check_positive_int(num_features, name, "num_features")
-        _check_eps(eps, name)
-        _stats.check_momentum(momentum, name)
-        factory = {"device": device, "dtype": dtype}
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
-        self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
         # torch's keyword bias=False: a learned weight and no bias
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine and bias else None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-
-    @property
-    def layer_name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-             f"track_running_stats={self.track_running_stats}")
-        return s + (f", axis={self.axis}" if self.axis != 1 else "")
+        self._init_state(num_features, eps, momentum, affine, track_running_stats, scale=affine,
+                         center=affine and bias, axis=axis, device=device, dtype=dtype)
+        self.reset_parameters()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        from .batchnorm import keep_counter_on_load
-
-        # torch's two rules: a checkpoint without metadata from before 0.4 may hold running statistics a
-        # non-tracking layer does not have (reported and dropped), and one without a counter keeps the layer's
+        # torch's rule, before the shared ones of RunningStatsNorm: a checkpoint without metadata (from before
+        # torch 0.4) may hold running statistics a non-tracking layer does not have (reported and dropped)
         if local_metadata.get("version", None) is None and not self.track_running_stats:
             keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
             if keys:
@@ -339,7 +301,6 @@ class InstanceNorm(nn.Module):
                 )
                 for k in keys:
                     state_dict.pop(k)
-        keep_counter_on_load(self, state_dict, prefix, local_metadata)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

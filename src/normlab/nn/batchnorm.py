@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["RunningStatsNorm", "BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 EVAL_STATS = ("running", "batch")
 
@@ -57,7 +57,69 @@ def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local
             state_dict[key] = torch.tensor(0, dtype=torch.long)
 
 
-class BatchNormBase(nn.Module):
+class RunningStatsNorm(nn.Module):
+    """What every layer with per-channel parameters and torch's running-statistic buffers shares (BatchNormBase,
+    InstanceNorm): the construction checks (``num_features``, ``eps``, ``momentum``), the parameters ``weight``
+    (gamma) and ``bias`` (beta), the buffers ``running_mean``/``running_var``/``num_batches_tracked`` (``None`` without
+    ``track_running_stats``), reset, the repr and torch's state_dict rules (version 2, a missing counter keeps the
+    layer's). Raises ``ValueError`` naming the layer for a bad ``num_features``, ``eps`` or ``momentum``.
+    """
+
+    _version = 2
+
+    def _init_state(
+        self, num_features: int, eps: float, momentum: float | None, affine: bool, track_running_stats: bool,
+        *, scale: bool, center: bool, axis: int, device=None, dtype=None,
+    ) -> None:
+        name = type(self).__name__
+        _validate.check_positive_int(num_features, name, "num_features")
+        if eps is None or not eps > 0:
+            raise ValueError(f"{name}: eps must be positive, got {eps}")
+        _stats.check_momentum(momentum, name)
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
+        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if scale else None
+        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if center else None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    @property
+    def layer_name(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        keep_counter_on_load(self, state_dict, prefix, local_metadata)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+        return s + (f", axis={self.axis}" if self.axis != 1 else "")
+
+
+class BatchNormBase(RunningStatsNorm):
     """Parameters, buffers, state_dict layout and input checks shared by every batch-statistic layer.
 
     Subclasses set ``_ranks`` (accepted input ranks, ``None`` = any rank >= 2) and may override
@@ -71,7 +133,6 @@ class BatchNormBase(nn.Module):
     Raises ``ValueError`` naming the layer for a wrong rank, channel count or a single value per channel.
     """
 
-    _version = 2
     _ranks: tuple[int, ...] | None = None
     # -- capabilities, read by nn.sync and normlab.tools (never a concrete-type check) --
     #: whether convert_sync_batchnorm may pool this layer's statistics over processes
@@ -103,69 +164,23 @@ class BatchNormBase(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        _validate.check_positive_int(num_features, name, "num_features")
-        if eps <= 0:
-            raise ValueError(f"{name}: eps must be positive, got {eps}")
-        _stats.check_momentum(momentum, name)
+        use_scale = affine if scale is None else scale
+        # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
+        use_center = (affine and bias) if center is None else center
+        self._init_state(num_features, eps, momentum, affine, track_running_stats, scale=use_scale,
+                         center=use_center, axis=axis, device=device, dtype=dtype)
         if eval_stats not in EVAL_STATS:
-            raise ValueError(f"{name}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.axis = axis
+            raise ValueError(f"{type(self).__name__}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
         self.eval_stats = eval_stats
         self.running_var_unbiased = running_var_unbiased
         self.check_finite = check_finite
         # Synchronized statistics over torch.distributed (see normlab.nn.sync); off by default.
         self.sync_statistics = False
         self.process_group = None
-        use_scale = affine if scale is None else scale
-        # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
-        use_center = (affine and bias) if center is None else center
-        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if use_scale else None
-        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if use_center else None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked",
-                torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}),
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
 
-    # -- state -----------------------------------------------------------------------------------------------
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        keep_counter_on_load(self, state_dict, prefix, local_metadata)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
     def extra_repr(self) -> str:
-        s = (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-        if self.axis != 1:
-            s += f", axis={self.axis}"
+        s = super().extra_repr()
         if self.eval_stats != "running":
             s += f", eval_stats={self.eval_stats!r}"
         if not self.running_var_unbiased:
@@ -173,10 +188,6 @@ class BatchNormBase(nn.Module):
         return s
 
     # -- forward ---------------------------------------------------------------------------------------------
-    @property
-    def layer_name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
-
     def uses_batch_stats(self) -> bool:
         """True when this call normalizes with the batch's statistics (training, no running stats, or asked)."""
         return self.training or not self.track_running_stats or self.eval_stats == "batch"
