@@ -20,11 +20,18 @@ from torch import Tensor
 
 from .. import _stats, _validate
 from . import native
-from ._pool import cache_info, empty_cache
+from . import _buffer_cache
+from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
+from ._buffer_cache import cache_info, empty_cache
+
+# The buffer cache's old module name, still read by bench/kernels.py (``_pool.ENV_VAR``); remove once bench uses
+# BUFFER_CACHE_ENV_VAR. "pool" elsewhere means statistics pooled across processes.
+_pool = _buffer_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
 __all__ = [
     "AUTO_MIN_NUMEL",
+    "BUFFER_CACHE_ENV_VAR",
     "BACKENDS",
     "ACTIVATIONS",
     "backend",

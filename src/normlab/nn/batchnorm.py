@@ -219,7 +219,7 @@ class BatchNormBase(RunningStatsNorm):
         elif x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        # A synchronized layer checks the count pooled over every process instead (see _pool): one process may
+        # A synchronized layer checks the count pooled over every process instead (see _pool_over_processes): one process may
         # hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
         if self.uses_batch_stats() and self._needs_batch_variance and not self.sync_statistics:
             _validate.check_batch_size(x, name, c)
@@ -271,9 +271,9 @@ class BatchNormBase(RunningStatsNorm):
     def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
         """Batch statistics of ``x`` over ``dims``: local, or pooled over every process of ``process_group`` when
         the layer is synchronized (:func:`normlab.nn.sync.convert_sync_batchnorm`). Differentiable either way."""
-        return self._pool(kernels.moments(x, dims, mask=mask))
+        return self._pool_over_processes(kernels.moments(x, dims, mask=mask))
 
-    def _pool(self, stats: _stats.Moments) -> _stats.Moments:
+    def _pool_over_processes(self, stats: _stats.Moments) -> _stats.Moments:
         """``stats`` pooled exactly over every process of ``process_group`` when the layer is synchronized, else
         unchanged (the one place a layer's statistics cross processes)."""
         if not self.sync_statistics:

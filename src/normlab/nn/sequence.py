@@ -240,7 +240,7 @@ class TimeStepBatchNorm(BatchNormBase):
             return _stats.affine(z * 0, weight, bias, axis=1).reshape(moved_shape).movedim((1, 2), (t, c))
         if self.uses_batch_stats():
             per_channel = z.numel() // z.shape[1]
-            if per_channel == 1 and not self.sync_statistics:  # synchronized: the pooled count decides (_pool)
+            if per_channel == 1 and not self.sync_statistics:  # synchronized: the pooled count decides (_pool_over_processes)
                 raise ValueError(
                     f"{self.layer_name}: expected more than 1 value per channel and time step when training, got "
                     f"input of shape {tuple(x.shape)}; use a batch of 2 or more, or eval mode"

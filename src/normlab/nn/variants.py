@@ -179,7 +179,7 @@ class GhostBatchNorm(BatchNormBase):
             out = self.empty_output(x, axis)
             if self.updates_running_stats():
                 with torch.no_grad():
-                    pooled = self._pool(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
+                    pooled = self._pool_over_processes(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
                 self.update_running(pooled)
             return out
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
@@ -210,7 +210,7 @@ class GhostBatchNorm(BatchNormBase):
                 pooled = _stats.merge_moments(
                     torch.stack([m.mean for m in parts]), torch.stack([m.var for m in parts]), counts[:, None]
                 )
-                pooled = self._pool(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
+                pooled = self._pool_over_processes(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
             self.update_running(pooled)
         return out
 
