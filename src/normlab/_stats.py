@@ -210,8 +210,8 @@ def normalize(
 ) -> Tensor:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with per-channel vectors along ``axis``.
 
-    Computed in the promoted dtype of x and the statistics, never below float32 and returned in ``x``'s dtype. The mean is
-    subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
+    Computed in the promoted dtype of x and the statistics, never below float32 and returned in ``x``'s dtype. The
+    mean is subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
     """
     nd = x.ndim
     # Half buffers (e.g. after module.to(torch.bfloat16)) must not pull the arithmetic down to half precision.

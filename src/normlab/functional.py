@@ -8,7 +8,6 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import _stats, _validate, kernels
@@ -85,7 +84,9 @@ def _checked_axis(input, running_mean, running_var, weight, bias, training: bool
     if input.ndim < 2:
         raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {input.ndim}D input")
     if not -input.ndim <= axis < input.ndim:
-        raise ValueError(f"{name}: channel axis {axis} does not exist in a {input.ndim}D input of shape {tuple(input.shape)}")
+        raise ValueError(
+            f"{name}: channel axis {axis} does not exist in a {input.ndim}D input of shape {tuple(input.shape)}"
+        )
     num_features = input.shape[axis]
     c = _validate.check_channels(input, name, num_features, axis)
     for what, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):

@@ -3,13 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from _layer_helpers import randomize_affine as _randomize
 
 from normlab import kernels
-
 from normlab import reference as ref
 from normlab.nn import BatchLayerNorm, BatchNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm
-
-from _layer_helpers import randomize_affine as _randomize
 
 
 def _np(t):

@@ -19,15 +19,14 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate
-from . import native
-from . import _buffer_cache
+from . import _buffer_cache, native
 from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
 from ._buffer_cache import cache_info, empty_cache
+from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
 # The buffer cache's old module name, still read by bench/kernels.py (``_pool.ENV_VAR``); remove once bench uses
 # BUFFER_CACHE_ENV_VAR. "pool" elsewhere means statistics pooled across processes.
 _pool = _buffer_cache
-from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
 __all__ = [
     "AUTO_MIN_NUMEL",
@@ -99,7 +98,9 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
         flat = x.reshape((-1,) + tuple(x.shape[2:])) if c > 1 else None
         if flat is None:  # channel at dim 1 right after the group dim: not a ghost layout the kernel can read
             return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
-        m_flat = None if mask is None else mask.expand(x.shape[:c] + (1,) + x.shape[c + 1 :]).reshape(flat.shape[: c - 1] + (1,) + flat.shape[c:])
+        m_flat = None if mask is None else (
+            mask.expand(x.shape[:c] + (1,) + x.shape[c + 1 :]).reshape(flat.shape[: c - 1] + (1,) + flat.shape[c:])
+        )
         mean, var, count = _ops().moments(flat, c - 1, G, m_flat)
     else:
         mean, var, count = _ops().moments(x, c, 1, mask)
@@ -144,7 +145,8 @@ def normalize(
             native.torch_kernel_ok(x) and mean.dtype == x.dtype and var.dtype == x.dtype
             and not stats_grad and not torch.jit.is_tracing()
         ):  # torch's fused operator: no gradient for the statistics; tracing (ONNX export) keeps the composite
-            return native.activate(native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis)), a)
+            y = native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis))
+            return native.activate(y, a)
         return native.activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
     c = _stats.channel_axis(x.ndim, axis)
     scale = _stats.scale(var, weight, eps)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -80,7 +80,9 @@ def set_backend(name: str | None) -> None:
         return
     name = _check(name, "normlab.kernels.set_backend")
     if name == "fast" and not numba_available():
-        raise RuntimeError("normlab.kernels.set_backend('fast'): numba is not installed (pip install 'normlab[kernels]')")
+        raise RuntimeError(
+            "normlab.kernels.set_backend('fast'): numba is not installed (pip install 'normlab[kernels]')"
+        )
     _override = name
 
 

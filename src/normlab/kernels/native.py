@@ -106,7 +106,11 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
     """
     if (
         torch.is_grad_enabled()
-        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+        and (
+            x.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        )
         and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
     ):
         box: list = []
@@ -128,7 +132,9 @@ def double_backward_grads(forward, inputs: tuple, needs: tuple, dy: Tensor) -> t
         y = forward(*inputs)
         wanted = [t for t, n in zip(inputs, needs) if n and isinstance(t, Tensor) and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True) if wanted else ())
-    return tuple(next(grads) if n and isinstance(t, Tensor) and t.requires_grad else None for t, n in zip(inputs, needs))
+    return tuple(
+        next(grads) if n and isinstance(t, Tensor) and t.requires_grad else None for t, n in zip(inputs, needs)
+    )
 
 
 class _TorchTrain(torch.autograd.Function):
@@ -147,7 +153,9 @@ class _TorchTrain(torch.autograd.Function):
         eps, c = ctx.eps, ctx.c
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward, exact at every order
-            grads = double_backward_grads(lambda a, w, b: composite_train(a, w, b, eps, c), (x, weight, bias), needs, dy)
+            grads = double_backward_grads(
+                lambda a, w, b: composite_train(a, w, b, eps, c), (x, weight, bias), needs, dy
+            )
             return (*grads, None, None, None, None)
         w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
         dx, dw, db = torch.ops.aten.native_batch_norm_backward(

@@ -133,7 +133,8 @@ def _moments_backward(ctx, d_mean, d_var, d_count):
     axis, groups = ctx.axis, ctx.groups
     xg = _grouped(x, groups)
     n = _bcast(count.clamp_min(1), x, axis, groups)
-    dx = (_bcast(d_mean, x, axis, groups) + 2 * _bcast(d_var, x, axis, groups) * (xg - _bcast(mean, x, axis, groups))) / n
+    centred = xg - _bcast(mean, x, axis, groups)
+    dx = (_bcast(d_mean, x, axis, groups) + 2 * _bcast(d_var, x, axis, groups) * centred) / n
     if mask is not None:
         dx = torch.where(_grouped(mask.expand(x.shape), groups), dx, dx.new_zeros(()))
     return dx.reshape(x.shape), None, None, None

@@ -90,7 +90,8 @@ class _InPlaceABN(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)
         scale = inv_std if weight is None else inv_std * weight
         with torch.no_grad():
-            x.sub_(_stats.channel_view(mean.to(x.dtype), nd, axis)).mul_(_stats.channel_view(scale.to(x.dtype), nd, axis))
+            x.sub_(_stats.channel_view(mean.to(x.dtype), nd, axis))
+            x.mul_(_stats.channel_view(scale.to(x.dtype), nd, axis))
             if bias is not None:
                 x.add_(_stats.channel_view(bias.to(x.dtype), nd, axis))
             _activate(x, activation, slope, alpha, inplace=True)

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
 from .batchnorm import RunningStatsNorm
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
@@ -71,7 +70,11 @@ def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
     if (
         torch.is_grad_enabled() and kernels.native.plain(x) and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+        and (
+            x.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        )
     ):
         return _LayerNorm.apply(x, tuple(shape), weight, bias, eps)
     if not kernels.native.plain(x) and torch.is_grad_enabled():  # torch.func transforms: the composite
@@ -127,7 +130,9 @@ class _SampleNorm(nn.Module):
         self.axis = axis
         self.weight = nn.Parameter(torch.ones(normalized_shape, **factory)) if elementwise_affine else None
         self.bias = (
-            nn.Parameter(torch.zeros(normalized_shape, **factory)) if elementwise_affine and bias and self._center else None
+            nn.Parameter(torch.zeros(normalized_shape, **factory))
+            if elementwise_affine and bias and self._center
+            else None
         )
 
     @property
@@ -205,7 +210,8 @@ class RMSNorm(_SampleNorm):
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as torch, plus
+    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as
+    torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the
     group's channels and all spatial positions; per-channel affine. The paper's default is G = 32.
     """

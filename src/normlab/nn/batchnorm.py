@@ -18,7 +18,8 @@ layout are torch's, so checkpoints load both ways.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,9 @@ def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Call
         return lambda t: nn.init.constant_(t, float(spec))
     table = {"zeros": nn.init.zeros_, "ones": nn.init.ones_}
     if spec not in table:
-        raise ValueError(f"BatchNorm.keras: unknown {what} {spec!r}; expected one of {sorted(table)}, a number or a callable")
+        raise ValueError(
+            f"BatchNorm.keras: unknown {what} {spec!r}; expected one of {sorted(table)}, a number or a callable"
+        )
     return table[spec]
 
 
@@ -107,9 +110,13 @@ class RunningStatsNorm(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         keep_counter_on_load(self, state_dict, prefix, local_metadata)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         s = (
@@ -219,8 +226,8 @@ class BatchNormBase(RunningStatsNorm):
         elif x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        # A synchronized layer checks the count pooled over every process instead (see _pool_over_processes): one process may
-        # hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
+        # A synchronized layer checks the count pooled over every process instead (see _pool_over_processes): one
+        # process may hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
         if self.uses_batch_stats() and self._needs_batch_variance and not self.sync_statistics:
             _validate.check_batch_size(x, name, c)
         if self.check_finite:
@@ -309,7 +316,9 @@ class BatchNormBase(RunningStatsNorm):
                 self.num_batches_tracked if update else None, self.layer_name,
             )
         if not self.uses_batch_stats():
-            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(
+                x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis
+            )
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         if self.updates_running_stats():
             self.update_running(stats)
@@ -338,7 +347,7 @@ class BatchNorm(BatchNormBase):
         moving_mean_initializer: str | float | Callable = "zeros",
         moving_variance_initializer: str | float | Callable = "ones",
         **kwargs,
-    ) -> "BatchNorm":
+    ) -> BatchNorm:
         """Keras' ``BatchNormalization`` arguments and defaults.
 
         Keras' ``momentum`` is the weight of the *old* running value and its running variance is the *biased* batch

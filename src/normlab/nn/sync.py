@@ -24,7 +24,8 @@ its output is empty and its gradients 0, and it still takes part in every collec
 data-dependent check of a synchronized layer is decided over the group, so all processes raise together and none is
 left waiting: more than one value per channel is required of the *pooled* count (:func:`check_pooled_count`, as
 ``torch.nn.SyncBatchNorm``), and ``check_finite`` and GhostBatchNorm's last-virtual-batch check go through
-:func:`any_process` (both in :mod:`normlab._stats`, re-exported here). No sample anywhere is an empty batch: empty outputs, no running statistic or counter changes.
+:func:`any_process` (both in :mod:`normlab._stats`, re-exported here). No sample anywhere is an empty batch:
+empty outputs, no running statistic or counter changes.
 
 Every process must call the layer (and the backward) the same number of times, as with ``torch.nn.SyncBatchNorm``.
 Parameter gradients are the per-process contributions; sum them (or let DDP average them) as usual.

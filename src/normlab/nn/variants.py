@@ -27,7 +27,9 @@ __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLaye
 
 def _require_running_stats(layer: BatchNormBase, kwargs: dict) -> None:
     if not kwargs.get("track_running_stats", True):
-        raise ValueError(f"{type(layer).__name__}: needs running statistics; track_running_stats=False is not supported")
+        raise ValueError(
+            f"{type(layer).__name__}: needs running statistics; track_running_stats=False is not supported"
+        )
 
 
 def _check_batch_axis(layer: BatchNormBase, axis: int) -> None:
@@ -201,7 +203,10 @@ class GhostBatchNorm(BatchNormBase):
         dims = _stats.reduce_dims(x.ndim, axis)
         parts = [_stats.moments(chunk, dims) for chunk in chunks]
         out = torch.cat(
-            [_stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis) for ch, m in zip(chunks, parts)],
+            [
+                _stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
+                for ch, m in zip(chunks, parts)
+            ],
             dim=0,
         )
         if self.updates_running_stats():
@@ -210,7 +215,8 @@ class GhostBatchNorm(BatchNormBase):
                 pooled = _stats.merge_moments(
                     torch.stack([m.mean for m in parts]), torch.stack([m.var for m in parts]), counts[:, None]
                 )
-                pooled = self._pool_over_processes(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
+                total = int(sum(m.count for m in parts))
+                pooled = self._pool_over_processes(_stats.Moments(pooled.mean, pooled.var, total))
             self.update_running(pooled)
         return out
 
@@ -397,7 +403,10 @@ class BatchLayerNorm(BatchNormBase):
         self.register_buffer("train_batch_size", torch.tensor(batch_size or 0, dtype=torch.long, device=device))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", batch_size={self.batch_size}, scale_by_sqrt_features={self.scale_by_sqrt_features}"
+        return (
+            super().extra_repr()
+            + f", batch_size={self.batch_size}, scale_by_sqrt_features={self.scale_by_sqrt_features}"
+        )
 
     def mix_weights(self, batch_size: int) -> tuple[float, float]:
         """``(w_feature, w_batch) = (1/B - 1e-4, 1 - 1/B - 1e-4)``."""
