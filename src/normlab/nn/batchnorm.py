@@ -149,6 +149,8 @@ class BatchNormBase(RunningStatsNorm):
     #: whether ``running_mean``/``running_var`` are a mean and a (centred) variance; False when ``running_var`` is
     #: the uncentred second moment E[x^2] and ``running_mean`` stays 0 (MABN): recalibrate then averages E[x^2]
     centred = True
+    #: whether the layer is only defined with running statistics (track_running_stats=False raises at construction)
+    requires_running_stats = False
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
 
@@ -171,6 +173,10 @@ class BatchNormBase(RunningStatsNorm):
         bias: bool = True,
     ) -> None:
         super().__init__()
+        if self.requires_running_stats and not track_running_stats:
+            raise ValueError(
+                f"{type(self).__name__}: needs running statistics; track_running_stats=False is not supported"
+            )
         use_scale = affine if scale is None else scale
         # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
         use_center = (affine and bias) if center is None else center

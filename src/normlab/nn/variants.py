@@ -25,13 +25,6 @@ from .batchnorm import BatchNormBase
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
 
 
-def _require_running_stats(layer: BatchNormBase, kwargs: dict) -> None:
-    if not kwargs.get("track_running_stats", True):
-        raise ValueError(
-            f"{type(layer).__name__}: needs running statistics; track_running_stats=False is not supported"
-        )
-
-
 def _check_batch_axis(layer: BatchNormBase, axis: int) -> None:
     _validate.check_not_batch_axis(axis, layer.layer_name, layer.axis)
 
@@ -58,6 +51,8 @@ class BatchRenorm(BatchNormBase):
     the biased one); ``sigma`` is its square root plus eps, as in the paper's inference equation.
     """
 
+    requires_running_stats = True
+
     def __init__(
         self,
         num_features: int,
@@ -76,7 +71,6 @@ class BatchRenorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
         if not r_max >= 1.0:
             raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
         if not d_max >= 0.0:
@@ -286,6 +280,8 @@ class MovingAverageBatchNorm(BatchNormBase):
     not_syncable_because = "moving averages are per process"
     centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
 
+    requires_running_stats = True
+
     def __init__(
         self,
         num_features: int,
@@ -303,7 +299,6 @@ class MovingAverageBatchNorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
         _validate.check_positive_int(buffer_size, name, "buffer_size")
         _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
         _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
