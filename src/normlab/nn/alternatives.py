@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
-from .batchnorm import RunningStatsNorm
+from .batchnorm import RunningStatsNorm, reset_affine
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
@@ -141,10 +141,7 @@ class _SampleNorm(nn.Module):
         return f"{type(self).__name__}({shape})"
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -240,10 +237,7 @@ class GroupNorm(nn.Module):
         return f"GroupNorm({self.num_groups}, {self.num_channels})"
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         s = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

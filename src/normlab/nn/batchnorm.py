@@ -60,6 +60,14 @@ def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local
             state_dict[key] = torch.tensor(0, dtype=torch.long)
 
 
+def reset_affine(module: nn.Module) -> None:
+    """The family's initial affine: ``weight`` (gamma) ones, ``bias`` (beta) zeros, each where the layer has it."""
+    if getattr(module, "weight", None) is not None:
+        nn.init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
 class RunningStatsNorm(nn.Module):
     """What every layer with per-channel parameters and torch's running-statistic buffers shares (BatchNormBase,
     InstanceNorm): the construction checks (``num_features``, ``eps``, ``momentum``), the parameters ``weight``
@@ -105,10 +113,7 @@ class RunningStatsNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
