@@ -77,6 +77,13 @@ class RunningStatsNorm(nn.Module):
     """
 
     _version = 2
+    # Declared for type checkers (nn.Module.__getattr__ is typed Tensor | Module). The buffers are None only
+    # without track_running_stats, where every path that reads them is guarded by that flag.
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
 
     def _init_state(
         self, num_features: int, eps: float, momentum: float | None, affine: bool, track_running_stats: bool,
