@@ -7,7 +7,8 @@ Three pure functions on tensors (no modules, keyword-only flags):
   difference cancels catastrophically in float32 when |mean| >> std. Half types accumulate in float32.
   Returning ``count`` makes merges exact (ghost batches, masks, several processes): see :func:`merge_moments`.
 * :func:`normalize` -> ``(x - mean) * rsqrt(var + eps) * weight + bias`` along one channel axis.
-* :func:`update_running` -> the in-place running-average update of the buffers, in torch's convention
+* :func:`track` -> the in-place running-average step of the buffers (count the batch, weigh it by momentum or
+  the cumulative average's 1 / counter, :func:`update_running`), in torch's convention
   ``running <- (1 - momentum) * running + momentum * batch`` with the unbiased (torch) or biased (Keras/ONNX)
   variance estimator.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -108,6 +110,82 @@ def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) ->
     return Moments(mean, var, total)
 
 
+# -- pooling across processes (torch.distributed): the collective beside the exact merge ------------------------
+def _active(group) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def all_reduce_sum(t: Tensor, group=None) -> Tensor:
+    """Sum of ``t`` over the processes of ``group`` (a new tensor; no autograd)."""
+    out = t.detach().clone()
+    if _active(group):
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+class _AllGather(torch.autograd.Function):
+    """Stack every process's ``t`` into ``(world, *t.shape)``, differentiably.
+
+    Written as a sum of one-hot placements so a single all_reduce does it on every backend; the backward of a sum
+    over processes is the sum over processes of the gradients, taken at this process's row.
+    """
+
+    @staticmethod
+    def forward(ctx, t, group):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        out = t.new_zeros((world, *t.shape))
+        out[rank] = t
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        ctx.group, ctx.rank = group, rank
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank], None
+
+
+def all_merge_moments(stats: Moments, group=None) -> Moments:
+    """Exact pooled statistics of every process in ``group`` (unchanged when not distributed)."""
+    if not _active(group):
+        return stats
+    count = stats.count
+    if not isinstance(count, Tensor):
+        count = torch.full_like(stats.mean, float(count))
+    packed = torch.stack([stats.mean, stats.var, count.to(stats.mean.dtype).detach()])
+    gathered = _AllGather.apply(packed, group)  # (world, 3, C)
+    return merge_moments(gathered[:, 0], gathered[:, 1], gathered[:, 2], dim=0)
+
+
+def check_pooled_count(pooled: Moments, local: Moments, name: str) -> None:
+    """Training needs more than one value per channel over the whole group (the pooled count, the same on every
+    process, so every process raises together). A count of 0 everywhere is an empty batch, which is allowed."""
+    count = pooled.count
+    if isinstance(count, Tensor):
+        bad = bool((count.detach() == 1).any())
+        total = int(count.detach().reshape(-1).max()) if count.numel() else 0
+    else:
+        bad, total = count == 1, int(count)
+    if bad:
+        here = local.count if not isinstance(local.count, Tensor) else int(local.count.detach().reshape(-1).max())
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
+            f"group ({here} on this process); use a larger batch, or eval mode"
+        )
+
+
+def any_process(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is True on any process of ``group`` (one all_reduce; ``flag`` itself when not distributed).
+    A data-dependent check of a synchronized layer goes through this, so that every process raises together
+    instead of one raising while the others wait in the next collective."""
+    if not _active(group):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return bool(t.item() > 0)
+
+
 def renorm_correction(
     stats: Moments, ref_mean: Tensor, ref_std: Tensor, eps: float, r_max: float, d_max: float
 ) -> tuple[Tensor, Tensor]:
@@ -132,17 +210,14 @@ def normalize(
 ) -> Tensor:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with per-channel vectors along ``axis``.
 
-    Computed in the promoted dtype of x and the statistics, never below float32 and returned in ``x``'s dtype. The mean is
-    subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
+    Computed in the promoted dtype of x and the statistics, never below float32 and returned in ``x``'s dtype. The
+    mean is subtracted before scaling (not folded into a shift) so that a large common offset cancels exactly.
     """
     nd = x.ndim
     # Half buffers (e.g. after module.to(torch.bfloat16)) must not pull the arithmetic down to half precision.
     ct = compute_dtype(torch.promote_types(x.dtype, mean.dtype))
     mean, var = mean.to(ct), var.to(ct)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.to(ct)
-    y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale, nd, axis)
+    y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale(var, weight, eps), nd, axis)
     if bias is not None:
         y = y + channel_view(bias.to(y.dtype), nd, axis)
     return y.to(x.dtype)
@@ -174,6 +249,38 @@ def unbiased(var: Tensor, count: int | Tensor) -> Tensor:
     return var * (count / max(count - 1, 1))
 
 
+def check_momentum(momentum: float | None, name: str, *, allow_none: bool = True) -> None:
+    """``momentum`` lies in [0, 1] (torch's convention, the weight of the new value), or is ``None`` (the cumulative
+    average) when ``allow_none``; raises ``ValueError`` naming the layer."""
+    if momentum is None and allow_none:
+        return
+    if momentum is None or not 0.0 <= float(momentum) <= 1.0:
+        tail = " or be None (cumulative average)" if allow_none else " (torch convention: weight of the new value)"
+        raise ValueError(f"{name}: momentum must lie in [0, 1]{tail}, got {momentum}")
+
+
+def momentum_factor(
+    momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm"
+) -> float | Tensor:
+    """The weight of the new batch statistic in the running average.
+
+    ``momentum=None`` means the cumulative (equal-weight) average, as in torch: the n-th batch gets weight 1/n,
+    which needs the count of batches seen so far (``num_batches_tracked``, *after* counting this batch). Given the
+    counter as a tensor, the weight is a 0-dim float64 tensor computed by tensor operations (no Python number is
+    read from the counter, so torch.compile keeps it in the graph); given an int, a float.
+    """
+    if momentum is not None:
+        check_momentum(momentum, name, allow_none=False)
+        return float(momentum)
+    if num_batches_tracked is None:
+        raise ValueError(
+            f"{name}: momentum=None (cumulative average) needs num_batches_tracked to count the batches seen"
+        )
+    if isinstance(num_batches_tracked, Tensor):
+        return torch.reciprocal(num_batches_tracked.detach().clamp_min(1).to(torch.float64))
+    return 1.0 / max(int(num_batches_tracked), 1)
+
+
 @torch.no_grad()
 def update_running(
     running_mean: Tensor,
@@ -182,24 +289,61 @@ def update_running(
     *,
     momentum: float | Tensor,
     running_var_unbiased: bool = True,
-    valid: Tensor | None = None,
 ) -> None:
     """In place: ``running <- (1 - momentum) * running + momentum * batch`` for mean and variance.
 
     ``momentum`` is a number or a 0-dim tensor (the cumulative average's 1 / counter, kept in the graph under
-    torch.compile). ``valid`` (bool per channel) leaves channels that saw no value untouched (masked layers).
+    torch.compile).
     """
     if isinstance(momentum, Tensor):
         momentum = momentum.to(running_mean.dtype)
     var = unbiased(stats.var, stats.count) if running_var_unbiased else stats.var
-    if valid is None:  # the common case, in place: two operators instead of six on the hot path of every layer
-        running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)
-        running_var.lerp_(var.detach().to(running_var.dtype), momentum)
+    running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)
+    running_var.lerp_(var.detach().to(running_var.dtype), momentum)
+
+
+@torch.no_grad()
+def track(
+    running_mean: Tensor,
+    running_var: Tensor,
+    counter: Tensor | None,
+    stats: Moments,
+    *,
+    momentum: float | None,
+    running_var_unbiased: bool = True,
+    name: str = "batch_norm",
+    read_count: bool = False,
+) -> None:
+    """The one running-average step: count the batch in ``counter`` (in place, if given), then fold ``stats`` into
+    the running buffers with ``momentum`` (torch's convention) or, for ``momentum=None``, the cumulative average's
+    weight 1 / counter (a tensor operation, so torch.compile keeps it in the graph).
+
+    Statistics over no value at all change nothing and count no batch (``read_count``: also read a tensor count,
+    see :func:`is_empty`). Raises ``ValueError`` for ``momentum=None`` without a counter.
+    """
+    check_momentum(momentum, name)  # before anything changes
+    if momentum is None and counter is None:
+        momentum_factor(None, None, name)  # raises: the cumulative average needs a counter
+    if is_empty(stats, read_count):
         return
-    new_mean = running_mean.lerp(stats.mean.detach().to(running_mean.dtype), momentum)
-    new_var = running_var.lerp(var.detach().to(running_var.dtype), momentum)
-    if valid is not None:
-        new_mean = torch.where(valid, new_mean, running_mean)
-        new_var = torch.where(valid, new_var, running_var)
-    running_mean.copy_(new_mean)
-    running_var.copy_(new_var)
+    if counter is not None:
+        counter.add_(1)
+    factor = momentum_factor(momentum, counter if momentum is None else None, name)
+    update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
+
+
+def scale(var: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """Normalize's per-channel multiplier ``weight / sqrt(var + eps)`` (``1 / sqrt(var + eps)`` without a weight),
+    in ``var``'s dtype: ``y = (x - mean) * scale + bias``."""
+    s = torch.rsqrt(var + eps)
+    return s * weight.to(s.dtype) if weight is not None else s
+
+
+def renorm_affine(
+    weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Batch renormalization's correction folded into the affine: ``gamma * (x_hat * r + d) + beta =
+    x_hat * (gamma r) + (gamma d + beta)``, so that BatchNorm's normalize computes it with a new weight and bias."""
+    w = r if weight is None else weight * r
+    b = d if weight is None else weight * d
+    return w, (b + bias if bias is not None else b)

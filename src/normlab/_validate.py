@@ -89,3 +89,10 @@ def check_finite(x: Tensor, name: str, axis: int) -> None:
         f"{name}: input holds NaN or Inf (check_finite=True); first bad channel is {first} on axis {axis}, "
         f"{int(bad.sum())} bad channel(s) in all"
     )
+
+
+def check_not_batch_axis(c: int, name: str, axis: int) -> None:
+    """Layers whose statistics are per sample (or split the batch) need the channel axis ``c`` (non-negative)
+    apart from the batch axis 0; ``axis`` is the layer's own setting, for the message."""
+    if c == 0:
+        raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={axis}")

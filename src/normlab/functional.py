@@ -8,35 +8,12 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import _stats, _validate, kernels
+from ._stats import momentum_factor  # public here since 0.x; the one definition lives with track
 
 __all__ = ["batch_norm", "momentum_factor"]
-
-
-def momentum_factor(
-    momentum: float | None, num_batches_tracked: Tensor | int | None, name: str = "batch_norm"
-) -> float | Tensor:
-    """The weight of the new batch statistic in the running average.
-
-    ``momentum=None`` means the cumulative (equal-weight) average, as in torch: the n-th batch gets weight 1/n,
-    which needs the count of batches seen so far (``num_batches_tracked``, *after* counting this batch). Given the
-    counter as a tensor, the weight is a 0-dim float64 tensor computed by tensor operations (no Python number is
-    read from the counter, so torch.compile keeps it in the graph); given an int, a float.
-    """
-    if momentum is not None:
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"{name}: momentum must lie in [0, 1] (torch convention: weight of the new value), got {momentum}")
-        return float(momentum)
-    if num_batches_tracked is None:
-        raise ValueError(
-            f"{name}: momentum=None (cumulative average) needs num_batches_tracked to count the batches seen"
-        )
-    if isinstance(num_batches_tracked, Tensor):
-        return torch.reciprocal(num_batches_tracked.detach().clamp_min(1).to(torch.float64))
-    return 1.0 / max(int(num_batches_tracked), 1)
 
 
 def batch_norm(
@@ -107,7 +84,9 @@ def _checked_axis(input, running_mean, running_var, weight, bias, training: bool
     if input.ndim < 2:
         raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {input.ndim}D input")
     if not -input.ndim <= axis < input.ndim:
-        raise ValueError(f"{name}: channel axis {axis} does not exist in a {input.ndim}D input of shape {tuple(input.shape)}")
+        raise ValueError(
+            f"{name}: channel axis {axis} does not exist in a {input.ndim}D input of shape {tuple(input.shape)}"
+        )
     num_features = input.shape[axis]
     c = _validate.check_channels(input, name, num_features, axis)
     for what, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
@@ -137,25 +116,17 @@ def _batch_norm(
         return _stats.affine(input * 0, weight, bias, axis=c)
     if running_mean is None:
         return kernels.batch_norm_train(input, weight, bias, eps, axis=c)[0]
-    if momentum is None:
-        # the cumulative average: count first, then weight 1 / counter as a tensor operation (no Python number
-        # from the counter, so torch.compile(fullgraph=True) keeps it in the graph)
-        factor = momentum_factor(momentum, num_batches_tracked.add_(1) if num_batches_tracked is not None else None,
-                                 name)
-        out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
-        _stats.update_running(running_mean, running_var, stats, momentum=factor,
-                              running_var_unbiased=running_var_unbiased)
-        return out
-    factor = momentum_factor(momentum, None, name)
-    if (
+    if momentum is not None and (
         running_var_unbiased and running_mean.dtype == input.dtype and running_var.dtype == input.dtype
         and kernels.native.torch_kernel_ok(input) and not kernels.use_fast(input, c)
     ):
         # torch's fused operator updates the running buffers itself (unbiased variance, torch's momentum)
+        factor = momentum_factor(momentum, None, name)
         out = kernels.native.torch_train(input, weight, bias, eps, c, (running_mean, running_var, factor))[0]
-    else:
-        out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
-        _stats.update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return out
+    out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
+    _stats.track(running_mean, running_var, num_batches_tracked, stats, momentum=momentum,
+                 running_var_unbiased=running_var_unbiased, name=name)
     return out

@@ -91,7 +91,8 @@ def norm_backward(dy, cache: NormCache):
     dgamma = (dy * cache.x_hat).sum(axis=cache.param_sum_axes)
     g = dy * cache.gamma
     r = cache.reduce_axes
-    dx = cache.inv_std * (g - g.mean(axis=r, keepdims=True) - cache.x_hat * (g * cache.x_hat).mean(axis=r, keepdims=True))
+    mean_g_xhat = (g * cache.x_hat).mean(axis=r, keepdims=True)
+    dx = cache.inv_std * (g - g.mean(axis=r, keepdims=True) - cache.x_hat * mean_g_xhat)
     return dx, dgamma, dbeta
 
 

@@ -8,8 +8,16 @@ import torch
 from normlab import functional as F
 from normlab import kernels
 from normlab.kernels import dispatch
-from normlab.nn import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm, GhostBatchNorm, MaskedBatchNorm,
-                        MovingAverageBatchNorm)
+from normlab.nn import (
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchRenorm,
+    GhostBatchNorm,
+    MaskedBatchNorm,
+    MovingAverageBatchNorm,
+)
 
 needs_numba = pytest.mark.skipif(not kernels.numba_available(), reason="numba (the kernels extra) is not installed")
 

@@ -9,8 +9,16 @@ import sys
 
 import torch
 
-from normlab.nn import (BatchLayerNorm, BatchNorm, BatchRenorm, GhostBatchNorm, MaskedBatchNorm, NormAct,
-                        TimeStepBatchNorm, convert_sync_batchnorm)
+from normlab.nn import (
+    BatchLayerNorm,
+    BatchNorm,
+    BatchRenorm,
+    GhostBatchNorm,
+    MaskedBatchNorm,
+    NormAct,
+    TimeStepBatchNorm,
+    convert_sync_batchnorm,
+)
 
 STEPS = 2
 N = 8

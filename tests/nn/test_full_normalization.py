@@ -10,12 +10,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _layer_helpers import randomize_affine
 
 from normlab import kernels
 from normlab.nn import BatchNorm, FullNormalization, MaskedBatchNorm, make_norm
 from normlab.tools import fold_batchnorm, plan_fold, recalibrate
-
-from _layer_helpers import randomize_affine
 
 BACKENDS = ["native"] + (["fast"] if kernels.numba_available() else [])
 F64 = torch.float64

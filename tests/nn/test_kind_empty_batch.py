@@ -7,8 +7,17 @@ import torch
 
 from normlab import functional as nlF
 from normlab import kernels
-from normlab.nn import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm,
-                        NormAct, make_norm)
+from normlab.nn import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    LayerNorm,
+    NormAct,
+    make_norm,
+)
 
 BACKENDS = ["native"] + (["fast"] if kernels.numba_available() else [])
 

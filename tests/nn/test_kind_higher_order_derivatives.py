@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from normlab import kernels
-from normlab.nn import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, LayerNorm, NormAct, make_norm)
+from normlab.nn import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, LayerNorm, NormAct, make_norm
 
 BACKENDS = ["native"] + (["fast"] if kernels.numba_available() else [])
 

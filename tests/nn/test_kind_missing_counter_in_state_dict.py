@@ -7,8 +7,15 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from normlab.nn import (BatchNorm1d, BatchNorm2d, InstanceNorm, InstanceNorm1d, InstanceNorm2d, TimeStepBatchNorm,
-                        make_norm)
+from normlab.nn import (
+    BatchNorm1d,
+    BatchNorm2d,
+    InstanceNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    TimeStepBatchNorm,
+    make_norm,
+)
 
 COUNTER_SPECS = ["bn", "brn", "gbn:2", "mabn", "bln", "masked", "tbn:3"]
 

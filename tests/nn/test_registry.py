@@ -2,8 +2,18 @@ import pytest
 import torch
 
 import normlab
-from normlab.nn import (BatchLayerNorm, BatchNorm, BatchRenorm, GhostBatchNorm, GroupNorm, InstanceNorm, LayerNorm,
-                        MovingAverageBatchNorm, RMSNorm, make_norm)
+from normlab.nn import (
+    BatchLayerNorm,
+    BatchNorm,
+    BatchRenorm,
+    GhostBatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    MovingAverageBatchNorm,
+    RMSNorm,
+    make_norm,
+)
 
 
 def test_top_level_export_is_the_same_function():

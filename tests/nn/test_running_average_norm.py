@@ -5,12 +5,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _layer_helpers import randomize_affine
 
 from normlab import kernels
 from normlab.nn import BatchNorm, MovingAverageBatchNorm, RunningAverageNorm, make_norm
 from normlab.tools import fold_batchnorm, recalibrate
-
-from _layer_helpers import randomize_affine
 
 BACKENDS = ["native"] + (["fast"] if kernels.numba_available() else [])
 F64 = torch.float64

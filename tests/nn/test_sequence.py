@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from _layer_helpers import randomize_affine as _randomize
 
 from normlab import reference as ref
 from normlab.nn import BatchNorm1d, MaskedBatchNorm, TimeStepBatchNorm
-
-from _layer_helpers import randomize_affine as _randomize
 
 
 # ------------------------------------------------------------------------------------------ MaskedBatchNorm

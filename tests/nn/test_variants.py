@@ -3,13 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from _layer_helpers import randomize_affine as _randomize
 
 from normlab import kernels
-
 from normlab import reference as ref
 from normlab.nn import BatchLayerNorm, BatchNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm
-
-from _layer_helpers import randomize_affine as _randomize
 
 
 def _np(t):
@@ -320,7 +318,6 @@ def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
     """A batch no larger than one virtual batch must still be normalized with its own (local) statistics when the
     layer is synchronized; only the running statistics pool. The other process is faked by a fixed batch."""
     from normlab import _stats
-    from normlab.nn import sync
 
     torch.manual_seed(0)
     other = torch.randn(5, 3, 4, dtype=torch.float64) * 3 + 2
@@ -333,7 +330,8 @@ def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
         pooled = _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
         return _stats.Moments(pooled.mean, pooled.var, int(stats.count) + theirs.count)
 
-    monkeypatch.setattr(sync, "all_merge_moments", fake_all_merge)
+    # the collective lives in _stats (beside merge_moments) since issue 15; nn.sync only re-exports it
+    monkeypatch.setattr(_stats, "all_merge_moments", fake_all_merge)
     gbn = GhostBatchNorm(3, virtual_batch_size=8, momentum=1.0).double()
     gbn.sync_statistics = True
     x = torch.randn(4, 3, 4, dtype=torch.float64)

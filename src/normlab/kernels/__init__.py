@@ -19,12 +19,18 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate
-from . import native
-from ._pool import cache_info, empty_cache
+from . import _buffer_cache, native
+from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
+from ._buffer_cache import cache_info, empty_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
+
+# The buffer cache's old module name, still read by bench/kernels.py (``_pool.ENV_VAR``); remove once bench uses
+# BUFFER_CACHE_ENV_VAR. "pool" elsewhere means statistics pooled across processes.
+_pool = _buffer_cache
 
 __all__ = [
     "AUTO_MIN_NUMEL",
+    "BUFFER_CACHE_ENV_VAR",
     "BACKENDS",
     "ACTIVATIONS",
     "backend",
@@ -92,7 +98,9 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
         flat = x.reshape((-1,) + tuple(x.shape[2:])) if c > 1 else None
         if flat is None:  # channel at dim 1 right after the group dim: not a ghost layout the kernel can read
             return _stats.moments(x, dims, mask=mask, keepdim=keepdim)
-        m_flat = None if mask is None else mask.expand(x.shape[:c] + (1,) + x.shape[c + 1 :]).reshape(flat.shape[: c - 1] + (1,) + flat.shape[c:])
+        m_flat = None if mask is None else (
+            mask.expand(x.shape[:c] + (1,) + x.shape[c + 1 :]).reshape(flat.shape[: c - 1] + (1,) + flat.shape[c:])
+        )
         mean, var, count = _ops().moments(flat, c - 1, G, m_flat)
     else:
         mean, var, count = _ops().moments(x, c, 1, mask)
@@ -137,12 +145,11 @@ def normalize(
             native.torch_kernel_ok(x) and mean.dtype == x.dtype and var.dtype == x.dtype
             and not stats_grad and not torch.jit.is_tracing()
         ):  # torch's fused operator: no gradient for the statistics; tracing (ONNX export) keeps the composite
-            return native.activate(native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis)), a)
+            y = native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis))
+            return native.activate(y, a)
         return native.activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
     c = _stats.channel_axis(x.ndim, axis)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.to(scale.dtype)
+    scale = _stats.scale(var, weight, eps)
     shift = bias.to(x.dtype) if bias is not None else torch.zeros_like(scale)
     return _ops().apply_affine(x, mean, scale, shift, c, 1, a)
 
@@ -220,10 +227,7 @@ def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int,
     w, b = weight, bias
     if renorm is not None:
         r, d = _stats.renorm_correction(stats, *renorm[:2], eps, *renorm[2:])
-        w = r if weight is None else weight * r
-        b = d if weight is None else weight * d
-        if bias is not None:
-            b = b + bias
+        w, b = _stats.renorm_affine(weight, bias, r, d)
     y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
     if mask is not None:
         y = torch.where(mask, y, y.new_zeros(()))

@@ -106,7 +106,11 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
     """
     if (
         torch.is_grad_enabled()
-        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+        and (
+            x.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        )
         and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
     ):
         box: list = []
@@ -128,7 +132,9 @@ def double_backward_grads(forward, inputs: tuple, needs: tuple, dy: Tensor) -> t
         y = forward(*inputs)
         wanted = [t for t, n in zip(inputs, needs) if n and isinstance(t, Tensor) and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True) if wanted else ())
-    return tuple(next(grads) if n and isinstance(t, Tensor) and t.requires_grad else None for t, n in zip(inputs, needs))
+    return tuple(
+        next(grads) if n and isinstance(t, Tensor) and t.requires_grad else None for t, n in zip(inputs, needs)
+    )
 
 
 class _TorchTrain(torch.autograd.Function):
@@ -147,7 +153,9 @@ class _TorchTrain(torch.autograd.Function):
         eps, c = ctx.eps, ctx.c
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward, exact at every order
-            grads = double_backward_grads(lambda a, w, b: composite_train(a, w, b, eps, c), (x, weight, bias), needs, dy)
+            grads = double_backward_grads(
+                lambda a, w, b: composite_train(a, w, b, eps, c), (x, weight, bias), needs, dy
+            )
             return (*grads, None, None, None, None)
         w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
         dx, dw, db = torch.ops.aten.native_batch_norm_backward(
@@ -289,9 +297,8 @@ def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
         return activate(y, act), stats.mean.detach(), stats.var.detach()
     xg = x.reshape((groups, x.shape[0] // groups) + tuple(x.shape[1:]))
     stats = _stats.moments(xg, tuple(d for d in range(xg.ndim) if d not in (0, c + 1)), keepdim=True)
-    scale = torch.rsqrt(stats.var + eps)
-    if weight is not None:
-        scale = scale * _stats.channel_view(weight.to(scale.dtype), xg.ndim, c + 1)
+    w = _stats.channel_view(weight, xg.ndim, c + 1) if weight is not None else None
+    scale = _stats.scale(stats.var, w, eps)
     y = (xg.to(stats.mean.dtype) - stats.mean) * scale
     if bias is not None:
         y = y + _stats.channel_view(bias.to(y.dtype), xg.ndim, c + 1)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils import _python_dispatch
 
-from . import _layout, _pool
+from . import _buffer_cache, _layout
 
 _NUMBA = None
 
@@ -133,7 +133,8 @@ def _moments_backward(ctx, d_mean, d_var, d_count):
     axis, groups = ctx.axis, ctx.groups
     xg = _grouped(x, groups)
     n = _bcast(count.clamp_min(1), x, axis, groups)
-    dx = (_bcast(d_mean, x, axis, groups) + 2 * _bcast(d_var, x, axis, groups) * (xg - _bcast(mean, x, axis, groups))) / n
+    centred = xg - _bcast(mean, x, axis, groups)
+    dx = (_bcast(d_mean, x, axis, groups) + 2 * _bcast(d_var, x, axis, groups) * centred) / n
     if mask is not None:
         dx = torch.where(_grouped(mask.expand(x.shape), groups), dx, dx.new_zeros(()))
     return dx.reshape(x.shape), None, None, None
@@ -145,7 +146,7 @@ moments.register_autograd(_moments_backward, setup_context=_moments_setup)
 # --------------------------------------------------------------------------------------------------- apply
 def _apply_impl(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
     xs, p = _layout.prepare(x, axis)
-    y = _pool.empty_like(xs)
+    y = _buffer_cache.empty_like(xs)
     _kernel(p, "apply")(_layout.view(xs, p), _layout.empty_mask(p), groups, _gc(mean, groups, p.c),
                         _gc(scale, groups, p.c), _gc(shift, groups, p.c), act, _layout.view(y, p))
     return y
@@ -167,7 +168,7 @@ def _apply_backward_impl(
     """``(dx, sum dy', sum dy' * (x - mean))`` with dy' = dy * act'(z): one reduction pass, one apply pass."""
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
-    dx = _pool.empty_like(xs)
+    dx = _buffer_cache.empty_like(xs)
     s_dy, s_dyx = _backward_kernel(
         p, _layout.view(dys, p), _layout.view(xs, p), _layout.empty_mask(p), groups,
         *(_gc(t, groups, p.c) for t in (mean, scale, shift)), np.zeros((2, groups, p.c)), act, _layout.view(dx, p))
@@ -267,7 +268,7 @@ def _train_impl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     xs, p = _layout.prepare(x, axis)
     xv = _layout.view(xs, p)
-    y = _pool.empty_like(xs)
+    y = _buffer_cache.empty_like(xs)
     yv = _layout.view(y, p)
     m = _mask(mask, xs, axis, p)
     mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
@@ -314,7 +315,7 @@ def _train_backward_impl(
     """
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
-    dx = _pool.empty_like(xs)
+    dx = _buffer_cache.empty_like(xs)
     mu, v, n = _gc(mean, groups, p.c), _gc(var, groups, p.c), _gc(count, groups, p.c)
     r, d = _np64(rd)
     w, b = _vec(weight), _vec(bias)

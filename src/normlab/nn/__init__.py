@@ -8,7 +8,8 @@ from .alternatives import GroupNorm, InstanceNorm, InstanceNorm1d, InstanceNorm2
 from .registry import make_norm, norm_specs, register_norm  # noqa: E402
 from .variants import BatchLayerNorm, BatchRenorm, GhostBatchNorm, MovingAverageBatchNorm  # noqa: E402
 
-__all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "make_norm", "norm_specs", "register_norm"]
+__all__ += ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+__all__ += ["make_norm", "norm_specs", "register_norm"]
 __all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
 from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
 

@@ -90,7 +90,8 @@ class _InPlaceABN(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)
         scale = inv_std if weight is None else inv_std * weight
         with torch.no_grad():
-            x.sub_(_stats.channel_view(mean.to(x.dtype), nd, axis)).mul_(_stats.channel_view(scale.to(x.dtype), nd, axis))
+            x.sub_(_stats.channel_view(mean.to(x.dtype), nd, axis))
+            x.mul_(_stats.channel_view(scale.to(x.dtype), nd, axis))
             if bias is not None:
                 x.add_(_stats.channel_view(bias.to(x.dtype), nd, axis))
             _activate(x, activation, slope, alpha, inplace=True)
@@ -120,9 +121,7 @@ class _InPlaceABN(torch.autograd.Function):
         if batch_stats:
             sums = torch.stack([sum_dz, sum_dz_xhat])
             if group is not False:
-                from . import sync
-
-                sums = sync.all_reduce_sum(sums, group)
+                sums = _stats.all_reduce_sum(sums, group)
             mean_dz, mean_dz_xhat = sums[0] / count, sums[1] / count
             dx = _stats.channel_view(gamma * inv_std, nd, axis) * (
                 dz - _stats.channel_view(mean_dz, nd, axis) - x_hat * _stats.channel_view(mean_dz_xhat, nd, axis)

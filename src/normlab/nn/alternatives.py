@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
+from .batchnorm import RunningStatsNorm, reset_affine
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
@@ -70,7 +70,11 @@ def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
     if (
         torch.is_grad_enabled() and kernels.native.plain(x) and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and (x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
+        and (
+            x.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        )
     ):
         return _LayerNorm.apply(x, tuple(shape), weight, bias, eps)
     if not kernels.native.plain(x) and torch.is_grad_enabled():  # torch.func transforms: the composite
@@ -126,7 +130,9 @@ class _SampleNorm(nn.Module):
         self.axis = axis
         self.weight = nn.Parameter(torch.ones(normalized_shape, **factory)) if elementwise_affine else None
         self.bias = (
-            nn.Parameter(torch.zeros(normalized_shape, **factory)) if elementwise_affine and bias and self._center else None
+            nn.Parameter(torch.zeros(normalized_shape, **factory))
+            if elementwise_affine and bias and self._center
+            else None
         )
 
     @property
@@ -135,10 +141,7 @@ class _SampleNorm(nn.Module):
         return f"{type(self).__name__}({shape})"
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -158,8 +161,7 @@ class _SampleNorm(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         return c
 
     def forward(self, x: Tensor) -> Tensor:
@@ -205,7 +207,8 @@ class RMSNorm(_SampleNorm):
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as torch, plus
+    """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as
+    torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the
     group's channels and all spatial positions; per-channel affine. The paper's default is G = 32.
     """
@@ -234,10 +237,7 @@ class GroupNorm(nn.Module):
         return f"GroupNorm({self.num_groups}, {self.num_channels})"
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         s = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -249,15 +249,14 @@ class GroupNorm(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_channels, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         if x.numel() == 0:  # torch's empty output, with gradient 0 for the parameters (torch's is NaN for (N, C, 0))
             return _stats.affine(x * 0, self.weight, self.bias, axis=c)
         y = TF.group_norm(x.movedim(c, 1), self.num_groups, self.weight, self.bias, self.eps)
         return y.movedim(1, c)
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(RunningStatsNorm):
     """InstanceNorm (Ulyanov et al. 2016): ``InstanceNorm(num_features, eps=1e-5, momentum=0.1, affine=False,
     track_running_stats=False, *, bias=True)`` for a batched input of any rank >= 3 (batch axis 0), plus ``axis``.
 
@@ -274,7 +273,6 @@ class InstanceNorm(nn.Module):
     count when ``affine=False``) and for a single spatial value per channel when batch statistics are used.
     """
 
-    _version = 2  # torch's _NormBase: version 2 has num_batches_tracked
     #: torch-named classes: the rank without a batch axis (unbatched input), else None (any batched rank >= 3)
     _no_batch_rank: int | None = None
     #: torch's counter and momentum=None rules (the counter never moves, momentum=None = no update)
@@ -284,54 +282,15 @@ class InstanceNorm(nn.Module):
                  track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
                  axis: int = 1) -> None:
         super().__init__()
-        name = type(self).__name__
-        _validate.check_positive_int(num_features, name, "num_features")
-        _check_eps(eps, name)
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
-        factory = {"device": device, "dtype": dtype}
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
-        self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
         # torch's keyword bias=False: a learned weight and no bias
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine and bias else None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-
-    @property
-    def layer_name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-             f"track_running_stats={self.track_running_stats}")
-        return s + (f", axis={self.axis}" if self.axis != 1 else "")
+        self._init_state(num_features, eps, momentum, affine, track_running_stats, scale=affine,
+                         center=affine and bias, axis=axis, device=device, dtype=dtype)
+        self.reset_parameters()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        from .batchnorm import keep_counter_on_load
-
-        # torch's two rules: a checkpoint without metadata from before 0.4 may hold running statistics a
-        # non-tracking layer does not have (reported and dropped), and one without a counter keeps the layer's
+        # torch's rule, before the shared ones of RunningStatsNorm: a checkpoint without metadata (from before
+        # torch 0.4) may hold running statistics a non-tracking layer does not have (reported and dropped)
         if local_metadata.get("version", None) is None and not self.track_running_stats:
             keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
             if keys:
@@ -342,7 +301,6 @@ class InstanceNorm(nn.Module):
                 )
                 for k in keys:
                     state_dict.pop(k)
-        keep_counter_on_load(self, state_dict, prefix, local_metadata)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -368,8 +326,7 @@ class InstanceNorm(nn.Module):
     def _batched(self, x: Tensor) -> Tensor:
         name = self.layer_name
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        if c == 0:
-            raise ValueError(f"{name}: the channel axis cannot be the batch axis 0, got axis={self.axis}")
+        _validate.check_not_batch_axis(c, name, self.axis)
         use_input_stats = self.training or not self.track_running_stats
         if x.numel() == 0:  # torch's empty output; nothing learned, no running statistic changes
             return _stats.affine(x * 0, self.weight, self.bias, axis=c)
@@ -381,12 +338,9 @@ class InstanceNorm(nn.Module):
         if self.training and self.track_running_stats:
             if self._torch_counter:  # torch: the counter never moves, momentum=None means no update
                 momentum = self.momentum if self.momentum is not None else 0.0
-            elif self.momentum is None:  # the cumulative average (a Python number: instance_norm takes a float)
+            else:  # counted; momentum=None: the cumulative average (a Python number: instance_norm takes a float)
                 self.num_batches_tracked.add_(1)
-                momentum = 1.0 / max(int(self.num_batches_tracked), 1)
-            else:
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum
+                momentum = _stats.momentum_factor(self.momentum, int(self.num_batches_tracked), name)
         xm = x.movedim(c, 1)
         if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)

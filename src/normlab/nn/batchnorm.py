@@ -18,7 +18,8 @@ layout are torch's, so checkpoints load both ways.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["RunningStatsNorm", "BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 EVAL_STATS = ("running", "batch")
 
@@ -39,7 +40,9 @@ def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Call
         return lambda t: nn.init.constant_(t, float(spec))
     table = {"zeros": nn.init.zeros_, "ones": nn.init.ones_}
     if spec not in table:
-        raise ValueError(f"BatchNorm.keras: unknown {what} {spec!r}; expected one of {sorted(table)}, a number or a callable")
+        raise ValueError(
+            f"BatchNorm.keras: unknown {what} {spec!r}; expected one of {sorted(table)}, a number or a callable"
+        )
     return table[spec]
 
 
@@ -57,7 +60,85 @@ def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local
             state_dict[key] = torch.tensor(0, dtype=torch.long)
 
 
-class BatchNormBase(nn.Module):
+def reset_affine(module: nn.Module) -> None:
+    """The family's initial affine: ``weight`` (gamma) ones, ``bias`` (beta) zeros, each where the layer has it."""
+    if getattr(module, "weight", None) is not None:
+        nn.init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
+class RunningStatsNorm(nn.Module):
+    """What every layer with per-channel parameters and torch's running-statistic buffers shares (BatchNormBase,
+    InstanceNorm): the construction checks (``num_features``, ``eps``, ``momentum``), the parameters ``weight``
+    (gamma) and ``bias`` (beta), the buffers ``running_mean``/``running_var``/``num_batches_tracked`` (``None`` without
+    ``track_running_stats``), reset, the repr and torch's state_dict rules (version 2, a missing counter keeps the
+    layer's). Raises ``ValueError`` naming the layer for a bad ``num_features``, ``eps`` or ``momentum``.
+    """
+
+    _version = 2
+    # Declared for type checkers (nn.Module.__getattr__ is typed Tensor | Module). The buffers are None only
+    # without track_running_stats, where every path that reads them is guarded by that flag.
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
+    def _init_state(
+        self, num_features: int, eps: float, momentum: float | None, affine: bool, track_running_stats: bool,
+        *, scale: bool, center: bool, axis: int, device=None, dtype=None,
+    ) -> None:
+        name = type(self).__name__
+        _validate.check_positive_int(num_features, name, "num_features")
+        if eps is None or not eps > 0:
+            raise ValueError(f"{name}: eps must be positive, got {eps}")
+        _stats.check_momentum(momentum, name)
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
+        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if scale else None
+        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if center else None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    @property
+    def layer_name(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        reset_affine(self)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        keep_counter_on_load(self, state_dict, prefix, local_metadata)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+        return s + (f", axis={self.axis}" if self.axis != 1 else "")
+
+
+class BatchNormBase(RunningStatsNorm):
     """Parameters, buffers, state_dict layout and input checks shared by every batch-statistic layer.
 
     Subclasses set ``_ranks`` (accepted input ranks, ``None`` = any rank >= 2) and may override
@@ -71,8 +152,17 @@ class BatchNormBase(nn.Module):
     Raises ``ValueError`` naming the layer for a wrong rank, channel count or a single value per channel.
     """
 
-    _version = 2
     _ranks: tuple[int, ...] | None = None
+    # -- capabilities, read by nn.sync and normlab.tools (never a concrete-type check) --
+    #: whether convert_sync_batchnorm may pool this layer's statistics over processes
+    syncable = True
+    #: why not, when ``syncable`` is False (completes "... is a <class>, whose <reason> and cannot be synchronized")
+    not_syncable_because = ""
+    #: whether ``running_mean``/``running_var`` are a mean and a (centred) variance; False when ``running_var`` is
+    #: the uncentred second moment E[x^2] and ``running_mean`` stays 0 (MABN): recalibrate then averages E[x^2]
+    centred = True
+    #: whether the layer is only defined with running statistics (track_running_stats=False raises at construction)
+    requires_running_stats = False
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
 
@@ -95,70 +185,27 @@ class BatchNormBase(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        _validate.check_positive_int(num_features, name, "num_features")
-        if eps <= 0:
-            raise ValueError(f"{name}: eps must be positive, got {eps}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must lie in [0, 1] or be None (cumulative average), got {momentum}")
+        if self.requires_running_stats and not track_running_stats:
+            raise ValueError(
+                f"{type(self).__name__}: needs running statistics; track_running_stats=False is not supported"
+            )
+        use_scale = affine if scale is None else scale
+        # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
+        use_center = (affine and bias) if center is None else center
+        self._init_state(num_features, eps, momentum, affine, track_running_stats, scale=use_scale,
+                         center=use_center, axis=axis, device=device, dtype=dtype)
         if eval_stats not in EVAL_STATS:
-            raise ValueError(f"{name}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.axis = axis
+            raise ValueError(f"{type(self).__name__}: eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
         self.eval_stats = eval_stats
         self.running_var_unbiased = running_var_unbiased
         self.check_finite = check_finite
         # Synchronized statistics over torch.distributed (see normlab.nn.sync); off by default.
         self.sync_statistics = False
         self.process_group = None
-        use_scale = affine if scale is None else scale
-        # torch's keyword ``bias=False``: a learned weight and no bias (only meaningful with affine=True, as torch)
-        use_center = (affine and bias) if center is None else center
-        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if use_scale else None
-        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if use_center else None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked",
-                torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}),
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
 
-    # -- state -----------------------------------------------------------------------------------------------
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        keep_counter_on_load(self, state_dict, prefix, local_metadata)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
     def extra_repr(self) -> str:
-        s = (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-        if self.axis != 1:
-            s += f", axis={self.axis}"
+        s = super().extra_repr()
         if self.eval_stats != "running":
             s += f", eval_stats={self.eval_stats!r}"
         if not self.running_var_unbiased:
@@ -166,10 +213,6 @@ class BatchNormBase(nn.Module):
         return s
 
     # -- forward ---------------------------------------------------------------------------------------------
-    @property
-    def layer_name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
-
     def uses_batch_stats(self) -> bool:
         """True when this call normalizes with the batch's statistics (training, no running stats, or asked)."""
         return self.training or not self.track_running_stats or self.eval_stats == "batch"
@@ -201,8 +244,8 @@ class BatchNormBase(nn.Module):
         elif x.ndim < 2:
             raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
         c = _validate.check_channels(x, name, self.num_features, self.axis)
-        # A synchronized layer checks the count pooled over every process instead (see _pool): one process may
-        # hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
+        # A synchronized layer checks the count pooled over every process instead (see _pool_over_processes): one
+        # process may hold 0 or 1 sample while the group holds many, and a local raise would leave the others waiting.
         if self.uses_batch_stats() and self._needs_batch_variance and not self.sync_statistics:
             _validate.check_batch_size(x, name, c)
         if self.check_finite:
@@ -214,16 +257,23 @@ class BatchNormBase(nn.Module):
 
     def _check_finite_everywhere(self, x: Tensor, c: int) -> None:
         """check_finite for a synchronized layer: every process learns whether any holds NaN/Inf, and all raise."""
-        from . import sync
-
         here = not bool(torch.isfinite(x).all())
-        if sync.any_process(here, self.process_group):
+        if _stats.any_process(here, self.process_group):
             if here:
                 _validate.check_finite(x, self.layer_name, c)
             raise ValueError(
                 f"{self.layer_name}: another process of the group holds NaN or Inf in its input (check_finite=True); "
                 f"every process stops here"
             )
+
+    def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+        """What a forward call ``layer(*args, **kwargs)`` takes its statistics over: ``(x, mask)``, ``mask`` a bool
+        tensor broadcastable to ``x`` (True = valid) or None for every position; ``(None, None)`` when the call holds
+        no tensor input. Tools that re-estimate statistics from the calls (``normlab.tools.recalibrate``) read this
+        instead of the layer's internals; layers with a mask (MaskedBatchNorm) override it. Raises the layer's own
+        errors for a bad mask."""
+        x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+        return (x, None) if isinstance(x, Tensor) else (None, None)
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check_input(x)
@@ -246,19 +296,17 @@ class BatchNormBase(nn.Module):
     def batch_moments(self, x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None) -> _stats.Moments:
         """Batch statistics of ``x`` over ``dims``: local, or pooled over every process of ``process_group`` when
         the layer is synchronized (:func:`normlab.nn.sync.convert_sync_batchnorm`). Differentiable either way."""
-        return self._pool(kernels.moments(x, dims, mask=mask))
+        return self._pool_over_processes(kernels.moments(x, dims, mask=mask))
 
-    def _pool(self, stats: _stats.Moments) -> _stats.Moments:
+    def _pool_over_processes(self, stats: _stats.Moments) -> _stats.Moments:
         """``stats`` pooled exactly over every process of ``process_group`` when the layer is synchronized, else
         unchanged (the one place a layer's statistics cross processes)."""
         if not self.sync_statistics:
             return stats
-        from . import sync  # lazy: torch.distributed is only needed when a layer is synchronized
-
-        pooled = sync.all_merge_moments(stats, self.process_group)
+        pooled = _stats.all_merge_moments(stats, self.process_group)
         if self._needs_batch_variance and self.uses_batch_stats():
             # the pooled count is the same on every process: all raise together, none waits for the others
-            sync.check_pooled_count(pooled, stats, self.layer_name)
+            _stats.check_pooled_count(pooled, stats, self.layer_name)
         return pooled
 
     def _local_plain_moments(self) -> bool:
@@ -266,19 +314,12 @@ class BatchNormBase(nn.Module):
         its fast paths, computes exactly this layer's forward)."""
         return not self.sync_statistics and type(self).batch_moments is BatchNormBase.batch_moments
 
-    def update_running(self, stats: _stats.Moments, *, valid: Tensor | None = None) -> None:
+    def update_running(self, stats: _stats.Moments) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for
-        ``momentum=None``) and count the batch."""
-        if _stats.is_empty(stats, self.sync_statistics):
-            return  # no sample anywhere: nothing to average and no batch to count
-        self.num_batches_tracked.add_(1)
-        # momentum=None: 1 / counter as a tensor operation (no Python number from the counter: torch.compile keeps
-        # it in the graph, where int() would be a data-dependent guard)
-        factor = F.momentum_factor(self.momentum, self.num_batches_tracked if self.momentum is None else None,
-                                   self.layer_name)
-        _stats.update_running(
-            self.running_mean, self.running_var, stats, momentum=factor,
-            running_var_unbiased=self.running_var_unbiased, valid=valid,
+        ``momentum=None``) and count the batch: :func:`normlab._stats.track` on this layer's buffers."""
+        _stats.track(
+            self.running_mean, self.running_var, self.num_batches_tracked, stats, momentum=self.momentum,
+            running_var_unbiased=self.running_var_unbiased, name=self.layer_name, read_count=self.sync_statistics,
         )
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
@@ -293,7 +334,9 @@ class BatchNormBase(nn.Module):
                 self.num_batches_tracked if update else None, self.layer_name,
             )
         if not self.uses_batch_stats():
-            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis)
+            return kernels.normalize(
+                x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=axis
+            )
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         if self.updates_running_stats():
             self.update_running(stats)
@@ -322,7 +365,7 @@ class BatchNorm(BatchNormBase):
         moving_mean_initializer: str | float | Callable = "zeros",
         moving_variance_initializer: str | float | Callable = "ones",
         **kwargs,
-    ) -> "BatchNorm":
+    ) -> BatchNorm:
         """Keras' ``BatchNormalization`` arguments and defaults.
 
         Keras' ``momentum`` is the weight of the *old* running value and its running variance is the *biased* batch
@@ -330,7 +373,7 @@ class BatchNorm(BatchNormBase):
         ``running = momentum * running + (1 - momentum) * batch``. Here that is ``momentum = 1 - keras_momentum`` and
         ``running_var_unbiased=False``.
         """
-        if not 0.0 <= momentum <= 1.0:
+        if not 0.0 <= momentum <= 1.0:  # Keras' convention: its own wording
             raise ValueError(f"BatchNorm.keras: momentum must lie in [0, 1] (weight of the old value), got {momentum}")
         layer = cls(
             num_features,

@@ -13,7 +13,6 @@ from torch import Tensor
 from .. import _stats, kernels
 from .batchnorm import BatchNormBase
 from .sequence import MaskedBatchNorm
-from .variants import _require_running_stats
 
 __all__ = ["FullNormalization"]
 
@@ -86,6 +85,8 @@ class FullNormalization(BatchNormBase):
     batch with one value per channel (or, masked, a channel with <= 1 valid value), a bad mask or lengths.
     """
 
+    requires_running_stats = True
+
     def __init__(
         self,
         num_features: int,
@@ -100,7 +101,6 @@ class FullNormalization(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
         if kwargs.pop("running_var_unbiased", False):
             raise ValueError(
                 f"{name}: running_var_unbiased=True is not supported; running_var is FN's estimate of the dataset's "

@@ -34,7 +34,7 @@ spec; an unknown spec raises ``ValueError`` listing the valid ones.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from .. import _stats, kernels
 from .batchnorm import BatchNormBase
-from .variants import _require_running_stats
 
 __all__ = ["RunningAverageNorm"]
 
@@ -56,19 +55,7 @@ class RunningAverageNorm(BatchNormBase):
     channel.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+    requires_running_stats = True
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         if not self.updates_running_stats():  # eval: the running averages (or batch statistics, if asked)

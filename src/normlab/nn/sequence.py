@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
 from .batchnorm import BatchNormBase
 
 __all__ = ["MaskedBatchNorm", "TimeStepBatchNorm"]
@@ -73,6 +72,17 @@ class MaskedBatchNorm(BatchNormBase):
                 f"has {int(counts.reshape(-1)[bad])}; pass a mask with more valid positions, or use eval mode"
             )
 
+    def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+        """``(x, mask)`` of a call ``forward(x, mask=None, lengths=None)``: the validity mask built as the forward
+        builds it (``lengths`` become a mask), or None for every position (see
+        :meth:`BatchNormBase.statistics_input`)."""
+        x, _ = super().statistics_input(args, kwargs)
+        if x is None:
+            return None, None
+        mask = args[1] if len(args) > 1 else kwargs.get("mask")
+        lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
+        return x, self._mask(x, _stats.channel_axis(x.ndim, self.axis), mask, lengths)
+
     def _mask(self, x: Tensor, c: int, mask: Tensor | None, lengths: Tensor | None) -> Tensor | None:
         """The mask as a bool tensor broadcastable to ``x`` (validated before anything changes)."""
         name = self.layer_name
@@ -92,7 +102,9 @@ class MaskedBatchNorm(BatchNormBase):
             t = time_axes[0]
             steps = x.shape[t]
             if bool((lengths < 0).any()) or bool((lengths > steps).any()):
-                raise ValueError(f"{name}: lengths must lie in [0, {steps}] (the size of axis {t}), got {lengths.tolist()}")
+                raise ValueError(
+                    f"{name}: lengths must lie in [0, {steps}] (the size of axis {t}), got {lengths.tolist()}"
+                )
             shape = [1] * x.ndim
             shape[0], shape[t] = x.shape[0], steps
             positions = torch.arange(steps, device=x.device).reshape([steps if d == t else 1 for d in range(x.ndim)])
@@ -214,7 +226,9 @@ class TimeStepBatchNorm(BatchNormBase):
         except ValueError:
             raise ValueError(f"{name}: time axis {self.time_axis} does not exist in a {x.ndim}D input") from None
         if t in (0, c):
-            raise ValueError(f"{name}: the time axis ({self.time_axis}) must differ from the batch axis 0 and the channel axis")
+            raise ValueError(
+                f"{name}: the time axis ({self.time_axis}) must differ from the batch axis 0 and the channel axis"
+            )
         return self._run(x, c, t, first_step=0)
 
     def _run(self, x: Tensor, c: int, t: int, *, first_step: int) -> Tensor:
@@ -231,7 +245,8 @@ class TimeStepBatchNorm(BatchNormBase):
             return _stats.affine(z * 0, weight, bias, axis=1).reshape(moved_shape).movedim((1, 2), (t, c))
         if self.uses_batch_stats():
             per_channel = z.numel() // z.shape[1]
-            if per_channel == 1 and not self.sync_statistics:  # synchronized: the pooled count decides (_pool)
+            # synchronized: the pooled count decides (_pool_over_processes)
+            if per_channel == 1 and not self.sync_statistics:
                 raise ValueError(
                     f"{self.layer_name}: expected more than 1 value per channel and time step when training, got "
                     f"input of shape {tuple(x.shape)}; use a batch of 2 or more, or eval mode"
@@ -257,9 +272,7 @@ class TimeStepBatchNorm(BatchNormBase):
                 break  # no sample on any process: nothing to average, no batch to count
             count = stats.count[k * C:(k + 1) * C] if isinstance(stats.count, Tensor) else stats.count
             part = _stats.Moments(stats.mean[k * C:(k + 1) * C], stats.var[k * C:(k + 1) * C], count)
-            factor = F.momentum_factor(self.momentum, self.num_batches_tracked[step] + 1, self.layer_name)
-            _stats.update_running(
-                self.running_mean[step], self.running_var[step], part, momentum=factor,
-                running_var_unbiased=self.running_var_unbiased,
-            )
-            self.num_batches_tracked[step] += 1
+            # each step its own counter (a 0-dim view of the buffer, counted in place)
+            _stats.track(self.running_mean[step], self.running_var[step], self.num_batches_tracked[step], part,
+                         momentum=self.momentum, running_var_unbiased=self.running_var_unbiased,
+                         name=self.layer_name)

@@ -1,8 +1,11 @@
 """Synchronized batch statistics over ``torch.distributed`` (any backend: gloo on CPU, NCCL on GPUs).
 
-Every batch-statistic layer computes its statistics through one hook, :meth:`BatchNormBase.batch_moments`. When a
-layer is synchronized (``convert_sync_batchnorm(model)``) the hook gathers each process's local
-``Moments(mean, var, count)`` and pools them exactly with ``_stats.merge_moments``:
+This module only *converts* (switches a model's layers on, replaces torch's BatchNorm layers); the collective itself
+(:func:`normlab._stats.all_merge_moments`, :func:`normlab._stats.any_process`, ...) lives beside the exact merge
+in :mod:`normlab._stats`, below every layer. Every batch-statistic layer computes its statistics through one
+hook, :meth:`BatchNormBase.batch_moments`. When a layer is synchronized (``convert_sync_batchnorm(model)``) the
+hook gathers each process's local ``Moments(mean, var, count)`` and pools them exactly with
+``_stats.merge_moments``:
 
     N = sum_p n_p      mu = sum_p n_p mu_p / N      sigma2 = sum_p n_p (sigma2_p + (mu_p - mu)^2) / N
 
@@ -13,14 +16,16 @@ updates its buffers with the pooled statistics, so they stay identical).
 
 What is pooled, per layer: BatchNorm, BatchRenorm, MaskedBatchNorm, TimeStepBatchNorm, BatchLayerNorm (its batch
 part) pool their batch statistics; GhostBatchNorm keeps its virtual batches local and pools only the running
-statistics; MovingAverageBatchNorm cannot be synchronized (its moving averages are per process) and raises.
+statistics; a layer whose class declares ``syncable = False`` (MovingAverageBatchNorm: its moving averages are
+per process) cannot be synchronized and raises.
 
 A process may hold no sample (or a single one): its local statistics have count 0 and weigh nothing in the merge,
 its output is empty and its gradients 0, and it still takes part in every collective (forward and backward). Every
 data-dependent check of a synchronized layer is decided over the group, so all processes raise together and none is
 left waiting: more than one value per channel is required of the *pooled* count (:func:`check_pooled_count`, as
 ``torch.nn.SyncBatchNorm``), and ``check_finite`` and GhostBatchNorm's last-virtual-batch check go through
-:func:`any_process`. No sample anywhere is an empty batch: empty outputs, no running statistic or counter changes.
+:func:`any_process` (both in :mod:`normlab._stats`, re-exported here). No sample anywhere is an empty batch:
+empty outputs, no running statistic or counter changes.
 
 Every process must call the layer (and the backward) the same number of times, as with ``torch.nn.SyncBatchNorm``.
 Parameter gradients are the per-process contributions; sum them (or let DDP average them) as usual.
@@ -28,66 +33,12 @@ Parameter gradients are the per-process contributions; sum them (or let DDP aver
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
-from .. import _stats
+from .._stats import all_merge_moments, all_reduce_sum, any_process, check_pooled_count
 from .batchnorm import BatchNorm, BatchNormBase
 
-__all__ = ["all_merge_moments", "all_reduce_sum", "any_process", "check_pooled_count", "convert_sync_batchnorm",
-           "is_synchronized"]
-
-
-def _active(group) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-
-
-def all_reduce_sum(t: Tensor, group=None) -> Tensor:
-    """Sum of ``t`` over the processes of ``group`` (a new tensor; no autograd)."""
-    out = t.detach().clone()
-    if _active(group):
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-    return out
-
-
-class _AllGather(torch.autograd.Function):
-    """Stack every process's ``t`` into ``(world, *t.shape)``, differentiably.
-
-    Written as a sum of one-hot placements so a single all_reduce does it on every backend; the backward of a sum
-    over processes is the sum over processes of the gradients, taken at this process's row.
-    """
-
-    @staticmethod
-    def forward(ctx, t, group):
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
-        out = t.new_zeros((world, *t.shape))
-        out[rank] = t
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        ctx.group, ctx.rank = group, rank
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank], None
-
-
-def all_merge_moments(stats: _stats.Moments, group=None) -> _stats.Moments:
-    """Exact pooled statistics of every process in ``group`` (unchanged when not distributed)."""
-    if not _active(group):
-        return stats
-    count = stats.count
-    if not isinstance(count, Tensor):
-        count = torch.full_like(stats.mean, float(count))
-    packed = torch.stack([stats.mean, stats.var, count.to(stats.mean.dtype).detach()])
-    gathered = _AllGather.apply(packed, group)  # (world, 3, C)
-    return _stats.merge_moments(gathered[:, 0], gathered[:, 1], gathered[:, 2], dim=0)
-
-
-def is_synchronized(module: nn.Module) -> bool:
-    return bool(getattr(module, "sync_statistics", False))
+__all__ = ["all_merge_moments", "all_reduce_sum", "any_process", "check_pooled_count", "convert_sync_batchnorm"]
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torch: bool = True) -> nn.Module:
@@ -96,16 +47,15 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
     normlab layers are switched on (their class, parameters and state_dict stay as they are). With
     ``convert_torch=True``, ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.SyncBatchNorm`` layers are replaced by
     normlab ``BatchNorm`` layers loaded from their state_dict (same keys), so the model's checkpoint is unchanged.
-    Returns ``model`` (or the replacement, if ``model`` itself is a torch BatchNorm). MovingAverageBatchNorm raises.
+    Returns ``model`` (or the replacement, if ``model`` itself is a torch BatchNorm). A layer whose class declares
+    ``syncable = False`` (MovingAverageBatchNorm) raises ``ValueError`` with the class's ``not_syncable_because``.
     """
-    from .variants import MovingAverageBatchNorm
-
     # Check everything before changing anything.
     for name, m in model.named_modules():
-        if isinstance(m, MovingAverageBatchNorm):
+        if isinstance(m, BatchNormBase) and not m.syncable:
             raise ValueError(
-                f"convert_sync_batchnorm: {name or 'model'} is a MovingAverageBatchNorm, whose moving averages are "
-                f"per process and cannot be synchronized"
+                f"convert_sync_batchnorm: {name or 'model'} is a {type(m).__name__}, whose "
+                f"{m.not_syncable_because} and cannot be synchronized"
             )
 
     def convert(m: nn.Module) -> nn.Module:
@@ -130,31 +80,3 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
         return m
 
     return convert(model)
-
-
-def check_pooled_count(pooled: _stats.Moments, local: _stats.Moments, name: str) -> None:
-    """Training needs more than one value per channel over the whole group (the pooled count, the same on every
-    process, so every process raises together). A count of 0 everywhere is an empty batch, which is allowed."""
-    count = pooled.count
-    if isinstance(count, Tensor):
-        bad = bool((count.detach() == 1).any())
-        total = int(count.detach().reshape(-1).max()) if count.numel() else 0
-    else:
-        bad, total = count == 1, int(count)
-    if bad:
-        here = local.count if not isinstance(local.count, Tensor) else int(local.count.detach().reshape(-1).max())
-        raise ValueError(
-            f"{name}: expected more than 1 value per channel when training, got {total} over every process of the "
-            f"group ({here} on this process); use a larger batch, or eval mode"
-        )
-
-
-def any_process(flag: bool, group=None) -> bool:
-    """Whether ``flag`` is True on any process of ``group`` (one all_reduce; ``flag`` itself when not distributed).
-    A data-dependent check of a synchronized layer goes through this, so that every process raises together
-    instead of one raising while the others wait in the next collective."""
-    if not _active(group):
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return bool(t.item() > 0)

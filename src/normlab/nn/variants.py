@@ -19,21 +19,14 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate, kernels
-from .. import functional as F
 from .alternatives import layer_norm
 from .batchnorm import BatchNormBase
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
 
 
-def _require_running_stats(layer: BatchNormBase, kwargs: dict) -> None:
-    if not kwargs.get("track_running_stats", True):
-        raise ValueError(f"{type(layer).__name__}: needs running statistics; track_running_stats=False is not supported")
-
-
 def _check_batch_axis(layer: BatchNormBase, axis: int) -> None:
-    if axis == 0:
-        raise ValueError(f"{layer.layer_name}: the channel axis cannot be the batch axis 0 for this layer")
+    _validate.check_not_batch_axis(axis, layer.layer_name, layer.axis)
 
 
 class BatchRenorm(BatchNormBase):
@@ -58,6 +51,8 @@ class BatchRenorm(BatchNormBase):
     the biased one); ``sigma`` is its square root plus eps, as in the paper's inference equation.
     """
 
+    requires_running_stats = True
+
     def __init__(
         self,
         num_features: int,
@@ -76,7 +71,6 @@ class BatchRenorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
         if not r_max >= 1.0:
             raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
         if not d_max >= 0.0:
@@ -118,11 +112,7 @@ class BatchRenorm(BatchNormBase):
             return y
         stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
         r, d = _stats.renorm_correction(stats, self.running_mean, ref_std, self.eps, r_max, d_max)
-        # gamma * (x_hat * r + d) + beta = x_hat * (gamma r) + (gamma d + beta): BatchNorm's normalize, new affine.
-        weight = r if self.weight is None else self.weight * r
-        bias = d if self.weight is None else self.weight * d
-        if self.bias is not None:
-            bias = bias + self.bias
+        weight, bias = _stats.renorm_affine(self.weight, self.bias, r, d)
         self.update_running(stats)
         return kernels.normalize(x, stats.mean, stats.var, weight, bias, self.eps, axis=axis)
 
@@ -176,9 +166,7 @@ class GhostBatchNorm(BatchNormBase):
         if self.sync_statistics and self.updates_running_stats():
             # the running statistics pool over processes: a process whose last virtual batch is too short must not
             # raise alone while the others wait in that pooling, so every process learns it and all raise
-            from . import sync
-
-            if sync.any_process(short, self.process_group) and not short:
+            if _stats.any_process(short, self.process_group) and not short:
                 raise ValueError(
                     f"{self.layer_name}: another process of the group has a last virtual batch of 1 value per "
                     f"channel; every process stops here"
@@ -187,7 +175,7 @@ class GhostBatchNorm(BatchNormBase):
             out = self.empty_output(x, axis)
             if self.updates_running_stats():
                 with torch.no_grad():
-                    pooled = self._pool(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
+                    pooled = self._pool_over_processes(_stats.moments(x, _stats.reduce_dims(x.ndim, axis)))
                 self.update_running(pooled)
             return out
         chunks = torch.split(x, self.virtual_batch_size, dim=0)
@@ -209,7 +197,10 @@ class GhostBatchNorm(BatchNormBase):
         dims = _stats.reduce_dims(x.ndim, axis)
         parts = [_stats.moments(chunk, dims) for chunk in chunks]
         out = torch.cat(
-            [_stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis) for ch, m in zip(chunks, parts)],
+            [
+                _stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
+                for ch, m in zip(chunks, parts)
+            ],
             dim=0,
         )
         if self.updates_running_stats():
@@ -218,7 +209,8 @@ class GhostBatchNorm(BatchNormBase):
                 pooled = _stats.merge_moments(
                     torch.stack([m.mean for m in parts]), torch.stack([m.var for m in parts]), counts[:, None]
                 )
-                pooled = self._pool(_stats.Moments(pooled.mean, pooled.var, int(sum(m.count for m in parts))))
+                total = int(sum(m.count for m in parts))
+                pooled = self._pool_over_processes(_stats.Moments(pooled.mean, pooled.var, total))
             self.update_running(pooled)
         return out
 
@@ -284,6 +276,11 @@ class MovingAverageBatchNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # a second moment exists for a single value per channel (batch size 1, 2D)
+    syncable = False
+    not_syncable_because = "moving averages are per process"
+    centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
+
+    requires_running_stats = True
 
     def __init__(
         self,
@@ -302,7 +299,6 @@ class MovingAverageBatchNorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        _require_running_stats(self, {"track_running_stats": track_running_stats})
         _validate.check_positive_int(buffer_size, name, "buffer_size")
         _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
         _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
@@ -334,8 +330,7 @@ class MovingAverageBatchNorm(BatchNormBase):
             return kernels.normalize(x, zeros, self.running_var, self.weight, self.bias, self.eps, axis=axis)
         if not self.updates_running_stats():
             raise ValueError(f"{self.layer_name}: eval_stats='batch' is not defined for MABN; use eval_stats='running'")
-        self.num_batches_tracked.add_(1)
-        iteration = int(self.num_batches_tracked)
+        iteration = int(self.num_batches_tracked) + 1  # this batch, counted by track below
         slot = iteration % self.buffer_size
         with torch.no_grad():
             m = kernels.moments(x, _stats.reduce_dims(x.ndim, axis))
@@ -349,10 +344,10 @@ class MovingAverageBatchNorm(BatchNormBase):
             else:
                 r = (torch.sqrt(chi2 + self.eps) / torch.sqrt(self.running_var.to(chi2.dtype) + self.eps))
                 r = r.clamp(1.0 / self.r_max, self.r_max)
-            factor = F.momentum_factor(self.momentum, self.num_batches_tracked, self.layer_name)
-            _stats.update_running(
-                self.running_mean, self.running_var, _stats.Moments(torch.zeros_like(chi2), chi2, m.count),
-                momentum=factor, running_var_unbiased=False,
+            _stats.track(
+                self.running_mean, self.running_var, self.num_batches_tracked,
+                _stats.Moments(torch.zeros_like(chi2), chi2, m.count), momentum=self.momentum,
+                running_var_unbiased=False, name=self.layer_name,
             )
         out = _MovingAverageNormalize.apply(x, chi2, r, self.gz_history, slot, use_average, axis, self.eps)
         return _stats.affine(out, self.weight, self.bias, axis=axis)
@@ -403,7 +398,10 @@ class BatchLayerNorm(BatchNormBase):
         self.register_buffer("train_batch_size", torch.tensor(batch_size or 0, dtype=torch.long, device=device))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", batch_size={self.batch_size}, scale_by_sqrt_features={self.scale_by_sqrt_features}"
+        return (
+            super().extra_repr()
+            + f", batch_size={self.batch_size}, scale_by_sqrt_features={self.scale_by_sqrt_features}"
+        )
 
     def mix_weights(self, batch_size: int) -> tuple[float, float]:
         """``(w_feature, w_batch) = (1/B - 1e-4, 1 - 1/B - 1e-4)``."""

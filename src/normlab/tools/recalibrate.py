@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats
-from ._common import channel_axis, has_running_stats, is_batch_norm, is_uncentred
+from ._common import channel_axis, has_running_stats, is_batch_norm
 
 __all__ = ["recalibrate"]
 
@@ -71,13 +71,11 @@ class _PooledMoments:
     def pool_processes(self, norm: nn.Module, num_features: int) -> None:
         """Pool over the processes of a synchronized layer: each process saw its shard of the data. Every
         process takes part, also one that no batch reached (it brings count 0)."""
-        from ..nn import sync
-
         stats = self.stats
         if stats is None:
             zeros = torch.zeros(num_features, dtype=torch.float64, device=norm.running_mean.device)
             stats = _stats.Moments(zeros, zeros, zeros)
-        self.stats = sync.all_merge_moments(stats, norm.process_group)
+        self.stats = _stats.all_merge_moments(stats, norm.process_group)
 
     def seen(self) -> Tensor | None:
         """Per channel: did any value arrive?"""
@@ -126,6 +124,12 @@ def _synchronized(norm: nn.Module) -> bool:
     return bool(getattr(norm, "sync_statistics", False)) or isinstance(norm, nn.SyncBatchNorm)
 
 
+def _centred(norm: nn.Module) -> bool:
+    """Whether the layer's running statistics are a mean and a centred variance (its declared ``centred``; torch's
+    layers are); else ``running_var`` is the second moment E[x^2] and ``running_mean`` stays 0 (MABN)."""
+    return bool(getattr(norm, "centred", True))
+
+
 def _per_step(norm: nn.Module) -> bool:
     """Running statistics of shape (max_steps, C): one population per time step (TimeStepBatchNorm)."""
     return norm.running_mean.ndim == 2
@@ -145,19 +149,14 @@ def _step_inputs(norm: nn.Module, args: tuple, kwargs: dict) -> list[tuple[int, 
     return [(k, x.select(t, k), c_in_step) for k in range(min(x.shape[t], norm.max_steps))]
 
 
-def _masked_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
-    """The input of a batch-norm call and, for MaskedBatchNorm, its validity mask (padding must not count)."""
-    from .. import nn as nlnn
-
+def _statistics_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+    """The input of a batch-norm call and its validity mask (padding must not count), as the layer declares them
+    (``statistics_input``); torch's layers take every position of their first argument."""
+    declared = getattr(norm, "statistics_input", None)
+    if declared is not None:
+        return declared(args, kwargs)
     x = args[0] if args else kwargs.get("x", kwargs.get("input"))
-    if not isinstance(x, Tensor):
-        return None, None
-    masked = getattr(nlnn, "MaskedBatchNorm", None)
-    if masked is None or not isinstance(norm, masked):
-        return x, None
-    mask = args[1] if len(args) > 1 else kwargs.get("mask")
-    lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
-    return x, norm._mask(x, channel_axis(norm) % x.ndim, mask, lengths)
+    return (x, None) if isinstance(x, Tensor) else (None, None)
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
@@ -242,7 +241,7 @@ def recalibrate(
 
     def accumulator(m: nn.Module):
         if average == "batches":
-            return _BatchAverage(getattr(m, "running_var_unbiased", True) and not is_uncentred(m))
+            return _BatchAverage(getattr(m, "running_var_unbiased", True) and _centred(m))
         return _PooledMoments()
 
     # one accumulator per layer, or per layer and time step for per-step layers
@@ -254,7 +253,7 @@ def recalibrate(
             for t, xt, axis in _step_inputs(module, args, kwargs):
                 pooled[id(module)].setdefault(t, accumulator(module)).add(xt, axis)
             return
-        x, mask = _masked_input(module, args, kwargs)
+        x, mask = _statistics_input(module, args, kwargs)
         if x is not None:
             pooled[id(module)].add(x, channel_axis(module), mask)
 
@@ -294,7 +293,7 @@ def recalibrate(
         seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
         unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
         mean, var, second = acc.result(unbiased)
-        if is_uncentred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+        if not _centred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
             running_var.copy_(torch.where(seen, second, running_var.to(second.dtype)))
             return True
         running_mean.copy_(torch.where(seen, mean, running_mean.to(mean.dtype)))
