@@ -237,8 +237,9 @@ def _lab_demo() -> None:
 
 
 def _open_db(args: argparse.Namespace, command: str):
-    """The store a read command means (``--db`` or the positional argument; see :func:`normlab.lab.store.find_db`)."""
-    from .lab.store import open_store, find_db
+    """The store a read command means (``--db`` or the positional argument; see :func:`normlab.lab.sweep.find_db`)."""
+    from .lab.store import open_store
+    from .lab.sweep import find_db
 
     from .lab.store import DatabaseNotFound
     from .lab.sweep import SpecError
@@ -348,7 +349,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .lab.plots import plot_runs
-    from .lab.store import find_db, open_store
+    from .lab.store import open_store
+    from .lab.sweep import find_db
     from .lab.sweep import SpecError, load_spec
 
     source = args.db_opt or args.source

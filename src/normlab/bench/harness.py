@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from torch import nn
+
 
 @dataclass
 class Timing:
@@ -58,3 +60,18 @@ def interleaved(candidates: dict[str, Callable[[], object]], *, reps: int, warmu
         q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
         out[name] = Timing(statistics.median(ts), q[0], q[2], min(ts), len(ts))
     return out
+
+
+def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+    """``model`` with every plain normlab BatchNorm (channel axis 1) replaced in place by ``cls`` (torch's
+    BatchNorm1d/2d/3d) carrying the same parameters and statistics (the same state_dict keys)."""
+    from ..nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)  # not the variants: torch has no equivalent
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) in plain and child.axis == 1:
+                new = cls(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(module, child_name, new.train(child.training))
+    return model

@@ -32,8 +32,8 @@ import torch
 
 from .. import functional as F
 from .. import kernels
-from ..kernels import _pool
-from .harness import Timing, interleaved
+from ..kernels import BUFFER_CACHE_ENV_VAR
+from .harness import Timing, interleaved, with_torch_batchnorm
 
 GRID = [
     ("32x64x56x56", (32, 64, 56, 56), "nchw"),
@@ -128,15 +128,15 @@ def _buffer_cache(on: bool):
     if on:
         yield
         return
-    previous = os.environ.get(_pool.ENV_VAR)
-    os.environ[_pool.ENV_VAR] = "0"
+    previous = os.environ.get(BUFFER_CACHE_ENV_VAR)
+    os.environ[BUFFER_CACHE_ENV_VAR] = "0"
     try:
         yield
     finally:
         if previous is None:
-            del os.environ[_pool.ENV_VAR]
+            del os.environ[BUFFER_CACHE_ENV_VAR]
         else:
-            os.environ[_pool.ENV_VAR] = previous
+            os.environ[BUFFER_CACHE_ENV_VAR] = previous
 
 
 def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool) -> dict[str, Callable[[], object]]:
@@ -286,14 +286,6 @@ def write_json(cases: list[Case], path: str, env: dict, train_steps: list[dict] 
         data["train_steps"] = train_steps
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1)
-
-
-def with_torch_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """The same model with every plain normlab BatchNorm (channel axis 1) replaced by torch.nn.BatchNorm2d (same
-    state_dict keys): :func:`normlab.bench.models.with_torch_batchnorm`."""
-    from .models import with_torch_batchnorm as replace
-
-    return replace(model, torch.nn.BatchNorm2d)
 
 
 def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28), channels=(16, 32)) -> list[dict]:

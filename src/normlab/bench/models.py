@@ -34,7 +34,7 @@ from torch import nn
 
 from ..nn.act import NormAct
 from ..tools._common import is_batch_norm
-from .harness import Timing, interleaved
+from .harness import Timing, interleaved, with_torch_batchnorm
 
 #: name -> (builder options, input shape, default batch)
 MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
@@ -68,21 +68,6 @@ class ModelCase:
             "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
             "fused_pairs": self.fused_pairs, "norms": self.norms,
         }
-
-
-def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
-    """``model`` with every plain normlab BatchNorm (channel axis 1) replaced in place by ``cls`` (torch's
-    BatchNorm1d/2d/3d) carrying the same parameters and statistics (the same state_dict keys)."""
-    from ..nn import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-
-    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)  # not the variants: torch has no equivalent
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) in plain and child.axis == 1:
-                new = cls(child.num_features, child.eps, child.momentum)
-                new.load_state_dict(child.state_dict())
-                setattr(module, child_name, new.train(child.training))
-    return model
 
 
 def build_variants(name: str, *, size: dict | None = None) -> dict[str, nn.Module]:

@@ -24,9 +24,6 @@ from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
 from ._buffer_cache import cache_info, empty_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
 
-# The buffer cache's old module name, still read by bench/kernels.py (``_pool.ENV_VAR``); remove once bench uses
-# BUFFER_CACHE_ENV_VAR. "pool" elsewhere means statistics pooled across processes.
-_pool = _buffer_cache
 
 __all__ = [
     "AUTO_MIN_NUMEL",

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from .train import EVAL_COLUMNS, STEP_COLUMNS, RunResult, TrainConfig
 
-__all__ = ["Store", "RunRecord", "DB_NAME", "open_store", "find_db", "code_version", "run_key", "DatabaseNotFound"]
+__all__ = ["Store", "RunRecord", "DB_NAME", "open_store", "code_version", "run_key", "DatabaseNotFound"]
 
 DB_NAME = "normlab.sqlite"
 
@@ -325,32 +325,3 @@ def _check_is_run_database(p: Path) -> None:
 DEFAULT_PLACES = ("normlab-runs", "claims-report")
 
 
-def find_db(where: str | os.PathLike | None = None, *, command: str = "normlab") -> Path:
-    """The run database a read command (ls/show/plot/export) means. ``where``: a spec file (``.toml``: its
-    output directory), a directory holding ``normlab.sqlite``, or the file itself; None looks in the default
-    output directories of ``normlab run`` and ``normlab claims`` (``./normlab-runs``, ``./claims-report``).
-
-    Raises :class:`DatabaseNotFound` with one line saying where it looked and how to point elsewhere, or
-    SpecError for a spec file that is not valid.
-    """
-    hint = f"point {command} at one with --db (a spec file, a directory holding {DB_NAME}, or the file)"
-    if where is None:
-        looked = [Path(p) / DB_NAME for p in DEFAULT_PLACES]
-        for p in looked:
-            if p.is_file():
-                return p
-        raise DatabaseNotFound(f"{command}: no run database found (looked for {', '.join(map(str, looked))} in "
-                               f"{Path.cwd()}); {hint}")
-    p = Path(where).expanduser()
-    if p.suffix == ".toml":
-        from .sweep import load_spec
-
-        spec = load_spec(p)
-        candidate = spec.db_path
-    elif p.is_dir():
-        candidate = p / DB_NAME
-    else:
-        candidate = p
-    if not candidate.is_file():
-        raise DatabaseNotFound(f"{command}: no run database at {candidate}; {hint}")
-    return candidate

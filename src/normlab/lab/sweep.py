@@ -40,10 +40,10 @@ from typing import Any, Callable
 
 from .data import DATASETS
 from .models import MODELS, build_model, model_options
-from .store import DB_NAME, Store
+from .store import DB_NAME, DEFAULT_PLACES, DatabaseNotFound, Store
 from .train import TrainConfig
 
-__all__ = ["Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch",
+__all__ = ["find_db", "Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch",
            "check_data"]
 
 _TOP_KEYS = ("name", "out", "description", "base", "grid")
@@ -340,3 +340,32 @@ def run_grid(
     if echo is not None:
         sys.stdout.flush()
     return summary
+
+
+def find_db(where: str | os.PathLike | None = None, *, command: str = "normlab") -> Path:
+    """The run database a read command (ls/show/plot/export) means. ``where``: a spec file (``.toml``: its
+    output directory), a directory holding ``normlab.sqlite``, or the file itself; None looks in the default
+    output directories of ``normlab run`` and ``normlab claims`` (``./normlab-runs``, ``./claims-report``).
+
+    Raises :class:`DatabaseNotFound` with one line saying where it looked and how to point elsewhere, or
+    SpecError for a spec file that is not valid.
+    """
+    hint = f"point {command} at one with --db (a spec file, a directory holding {DB_NAME}, or the file)"
+    if where is None:
+        looked = [Path(p) / DB_NAME for p in DEFAULT_PLACES]
+        for p in looked:
+            if p.is_file():
+                return p
+        raise DatabaseNotFound(f"{command}: no run database found (looked for {', '.join(map(str, looked))} in "
+                               f"{Path.cwd()}); {hint}")
+    p = Path(where).expanduser()
+    if p.suffix == ".toml":
+        spec = load_spec(p)
+        candidate = spec.db_path
+    elif p.is_dir():
+        candidate = p / DB_NAME
+    else:
+        candidate = p
+    if not candidate.is_file():
+        raise DatabaseNotFound(f"{command}: no run database at {candidate}; {hint}")
+    return candidate

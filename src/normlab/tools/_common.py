@@ -34,10 +34,8 @@ def has_running_stats(module: nn.Module) -> bool:
 
 def is_uncentred(norm: nn.Module) -> bool:
     """Layers that normalize by the second moment without centring (MABN, Yan et al. 2020): their
-    ``running_var`` is E[x^2] and their ``running_mean`` stays 0."""
-    from ..nn.variants import MovingAverageBatchNorm
-
-    return isinstance(norm, MovingAverageBatchNorm)
+    ``running_var`` is E[x^2] and their ``running_mean`` stays 0. Read from the layer's declared ``centred``."""
+    return not getattr(norm, "centred", True)
 
 
 def channel_axis(norm: nn.Module) -> int:
