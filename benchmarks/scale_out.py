@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def _one(ids, level: str, seeds: int, executor: str, jobs: int, out: Path) -> dict:
-    from normlab.lab.claims import run_claims
+    from normlab.lab.report import run_claims
 
     startup = 0.0
     if executor == "ray":

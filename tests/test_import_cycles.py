@@ -105,10 +105,6 @@ def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
 #: arrow is gone, so this list can only shrink: delete the entry when the cycle is fixed.
 KNOWN_CYCLE_ARROWS = {
     ("normlab.lab.probes", "normlab.lab.train"),  # lab.train -> lab.probes -> lab.train (lazy imports both ways)
-    ("normlab.lab.protocol", "normlab.lab.claims"),  # lab.claims -> lab.report -> lab.protocol -> lab.claims
-    ("normlab.lab.coverage", "normlab.lab.claims"),  # lab.claims -> lab.report -> lab.coverage -> lab.claims
-    # All three lab.claims cycles have one cause: claims/__init__.run_claims writes the report. The fix (open in
-    # issue 15) moves run_claims above both, so claims only define and register.
 }
 
 

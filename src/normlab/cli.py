@@ -126,7 +126,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _claims(args: argparse.Namespace) -> int:
     """``normlab claims``: run the literature's claims about BN and write the report."""
-    from .lab.claims import all_claims, get_claim, run_claims
+    from .lab.claims import all_claims, get_claim
+    from .lab.report import run_claims
     from .lab.executors import ExecutorUnavailable, MissingExtra, make_executor
     from .lab.report import verdict_table_markdown
 

@@ -12,7 +12,7 @@ from pathlib import Path
 @lru_cache(maxsize=1)
 def tiny_report():
     """(results, paths, out_dir, log lines) of ``run_claims(level="tiny")`` in a temporary folder."""
-    from normlab.lab.claims import run_claims
+    from normlab.lab.report import run_claims
 
     out = Path(tempfile.mkdtemp(prefix="normlab-claims-tiny-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)

@@ -17,7 +17,7 @@ else:
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from normlab.lab.claims import run_claims
+from normlab.lab.report import run_claims
 from normlab.lab.store import DB_NAME, Store
 from normlab.lab.sweep import load_spec, run_grid
 

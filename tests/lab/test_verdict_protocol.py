@@ -101,7 +101,7 @@ def test_kind_preregistration_covers_the_verdict_machinery(monkeypatch):
 
 
 def test_claims_run_on_the_declared_seed_block(tmp_path):
-    from normlab.lab.claims import run_claims
+    from normlab.lab.report import run_claims
 
     results, _ = run_claims(["careless-init"], level="tiny", seeds=1, first_seed=100, out_dir=str(tmp_path),
                             log=lambda s: None, progress="none")

@@ -28,7 +28,8 @@ from .protocol import status as protocol_status
 from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, STATISTICS, SUPPORTED, Verdict, calibrate, holm
 from .verdict import _fmt
 
-__all__ = ["write_report", "verdict_table_markdown", "results_dict", "calibration_for", "SEED_ARTICLES"]
+__all__ = ["run_claims", "write_report", "verdict_table_markdown", "results_dict", "calibration_for",
+           "SEED_ARTICLES"]
 
 _BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "notsupported", INCONCLUSIVE: "inconclusive", NOT_RUN: "notrun"}
 
@@ -615,3 +616,61 @@ def _coverage_html(meta) -> list[str]:
                      f"<td>&ldquo;{esc(r['text'])}&rdquo;</td><td>{answered}</td></tr>")
     parts.append("</tbody></table></section>")
     return parts
+
+
+# -- running the claims and writing their report (above lab.claims: the claims define and register, this runs) --
+def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int | None = None,
+               first_seed: int = 0, out_dir: str = "claims-report", jobs: int = 1, executor: str = "local", address: str | None = None,
+               command: str = "", log=print, progress: str = "auto", tally=None) -> tuple[list[ClaimResult], dict]:
+    """Run the selected claims (all by default) and write the report; returns the results and the report paths.
+
+    ``seeds`` defaults to 1 (tiny), 5 (quick) or 10 (full); the verdict seeds are ``first_seed ..
+    first_seed + seeds - 1`` (0 for exploratory runs; a preregistered protocol names its fresh block, see
+    :mod:`normlab.lab.protocol`). Every unit is a lab run stored in
+    ``out_dir/normlab.sqlite`` (with the claim id and level) by this process; units already there are reused.
+    ``executor``: "local" (``jobs`` worker processes, one torch thread each; 1 = in this process) or "ray" (one
+    task per unit on the cluster at ``address``, or a local Ray instance with ``jobs`` CPUs); one executor serves
+    every claim of the call. ``progress``: "auto" | "bar" | "lines" | "none" (per claim, over its units).
+    Ctrl-C raises :class:`~normlab.lab.executors.Interrupted` with the counts of ``tally``.
+    """
+    import time
+    from pathlib import Path
+
+    from .claims import all_claims, get_claim
+    from .claims.base import DEFAULT_SEEDS, LEVELS, run_claim
+    from .executors import Tally, make_executor
+    from .store import DB_NAME, Store
+
+    if level not in LEVELS:
+        raise ValueError(f"normlab claims: level must be one of {LEVELS}, got {level!r}")
+    n_seeds = DEFAULT_SEEDS[level] if seeds is None else seeds
+    if not isinstance(n_seeds, int) or isinstance(n_seeds, bool) or n_seeds < 1:
+        raise ValueError(f"normlab claims: --seeds must be a positive integer, got {seeds!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"normlab claims: --jobs must be a positive integer, got {jobs!r}")
+    from .tuning import TUNING_SEED_BASE
+
+    if not isinstance(first_seed, int) or isinstance(first_seed, bool) or first_seed < 0 \
+            or first_seed + n_seeds > TUNING_SEED_BASE:
+        raise ValueError(f"normlab claims: --first-seed must be an integer >= 0 with every verdict seed below the "
+                         f"tuning seeds ({TUNING_SEED_BASE}), got {first_seed!r} with {n_seeds} seeds")
+    selected = [get_claim(i) for i in ids] if ids else all_claims()  # unknown ids fail before anything runs
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tally = tally if tally is not None else Tally()
+    start = time.perf_counter()
+    ex = make_executor(executor, jobs=jobs, address=address, threads=1)
+    results = []
+    try:
+        with Store(out / DB_NAME) as store:
+            for n, claim in enumerate(selected, 1):
+                log(f"[{n}/{len(selected)}] {claim.id} ({level}, {n_seeds} seed(s))")
+                seeds = list(range(first_seed, first_seed + n_seeds))
+                r = run_claim(claim, level, seeds, out, executor=ex, store=store, log=log, progress=progress,
+                              tally=tally)
+                log(f"    -> {r.verdict.verdict}: {r.verdict.summary()} ({r.seconds:.1f} s)")
+                results.append(r)
+    finally:
+        ex.close()
+    paths = write_report(results, out, command=command, total_seconds=time.perf_counter() - start)
+    return results, paths
