@@ -152,6 +152,14 @@ class NormAct(nn.Module):
     ``norm`` is a module or a :func:`make_norm` spec (then ``num_features`` and ``**norm_kwargs`` build it). Extra
     forward arguments go to the norm (e.g. ``mask=`` for :class:`MaskedBatchNorm`). The norm's state_dict keys are
     prefixed with ``norm.``. ``inplace_abn=True`` turns on the in-place mode described in the module docstring.
+
+    In the standard mode with ``activation="relu"`` and a plain :class:`BatchNorm` (no variant, not synchronized, no
+    hooks, no extra arguments), a batch-statistic call that the dispatch sends to the kernels
+    (``kernels.use_fast``) runs statistics, normalize and ReLU in one kernel pass forward and one backward
+    (``kernels.batch_norm_train(act="relu")``), the running statistics updated by the norm's own
+    :meth:`~BatchNormBase.update_running`; its results equal ``relu(norm(x))``, which every other call runs.
+    ``leaky_relu`` and ``elu`` always run after the norm (the kernels fuse only ReLU). Raises the norm's own errors
+    for a bad input (``ValueError`` naming the layer), e.g. for a wrong channel count.
     """
 
     def __init__(
