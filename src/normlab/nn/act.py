@@ -29,6 +29,8 @@ The norm's forward pre-hooks run as if it were called (so ``freeze`` and ``recal
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
@@ -253,7 +255,7 @@ class NormAct(nn.Module):
         """``act(norm(x))`` for a plain BatchNorm with batch statistics, the activation fused into the kernels' forward
         and backward pass; the running statistics move by the norm's own step (:meth:`BatchNormBase.update_running`,
         i.e. ``_stats.track`` as ``functional._batch_norm`` calls it), only after the pass has succeeded."""
-        bn = self.norm
+        bn = cast(BatchNorm, self.norm)  # _fused_axis checked it
         y, stats = kernels.batch_norm_train(x, bn.weight, bn.bias, bn.eps, axis=c, act=self.activation)
         if bn.updates_running_stats():
             bn.update_running(stats)
