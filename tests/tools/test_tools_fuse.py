@@ -481,11 +481,6 @@ def _relu_ops(model, x):
     return sorted({e.name for e in prof.events() if "relu" in e.name.lower() or "threshold" in e.name.lower()})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NormAct(activation='relu') still runs norm(x) then torch.relu: nn/act.py does not route the activation "
-           "into kernels.batch_norm_train(act='relu') yet (outside this branch); remove this mark when it does",
-)
 def test_fuse_relu_runs_inside_the_kernel_pass_in_training():
     if not kernels.numba_available():
         pytest.skip("numba is not installed: no kernel pass")

@@ -29,11 +29,13 @@ The norm's forward pre-hooks run as if it were called (so ``freeze`` and ``recal
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import _stats
+from .. import _stats, kernels
 from .batchnorm import BatchNorm, BatchNormBase
 from .registry import make_norm
 
@@ -41,6 +43,19 @@ __all__ = ["NormAct", "ACTIVATIONS"]
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu")
 INVERTIBLE = ("identity", "leaky_relu", "elu")
+#: Activations the kernels fuse into the training pass (the others run after the norm, as a separate operator).
+_KERNEL_ACTS = tuple(a for a in ACTIVATIONS if a in kernels.ACTIVATIONS and a != "identity")
+
+
+def _has_call_hooks(module: nn.Module) -> bool:
+    """Whether ``module(x)`` would run any hook (the module's or torch's global ones, forward or backward): then
+    ``module(x)`` is more than ``module.forward(x)`` and NormAct must call it rather than bypass it."""
+    g = nn.modules.module
+    return bool(
+        module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks or module._backward_hooks
+        or g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_pre_hooks
+        or g._global_backward_hooks
+    )
 
 
 def _activate(z: Tensor, activation: str, slope: float, alpha: float, inplace: bool = False) -> Tensor:
@@ -139,6 +154,14 @@ class NormAct(nn.Module):
     ``norm`` is a module or a :func:`make_norm` spec (then ``num_features`` and ``**norm_kwargs`` build it). Extra
     forward arguments go to the norm (e.g. ``mask=`` for :class:`MaskedBatchNorm`). The norm's state_dict keys are
     prefixed with ``norm.``. ``inplace_abn=True`` turns on the in-place mode described in the module docstring.
+
+    In the standard mode with ``activation="relu"`` and a plain :class:`BatchNorm` (no variant, not synchronized, no
+    hooks, no extra arguments), a batch-statistic call that the dispatch sends to the kernels
+    (``kernels.use_fast``) runs statistics, normalize and ReLU in one kernel pass forward and one backward
+    (``kernels.batch_norm_train(act="relu")``), the running statistics updated by the norm's own
+    :meth:`~BatchNormBase.update_running`; its results equal ``relu(norm(x))``, which every other call runs.
+    ``leaky_relu`` and ``elu`` always run after the norm (the kernels fuse only ReLU). Raises the norm's own errors
+    for a bad input (``ValueError`` naming the layer), e.g. for a wrong channel count.
     """
 
     def __init__(
@@ -196,8 +219,47 @@ class NormAct(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         if not self.inplace_abn:
+            if self.activation in _KERNEL_ACTS and not args and not kwargs:
+                c = self._fused_axis(x)
+                if c is not None:
+                    return self._fused(x, c)
             return _activate(self.norm(x, *args, **kwargs), self.activation, self.negative_slope, self.alpha)
         return self._inplace(x)
+
+    def _fused_axis(self, x: Tensor) -> int | None:
+        """The channel axis when this call can run the norm and the activation in one kernel pass, else None.
+
+        Exactly when ``self.norm(x)`` would be the plain BatchNorm's batch-statistic call that the dispatch sends to
+        the kernels (``functional._batch_norm`` -> ``kernels.batch_norm_train``): a plain (not a variant, not
+        synchronized) :class:`BatchNorm` with batch statistics, no hooks of any kind (``norm(x)`` would run them), a
+        non-empty input, and ``kernels.use_fast`` for it. Everything else takes ``act(norm(x))``, which is then the
+        same computation anyway (e.g. inside torch.func transforms ``use_fast`` is False)."""
+        bn = self.norm
+        if (
+            not isinstance(bn, BatchNorm)
+            or type(bn).forward is not BatchNormBase.forward
+            or type(bn)._normalize is not BatchNormBase._normalize
+            or type(bn).update_running is not BatchNormBase.update_running
+            or not bn._local_plain_moments()  # not synchronized, the base batch_moments
+            or not bn._needs_batch_variance
+            or not bn.uses_batch_stats()
+            or _has_call_hooks(bn)
+            or not isinstance(x, Tensor)
+            or x.numel() == 0
+        ):
+            return None
+        c = bn.check_input(x)  # raises the norm's own errors for a bad input, as norm(x) would
+        return c if kernels.use_fast(x, c) else None
+
+    def _fused(self, x: Tensor, c: int) -> Tensor:
+        """``act(norm(x))`` for a plain BatchNorm with batch statistics, the activation fused into the kernels' forward
+        and backward pass; the running statistics move by the norm's own step (:meth:`BatchNormBase.update_running`,
+        i.e. ``_stats.track`` as ``functional._batch_norm`` calls it), only after the pass has succeeded."""
+        bn = cast(BatchNorm, self.norm)  # _fused_axis checked it
+        y, stats = kernels.batch_norm_train(x, bn.weight, bn.bias, bn.eps, axis=c, act=self.activation)
+        if bn.updates_running_stats():
+            bn.update_running(stats)
+        return y
 
     def _check_overwritable(self, x: Tensor) -> None:
         """The in-place mode overwrites x: refuse (before any state changes) what autograd would refuse."""
