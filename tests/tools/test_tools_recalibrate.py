@@ -299,3 +299,38 @@ def test_recalibrate_pools_synchronized_layers_over_processes(monkeypatch):
     h = torch.cat([*mine, other]).transpose(0, 1).reshape(3, -1).numpy()
     np.testing.assert_allclose(model[0].running_mean.numpy(), h.mean(axis=1), rtol=1e-10)
     np.testing.assert_allclose(model[0].running_var.numpy(), h.var(axis=1, ddof=1), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- kind: tool errors name the module and the cause
+def _two_bn_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                               torch.nn.Linear(6, 3), torch.nn.BatchNorm1d(3))
+
+
+def test_kind_tool_error_names_module_recalibrate_nonfinite_batch():
+    model = _two_bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    good = torch.randn(8, 4)
+    bad = torch.randn(8, 4)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"batch 1: the input of batch norm '1' holds \d+ non-finite value"):
+        recalibrate(model, [good, bad])
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], equal_nan=True)
+
+
+@pytest.mark.parametrize("batch, cause", [
+    (torch.randn(1, 4), "more than 1 value per channel"),  # a batch of one in training mode
+    (torch.randn(8, 5), "shapes cannot be multiplied"),  # wrong width
+])
+def test_kind_tool_error_names_module_recalibrate_bad_batch(batch, cause):
+    model = _two_bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"recalibrate: batch 1 failed in the model") as info:
+        recalibrate(model, [torch.randn(8, 4), batch])
+    assert cause in str(info.value) and "running statistics unchanged" in str(info.value)
+    if "value per channel" in cause:
+        assert "last batch norm reached: '1'" in str(info.value)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])

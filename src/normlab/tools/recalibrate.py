@@ -182,6 +182,10 @@ def _progress(iterable: Iterable, total: int | None, enabled: bool) -> Iterable:
     return tqdm(iterable, total=total, desc="recalibrate", unit="batch", leave=False)
 
 
+class _BadBatch(ValueError):
+    """A batch recalibrate refuses (named with its index by the caller)."""
+
+
 def recalibrate(
     model: nn.Module,
     batches: Iterable,
@@ -247,14 +251,25 @@ def recalibrate(
     # one accumulator per layer, or per layer and time step for per-step layers
     pooled = {id(m): ({} if _per_step(m) else accumulator(m)) for _, m in norms}
     handles = []
+    names = {id(m): name or "<model>" for name, m in norms}
+    reached = [""]  # the batch norm the current batch reached last: named when the batch fails
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        reached[0] = names[id(module)]
         if _per_step(module):
             for t, xt, axis in _step_inputs(module, args, kwargs):
                 pooled[id(module)].setdefault(t, accumulator(module)).add(xt, axis)
             return
         x, mask = _statistics_input(module, args, kwargs)
         if x is not None:
+            finite = torch.isfinite(x) if x.is_floating_point() else None
+            if mask is not None and finite is not None:
+                finite = finite | ~mask  # padded positions never enter the statistics
+            if finite is not None and not bool(finite.all()):
+                # a NaN or inf would silently turn the population statistics into NaN
+                bad = int((~finite).sum())
+                raise _BadBatch(f"the input of batch norm {names[id(module)]!r} holds {bad} non-finite value(s) of "
+                                f"{x.numel()}")
             pooled[id(module)].add(x, channel_axis(module), mask)
 
     try:
@@ -266,7 +281,17 @@ def recalibrate(
             for batch in _progress(batches, total, progress):
                 if num_batches is not None and seen >= num_batches:
                     break
-                forward(model, batch)
+                try:
+                    forward(model, batch)
+                except _BadBatch as exc:
+                    raise ValueError(f"recalibrate: batch {seen}: {exc}; running statistics unchanged") from None
+                except Exception as exc:  # the model's own error, told with where it happened
+                    if str(exc).startswith("recalibrate:"):
+                        raise  # already ours (a batch it cannot feed)
+                    where = f" (last batch norm reached: {reached[0]!r})" if reached[0] else ""
+                    raise ValueError(f"recalibrate: batch {seen} failed in the model{where}: "
+                                     f"{type(exc).__name__}: {exc}; running statistics unchanged") from exc
+                reached[0] = ""
                 seen += 1
         if seen == 0:
             raise ValueError("recalibrate: batches yielded no batch; running statistics unchanged")
