@@ -51,7 +51,11 @@ Kinds:
     of the ``variants``: "trained" (the run's model), "folded" (``normlab.tools.fold_batchnorm`` of it), "reference"
     (the same builder with ``reference`` = ``{"norm": ..., "model_args": {...}}`` overriding the run's, untrained),
     on the first B validation examples for each B of ``batch_sizes``. Result: ``{"<B>": {variant: median ms},
-    "<B>-all": {variant: [ms per round]}, "max_abs_diff_folded": float | None}``.
+    "<B>-all": {variant: [ms per round]}, "max_abs_diff_folded": float | None}``. With ``train_batch_sizes``
+    (default none) also a training step's time: forward in training mode, cross-entropy, backward (gradients of a
+    copy, set to None after each step: no weight moves) on the first B training examples, same rounds, of the
+    variants other than "folded" (a folded net trains like the reference); ``"train-<B>"`` and
+    ``"train-<B>-all"`` as above.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ PROBES: dict[str, dict[str, Any]] = {
                    "recalibrate_batch": 200, **_SCHEDULE},
     "population": {"n": None, "batch": None, "average": "batches", **_SCHEDULE},
     "latency": {"batch_sizes": [1, 32], "rounds": 30, "inner": 5, "variants": ["trained", "folded", "reference"],
-                "reference": {"norm": "none", "model_args": {}}},
+                "reference": {"norm": "none", "model_args": {}}, "train_batch_sizes": []},
 }
 SELECTORS = ("activations", "norms", "weights")
 
@@ -152,6 +156,9 @@ def validate_probes(probes: Any) -> None:
         if "batch_sizes" in spec and not (isinstance(spec["batch_sizes"], list) and spec["batch_sizes"]
                                           and all(_int(b, 1) for b in spec["batch_sizes"])):
             bad("batch_sizes", "a non-empty list of ints >= 1")
+        if "train_batch_sizes" in spec and not (isinstance(spec["train_batch_sizes"], list)
+                                                and all(_int(b, 2) for b in spec["train_batch_sizes"])):
+            bad("train_batch_sizes", "a list of ints >= 2 (batch statistics need two examples)")
         if "variants" in spec and not (isinstance(spec["variants"], list) and spec["variants"]
                                        and set(spec["variants"]) <= {"trained", "folded", "reference"}):
             bad("variants", "a non-empty list of 'trained', 'folded', 'reference'")
@@ -358,6 +365,31 @@ class Prober:
         r["ics_l2"].append(l2)
         r["ics_cos"].append(cos)
 
+    def _train_step_times(self, variants: dict, b: int, spec: dict) -> tuple[dict, dict]:
+        """Median ms of forward (training mode) + cross-entropy + backward per variant, interleaved rounds, on
+        copies (the run's model, its buffers and gradients are untouched)."""
+        x, y = self.ds.x_train[:b], self.ds.y_train[:b]
+        copies = {k: copy.deepcopy(m).train() for k, m in variants.items()}
+        names = list(copies)
+
+        def one(m: nn.Module) -> None:
+            F.cross_entropy(m(x), y).backward()
+            for p in m.parameters():
+                p.grad = None
+
+        times: dict[str, list[float]] = {v: [] for v in names}
+        for v in names:
+            for _ in range(3):  # warm-up
+                one(copies[v])
+        for rnd in range(spec["rounds"]):
+            k = rnd % len(names)
+            for v in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                for _ in range(spec["inner"]):
+                    one(copies[v])
+                times[v].append((time.perf_counter() - t0) / spec["inner"] * 1e3)
+        return {v: sorted(t)[len(t) // 2] for v, t in times.items()}, times
+
     def _eval_modes(self, name: str, spec: dict, step: int) -> None:
         from ..tools import recalibrate
         from .train import evaluate
@@ -443,6 +475,9 @@ class Prober:
                             times[v].append((time.perf_counter() - t0) / spec["inner"] * 1e3)
                 out[str(b)] = {v: sorted(t)[len(t) // 2] for v, t in times.items()}  # upper median
                 out[f"{b}-all"] = times
+            for b in spec["train_batch_sizes"]:
+                out[f"train-{b}"], out[f"train-{b}-all"] = self._train_step_times(
+                    {k: m for k, m in variants.items() if k != "folded"}, b, spec)
         finally:
             for k, m in variants.items():
                 m.train(modes[k])
