@@ -100,7 +100,7 @@ CLAIM = Claim(
     rule=Rule(metric=SPREAD, treatment="bn", control="none", direction="less", margin=0.02),
     secondary=(Rule(metric=WORST, treatment="bn", control="none", direction="greater", margin=0.02,
                     confirmatory=True),),
-    configs={"tiny": _cfg([0.01, 1.0], 10, [0.01, 0.1], 4, 1),
+    configs={"tiny": _cfg([0.01, 1.0], 10, [0.01, 0.1], 3, 1),
              "quick": _cfg([0.001, 0.01, 0.05, 0.2, 1.0], 250, [0.003, 0.01, 0.03, 0.1], 150, 1),
              "full": _cfg([0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], 800,
                           [0.001, 0.003, 0.01, 0.03, 0.1, 0.3], 400, 2)},
