@@ -18,7 +18,7 @@ from normlab.lab.verdict import INCONCLUSIVE, NOT_RUN, SUPPORTED, Rule
 
 ISSUE_IDS = ["faster-convergence", "higher-learning-rates", "careless-init", "regularization", "vanishing-gradients",
              "dying-relu", "covariate-shift", "small-batches", "dropout-order", "train-vs-inference",
-             "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training"]
+             "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training", "keras-seed-experiment"]
 
 
 # ------------------------------------------------------------------------------------------------ registry

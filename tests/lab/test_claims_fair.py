@@ -85,6 +85,11 @@ def _fake(c):
         probes["landscape"] = {"steps": [0, c.steps], "loss_range": [0.1, 0.1], "grad_change": [0.1, 0.1]}
     if "dead" in c.probes:
         probes["dead"] = {"steps": [0, c.steps], "dead_fraction": [[0.0] * 4] * 2}
+    if "population" in c.probes:
+        probes["population"] = {"steps": [c.steps], "val_loss": [1.0], "val_acc": [0.5]}
+    if "ics" in c.probes:
+        probes["ics"] = {"layers": ["1", "2", "3"], "steps": [0, c.steps], "ics_l2": [[0.0, 0.1, 0.1]] * 2,
+                         "ics_cos": [[1.0, 0.9, 0.9]] * 2}
     rows = [(s, 0, 1.0, 0.5, 1.0 + 0.1 * s, c.lr, 0.0) for s in range(1, c.steps + 1)]
     return RunResult(c, rows, evals, {}, probes=probes)
 

@@ -16,7 +16,7 @@ Training one run -- ``normlab.lab.train``::
     model: str ("seed_mlp" | "ioffe_mlp" | "mlp" | "cnn" | "resnet" | "rnn"); norm: str (make_norm spec, "none")
     model_args: dict (builder options: depth, width, activation, init, init_scale, dropout, dropout_position,
                channels, widths, hidden, norm_kw, ... -- see models.model_options(name))
-    optimizer: "adam" | "sgd"; lr; momentum; nesterov; weight_decay; grad_clip (0 = off)
+    optimizer: "adam" | "sgd"; lr; momentum; nesterov; adam_eps; weight_decay; grad_clip (0 = off)
     schedule: "constant" | "step" | "exponential" | "cosine"; lr_decay; lr_decay_every; warmup_steps
     batch_size (global); epochs; steps (> 0 overrides epochs); drop_last; eval_every (0 = each epoch end);
     eval_batch_size; seed; sync_bn (pool batch statistics over processes under torchrun; no-op in one process)

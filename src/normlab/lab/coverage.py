@@ -198,7 +198,8 @@ ENTRIES: tuple[Entry, ...] = (
                                               "faster-convergence claim"),
     _e("002", 164, "We are able to observe Batch normalization results in quicker convergence and decrease validation "
                    "loss, showcasing the effectiveness in bettering the mannequin’s efficiency and generalization "
-                   "capabilities.", "claim:faster-convergence", "claim:regularization"),
+                   "capabilities.", "claim:faster-convergence", "claim:regularization",
+       "claim:keras-seed-experiment"),
     _e("002", 183, "As an example, when the mini- batch measurement is just too small, often 1, it could actually "
                    "result in unsatisfactory outcomes.", "claim:small-batches"),
     _e("002", 183, "Furthermore, Batch normalization is extremely depending on the mini-batch measurement and may "

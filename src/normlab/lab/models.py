@@ -6,7 +6,8 @@ up by name in :data:`MODELS`, and :func:`model_options` lists the options of one
 against it).
 
 Shared options
-- ``init``: "default" (torch's), "he" (Kaiming normal, fan_in), "xavier" (Glorot normal), "lecun" (normal with
+- ``init``: "default" (torch's), "he" (Kaiming normal, fan_in), "xavier" (Glorot normal), "glorot_uniform"
+  (Glorot uniform, Keras' Dense default), "lecun" (normal with
   std 1/sqrt(fan_in)), "normal" (N(0, 0.01^2)); ``init_scale`` multiplies every weight matrix after init (bad
   scales are where BN is claimed to help). Biases start at zero unless ``init == "default"``.
 - ``init_std``: the standard deviation of ``init="normal"`` (default 0.01; Ioffe & Szegedy's Fig. 1 uses 0.1).
@@ -45,7 +46,7 @@ __all__ = [
     "norm_available",
 ]
 
-INITS = ("default", "he", "xavier", "lecun", "normal")
+INITS = ("default", "he", "xavier", "lecun", "normal", "glorot_uniform")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
@@ -116,6 +117,8 @@ def init_weights(model: nn.Module, init: str = "default", scale: float = 1.0, st
                 nn.init.kaiming_normal_(w, nonlinearity="relu")
             elif init == "xavier":
                 nn.init.xavier_normal_(w)
+            elif init == "glorot_uniform":
+                nn.init.xavier_uniform_(w)
             elif init == "lecun":
                 nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
             elif init == "normal":
@@ -163,17 +166,28 @@ def _flat_features(input_shape: Sequence[int]) -> int:
 
 # ------------------------------------------------------------------------------------------------------------ MLPs
 def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", norm_kw: dict | None = None,
-             init: str = "default") -> nn.Module:
+             init: str = "default", keras_bn: bool = False) -> nn.Module:
     """The seed article's Keras model: Flatten -> Dense(128, ReLU) -> [norm] -> Dense(num_classes).
 
     ``init``: one of :data:`INITS` for both Linear layers (see :func:`init_weights`; "he" is the standard init
-    for the ReLU layer), default torch's."""
+    for the ReLU layer, "glorot_uniform" Keras' default), default torch's. ``keras_bn``: with ``norm="bn"``, the
+    layer is ``normlab.nn.BatchNorm.keras(128, **norm_kw)`` (Keras' defaults: momentum 0.99 as the weight of the
+    old running value, epsilon 1e-3, biased running variance). Raises ValueError for ``keras_bn`` with another
+    norm."""
     _check_choice("seed_mlp", "init", init, INITS)
+    if keras_bn and norm != "bn":
+        raise ValueError(f"seed_mlp: keras_bn=True needs norm='bn' (Keras' BatchNormalization), got norm={norm!r}")
+    if keras_bn:
+        from ..nn import BatchNorm
+
+        norm_mod = BatchNorm.keras(128, **(norm_kw or {}))
+    else:
+        norm_mod = norm_layer(norm, 128, **(norm_kw or {}))
     return init_weights(nn.Sequential(
         nn.Flatten(),
         nn.Linear(_flat_features(input_shape), 128),
         nn.ReLU(),
-        norm_layer(norm, 128, **(norm_kw or {})),
+        norm_mod,
         nn.Linear(128, num_classes),
     ), init)
 

@@ -26,6 +26,15 @@ Kinds:
     ``batch_size`` training examples): moving every parameter along the negative gradient by each eta of ``etas``,
     the range of the loss and the largest change of the gradient (L2 over all parameters), in training mode.
     Result: ``{"steps": [...], "loss_range": [...], "grad_change": [...]}``.
+``ics`` -- Santurkar et al. (2018, arXiv:1805.11604, Sec. 3)'s gradient-based internal covariate shift of each
+    watched layer ``i`` (``layers``/``index`` as for ``activations``, default "weights") on the current mini-batch
+    (step 0: the first ``batch_size`` training examples), in training mode: G = the gradient of the loss with
+    respect to the layer's weight, G' = the same gradient after every parameter registered before that weight (the
+    earlier layers, their norms' affine parameters included) took one gradient-descent step of size ``eta`` (None:
+    the run's ``lr``) while the layer and everything after it stay put; ``ics_l2`` = ||G - G'||_2 and ``ics_cos``
+    = cos(G, G') (1.0 when either is zero). Each layer's G' is computed from the same unshifted weights; dropout
+    and noise draw the same random numbers in every forward. Result: ``{"layers", "steps", "ics_l2": [[per layer]
+    per step], "ics_cos": [[...]]}``. The computation is :func:`ics_gradient_change`.
 ``eval_train`` -- at every evaluation of the engine, eval-mode loss and accuracy on the first ``n`` training
     examples (None: all). Result: ``{"steps", "loss", "acc"}``.
 ``eval_modes`` -- validation accuracy of a copy of the model evaluated each way of ``modes``: "running" (the
@@ -42,7 +51,11 @@ Kinds:
     of the ``variants``: "trained" (the run's model), "folded" (``normlab.tools.fold_batchnorm`` of it), "reference"
     (the same builder with ``reference`` = ``{"norm": ..., "model_args": {...}}`` overriding the run's, untrained),
     on the first B validation examples for each B of ``batch_sizes``. Result: ``{"<B>": {variant: median ms},
-    "<B>-all": {variant: [ms per round]}, "max_abs_diff_folded": float | None}``.
+    "<B>-all": {variant: [ms per round]}, "max_abs_diff_folded": float | None}``. With ``train_batch_sizes``
+    (default none) also a training step's time: forward in training mode, cross-entropy, backward (gradients of a
+    copy, set to None after each step: no weight moves) on the first B training examples, same rounds, of the
+    variants other than "folded" (a folded net trains like the reference); ``"train-<B>"`` and
+    ``"train-<B>-all"`` as above.
 """
 
 from __future__ import annotations
@@ -57,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PROBES", "validate_probes", "Prober"]
+__all__ = ["PROBES", "validate_probes", "Prober", "ics_gradient_change"]
 
 _SCHEDULE = {"every": 0, "first": True, "last": True}
 PROBES: dict[str, dict[str, Any]] = {
@@ -65,12 +78,13 @@ PROBES: dict[str, dict[str, Any]] = {
                     **_SCHEDULE},
     "gradients": {"layers": "weights", "index": None, "every": 1},
     "landscape": {"etas": [0.25, 0.5, 1.0, 2.0], **_SCHEDULE},
+    "ics": {"layers": "weights", "index": None, "eta": None, **_SCHEDULE},
     "eval_train": {"n": None},
     "eval_modes": {"modes": ["running", "recalibrated", "batch-1000", "batch-8"], "recalibrate_n": 2000,
                    "recalibrate_batch": 200, **_SCHEDULE},
     "population": {"n": None, "batch": None, "average": "batches", **_SCHEDULE},
     "latency": {"batch_sizes": [1, 32], "rounds": 30, "inner": 5, "variants": ["trained", "folded", "reference"],
-                "reference": {"norm": "none", "model_args": {}}},
+                "reference": {"norm": "none", "model_args": {}}, "train_batch_sizes": []},
 }
 SELECTORS = ("activations", "norms", "weights")
 
@@ -127,6 +141,9 @@ def validate_probes(probes: Any) -> None:
             bad("mode", "'eval' or 'train'")
         if "average" in spec and spec["average"] not in ("batches", "pooled"):
             bad("average", "'batches' or 'pooled'")
+        if spec.get("eta") is not None and not (isinstance(spec["eta"], (int, float)) and not isinstance(
+                spec["eta"], bool) and math.isfinite(spec["eta"]) and spec["eta"] > 0):
+            bad("eta", "a positive number or None (the run's lr)")
         if "etas" in spec and not (isinstance(spec["etas"], list) and spec["etas"] and all(
                 isinstance(e, (int, float)) and math.isfinite(e) and e > 0 for e in spec["etas"])):
             bad("etas", "a non-empty list of positive numbers")
@@ -139,6 +156,9 @@ def validate_probes(probes: Any) -> None:
         if "batch_sizes" in spec and not (isinstance(spec["batch_sizes"], list) and spec["batch_sizes"]
                                           and all(_int(b, 1) for b in spec["batch_sizes"])):
             bad("batch_sizes", "a non-empty list of ints >= 1")
+        if "train_batch_sizes" in spec and not (isinstance(spec["train_batch_sizes"], list)
+                                                and all(_int(b, 2) for b in spec["train_batch_sizes"])):
+            bad("train_batch_sizes", "a list of ints >= 2 (batch statistics need two examples)")
         if "variants" in spec and not (isinstance(spec["variants"], list) and spec["variants"]
                                        and set(spec["variants"]) <= {"trained", "folded", "reference"}):
             bad("variants", "a non-empty list of 'trained', 'folded', 'reference'")
@@ -288,7 +308,7 @@ class Prober:
     def _at(self, step: int, x, y, first: bool = False, last: bool = False) -> None:
         for name, spec in self.specs.items():
             kind = spec["kind"]
-            if kind not in ("activations", "landscape", "eval_modes", "population"):
+            if kind not in ("activations", "landscape", "eval_modes", "population", "ics"):
                 continue
             if not self._due(name, spec, step, first, last):
                 continue
@@ -297,10 +317,13 @@ class Prober:
                 if kind == "activations":
                     src = self.ds.x_val if spec["data"] == "val" else self.ds.x_train
                     self.recorders[name].observe(src[: spec["n"]], step=step, train=spec["mode"] == "train")
-                elif kind == "landscape":
+                elif kind in ("landscape", "ics"):
                     if x is None:
                         x, y = self.ds.x_train[: self.config.batch_size], self.ds.y_train[: self.config.batch_size]
-                    self._landscape(name, spec, step, x, y)
+                    if kind == "landscape":
+                        self._landscape(name, spec, step, x, y)
+                    else:
+                        self._ics(name, spec, step, x, y)
                 elif kind == "eval_modes":
                     self._eval_modes(name, spec, step)
                 else:
@@ -332,6 +355,40 @@ class Prober:
         r["steps"].append(step)
         r["loss_range"].append(max(losses) - min(losses))
         r["grad_change"].append(max(changes))
+
+    def _ics(self, name: str, spec: dict, step: int, x, y) -> None:
+        names = _select(self.model, spec["layers"], spec["index"])
+        eta = spec["eta"] if spec["eta"] is not None else self.config.lr
+        l2, cos = ics_gradient_change(self.model, x, y, names, eta)
+        r = self.results.setdefault(name, {"layers": names, "steps": [], "ics_l2": [], "ics_cos": []})
+        r["steps"].append(step)
+        r["ics_l2"].append(l2)
+        r["ics_cos"].append(cos)
+
+    def _train_step_times(self, variants: dict, b: int, spec: dict) -> tuple[dict, dict]:
+        """Median ms of forward (training mode) + cross-entropy + backward per variant, interleaved rounds, on
+        copies (the run's model, its buffers and gradients are untouched)."""
+        x, y = self.ds.x_train[:b], self.ds.y_train[:b]
+        copies = {k: copy.deepcopy(m).train() for k, m in variants.items()}
+        names = list(copies)
+
+        def one(m: nn.Module) -> None:
+            F.cross_entropy(m(x), y).backward()
+            for p in m.parameters():
+                p.grad = None
+
+        times: dict[str, list[float]] = {v: [] for v in names}
+        for v in names:
+            for _ in range(3):  # warm-up
+                one(copies[v])
+        for rnd in range(spec["rounds"]):
+            k = rnd % len(names)
+            for v in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                for _ in range(spec["inner"]):
+                    one(copies[v])
+                times[v].append((time.perf_counter() - t0) / spec["inner"] * 1e3)
+        return {v: sorted(t)[len(t) // 2] for v, t in times.items()}, times
 
     def _eval_modes(self, name: str, spec: dict, step: int) -> None:
         from ..tools import recalibrate
@@ -418,7 +475,65 @@ class Prober:
                             times[v].append((time.perf_counter() - t0) / spec["inner"] * 1e3)
                 out[str(b)] = {v: sorted(t)[len(t) // 2] for v, t in times.items()}  # upper median
                 out[f"{b}-all"] = times
+            for b in spec["train_batch_sizes"]:
+                out[f"train-{b}"], out[f"train-{b}-all"] = self._train_step_times(
+                    {k: m for k, m in variants.items() if k != "folded"}, b, spec)
         finally:
             for k, m in variants.items():
                 m.train(modes[k])
         return out
+
+
+# ------------------------------------------------------------------------------------------- gradient-based ICS
+
+
+def ics_gradient_change(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[str],
+                        eta: float) -> tuple[list[float], list[float]]:
+    """Santurkar et al. (2018, arXiv:1805.11604, Sec. 3, Definition 2.1)'s internal covariate shift of each layer of
+    ``layers`` (module names, each with a ``weight``) on the batch ``(x, y)`` (inputs ``(N, ...)``, int labels
+    ``(N,)``), cross-entropy loss, in training mode: ``(||G - G'||_2 per layer, cos(G, G') per layer)`` where G is
+    the gradient of the loss with respect to the layer's weight and G' the same gradient after every trainable
+    parameter registered before that weight took one step ``p - eta * dL/dp`` (the gradients at the unshifted
+    weights), the layer and the later parameters unchanged.
+
+    The model is left as it was: parameters, buffers (running statistics), training flag and torch's random state
+    are restored; every forward draws the same random numbers (dropout, noise). Raises ValueError for a name that
+    is not a module with a trainable ``weight`` or a non-positive ``eta``.
+    """
+    if not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"ics_gradient_change: expected eta > 0, got {eta!r}")
+    modules = dict(model.named_modules())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    position = {id(p): k for k, (_, p) in enumerate(named)}
+    targets = []
+    for layer in layers:
+        w = getattr(modules.get(layer), "weight", None)
+        if not isinstance(w, torch.Tensor) or id(w) not in position:
+            raise ValueError(f"ics_gradient_change: layer {layer!r} is not a module of the model with a trainable "
+                             "weight")
+        targets.append(position[id(w)])
+    params = [p for _, p in named]
+    saved = copy.deepcopy(model.state_dict())
+    was = model.training
+    rng = torch.get_rng_state()
+    l2: list[float] = []
+    cos: list[float] = []
+    try:
+        model.train()
+        base = [p.detach().clone() for p in params]
+        g0 = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        for k in targets:
+            with torch.no_grad():
+                for j, p in enumerate(params):
+                    p.copy_(base[j] - eta * g0[j] if j < k else base[j])
+            torch.set_rng_state(rng)
+            (g1,) = torch.autograd.grad(F.cross_entropy(model(x), y), [params[k]])
+            a, b = g0[k].double().flatten(), g1.double().flatten()
+            l2.append(float(torch.linalg.vector_norm(a - b)))
+            na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+            cos.append(float(a @ b / (na * nb)) if na > 0 and nb > 0 else 1.0)
+    finally:
+        model.load_state_dict(saved)
+        model.train(was)
+        torch.set_rng_state(rng)
+    return l2, cos

@@ -71,7 +71,8 @@ class TrainConfig:
     ``{"root": "~/mnist"}``), ``split_seed`` seeds the stratified split.
     Model: ``model`` names a builder of :mod:`normlab.lab.models`, ``norm`` is the ``make_norm`` spec,
     ``model_args`` the builder's other options (depth, width, init, init_scale, dropout, ...).
-    Optimization: ``optimizer`` "adam" | "sgd" (``momentum``, ``nesterov``), ``weight_decay``, ``grad_clip``
+    Optimization: ``optimizer`` "adam" (``adam_eps``, torch's default 1e-8; Keras' is 1e-7) | "sgd" (``momentum``,
+    ``nesterov``), ``weight_decay``, ``grad_clip``
     (max global L2 norm, 0 = off). Learning rate ``lr`` with ``schedule``:
       constant; step: ``lr * lr_decay ** (step // lr_decay_every)``; exponential: ``lr * lr_decay **
       (step / lr_decay_every)``; cosine: ``lr * (1 + cos(pi * step / total)) / 2``; all after a linear warm-up
@@ -101,6 +102,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.0
+    adam_eps: float = 1e-8
     nesterov: bool = False
     weight_decay: float = 0.0
     grad_clip: float = 0.0
@@ -151,6 +153,9 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 bad(key, "a finite number >= 0")
+        v = self.adam_eps
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            bad("adam_eps", "a finite number > 0")
         if self.trainable == "random" and self.weight_decay:
             bad("weight_decay", "0 with trainable='random' (decay would move the entries that must stay frozen)")
         if not isinstance(self.norm, str):
@@ -347,7 +352,7 @@ def cached_dataset(config: TrainConfig) -> Dataset:
 
 def make_optimizer(config: TrainConfig, params: Iterable[Tensor]) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
     )

@@ -3,7 +3,10 @@
 The same MLP with each normalization (BN, batch renorm, ghost BN, moving-average BN, batch-layer norm, group norm,
 layer norm, and none as the batch-size-only baseline) is trained at each batch size for the same number of steps
 and evaluated in eval mode. Per seed: each arm's accuracy drop from the largest to the smallest batch size, and
-the accuracy at the smallest batch size.
+the accuracy at the smallest batch size. Every arm (He init) runs at its own Adam learning rate, chosen by a
+declared search (:mod:`normlab.lab.tuning`: tuning seeds 1000+, a held-out part of the training split, criterion
+final tuning-validation accuracy) at the declared tuning batch size (the largest of the grid: the drop then measures
+how each arm's well-tuned setting copes when the batch shrinks).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from ..verdict import Rule
 from . import _common as C
 from ..models import norm_available
 from ..train import TrainConfig
+from ..tuning import Search, tune, tuning_seeds
 from .base import Claim, Context, Figure, Outcome, Quote
 
 DROP = "accuracy drop from the largest to the smallest batch size"
@@ -36,12 +40,16 @@ def _norm_kw(arm: str, steps: int) -> dict:
             "d_max_steps": max(steps // 2, steps // 10 + 1)}
 
 
-def _config(arm: str, seed: int, batch_size: int, cfg: dict) -> TrainConfig:
-    args = {"widths": cfg["widths"], "activation": "relu"}
+SPLIT = 0  # one verdict validation split for every seed: the tuning split (its training part) never overlaps it
+
+
+def _config(arm: str, seed: int, batch_size: int, cfg: dict, lr: float | None = None) -> TrainConfig:
+    args = {"widths": cfg["widths"], "activation": "relu", "init": "he"}
     if _norm_kw(arm, cfg["steps"]):
         args["norm_kw"] = _norm_kw(arm, cfg["steps"])
-    return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="mlp", norm=_spec(arm, batch_size),
-                       model_args=args, optimizer="adam", lr=cfg["lr"], batch_size=batch_size, steps=cfg["steps"],
+    return TrainConfig(data="mnist5k", split_seed=SPLIT, seed=seed, model="mlp", norm=_spec(arm, batch_size),
+                       model_args=args, optimizer="adam", lr=cfg["grid"][0] if lr is None else lr,
+                       batch_size=batch_size, steps=cfg["steps"],
                        eval_every=cfg["steps"], drop_last=True)
 
 
@@ -56,8 +64,12 @@ def run(ctx: Context) -> Outcome:
             out.not_run[arm] = why
         else:
             arms.append(arm)
+    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], sizes[-1], cfg) for a in arms},
+                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
+                        criterion="final_val_acc"))
+    C.record_arms(out, tuned, {a: "he" for a in arms})
     units = [{"arm": arm, "seed": s, "batch_size": bs} for s in ctx.seeds for arm in arms for bs in sizes]
-    runs = ctx.map([_config(u["arm"], u["seed"], u["batch_size"], cfg) for u in units])
+    runs = ctx.map([_config(u["arm"], u["seed"], u["batch_size"], cfg, tuned[u["arm"]][0]) for u in units])
     res = [{**u, "val_acc": C.curve(r, "val_acc")[-1]} for u, r in zip(units, runs)]
     curves = {}
     for arm in arms:
@@ -77,7 +89,8 @@ def run(ctx: Context) -> Outcome:
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.legend(fontsize=8, ncol=2)
     out.figures.append(Figure("batch-size", "Validation accuracy (eval mode) vs training batch size for each "
-                              "normalization, same steps and optimizer (Adam). Line: mean over seeds; band: "
+                              "normalization, same steps and optimizer (Adam, each arm at its rate tuned at batch "
+                              f"{sizes[-1]}). Line: mean over seeds; band: "
                               "min..max.", fig))
     out.tables.append(C.seed_table(out, (SMALL, DROP)))
     out.measured = (f"drop from batch {sizes[-1]} to {sizes[0]}: " +
@@ -92,8 +105,10 @@ def run(ctx: Context) -> Outcome:
     return out
 
 
-def _cfg(sizes, steps):
-    return {"batch_sizes": sizes, "steps": steps, "lr": 1e-3, "widths": [64, 64]}
+def _cfg(sizes, steps, grid, tune_steps, tune_seeds):
+    # tuning at the largest batch size of the grid (the arm's reference condition), on tune_seeds tuning seeds
+    return {"batch_sizes": sizes, "steps": steps, "widths": [64, 64], "grid": grid, "tune_steps": tune_steps,
+            "tune_seeds": tune_seeds}
 
 
 CLAIM = Claim(
@@ -112,7 +127,8 @@ CLAIM = Claim(
             "34.7, GN 24.1/24.2/24.0/24.2/24.1. Batch Renorm at batch 4: 26.3 vs BN 27.3 (GN paper). MABN (Yan et "
             "al. 2020): ImageNet error BN(2) 35.22, BRN(2) 30.29, MABN(2) 23.67 vs BN(32) 23.41. BLN (Ziaee & Cano "
             "2022): no quantitative table found."),
-    measures=("784-64-64-10 ReLU MLP, each norm before each ReLU, Adam 1e-3, the same number of steps at every "
+    measures=("784-64-64-10 ReLU MLP (He init), each norm before each ReLU, Adam at each arm's own rate (declared "
+              "search at the largest batch size on tuning seeds and a tuning split), the same number of steps at every "
               "batch size (so small batches also see fewer images — the 'none' arm measures that effect alone). "
               "Eval-mode validation accuracy; per arm and seed the drop from the largest to the smallest batch."),
     # Margins (declared before the runs): 0.02 (2 accuracy points) of extra drop from the largest to the smallest
@@ -129,6 +145,8 @@ CLAIM = Claim(
                     "normalization (so the loss is BN's, not the batch size's). Confirmatory secondaries: each "
                     "alternative's drop equals the no-norm drop within 2 points (it is 'not problematic'); "
                     "exploratory: each alternative beats BN at the smallest batch size."),
-    configs={"tiny": _cfg([2, 16], 6), "quick": _cfg([2, 8, 32, 128], 250), "full": _cfg([2, 4, 8, 16, 32, 128], 800)},
+    configs={"tiny": _cfg([2, 16], 6, [1e-3, 3e-3], 4, 1),
+             "quick": _cfg([2, 8, 32, 128], 250, [3e-4, 1e-3, 3e-3], 150, 1),
+             "full": _cfg([2, 4, 8, 16, 32, 128], 800, [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 400, 2)},
     run=run,
 )
