@@ -435,3 +435,12 @@ def test_builders_accept_running_average_and_full_normalization(name, norm):
     out = m.train()(torch.randn(6, 1, 8, 8))
     out.sum().backward()
     assert out.shape == (6, 10) and torch.isfinite(out).all()
+
+
+def test_norm_position_after_puts_the_norm_after_the_activation():
+    before = models.build_model("mlp", (1, 8, 8), 10, norm="bn", depth=2, width=8)
+    after = models.build_model("mlp", (1, 8, 8), 10, norm="bn", depth=2, width=8, norm_position="after")
+    assert _kinds(before) == ["Linear", "BatchNorm", "ReLU"] * 2 + ["Linear"]
+    assert _kinds(after) == ["Linear", "ReLU", "BatchNorm"] * 2 + ["Linear"]
+    with pytest.raises(ValueError, match="norm_position='middle' is not allowed"):
+        models.build_model("mlp", (1, 8, 8), 10, norm_position="middle")

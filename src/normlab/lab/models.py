@@ -236,6 +236,7 @@ def mlp(
     dropout: float = 0.0,
     dropout_position: str = "after",
     dropout_kind: str = "standard",
+    norm_position: str = "before",
     noise_shift: float = 0.0,
     noise_scale: float = 0.0,
     norm_kw: dict | None = None,
@@ -245,9 +246,11 @@ def mlp(
     ``widths`` (a list of hidden widths) replaces ``depth`` x ``width`` when given. ``dropout_position="last"``
     puts one dropout after the last hidden block only. ``noise_shift``/``noise_scale`` add :class:`NormNoise` after
     every norm (see the module docstring). ``norm="wn"``: weight norm on the hidden Linear layers, no norm layer;
-    ``dropout_kind="alpha"``: ``nn.AlphaDropout`` (module docstring)."""
+    ``dropout_kind="alpha"``: ``nn.AlphaDropout`` (module docstring). ``norm_position``: "before" the activation
+    (Linear -> norm -> activation, Ioffe & Szegedy's place) or "after" it (Linear -> activation -> norm)."""
     _check_common("mlp", init, init_scale, dropout, dropout_position, init_std, DROPOUT_POSITIONS)
     _check_choice("mlp", "dropout_kind", dropout_kind, DROPOUT_KINDS)
+    _check_choice("mlp", "norm_position", norm_position, ("before", "after"))
     wn = _is_wn(norm)
     if wn and (noise_shift > 0 or noise_scale > 0):
         raise ValueError("mlp: norm='wn' has no norm layer to add noise after; expected noise_shift = noise_scale = 0")
@@ -271,10 +274,10 @@ def mlp(
         here = dropout if dropout_position != "last" or i == len(widths) - 1 else 0.0
         lin = nn.Linear(fan_in, w)
         pre_norm.append(lin)
-        layers += _block(
-            lin, nrm, _activation("mlp", activation), here,
-            "after" if dropout_position == "last" else dropout_position, drop_cls,
-        )
+        act = _activation("mlp", activation)
+        if norm_position == "after":
+            nrm, act = act, nrm  # Linear -> activation -> norm: the block's two middle slots swap
+        layers += _block(lin, nrm, act, here, "after" if dropout_position == "last" else dropout_position, drop_cls)
         fan_in = w
     layers.append(nn.Linear(fan_in, num_classes))
     model = init_weights(nn.Sequential(*layers), init, init_scale, init_std)
