@@ -18,7 +18,9 @@ from normlab.lab.verdict import INCONCLUSIVE, NOT_RUN, SUPPORTED, Rule
 
 ISSUE_IDS = ["faster-convergence", "higher-learning-rates", "careless-init", "regularization", "vanishing-gradients",
              "dying-relu", "covariate-shift", "small-batches", "dropout-order", "train-vs-inference",
-             "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training"]
+             "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training",
+             # issue 13's new claims, in their declared order
+             "activation-placement", "lr-sensitivity", "sigmoid-saturation"]
 
 
 # ------------------------------------------------------------------------------------------------ registry

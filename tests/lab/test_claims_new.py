@@ -1,0 +1,98 @@
+"""Issue 13's new claims: their measures (checked against independent formulas), their declarations (the article
+quoted verbatim from its file, a rule with a declared non-zero margin, all three levels) and one tiny run each
+(shared with test_claims.py through ``tiny_report``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from _claims_tiny import tiny_report
+from normlab.lab.claims import claim_ids, get_claim
+from normlab.lab.verdict import NOT_RUN
+
+NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation"]
+SEEDS = Path("/work/shared/seeds")
+
+
+def test_new_claims_are_registered_after_the_existing_ones():
+    ids = claim_ids()
+    assert ids[-len(NEW_IDS):] == NEW_IDS
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@pytest.mark.parametrize("cid", NEW_IDS)
+def test_new_claim_declarations(cid):
+    c = get_claim(cid)
+    assert set(c.configs) >= {"tiny", "quick", "full"}
+    for rule in (c.rule, *c.secondary):
+        assert rule.margin > 0, (cid, rule)
+    for q in c.articles:
+        # every quote names its seed file and is verbatim there (when the seeds are on this machine)
+        m = re.search(r"\d{3}_[0-9a-f]{16}\.txt", q.source)
+        assert m, (cid, q.source)
+        path = SEEDS / m.group(0)
+        if path.exists():
+            assert _normalize(q.text) in _normalize(path.read_text(encoding="utf-8")), (cid, q.text)
+
+
+@pytest.mark.parametrize("cid", NEW_IDS)
+def test_new_claim_runs_at_tiny(cid):
+    results, _, _, _ = tiny_report()
+    r = next(r for r in results if r.claim.id == cid)
+    assert r.error == "", r.error
+    assert r.outcome.figures and r.outcome.tables and r.outcome.measured
+    assert r.verdict.verdict != NOT_RUN
+    assert set(r.outcome.metrics[r.claim.rule.metric]) == {r.claim.rule.treatment, r.claim.rule.control}
+
+
+# ------------------------------------------------------------------------------------------- lr-sensitivity
+
+
+def test_near_best_width_counts_grid_points_within_tolerance():
+    from normlab.lab.claims.lr_sensitivity import near_best_width
+
+    assert near_best_width([0.5, 0.89, 0.9, 0.875, None], 0.5, 0.02) == pytest.approx(1.0)  # 0.89 and 0.9 only
+    assert near_best_width([0.5, 0.89, 0.9, 0.88, math.nan], 0.5, 0.02) == pytest.approx(1.5)  # 0.88 is in
+    assert near_best_width([None, None], 0.5, 0.02) == 0.0
+    assert near_best_width([0.1], 0.25, 0.02) == pytest.approx(0.25)
+
+
+def test_lr_sensitivity_grid_spacing_is_the_declared_half_decade():
+    from normlab.lab.claims.lr_sensitivity import CLAIM, _grid, _spacing
+
+    cfg = CLAIM.configs["quick"]
+    grid = _grid(cfg)
+    assert len(grid) == cfg["points"] and _spacing(cfg) == pytest.approx(0.5, abs=1e-3)
+    ratios = [math.log10(b / a) for a, b in zip(grid, grid[1:])]
+    assert all(r == pytest.approx(0.5, abs=0.01) for r in ratios)
+    assert CLAIM.rule.margin == pytest.approx(_spacing(cfg), abs=1e-3)  # margin = one grid step
+
+
+# --------------------------------------------------------------------------------------- sigmoid-saturation
+
+
+def test_saturated_fraction_matches_direct_count_on_sigmoid_outputs():
+    import torch
+
+    from normlab.lab.claims.sigmoid_saturation import EPS, saturated_fraction
+
+    torch.manual_seed(0)
+    # 6 units over 1,000 inputs: 2 stuck near 1, 1 stuck near 0, 3 spread out
+    z = torch.randn(1000, 6, dtype=torch.float64)
+    z[:, 0] += 8
+    z[:, 1] += 6
+    z[:, 2] -= 7
+    q = torch.quantile(z, torch.tensor([0.15, 0.5, 0.85], dtype=torch.float64), dim=0).T.tolist()
+    s = torch.sigmoid(z)
+    # independent definition: saturated on >= 85% of inputs (within EPS of 0 or of 1)
+    direct = (((s > 1 - EPS).double().mean(0) >= 0.85) | ((s < EPS).double().mean(0) >= 0.85)).double().mean()
+    assert saturated_fraction(q) == pytest.approx(direct.item())
+    assert saturated_fraction(q) == pytest.approx(0.5)
+    assert math.isnan(saturated_fraction([]))
