@@ -14,7 +14,7 @@ from _claims_tiny import tiny_report
 from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
-NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation"]
+NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead"]
 SEEDS = Path("/work/shared/seeds")
 
 
@@ -49,7 +49,8 @@ def test_new_claim_runs_at_tiny(cid):
     assert r.error == "", r.error
     assert r.outcome.figures and r.outcome.tables and r.outcome.measured
     assert r.verdict.verdict != NOT_RUN
-    assert set(r.outcome.metrics[r.claim.rule.metric]) == {r.claim.rule.treatment, r.claim.rule.control}
+    for rule in (r.claim.rule, *r.claim.secondary):
+        assert {rule.treatment, rule.control} <= set(r.outcome.metrics[rule.metric]), rule
 
 
 # ------------------------------------------------------------------------------------------- lr-sensitivity
@@ -96,3 +97,37 @@ def test_saturated_fraction_matches_direct_count_on_sigmoid_outputs():
     assert saturated_fraction(q) == pytest.approx(direct.item())
     assert saturated_fraction(q) == pytest.approx(0.5)
     assert math.isnan(saturated_fraction([]))
+
+
+# ---------------------------------------------------------------------------------------- training-overhead
+
+
+def test_step_time_is_the_median_step_difference_after_warmup():
+    from normlab.lab.claims.training_overhead import step_time_ms
+
+    times = [0.5, 0.51, 0.52, 0.54, 0.55, 0.65]  # differences 10, 10, 20, 10, 100 ms
+    assert step_time_ms(times, 0) == pytest.approx(10.0)
+    assert step_time_ms(times, 2) == pytest.approx(20.0)  # 20, 10, 100 -> 20
+    assert math.isnan(step_time_ms(times[:2], 1))
+
+
+def test_kernel_arm_sets_and_restores_the_backend_variable(monkeypatch):
+    from normlab.kernels.dispatch import ENV_VAR
+    from normlab.lab.claims.training_overhead import ARMS, KERNELS, _config, _kernels, CLAIM
+
+    assert ENV_VAR == "NORMLAB_KERNELS"
+    monkeypatch.setenv(ENV_VAR, "auto")
+    with _kernels("native"):
+        import os
+        assert os.environ[ENV_VAR] == "native"
+    assert os.environ[ENV_VAR] == "auto"
+    monkeypatch.delenv(ENV_VAR)
+    with pytest.raises(RuntimeError):
+        with _kernels("fast"):
+            raise RuntimeError("unit failed")
+    assert ENV_VAR not in os.environ
+    # arms never share a stored unit: distinct seeds per (arm, round)
+    cfg = CLAIM.configs["quick"]
+    seeds = {_config(a, s, r, cfg).seed for a in ARMS for s in range(5) for r in range(cfg["rounds"])}
+    assert len(seeds) == len(ARMS) * 5 * cfg["rounds"]
+    assert KERNELS["bn"] == "fast" and KERNELS["bn-native"] == "native"
