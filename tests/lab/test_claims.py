@@ -20,7 +20,8 @@ ISSUE_IDS = ["faster-convergence", "higher-learning-rates", "careless-init", "re
              "dying-relu", "covariate-shift", "small-batches", "dropout-order", "train-vs-inference",
              "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training",
              # issue 13's new claims, in their declared order
-             "activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead"]
+             "activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
+             "running-average-normalization"]
 
 
 # ------------------------------------------------------------------------------------------------ registry

@@ -14,7 +14,8 @@ from _claims_tiny import tiny_report
 from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
-NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead"]
+NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
+           "running-average-normalization"]
 SEEDS = Path("/work/shared/seeds")
 
 
@@ -131,3 +132,20 @@ def test_kernel_arm_sets_and_restores_the_backend_variable(monkeypatch):
     seeds = {_config(a, s, r, cfg).seed for a in ARMS for s in range(5) for r in range(cfg["rounds"])}
     assert len(seeds) == len(ARMS) * 5 * cfg["rounds"]
     assert KERNELS["bn"] == "fast" and KERNELS["bn-native"] == "native"
+
+
+# ---------------------------------------------------------------------------- running-average-normalization
+
+
+def test_running_average_claim_compares_the_naive_scheme_bn_and_mabn_at_a_small_batch():
+    from normlab.lab.claims.running_average_normalization import ARMS, CLAIM, _config
+    from normlab.nn import make_norm
+
+    assert set(ARMS) == {"ran", "bn", "mabn"}
+    assert {type(make_norm(a, 4)).__name__ for a in ARMS} == {"RunningAverageNorm", "BatchNorm",
+                                                              "MovingAverageBatchNorm"}
+    for level in ("quick", "full"):
+        cfg = CLAIM.configs[level]
+        assert cfg["batch_size"] <= 4
+        assert all(_config(a, 0, cfg).batch_size == cfg["batch_size"] for a in ARMS)
+    assert (CLAIM.rule.treatment, CLAIM.rule.control) == ("ran", "bn")
