@@ -15,7 +15,7 @@ from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
 NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
-           "running-average-normalization"]
+           "running-average-normalization", "full-normalization"]
 SEEDS = Path("/work/shared/seeds")
 
 
@@ -149,3 +149,17 @@ def test_running_average_claim_compares_the_naive_scheme_bn_and_mabn_at_a_small_
         assert cfg["batch_size"] <= 4
         assert all(_config(a, 0, cfg).batch_size == cfg["batch_size"] for a in ARMS)
     assert (CLAIM.rule.treatment, CLAIM.rule.control) == ("ran", "bn")
+
+
+# ------------------------------------------------------------------------------------------ full-normalization
+
+
+def test_full_normalization_claim_uses_few_class_batches_except_the_reference():
+    from normlab.lab.claims.full_normalization import ARMS, CLAIM, _config
+
+    cfg = CLAIM.configs["quick"]
+    cs = {a: _config(a, 0, cfg) for a in ARMS}
+    assert cs["fn"].norm == "fn" and cs["bn"].norm == "bn" and cs["bn-uniform"].norm == "bn"
+    assert cs["fn"].batch_classes == cs["bn"].batch_classes == cfg["batch_classes"] >= 1
+    assert cs["bn-uniform"].batch_classes == 0
+    assert cfg["batch_size"] % cfg["batch_classes"] == 0
