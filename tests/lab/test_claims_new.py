@@ -15,7 +15,7 @@ from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
 NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
-           "running-average-normalization", "full-normalization"]
+           "running-average-normalization", "full-normalization", "alpha-dropout"]
 SEEDS = Path("/work/shared/seeds")
 
 
@@ -163,3 +163,23 @@ def test_full_normalization_claim_uses_few_class_batches_except_the_reference():
     assert cs["fn"].batch_classes == cs["bn"].batch_classes == cfg["batch_classes"] >= 1
     assert cs["bn-uniform"].batch_classes == 0
     assert cfg["batch_size"] % cfg["batch_classes"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- alpha-dropout
+
+
+def test_alpha_dropout_claim_builds_alpha_and_standard_dropout_before_bn():
+    import torch
+    from torch import nn
+
+    from normlab.lab.claims.alpha_dropout import ARMS, CLAIM, _config
+    from normlab.lab.models import build_model
+
+    cfg = CLAIM.configs["tiny"]
+    for arm, cls in zip(ARMS, (nn.AlphaDropout, nn.Dropout)):
+        c = _config(arm, 0, cfg)
+        m = build_model(c.model, (1, 28, 28), 10, norm=c.norm, **c.model_args)
+        kinds = [type(x) for x in m]
+        i = kinds.index(cls)
+        assert type(m[i - 1]) is nn.Linear and "BatchNorm" in type(m[i + 1]).__name__  # Linear -> drop -> BN
+        assert m(torch.randn(4, 1, 28, 28)).shape == (4, 10)
