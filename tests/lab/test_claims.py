@@ -21,7 +21,8 @@ ISSUE_IDS = ["faster-convergence", "higher-learning-rates", "careless-init", "re
              "inference-overhead", "batch-layer-norm", "recurrent", "bn-only-training",
              # issue 13's new claims, in their declared order
              "activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
-             "running-average-normalization", "full-normalization", "alpha-dropout"]
+             "running-average-normalization", "full-normalization", "alpha-dropout",
+             "replaces-dropout"]
 
 
 # ------------------------------------------------------------------------------------------------ registry

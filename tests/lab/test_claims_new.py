@@ -15,7 +15,7 @@ from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
 NEW_IDS = ["activation-placement", "lr-sensitivity", "sigmoid-saturation", "training-overhead",
-           "running-average-normalization", "full-normalization", "alpha-dropout"]
+           "running-average-normalization", "full-normalization", "alpha-dropout", "replaces-dropout"]
 SEEDS = Path("/work/shared/seeds")
 
 
