@@ -85,7 +85,7 @@ CLAIM = Claim(
     interpretation=("One small MLP on 5,000 images; 'in some cases' cannot be refuted by one case, only "
                     "illustrated."),
     configs={"tiny": _cfg(6, 3, [1e-3, 3e-3], 4, 1, (16, 16)),
-             "quick": _cfg(400, 100, [3e-4, 1e-3, 3e-3, 1e-2], 200, 2),
+             "quick": _cfg(300, 100, [3e-4, 1e-3, 3e-3, 1e-2], 150, 2),
              "full": _cfg(2000, 200, [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], 1000, 3)},
     run=run,
     order=22,
