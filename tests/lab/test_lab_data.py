@@ -285,3 +285,57 @@ def test_split_parts_are_not_grouped_by_class():
     assert len(np.unique(y[val[:20]])) >= 5 and len(np.unique(y[train[:50]])) >= 8
     again = data.stratified_split(y, (0.8,), seed=0)
     assert all(np.array_equal(a, b) for a, b in zip((train, val), again))  # still deterministic given the seed
+
+
+# ----------------------------------------------------------------------------------- few-class batches (issue 13)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 4])
+def test_few_class_order_is_a_permutation_with_few_classes_per_batch(classes):
+    from normlab.lab.data import few_class_order
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([i % 10 for i in range(1003)])  # classes of 100 or 101: every class has a short last chunk
+    bs = 16
+    perm = few_class_order(y, bs, classes, g)
+    assert sorted(perm.tolist()) == list(range(len(y)))
+    size = bs // classes
+    full = sum(len(torch.nonzero(y == c)) // size for c in range(10))
+    n_batches = full * size // bs  # batches made of full chunks only
+    for b in range(n_batches):
+        yb = y[perm[b * bs:(b + 1) * bs]]
+        assert len(torch.unique(yb)) <= classes
+        # chunk-wise: each chunk of `size` is one class
+        assert all(len(torch.unique(yb[i:i + size])) == 1 for i in range(0, bs, size))
+    again = few_class_order(y, bs, classes, torch.Generator().manual_seed(0))
+    assert torch.equal(perm, again)
+
+
+def test_few_class_order_rejects_a_non_divisor():
+    from normlab.lab.data import few_class_order
+
+    with pytest.raises(ValueError, match="dividing batch_size=16"):
+        few_class_order(torch.zeros(10, dtype=torch.long), 16, 3, torch.Generator())
+
+
+def test_train_config_batch_classes_option(monkeypatch):
+    from normlab.lab.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="batch_classes=3 is not allowed; expected a divisor of batch_size=16"):
+        TrainConfig(batch_size=16, batch_classes=3)
+    calls = []
+    real = data.few_class_order
+
+    def spy(y, batch_size, classes, generator):
+        calls.append((len(y), batch_size, classes))
+        return real(y, batch_size, classes, generator)
+
+    monkeypatch.setattr(data, "few_class_order", spy)
+    cfg = TrainConfig(data="digits", model="mlp", norm="bn", model_args={"widths": [8]}, batch_size=10,
+                      batch_classes=2, steps=3, eval_every=3, drop_last=True)
+    res = train(cfg)
+    assert len(res.step_rows) == 3 and calls and calls[0][1:] == (10, 2)
+    calls.clear()
+    train(TrainConfig(data="digits", model="mlp", norm="bn", model_args={"widths": [8]}, batch_size=10, steps=2,
+                      eval_every=2))
+    assert calls == []  # the default stays the uniform permutation

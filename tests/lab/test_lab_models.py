@@ -356,3 +356,91 @@ def test_cnn_full_resolution_head_pool_and_conv_bias():
 
 def test_norm_available():
     assert models.norm_available("bn") is None and models.norm_available("none") is None
+
+
+# ------------------------------------------------------------------------------- weight norm, alpha dropout, RAN/FN
+
+
+def _wn_layers(model: nn.Module) -> list[nn.Module]:
+    from torch.nn.utils import parametrize
+
+    return [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]
+
+
+@pytest.mark.parametrize("name, shape, kw", [("mlp", (1, 8, 8), {"depth": 3, "width": 16}),
+                                             ("cnn", (1, 8, 8), {"channels": (4, 6)})])
+def test_weight_norm_arm_parametrizes_the_pre_norm_layers_and_has_no_norm_layer(name, shape, kw):
+    from normlab.tools._common import is_norm
+
+    torch.manual_seed(0)
+    wn = models.build_model(name, shape, 10, norm="wn", init="he", **kw)
+    torch.manual_seed(0)
+    plain = models.build_model(name, shape, 10, norm="none", init="he", **kw)
+    layers = _wn_layers(wn)
+    assert len(layers) == (3 if name == "mlp" else 2)  # every hidden layer; the classifier is left alone
+    assert list(wn.modules())[-1] not in layers
+    assert not any(is_norm(m) for m in wn.modules())
+    for layer in layers:
+        p = layer.parametrizations.weight
+        g, v = p.original0, p.original1
+        # w = g v / ||v|| with the norm over all dims but the output one (Salimans & Kingma 2016, Eq. 2)
+        w64 = g.double() * v.double() / v.double().flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1))
+        torch.testing.assert_close(layer.weight.double(), w64)
+    # at init the reparametrized weights equal the unparametrized model's (same seed, same init)
+    x = torch.randn(5, *shape)
+    torch.testing.assert_close(wn.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
+    # g and v are what the optimizer sees: a gradient reaches both
+    wn.train()(x).sum().backward()
+    assert all(layer.parametrizations.weight.original0.grad is not None for layer in layers)
+
+
+def test_weight_norm_rejected_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="norm='wn' has no norm layer"):
+        models.build_model("mlp", (1, 8, 8), 10, norm="wn", noise_shift=0.1)
+    assert models.norm_available("wn") is None
+
+
+@pytest.mark.parametrize("name, cls", [("mlp", nn.AlphaDropout), ("cnn", nn.FeatureAlphaDropout)])
+def test_alpha_dropout_kind_uses_torch_alpha_dropout(name, cls):
+    m = models.build_model(name, (1, 8, 8), 10, norm="bn", dropout=0.2, dropout_kind="alpha")
+    drops = [d for d in m.modules() if isinstance(d, (nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+                                                        nn.FeatureAlphaDropout))]
+    assert drops and all(type(d) is cls and d.p == 0.2 for d in drops)
+    std = models.build_model(name, (1, 8, 8), 10, norm="bn", dropout=0.2)
+    assert not any(isinstance(d, (nn.AlphaDropout, nn.FeatureAlphaDropout)) for d in std.modules())
+    with pytest.raises(ValueError, match="dropout_kind='gauss' is not allowed"):
+        models.build_model(name, (1, 8, 8), 10, dropout=0.2, dropout_kind="gauss")
+
+
+def test_alpha_dropout_keeps_mean_and_variance_of_standard_normal_input():
+    # Klambauer et al. 2017, Sec. "New Dropout Technique": mean 0 and variance 1 are kept (standard dropout's
+    # variance grows by 1/(1-p)); a 200k-sample check, fixed seed.
+    torch.manual_seed(0)
+    x = torch.randn(200_000)
+    a = nn.AlphaDropout(0.3).train()(x)
+    d = nn.Dropout(0.3).train()(x)
+    assert abs(a.mean().item()) < 0.01 and abs(a.var().item() - 1) < 0.02
+    assert d.var().item() > 1.3
+
+
+@pytest.mark.parametrize("norm", ["ran", "fn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_builders_accept_running_average_and_full_normalization(name, norm):
+    from normlab.nn import make_norm
+
+    torch.manual_seed(0)
+    m = models.build_model(name, (1, 8, 8), 10, norm=norm)
+    kind = type(make_norm(norm, 4))
+    assert sum(isinstance(x, kind) for x in m.modules()) == (2 if name == "cnn" else 4)
+    out = m.train()(torch.randn(6, 1, 8, 8))
+    out.sum().backward()
+    assert out.shape == (6, 10) and torch.isfinite(out).all()
+
+
+def test_norm_position_after_puts_the_norm_after_the_activation():
+    before = models.build_model("mlp", (1, 8, 8), 10, norm="bn", depth=2, width=8)
+    after = models.build_model("mlp", (1, 8, 8), 10, norm="bn", depth=2, width=8, norm_position="after")
+    assert _kinds(before) == ["Linear", "BatchNorm", "ReLU"] * 2 + ["Linear"]
+    assert _kinds(after) == ["Linear", "ReLU", "BatchNorm"] * 2 + ["Linear"]
+    with pytest.raises(ValueError, match="norm_position='middle' is not allowed"):
+        models.build_model("mlp", (1, 8, 8), 10, norm_position="middle")

@@ -552,3 +552,27 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     if tuning_fraction is None:
         return ds
     return tuning_split(ds, tuning_fraction, int(kwargs.get("split_seed", 0)) + 7919)
+
+
+def few_class_order(y: torch.Tensor, batch_size: int, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of ``range(len(y))`` whose consecutive blocks of ``batch_size`` are drawn from few classes:
+    every class's examples are shuffled and cut into chunks of ``batch_size // classes``; the full chunks are
+    shuffled and concatenated, so each batch is ``classes`` chunks of one class each (at most ``classes`` distinct
+    classes; two chunks may share one); every class's last, shorter chunk goes at the end, where it can only shift
+    the final batches. The batches of Lian & Liu (2019) "not constructed ideally".
+
+    ``y``: (N,) integer labels. Raises ValueError when ``classes`` < 1 or does not divide ``batch_size``.
+    """
+    if not (isinstance(classes, int) and classes >= 1 and batch_size % classes == 0):
+        raise ValueError(f"few_class_order: expected classes as an int >= 1 dividing batch_size={batch_size}, "
+                         f"got {classes!r}")
+    size = batch_size // classes
+    full: list[torch.Tensor] = []
+    tails: list[torch.Tensor] = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c, as_tuple=False).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        for chunk in idx.split(size):
+            (full if len(chunk) == size else tails).append(chunk)
+    order = torch.randperm(len(full), generator=generator).tolist()
+    return torch.cat([full[i] for i in order] + tails)

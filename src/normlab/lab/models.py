@@ -18,6 +18,12 @@ Shared options
   ``s ~ U(1 - noise_scale, 1 + noise_scale)`` and ``m ~ U(-noise_shift, noise_shift)`` drawn at every forward: the
   "noisy BN" of Santurkar et al. 2018, Sec. 2.1 (a covariate shift injected on purpose). 0 = off.
 - ``norm_kw``: extra keyword arguments passed to ``make_norm`` (e.g. momentum, eps).
+- ``norm="wn"`` (``mlp``, ``cnn``): weight normalization (Salimans & Kingma 2016, arXiv:1602.07868) instead of an
+  activation norm: torch's ``torch.nn.utils.parametrizations.weight_norm`` on every layer that would precede a
+  norm (the hidden Linear / Conv layers), no norm layer. Applied after the init, so at init the reparametrized
+  weight equals the initialized one.
+- ``dropout_kind`` (``mlp``, ``cnn``): "standard" (``nn.Dropout`` / ``nn.Dropout2d``) or "alpha" (``nn.AlphaDropout``
+  / ``nn.FeatureAlphaDropout``: Klambauer et al. 2017's dropout that keeps the mean and variance of its input).
 """
 
 from __future__ import annotations
@@ -56,6 +62,20 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
 }
 DROPOUT_POSITIONS = ("after", "before", "last")
+DROPOUT_KINDS = ("standard", "alpha")
+WEIGHT_NORM = "wn"
+
+
+def _is_wn(norm: str) -> bool:
+    return isinstance(norm, str) and norm.strip().lower() == WEIGHT_NORM
+
+
+def _apply_weight_norm(layers: Sequence[nn.Module]) -> None:
+    """Weight normalization (w = g v / ||v||, norm over every dim but the output one) on ``layers``, in place."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    for layer in layers:
+        weight_norm(layer, name="weight", dim=0)
 
 
 def norm_layer(spec: str, num_features: int, **kw) -> nn.Module:
@@ -90,7 +110,10 @@ def _check_positive(builder: str, key: str, value, *, zero: bool = False) -> Non
 
 
 def norm_available(spec: str) -> str | None:
-    """``None`` if ``norm_layer(spec, ...)`` can be built here, else the reason (an unknown or unmerged layer)."""
+    """``None`` if ``norm_layer(spec, ...)`` can be built here, else the reason (an unknown or unmerged layer).
+    ``"wn"`` (weight norm, a builder option of ``mlp`` and ``cnn``, not a layer) is always available."""
+    if _is_wn(spec):
+        return None
     try:
         norm_layer(spec, 8)
     except (ImportError, NotImplementedError) as exc:
@@ -226,6 +249,8 @@ def mlp(
     init_std: float = 0.01,
     dropout: float = 0.0,
     dropout_position: str = "after",
+    dropout_kind: str = "standard",
+    norm_position: str = "before",
     noise_shift: float = 0.0,
     noise_scale: float = 0.0,
     norm_kw: dict | None = None,
@@ -234,8 +259,17 @@ def mlp(
 
     ``widths`` (a list of hidden widths) replaces ``depth`` x ``width`` when given. ``dropout_position="last"``
     puts one dropout after the last hidden block only. ``noise_shift``/``noise_scale`` add :class:`NormNoise` after
-    every norm (see the module docstring)."""
+    every norm (see the module docstring). ``norm="wn"``: weight norm on the hidden Linear layers, no norm layer;
+    ``dropout_kind="alpha"``: ``nn.AlphaDropout`` (module docstring). ``norm_position``: "before" the activation
+    (Linear -> norm -> activation, Ioffe & Szegedy's place) or "after" it (Linear -> activation -> norm)."""
     _check_common("mlp", init, init_scale, dropout, dropout_position, init_std, DROPOUT_POSITIONS)
+    _check_choice("mlp", "dropout_kind", dropout_kind, DROPOUT_KINDS)
+    _check_choice("mlp", "norm_position", norm_position, ("before", "after"))
+    wn = _is_wn(norm)
+    if wn and (noise_shift > 0 or noise_scale > 0):
+        raise ValueError("mlp: norm='wn' has no norm layer to add noise after; expected noise_shift = noise_scale = 0")
+    drop_cls = nn.AlphaDropout if dropout_kind == "alpha" else nn.Dropout
+    pre_norm: list[nn.Module] = []
     _check_positive("mlp", "noise_shift", noise_shift, zero=True)
     _check_positive("mlp", "noise_scale", noise_scale, zero=True)
     if widths is None:
@@ -248,17 +282,22 @@ def mlp(
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = _flat_features(input_shape)
     for i, w in enumerate(widths):
-        nrm = norm_layer(norm, w, **(norm_kw or {}))
+        nrm = nn.Identity() if wn else norm_layer(norm, w, **(norm_kw or {}))
         if noisy:
             nrm = nn.Sequential(nrm, NormNoise(noise_shift, noise_scale))
         here = dropout if dropout_position != "last" or i == len(widths) - 1 else 0.0
-        layers += _block(
-            nn.Linear(fan_in, w), nrm, _activation("mlp", activation), here,
-            "after" if dropout_position == "last" else dropout_position,
-        )
+        lin = nn.Linear(fan_in, w)
+        pre_norm.append(lin)
+        act = _activation("mlp", activation)
+        if norm_position == "after":
+            nrm, act = act, nrm  # Linear -> activation -> norm: the block's two middle slots swap
+        layers += _block(lin, nrm, act, here, "after" if dropout_position == "last" else dropout_position, drop_cls)
         fan_in = w
     layers.append(nn.Linear(fan_in, num_classes))
-    return init_weights(nn.Sequential(*layers), init, init_scale, init_std)
+    model = init_weights(nn.Sequential(*layers), init, init_scale, init_std)
+    if wn:
+        _apply_weight_norm(pre_norm)  # after the init: the parametrization starts from the initialized weight
+    return model
 
 
 # ------------------------------------------------------------------------------------------------------------ CNNs
@@ -274,6 +313,7 @@ def cnn(
     init_std: float = 0.01,
     dropout: float = 0.0,
     dropout_position: str = "after",
+    dropout_kind: str = "standard",
     pool: str = "max",
     head_pool: int = 1,
     conv_bias: bool = True,
@@ -282,8 +322,13 @@ def cnn(
     """Small CNN: per entry of ``channels`` a 3x3 conv -> norm -> activation (-> dropout) -> 2x2 max-pool (while the
     map is at least 2 wide; ``pool="none"`` keeps the full resolution), then average pooling to ``head_pool`` x
     ``head_pool`` (1: global) and a linear classifier. ``conv_bias=False`` drops the convs' bias (redundant before
-    a centring norm). Input ``(N, C, H, W)``."""
+    a centring norm). ``norm="wn"``: weight norm on the convs, no norm layer; ``dropout_kind="alpha"``:
+    ``nn.FeatureAlphaDropout`` (module docstring). Input ``(N, C, H, W)``."""
     _check_common("cnn", init, init_scale, dropout, dropout_position, init_std)
+    _check_choice("cnn", "dropout_kind", dropout_kind, DROPOUT_KINDS)
+    wn = _is_wn(norm)
+    drop_cls = nn.FeatureAlphaDropout if dropout_kind == "alpha" else nn.Dropout2d
+    pre_norm: list[nn.Module] = []
     _check_choice("cnn", "pool", pool, ("max", "none"))
     if not isinstance(head_pool, int) or isinstance(head_pool, bool) or head_pool < 1:
         raise ValueError(f"cnn: expected head_pool as an int >= 1, got {head_pool!r}")
@@ -294,16 +339,21 @@ def cnn(
     c_in, size = input_shape[0], min(input_shape[1:])
     layers: list[nn.Module] = []
     for c in channels:
+        conv = nn.Conv2d(c_in, c, 3, padding=1, bias=conv_bias)
+        pre_norm.append(conv)
         layers += _block(
-            nn.Conv2d(c_in, c, 3, padding=1, bias=conv_bias), norm_layer(norm, c, **(norm_kw or {})),
-            _activation("cnn", activation), dropout, dropout_position, nn.Dropout2d,
+            conv, nn.Identity() if wn else norm_layer(norm, c, **(norm_kw or {})),
+            _activation("cnn", activation), dropout, dropout_position, drop_cls,
         )
         if pool == "max" and size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
         c_in = c
     layers += [nn.AdaptiveAvgPool2d(head_pool), nn.Flatten(), nn.Linear(c_in * head_pool**2, num_classes)]
-    return init_weights(nn.Sequential(*layers), init, init_scale, init_std)
+    model = init_weights(nn.Sequential(*layers), init, init_scale, init_std)
+    if wn:
+        _apply_weight_norm(pre_norm)  # after the init: the parametrization starts from the initialized weight
+    return model
 
 
 class _BasicBlock(nn.Module):

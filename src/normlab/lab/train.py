@@ -89,6 +89,9 @@ class TrainConfig:
     "random" (as many entries as "norms" would train, chosen at random, seeded by ``seed``, among the other
     parameters' entries: the control of "norms"; needs ``weight_decay=0``); the others stay at their initial
     values.
+    ``batch_classes``: 0 draws every epoch's batches from one uniform permutation; k >= 1 makes batches of few
+    classes (:func:`normlab.lab.data.few_class_order`: each batch is k chunks of ``batch_size / k`` examples of
+    one class each; needs ``batch_size`` divisible by k): the "not ideally constructed" batches of Lian & Liu 2019.
     ``probes``: what to measure besides the curves, name -> spec (see :mod:`normlab.lab.probes`); the results are
     ``RunResult.probes[name]``.
     """
@@ -119,6 +122,7 @@ class TrainConfig:
     seed: int = 0
     sync_bn: bool = False
     trainable: str = "all"
+    batch_classes: int = 0
     probes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -140,7 +144,7 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(key, "an int >= 1")
-        for key in ("epochs", "steps", "eval_every", "warmup_steps", "seed", "split_seed"):
+        for key in ("epochs", "steps", "eval_every", "warmup_steps", "seed", "split_seed", "batch_classes"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(key, "an int >= 0")
@@ -156,6 +160,8 @@ class TrainConfig:
         v = self.adam_eps
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             bad("adam_eps", "a finite number > 0")
+        if self.batch_classes and self.batch_size % self.batch_classes:
+            bad("batch_classes", f"a divisor of batch_size={self.batch_size} (or 0: uniform batches)")
         if self.trainable == "random" and self.weight_decay:
             bad("weight_decay", "0 with trainable='random' (decay would move the entries that must stay frozen)")
         if not isinstance(self.norm, str):
@@ -545,7 +551,12 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
         run_eval(0, 0)
         step, epoch = 0, 0
         while step < total and diverged_step is None and not state.stop:
-            perm = torch.randperm(n, generator=order_gen)
+            if config.batch_classes:
+                from .data import few_class_order
+
+                perm = few_class_order(y_all, config.batch_size, config.batch_classes, order_gen)
+            else:
+                perm = torch.randperm(n, generator=order_gen)
             xs, ys = x_all[perm], y_all[perm]  # one gather per epoch; the batches below are views
             epoch += 1
             state.epoch = epoch

@@ -1,4 +1,4 @@
-"""Claim 15, ``keras-seed-experiment``: the seed article's own Keras experiment, replicated with Keras' defaults.
+"""Claim 23, ``keras-seed-experiment``: the seed article's own Keras experiment, replicated with Keras' defaults.
 
 Seed article 002 trains ``Flatten -> Dense(128, relu) -> [BatchNormalization] -> Dense(10, softmax)`` with
 ``model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')`` and ``model.fit(..., epochs=10,
