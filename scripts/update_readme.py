@@ -23,6 +23,7 @@ BLOCKS = {
     "claims-table": (["-m", "normlab.cli", "claims", "--quick", "--out", "claims-report", "--print-table", "--quiet"],
                      "table"),
     "bench-table": (["-m", "normlab.cli", "bench", "--json", "bench_kernels.json"], "text"),
+    "scale-out": (["benchmarks/scale_out.py", "--estimate-db", "claims-report"], "text"),
 }
 PROGRESS = ("  timing", "wrote ")
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     text = readme.read_text()
     for name in names:
         cmd, kind = BLOCKS[name]
-        shown = "normlab " + " ".join(cmd[2:])
+        shown = "normlab " + " ".join(cmd[2:]) if cmd[0] == "-m" else "python " + " ".join(cmd)
         table = run_block(args.python, cmd, kind)
         stamp = time.strftime("%Y-%m-%d", time.gmtime())
         text = replace_block(text, name, [f"Produced by `{shown}` on {stamp} (2-core CPU machine):", "", *table])
