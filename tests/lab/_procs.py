@@ -72,3 +72,12 @@ def count_runs(db: Path) -> int:
             con.close()
     except sqlite3.OperationalError:  # tables not created yet
         return 0
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a driver a test will Ctrl-C: SIGINT back to its default disposition. A test run started
+    in the background (``make test &``, nohup, some CI runners) inherits SIGINT *ignored*, and a Python child that
+    starts with SIGINT ignored never raises KeyboardInterrupt, so the Ctrl-C under test would be lost."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
