@@ -53,7 +53,8 @@ def _one(ids, level: str, seeds: int, executor: str, jobs: int, out: Path) -> di
 
 
 def _unit_times(db: Path) -> list[tuple[str, float]]:
-    from normlab.lab.store import find_db, open_store
+    from normlab.lab.store import open_store
+    from normlab.lab.sweep import find_db
 
     with open_store(find_db(db, command="scale_out.py")) as store:
         return [(r.claim or r.sweep, float(r.wall_time)) for r in store.runs()]
