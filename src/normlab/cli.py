@@ -178,7 +178,7 @@ def _add_claims_parser(sub) -> None:
 
     p = sub.add_parser("claims", help="test the literature's claims about BN; write an HTML/Markdown/JSON report",
                        description="Run the claims (every unit a lab run stored in OUT/normlab.sqlite, finished "
-                                   "units reused) and write OUT/report.html, .md and .json.")
+                                   "units reused) and write OUT/index.html, report.md and results.json.")
     level = p.add_mutually_exclusive_group()
     level.add_argument("--quick", dest="level", action="store_const", const="quick", help="the demo (default)")
     level.add_argument("--full", dest="level", action="store_const", const="full", help="more seeds, longer runs")

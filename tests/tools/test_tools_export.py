@@ -248,3 +248,11 @@ def test_kind_onnx_batch_statistics_odd_subclasses_are_refused_by_path(tmp_path)
     with pytest.raises(ValueError, match=r"export_onnx: '1' \(Own\) normalizes with batch statistics at inference"):
         export_onnx(model, x, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_kind_tool_error_names_the_cause_export_path(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"export_onnx: cannot write .*m.onnx.*the folder .*nowhere.* does not exist"):
+        export_onnx(model, torch.randn(5, 3), tmp_path / "nowhere" / "m.onnx")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

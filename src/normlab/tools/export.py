@@ -369,6 +369,10 @@ def export_onnx(
     if not inputs or not all(isinstance(t, Tensor) for t in inputs):
         raise TypeError("export_onnx: example_input must be a Tensor or a non-empty tuple of Tensors")
     path = Path(path)
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        why = "does not exist" if not folder.is_dir() else "is not writable"
+        raise ValueError(f"export_onnx: cannot write {str(path)!r}: the folder {str(folder)!r} {why}; model unchanged")
     bad = module_nonfinite(model)
     if bad:
         raise ValueError(
