@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+from torch import fx, nn
 
 from ..nn.batchnorm import BatchNormBase
 
@@ -93,3 +95,21 @@ def module_nonfinite(module: nn.Module, prefix: str = "", recurse: bool = True) 
     named = dict(module.named_parameters(prefix=prefix, recurse=recurse))
     named.update(module.named_buffers(prefix=prefix, recurse=recurse))
     return nonfinite(named)
+
+
+def join_path(prefix: str, name: str) -> str:
+    """A submodule's dotted path from its parent's path and its own name (either may be empty)."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def trace_or_note(tracer: fx.Tracer, module: nn.Module, prefix: str, report: Any) -> fx.Graph | None:
+    """``module``'s fx graph, its path noted in ``report.traced``; or None, with the path and the first line of the
+    tracing error in ``report.untraced``: the caller then falls back to ``nn.Sequential`` order."""
+    try:
+        graph = tracer.trace(module)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure sends the caller to the module-order fallback
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
+        return None
+    report.traced.append(prefix)
+    return graph

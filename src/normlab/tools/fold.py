@@ -37,9 +37,11 @@ from ._common import (
     channel_axis,
     eval_uses_running_stats,
     is_batch_norm,
+    join_path,
     module_nonfinite,
     module_use_counts,
     set_submodule,
+    trace_or_note,
 )
 
 __all__ = ["FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm"]
@@ -152,9 +154,6 @@ def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
         return ".norm", module.norm
     return None
 
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -330,7 +329,7 @@ def _plan_graph(
         wrapped = _wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
         if wrapped is None:
             continue
-        name = _join(prefix, node.target) + wrapped[0]
+        name = join_path(prefix, node.target) + wrapped[0]
         norm = wrapped[1]
         src = node.args[0] if node.args else None
         if len(node.args) != 1 or node.kwargs:
@@ -351,7 +350,7 @@ def _plan_graph(
             decisions[name] = (None, f"{src.target!r} is called more than once in forward")
         else:
             layer = root.get_submodule(src.target)
-            decisions[name] = (_join(prefix, src.target), _pair_problem(layer, norm, counts, seen.get(id(layer))))
+            decisions[name] = (join_path(prefix, src.target), _pair_problem(layer, norm, counts, seen.get(id(layer))))
 
 
 def _plan_module(
@@ -361,13 +360,8 @@ def _plan_module(
         return  # a NormAct's BN is planned with what comes before the NormAct, by its parent
     if not any(is_batch_norm(m) for m in module.modules()):
         return
-    try:
-        graph = _Tracer().trace(module)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure sends us to the module-order fallback
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
-    else:
-        report.traced.append(prefix)
+    graph = trace_or_note(_Tracer(), module, prefix, report)
+    if graph is not None:
         _plan_graph(graph, module, prefix, counts, decisions, seen)
         return
     children = list(module.named_children())
@@ -377,11 +371,11 @@ def _plan_module(
             wrapped = _wrapped_norm(follower)
             if wrapped is not None and isinstance(layer, FOLD_TARGETS):
                 suffix, norm = wrapped
-                decisions[_join(prefix, norm_name) + suffix] = (
-                    _join(prefix, layer_name), _pair_problem(layer, norm, counts, seen.get(id(layer)))
+                decisions[join_path(prefix, norm_name) + suffix] = (
+                    join_path(prefix, layer_name), _pair_problem(layer, norm, counts, seen.get(id(layer)))
                 )
     for child_name, child in children:
-        _plan_module(child, _join(prefix, child_name), counts, report, decisions, seen)
+        _plan_module(child, join_path(prefix, child_name), counts, report, decisions, seen)
 
 
 def _layer_inputs(model: nn.Module, example_input) -> dict[int, Tensor]:

@@ -32,7 +32,7 @@ from torch.nn import functional as TF
 
 from ..nn.act import NormAct
 from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from ._common import is_batch_norm, module_use_counts, set_submodule
+from ._common import is_batch_norm, join_path, module_use_counts, set_submodule, trace_or_note
 
 __all__ = ["FuseReport", "plan_fuse_norm_act", "fuse_norm_act"]
 
@@ -128,9 +128,6 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name
-
 
 def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
@@ -209,8 +206,8 @@ def _rewrite_problem(model: nn.Module, owner: str, graphs: list) -> str | None:
     for prefix, graph in graphs:
         for node in graph.nodes:
             if node.op in ("call_module", "get_attr"):
-                target = _join(prefix, node.target)
-                caller = _join(prefix, _owner_of(node))
+                target = join_path(prefix, node.target)
+                caller = join_path(prefix, _owner_of(node))
                 if owner and target.startswith(owner + ".") and not _inside(caller, owner):
                     return (f"the activation is a call in {label}'s forward, but {target!r} inside it is used from "
                             f"{caller or 'the model'!r}'s forward, which a GraphModule of {label} would break")
@@ -238,7 +235,7 @@ def _plan_graph(
     for node in graph.nodes:
         if node.op != "call_module" or not is_batch_norm(root.get_submodule(node.target)):
             continue
-        name = _join(prefix, node.target)
+        name = join_path(prefix, node.target)
         norm = root.get_submodule(node.target)
         problem = _norm_problem(norm, counts)
         users = list(node.users)
@@ -270,14 +267,14 @@ def _plan_graph(
                 if _has_hooks(act_module):
                     decisions[name] = f"the activation {user.target!r} has hooks that would no longer see its output"
                 elif calls[user.target] == 1:
-                    full = _join(prefix, user.target)
-                    decisions[name] = _Pair(name, act[0], act[1], full, _join(prefix, _owner_of(user)), full)
+                    full = join_path(prefix, user.target)
+                    decisions[name] = _Pair(name, act[0], act[1], full, join_path(prefix, _owner_of(user)), full)
                 else:  # one ReLU module called at several places: remove this call from the forward
-                    owner = _join(prefix, _owner_of(user))
+                    owner = join_path(prefix, _owner_of(user))
                     decisions[name] = _Pair(name, act[0], act[1], None, owner,
                                             f"{user.target!r} (called at several places) in {owner or '<model>'}")
             else:
-                owner = _join(prefix, _owner_of(user))
+                owner = join_path(prefix, _owner_of(user))
                 decisions[name] = _Pair(name, act[0], act[1], None, owner,
                                         f"{getattr(user.target, '__name__', user.target)}() in {owner or '<model>'}")
     graphs.append((prefix, graph))
@@ -294,13 +291,8 @@ def _plan_module(
 ) -> None:
     if is_batch_norm(module) or isinstance(module, NormAct) or not any(is_batch_norm(m) for m in module.modules()):
         return
-    try:
-        graph = _Tracer().trace(module)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure sends us to the module-order fallback
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        report.untraced.append((prefix, f"{type(exc).__name__}: {first_line}"))
-    else:
-        report.traced.append(prefix)
+    graph = trace_or_note(_Tracer(), module, prefix, report)
+    if graph is not None:
         _plan_graph(graph, module, prefix, counts, decisions, graphs)
         return
     children = list(module.named_children())
@@ -309,7 +301,7 @@ def _plan_module(
         for i, (norm_name, norm) in enumerate(children):
             if not is_batch_norm(norm):
                 continue
-            name = _join(prefix, norm_name)
+            name = join_path(prefix, norm_name)
             problem = _norm_problem(norm, counts)
             if problem:
                 decisions[name] = problem
@@ -323,10 +315,10 @@ def _plan_module(
                 elif _has_hooks(act_module):
                     decisions[name] = f"the activation {act_name!r} has hooks that would no longer see its output"
                 else:
-                    full = _join(prefix, act_name)
+                    full = join_path(prefix, act_name)
                     decisions[name] = _Pair(name, act[0], act[1], full, None, full)
     for child_name, child in children:
-        _plan_module(child, _join(prefix, child_name), counts, report, decisions, graphs)
+        _plan_module(child, join_path(prefix, child_name), counts, report, decisions, graphs)
 
 
 def plan_fuse_norm_act(model: nn.Module) -> FuseReport:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from ._common import channel_axis, is_batch_norm, is_uncentred
-from .fold import FOLD_TARGETS, _join, _Tracer, _wrapped_norm
+from ._common import channel_axis, is_batch_norm, is_uncentred, join_path
+from .fold import FOLD_TARGETS, _Tracer, _wrapped_norm
 
 __all__ = ["RedundantBias", "find_redundant_biases"]
 
@@ -53,7 +53,7 @@ def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> 
         src = node.args[0]
         if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and calls[src.target] == 1 and isinstance(root.get_submodule(src.target), FOLD_TARGETS)):
-            found[_join(prefix, node.target) + wrapped[0]] = (_join(prefix, src.target), "torch.fx")
+            found[join_path(prefix, node.target) + wrapped[0]] = (join_path(prefix, src.target), "torch.fx")
 
 
 def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
@@ -74,9 +74,9 @@ def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
         for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
             wrapped = _wrapped_norm(follower)
             if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                found[_join(prefix, norm_name) + wrapped[0]] = (_join(prefix, layer_name), "nn.Sequential order")
+                found[join_path(prefix, norm_name) + wrapped[0]] = (join_path(prefix, layer_name), "nn.Sequential order")
     for name, child in children:
-        _pairs_module(child, _join(prefix, name), found)
+        _pairs_module(child, join_path(prefix, name), found)
 
 
 def _tensors(out) -> list[Tensor]:
