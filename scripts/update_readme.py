@@ -1,6 +1,6 @@
 """Rewrite the README's generated blocks from the commands that produce them, so no figure is typed by hand.
 
-    python scripts/update_readme.py [--only claims-table,bench-table] [--python .venv/bin/python]
+    python scripts/update_readme.py [--only claims-table,bench-table,bench-models,scale-out] [--python .venv/bin/python]
 
 Each block sits between ``<!-- BEGIN name ... -->`` and ``<!-- END name -->``; its content is replaced by the
 output of the block's command (a Markdown table, or a report in a code block), preceded by the command itself and the date. The claims command
@@ -23,6 +23,7 @@ BLOCKS = {
     "claims-table": (["-m", "normlab.cli", "claims", "--quick", "--out", "claims-report", "--print-table", "--quiet"],
                      "table"),
     "bench-table": (["-m", "normlab.cli", "bench", "--json", "bench_kernels.json"], "text"),
+    "bench-models": (["-m", "normlab.cli", "bench", "--models", "--reps", "9"], "text"),
     "scale-out": (["benchmarks/scale_out.py", "--estimate-db", "claims-report"], "text"),
 }
 PROGRESS = ("  timing", "wrote ")
