@@ -19,9 +19,9 @@ demo: $(STAMP)
 	$(BIN)/normlab claims --quick --out claims-report
 
 # Rules and strictness: [tool.ruff] and [tool.mypy] in pyproject.toml (mypy's files = the whole package).
+# Both always run, so one pass shows every finding; either failing fails.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy
+	$(BIN)/ruff check src tests; ruff=$$?; $(BIN)/mypy && exit $$ruff
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
