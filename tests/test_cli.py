@@ -275,7 +275,7 @@ def test_kind_cli_unwritable_output_file_of_export_and_plot(spec, tmp_path, caps
     assert _run(["run", str(spec), "--jobs", "1", "--threads", "1"], capsys)[0] == 0
     db = tmp_path / "normlab-runs"
     for place in _unwritable(tmp_path):
-        for argv, name in ((["export", "--db", str(db), "-o", str(place / "runs.csv")], "runs.csv"),
+        for argv, _name in ((["export", "--db", str(db), "-o", str(place / "runs.csv")], "runs.csv"),
                            (["plot", "--db", str(db), "-o", str(place / "curves.png")], "curves.png")):
             code, out, err = _run(argv, capsys)
             line = _one_line(err)

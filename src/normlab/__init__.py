@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 __all__ = ["functional", "nn", "reference", "__version__"]
 
-from .nn.registry import make_norm  # noqa: E402
+from .nn.registry import make_norm
 
 __all__ += ["make_norm"]

@@ -38,7 +38,7 @@ them at any moment and rerun the same command to resume.
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``normlab run: error: argument --jobs: ...`` and exit 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's hook
+    def error(self, message: str):  # argparse's hook
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -88,7 +88,8 @@ def _demo(args: argparse.Namespace) -> int:
     ours.eval(), theirs.eval()
     x = torch.randn(4, 8, 6, 6)
     print(f"  eval:   max |y_normlab - y_torch| = {(ours(x) - theirs(x)).abs().max().item():.2e}")
-    print(f"  running_var max difference = {(ours.running_var - theirs.running_var).abs().max().item():.2e}")
+    var_diff = (ours.running_var - theirs.get_buffer("running_var")).abs().max().item()  # torch types it Optional
+    print(f"  running_var max difference = {var_diff:.2e}")
     _lab_demo()
     return 0
 
@@ -116,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(bench_kernels.format_table(cases))
     steps = None
     if not args.no_train_step:
-        print(f"  timing lab cnn training steps", file=sys.stderr, flush=True)
+        print("  timing lab cnn training steps", file=sys.stderr, flush=True)
         steps = bench_kernels.train_step_cases(reps=max(3, args.reps // 2))
         print(bench_kernels.format_train_steps(steps))
     bench_kernels.write_json(cases, args.json, env, steps)
@@ -127,9 +128,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _claims(args: argparse.Namespace) -> int:
     """``normlab claims``: run the literature's claims about BN and write the report."""
     from .lab.claims import all_claims, get_claim
-    from .lab.report import run_claims
     from .lab.executors import ExecutorUnavailable, MissingExtra, make_executor
-    from .lab.report import verdict_table_markdown
+    from .lab.report import run_claims, verdict_table_markdown
 
     if args.list:
         for c in all_claims():
@@ -239,11 +239,8 @@ def _lab_demo() -> None:
 
 def _open_db(args: argparse.Namespace, command: str):
     """The store a read command means (``--db`` or the positional argument; see :func:`normlab.lab.sweep.find_db`)."""
-    from .lab.store import open_store
-    from .lab.sweep import find_db
-
-    from .lab.store import DatabaseNotFound
-    from .lab.sweep import SpecError
+    from .lab.store import DatabaseNotFound, open_store
+    from .lab.sweep import SpecError, find_db
 
     where = getattr(args, "db_opt", None) or getattr(args, "db", None)
     try:
@@ -266,7 +263,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _fail("run", str(e))
     if args.dry_run:
         print(f"{spec.name}: {len(spec.runs)} runs -> {spec.db_path}")
-        for (config, params), key in zip(spec.runs, spec.keys):
+        for (_config, params), key in zip(spec.runs, spec.keys):
             print(f"  {key[:10]} " + " ".join(f"{k}={v}" for k, v in params.items()))
         return 0
     why = _writable(spec.out, "--out" if args.out else "the spec's output directory")
@@ -311,7 +308,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             print(f"  {'key':<12}{'sweep':<14}{'claim':<24}{'level':<7}{'val_acc':>9} {'val_loss':>10}{'steps':>7}"
                   f"{'time':>8}  params")
         for r in runs:
-            status = "  DIVERGED at %s" % r.diverged_step if r.diverged else ""
+            status = f"  DIVERGED at {r.diverged_step}" if r.diverged else ""
             print(f"  {r.key[:10]:<12}{r.sweep[:13]:<14}{r.claim[:23]:<24}{r.level[:6]:<7}"
                   f"{_fmt(r.final.get('val_acc', float('nan'))):>9} {_fmt(r.final.get('val_loss', float('nan'))):>10}"
                   f"{r.final.get('steps', 0):>7}{r.wall_time:>7.1f}s  {_describe(r)}{status}")
@@ -327,7 +324,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except KeyError as e:
         return _fail("show", e.args[0])
     where = f"claim={r.claim!r} level={r.level!r}" if r.claim else f"sweep={r.sweep!r}"
-    print(f"run {r.key}  {where}  {'DIVERGED at step %s' % r.diverged_step if r.diverged else 'finished'}"
+    print(f"run {r.key}  {where}  {f'DIVERGED at step {r.diverged_step}' if r.diverged else 'finished'}"
           f"  wall {r.wall_time:.1f}s  normlab {r.version}  code {r.code or '?'}")
     print("params: " + json.dumps(r.params))
     print("config: " + json.dumps(r.config, sort_keys=True))
@@ -336,9 +333,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print("probes: " + json.dumps(r.probes, sort_keys=True)[:2000])
     evals = store.evals(r.key)
     print(f"  {'step':>7}{'epoch':>6}{'train_loss':>12}{'train_acc':>11}{'val_loss':>10}{'val_acc':>9}{'time':>8}")
-    for e in evals:
-        print(f"  {e['step']:>7}{e['epoch']:>6}{_fmt(e['train_loss']):>12}{_fmt(e['train_acc']):>11}"
-              f"{_fmt(e['val_loss']):>10}{_fmt(e['val_acc']):>9}{e['time']:>7.1f}s")
+    for row in evals:
+        print(f"  {row['step']:>7}{row['epoch']:>6}{_fmt(row['train_loss']):>12}{_fmt(row['train_acc']):>11}"
+              f"{_fmt(row['val_loss']):>10}{_fmt(row['val_acc']):>9}{row['time']:>7.1f}s")
     steps = store.steps(r.key)
     if steps:
         print(f"  {len(steps)} step rows (normlab export --table steps for all); last: "
@@ -351,8 +348,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     from .lab.plots import plot_runs
     from .lab.store import open_store
-    from .lab.sweep import find_db
-    from .lab.sweep import SpecError, load_spec
+    from .lab.sweep import SpecError, find_db, load_spec
 
     source = args.db_opt or args.source
     try:

@@ -143,7 +143,8 @@ def test_gradcheck_train_op(layout):
     w, b = (t.requires_grad_() for t in _params(3, torch.float64))
     with kernels.backend("fast"):
         for groups, act in ((1, "none"), (2, "relu")):
-            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-3, groups=groups, act=act)[0]  # noqa: E731
+            f = lambda x, w, b, groups=groups, act=act: kernels.batch_norm_train(  # noqa: E731
+                x, w, b, 1e-3, groups=groups, act=act)[0]
             assert torch.autograd.gradcheck(f, (x, w, b))
 
 
@@ -155,7 +156,7 @@ def test_gradcheck_normalize_op_all_inputs(layout):
     w, b = (t.requires_grad_() for t in _params(4, torch.float64))
     with kernels.backend("fast"):
         for act in ("none", "relu"):
-            f = lambda *a: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
+            f = lambda *a, act=act: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
             assert torch.autograd.gradcheck(f, (x, mean, var, w, b))
 
 
@@ -328,7 +329,7 @@ def test_fused_variants_gradcheck():
     ren = (torch.full((3,), 5.0, dtype=torch.float64), torch.full((3,), 10.0, dtype=torch.float64), 1.5, 0.2)
     with kernels.backend("fast"):
         for kw in ({"groups": 2}, {"mask": mask}, {"renorm": ren}, {"mask": mask, "renorm": ren, "act": "relu"}):
-            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-5, **kw)[0]  # noqa: E731
+            f = lambda x, w, b, kw=kw: kernels.batch_norm_train(x, w, b, 1e-5, **kw)[0]  # noqa: E731
             assert torch.autograd.gradcheck(f, (x, w, b)), kw
 
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
-
 from _claims_tiny import tiny_report
+
 from normlab.cli import main
 from normlab.lab.claims import all_claims, claim_ids, get_claim, run_claim
 from normlab.lab.claims.base import Claim, MissingDependency, Outcome, Quote

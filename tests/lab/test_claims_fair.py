@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from _claims_tiny import tiny_report
+
 from normlab.lab.claims import all_claims, get_claim
 from normlab.lab.claims.base import Context
 from normlab.lab.train import RunResult, train

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from _claims_tiny import tiny_report
+
 from normlab.lab.claims import claim_ids, get_claim
 from normlab.lab.verdict import NOT_RUN
 
@@ -115,7 +115,7 @@ def test_step_time_is_the_median_step_difference_after_warmup():
 
 def test_kernel_arm_sets_and_restores_the_backend_variable(monkeypatch):
     from normlab.kernels.dispatch import ENV_VAR
-    from normlab.lab.claims.training_overhead import ARMS, KERNELS, _config, _kernels, CLAIM
+    from normlab.lab.claims.training_overhead import ARMS, CLAIM, KERNELS, _config, _kernels
 
     assert ENV_VAR == "NORMLAB_KERNELS"
     monkeypatch.setenv(ENV_VAR, "auto")

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normlab.lab.verdict import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Rule, bootstrap_mean_ci, decide,
-                                 not_run)
+from normlab.lab.verdict import (
+    INCONCLUSIVE,
+    NOT_RUN,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Rule,
+    bootstrap_mean_ci,
+    decide,
+    not_run,
+)
 
 GREATER = Rule(metric="accuracy", treatment="bn", control="none", direction="greater")
 LESS = Rule(metric="steps", treatment="bn", control="none", direction="less", margin=10.0)

@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _procs import alive, count_runs, descendants, wait_for, workers_of
+
 from normlab.lab.executors import Interrupted, LocalExecutor, Progress, Tally, UnitsFailed, execute, make_executor
 from normlab.lab.store import DB_NAME, Store, code_version, run_key
 from normlab.lab.train import TrainConfig, train

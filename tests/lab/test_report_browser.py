@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-
 from _claims_tiny import tiny_report
 
 REQUIRE = os.environ.get("NORMLAB_REQUIRE_BROWSER") == "1"

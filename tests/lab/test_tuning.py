@@ -11,8 +11,16 @@ import torch
 
 from normlab.lab import data
 from normlab.lab.train import RunResult, TrainConfig, cached_dataset
-from normlab.lab.tuning import (TUNING_SEED_BASE, Search, bisect_stable_lr, choose, log_grid, tune, tuning_configs,
-                                tuning_seeds)
+from normlab.lab.tuning import (
+    TUNING_SEED_BASE,
+    Search,
+    bisect_stable_lr,
+    choose,
+    log_grid,
+    tune,
+    tuning_configs,
+    tuning_seeds,
+)
 
 
 class FakeCtx:

@@ -5,7 +5,7 @@ at 3 seeds (so the check can fail); the simulation runs the very decision code t
 import numpy as np
 import pytest
 
-from normlab.lab.verdict import (NOT_SUPPORTED, SUPPORTED, Rule, _analyse, _classify, _CODES, calibrate, decide)
+from normlab.lab.verdict import _CODES, NOT_SUPPORTED, SUPPORTED, Rule, _analyse, _classify, calibrate, decide
 
 # 20,000 simulations: the standard error of a 2.5% rate is 0.11 points, of a 95% coverage 0.15 points, so the
 # tolerances below are > 4 standard errors (the RNG seed is fixed anyway: the numbers are the same every run).

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normlab.lab.verdict import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Rule, _holm_adjust, decide, holm,
-                                 not_run)
+from normlab.lab.verdict import (
+    INCONCLUSIVE,
+    NOT_RUN,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Rule,
+    _holm_adjust,
+    decide,
+    holm,
+    not_run,
+)
 
 T_975 = {2: 4.302652730, 4: 2.776445105, 9: 2.262157163}  # Student t 97.5% quantiles, printed tables (10 digits)
 

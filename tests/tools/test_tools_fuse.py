@@ -2,7 +2,6 @@
 float64, train and eval, on both kernel paths, and the fused NormAct equals the float64 reference; state_dicts load
 both ways; every refusal has its reason and leaves the model unchanged."""
 
-import copy
 import io
 
 import numpy as np
@@ -213,7 +212,7 @@ def test_fuse_equal_to_unfused_train_steps_and_eval(name, kernel_path):
     opt_a = torch.optim.SGD(model.parameters(), lr=0.1)
     opt_b = torch.optim.SGD(fused.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
-    for step in range(3):
+    for _step in range(3):
         x = (torch.randn((16,) + shape, generator=gen, dtype=torch.float64) * 2 + 0.5)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = model(xa), fused(xb)

@@ -188,7 +188,7 @@ def test_observe_in_training_mode_restores_buffers_and_random_state():
 def test_paused_passes_are_not_counted_and_gradient_only_stats():
     model = mlp()
     with ActivationRecorder(model, ["0", "2"], stats=()) as rec:
-        for i in range(3):
+        for _i in range(3):
             model(torch.randn(8, 5)).sum().backward()
             with rec.paused():
                 model(torch.randn(8, 5)).sum().backward()  # a probe's own pass

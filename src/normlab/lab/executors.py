@@ -30,8 +30,12 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .train import RunResult
 
 __all__ = ["execute", "LocalExecutor", "RayExecutor", "make_executor", "Progress", "Tally", "Interrupted",
            "UnitsFailed", "MissingExtra", "ExecutorUnavailable", "EXECUTORS", "CLUSTER_EXTRA"]
@@ -216,6 +220,7 @@ def _worker_main(conn, parent_pid: int, threads: int) -> None:
         if msg is None:
             return
         index, config = msg
+        reply: tuple[int, bool, RunResult | str]
         try:
             result = train(config, progress="none", threads=threads)
             result.model = None  # models are not shipped back (nor stored)
@@ -276,7 +281,7 @@ class LocalExecutor:
         self.workers: list[_Worker] = []
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -351,7 +356,8 @@ class LocalExecutor:
 
 
 def _exit_reason(code: int | None) -> str:
-    """How a worker ended, for the failure line: "killed by SIGKILL" (e.g. the out-of-memory killer) or "exit code 3"."""
+    """How a worker ended, for the failure line: "killed by SIGKILL" (e.g. the out-of-memory killer) or
+    "exit code 3"."""
     if code is None:
         return "exit code unknown"
     if code < 0:
@@ -407,9 +413,9 @@ class RayExecutor:
         self.ray = ray
         self.jobs, self.address, self.threads = jobs, address, threads or 1
         self.owns = False
-        self._remote = None
+        self._remote: Any = None  # ray.remote(...)(_ray_unit) once _start ran (a ray RemoteFunction)
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:

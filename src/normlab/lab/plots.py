@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,20 +44,22 @@ def group_curves(
     out = {}
     for label, runs in groups.items():
         per_x: dict[float, list[float]] = defaultdict(list)
+        per_row: dict[int, list[tuple[float, float]]] = defaultdict(list)  # x == "time": (time, value) by row
         for r in runs:
             xs, ys = _curve(store, r, metric, x)
             if x == "time":  # wall times differ between seeds: align on the step order instead
                 for i, (xv, yv) in enumerate(zip(xs, ys)):
-                    per_x[i].append((xv, yv))
+                    per_row[i].append((xv, yv))
                 continue
             for xv, yv in zip(xs, ys):
                 if math.isfinite(yv):
                     per_x[xv].append(yv)
-        keys = sorted(per_x)
         if x == "time":
-            xs = np.array([np.mean([p[0] for p in per_x[k]]) for k in keys])
-            vals = [[p[1] for p in per_x[k] if math.isfinite(p[1])] for k in keys]
+            rows = sorted(per_row)
+            xs = np.array([np.mean([p[0] for p in per_row[k]]) for k in rows])
+            vals = [[p[1] for p in per_row[k] if math.isfinite(p[1])] for k in rows]
         else:
+            keys = sorted(per_x)
             xs = np.array(keys, dtype=float)
             vals = [per_x[k] for k in keys]
         keep = [i for i, v in enumerate(vals) if v]

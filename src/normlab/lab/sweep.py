@@ -33,18 +33,23 @@ import itertools
 import os
 import sys
 import time
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .data import DATASETS
 from .models import MODELS, build_model, model_options
 from .store import DB_NAME, DEFAULT_PLACES, DatabaseNotFound, Store
 from .train import TrainConfig
 
-__all__ = ["find_db", "Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs", "prefetch",
-           "check_data"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomllib is tomli, before it joined the standard library (a dependency there)
+    import tomli as tomllib
+
+__all__ = ["find_db", "Spec", "SpecError", "SweepSummary", "load_spec", "parse_spec", "run_grid", "default_jobs",
+           "prefetch", "check_data"]
 
 _TOP_KEYS = ("name", "out", "description", "base", "grid")
 _CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))

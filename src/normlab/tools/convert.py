@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ def _num_channels(name: str, norm: nn.Module) -> int:
     )
 
 
-def _carried_options(old: nn.Module, new_cls: type) -> dict:
+def _carried_options(old: nn.Module, new_cls: type[nn.Module]) -> dict:
     """Constructor options of ``old`` that keep their meaning in ``new_cls`` and that it accepts."""
     accepted = inspect.signature(new_cls.__init__).parameters
     options = {}
@@ -67,11 +67,13 @@ def _copy_matching(old: nn.Module, new: nn.Module, names: tuple[str, ...]) -> No
 
 def _carry_second_moment(old: nn.Module, new: nn.Module) -> None:
     """Centred running statistics (mean, var) -> MABN's (0, E[x^2] = var + mean^2); see the module docstring."""
-    if old.running_mean.shape != new.running_mean.shape:
+    old_mean, old_var = old.get_buffer("running_mean"), old.get_buffer("running_var")
+    new_mean, new_var = new.get_buffer("running_mean"), new.get_buffer("running_var")
+    if old_mean.shape != new_mean.shape:
         return
-    mean = old.running_mean.detach().to(new.running_var.dtype)
-    new.running_var.copy_(old.running_var.detach().to(new.running_var.dtype) + mean * mean)
-    new.running_mean.zero_()
+    mean = old_mean.detach().to(new_var.dtype)
+    new_var.copy_(old_var.detach().to(new_var.dtype) + mean * mean)
+    new_mean.zero_()
 
 
 def convert_norm(
@@ -103,7 +105,7 @@ def convert_norm(
         raise TypeError(f"convert_norm: expected a torch.nn.Module, got {type(model).__name__}")
     picked = "batch norms (the default)" if where is None else f"where={where!r}"
     where = where or (lambda name, m: is_batch_norm(m))
-    targets = []
+    targets: list[tuple[str, nn.Module]] = []
     for name, m in model.named_modules():
         inside_target = any(name.startswith(f"{t}.") or not t for t, _ in targets)
         if is_norm(m) and where(name, m) and not inside_target:
@@ -136,7 +138,7 @@ def convert_norm(
                 f"convert_norm: cannot convert {name or '<model>'!r} ({type(old).__name__}, {channels} channels) "
                 f"to {spec!r}: {exc}; model unchanged"
             ) from exc
-        ref = next(iter(old.parameters()), None)
+        ref: torch.Tensor | None = next(iter(old.parameters()), None)
         if ref is None:
             ref = next(iter(old.buffers()), None)
         if ref is not None:

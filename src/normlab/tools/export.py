@@ -74,9 +74,14 @@ def _compute(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _per_channel(t: Tensor | None, ndim: int, c: int) -> Tensor | None:
-    if t is None:
-        return None
+def _tensor(norm: nn.Module, name: str) -> Tensor | None:
+    """``norm``'s parameter or buffer ``name`` itself, None where it has none (torch types a plain attribute read of
+    a module as ``Tensor | Module``, whichever layer class it is)."""
+    t = getattr(norm, name, None)
+    return t if isinstance(t, Tensor) else None
+
+
+def _per_channel(t: Tensor, ndim: int, c: int) -> Tensor:
     shape = [1] * ndim
     shape[c] = -1
     return t.reshape(shape)
@@ -95,11 +100,15 @@ class _BatchStatsTwin(nn.Module):
     optionally per virtual batch of ``chunk`` samples (ghost BN, in ``torch.split`` order) or under a mask
     (MaskedBatchNorm: only valid positions count, padded outputs are 0)."""
 
-    def __init__(self, norm: nn.Module, *, chunk: int | None = None, masked: bool = False) -> None:
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def __init__(self, norm: BatchNormBase | nn.modules.batchnorm._BatchNorm, *, chunk: int | None = None,
+                 masked: bool = False) -> None:
         super().__init__()
         self.axis = int(getattr(norm, "axis", 1))
         self.eps, self.chunk, self.masked = float(norm.eps), chunk, masked
-        self.weight, self.bias = norm.weight, norm.bias
+        self.weight, self.bias = _tensor(norm, "weight"), _tensor(norm, "bias")
 
     def _normalize(self, x: Tensor, m: Tensor | None, c: int) -> Tensor:
         dims = [d for d in range(x.ndim) if d != c]
@@ -141,30 +150,39 @@ class _RunningStatsTwin(nn.Module):
     """``(x - running_mean) / sqrt(running_var + eps) * weight + bias`` along the channel axis (instance norms with
     running statistics, whose eval-mode operator the exporter refuses for a dynamic batch)."""
 
-    def __init__(self, norm: nn.Module) -> None:
+    weight: Tensor | None
+    bias: Tensor | None
+    running_mean: Tensor
+    running_var: Tensor
+
+    def __init__(self, norm: BatchNormBase | _NormlabInstanceNorm | nn.modules.batchnorm._NormBase) -> None:
         super().__init__()
         self.axis, self.eps = int(getattr(norm, "axis", 1)), float(norm.eps)
-        self.weight, self.bias = norm.weight, norm.bias
-        self.register_buffer("running_mean", norm.running_mean)
-        self.register_buffer("running_var", norm.running_var)
+        self.weight, self.bias = _tensor(norm, "weight"), _tensor(norm, "bias")
+        self.register_buffer("running_mean", norm.get_buffer("running_mean"))
+        self.register_buffer("running_var", norm.get_buffer("running_var"))
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.axis % x.ndim
         xc = _compute(x)
         mean, var = _per_channel(self.running_mean, x.ndim, c), _per_channel(self.running_var, x.ndim, c)
-        return _affine((xc - mean.to(xc.dtype)) * torch.rsqrt(var.to(xc.dtype) + self.eps), self.weight, self.bias, c).to(x.dtype)
+        y = (xc - mean.to(xc.dtype)) * torch.rsqrt(var.to(xc.dtype) + self.eps)
+        return _affine(y, self.weight, self.bias, c).to(x.dtype)
 
 
 class _SampleTwin(nn.Module):
     """LayerNorm / RMSNorm: statistics per sample over the trailing ``normalized_shape`` (torch's mode, elementwise
     affine) or, with a channel ``axis``, over every non-batch axis with a per-channel affine."""
 
-    def __init__(self, norm: nn.Module, *, center: bool) -> None:
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def __init__(self, norm: _NormlabLayerNorm | _NormlabRMSNorm | nn.RMSNorm, *, center: bool) -> None:
         super().__init__()
         self.axis = getattr(norm, "axis", None)
         self.k = len(norm.normalized_shape)
         self.eps, self.center = norm.eps, center
-        self.weight, self.bias = norm.weight, getattr(norm, "bias", None)
+        self.weight, self.bias = _tensor(norm, "weight"), _tensor(norm, "bias")
 
     def forward(self, x: Tensor) -> Tensor:
         xc = _compute(x)
@@ -192,13 +210,12 @@ class _BatchLayerNormTwin(nn.Module):
         super().__init__()
         self.axis, self.eps, self.num_features = int(norm.axis), float(norm.eps), norm.num_features
         self.weight, self.bias = norm.weight, norm.bias
-        self.batch_stats = norm.uses_batch_stats()
-        self.running = None if self.batch_stats else _RunningStatsTwin(norm)
+        self.running = None if norm.uses_batch_stats() else _RunningStatsTwin(norm)
         if self.running is not None:
             self.running.weight = self.running.bias = None
         self.batch = _BatchStatsTwin(norm)
         self.batch.weight = self.batch.bias = None
-        trained = int(norm.train_batch_size)
+        trained = int(norm.get_buffer("train_batch_size"))
         self.fixed_batch = norm.batch_size if norm.batch_size is not None else (trained if trained > 0 else None)
         self.offset = float(norm.MIX_OFFSET)
         self.scale = 1.0 / math.sqrt(norm.num_features) if norm.scale_by_sqrt_features else 1.0
@@ -206,9 +223,10 @@ class _BatchLayerNormTwin(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = self.axis % x.ndim
         xc = _compute(x)
-        x_b = self.batch(xc) if self.batch_stats else self.running(xc)
+        x_b = self.batch(xc) if self.running is None else self.running(xc)
         mean = xc.mean(dim=c, keepdim=True)
         x_f = (xc - mean) * torch.rsqrt((xc - mean).pow(2).mean(dim=c, keepdim=True) + self.eps)
+        inv: float | Tensor
         if self.fixed_batch is not None:
             inv = 1.0 / self.fixed_batch
         else:  # the batch at hand, as a graph value so that a dynamic batch axis stays right
@@ -276,8 +294,8 @@ def _twin(name: str, m: nn.Module, dynamic_batch: bool, batch: int) -> nn.Module
         return _SampleTwin(m, center=False)
     if isinstance(m, _NormlabLayerNorm) and m.axis is not None:
         return _SampleTwin(m, center=True)
-    instance = isinstance(m, (_NormlabInstanceNorm, nn.modules.instancenorm._InstanceNorm))
-    if instance and getattr(m, "running_mean", None) is not None and m.track_running_stats:
+    if (isinstance(m, (_NormlabInstanceNorm, nn.modules.instancenorm._InstanceNorm))
+            and getattr(m, "running_mean", None) is not None and m.track_running_stats):
         return _RunningStatsTwin(m)
     return None
 
@@ -314,7 +332,9 @@ def _record_calls(model: nn.Module, names, inputs) -> tuple[list[Tensor], dict]:
         with torch.no_grad():
             out = _flat_outputs(model(*(t.clone() for t in inputs)))
     except Exception as exc:
-        raise ValueError(f"export_onnx: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"export_onnx: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         for h in hooks:
             h.remove()
@@ -419,7 +439,9 @@ def export_onnx(
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its successor
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
             # instance statistics are what an instance norm without running statistics uses in eval mode too
-            warnings.filterwarnings("ignore", "ONNX export mode is set to TrainingMode.EVAL, but operator 'instance_norm'")
+            warnings.filterwarnings(
+                "ignore", "ONNX export mode is set to TrainingMode.EVAL, but operator 'instance_norm'"
+            )
             torch.onnx.export(
                 exported, inputs, str(path), dynamo=False, opset_version=opset_version,
                 input_names=input_names, output_names=output_names, dynamic_axes=axes,

@@ -41,19 +41,29 @@ class RedundantBias:
                 f"{self.grad_scale:.3g}): build the layer with bias=False; the norm's beta does its job")
 
 
+def _called_module(node: object) -> str | None:
+    """The submodule path a ``call_module`` node calls, else None (fx types ``target`` as str or callable)."""
+    if isinstance(node, fx.Node) and node.op == "call_module" and isinstance(node.target, str):
+        return node.target
+    return None
+
+
 def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> None:
     calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+        target = _called_module(node)
+        if target is not None:
+            calls[target] = calls.get(target, 0) + 1
     for node in graph.nodes:
-        wrapped = _wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
-        if wrapped is None or len(node.args) != 1 or node.kwargs or calls[node.target] > 1:
+        target = _called_module(node)
+        wrapped = _wrapped_norm(root.get_submodule(target)) if target is not None else None
+        if target is None or wrapped is None or len(node.args) != 1 or node.kwargs or calls[target] > 1:
             continue
         src = node.args[0]
-        if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and calls[src.target] == 1 and isinstance(root.get_submodule(src.target), FOLD_TARGETS)):
-            found[join_path(prefix, node.target) + wrapped[0]] = (join_path(prefix, src.target), "torch.fx")
+        src_target = _called_module(src)
+        if (isinstance(src, fx.Node) and src_target is not None and len(src.users) == 1
+                and calls[src_target] == 1 and isinstance(root.get_submodule(src_target), FOLD_TARGETS)):
+            found[join_path(prefix, target) + wrapped[0]] = (join_path(prefix, src_target), "torch.fx")
 
 
 def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
@@ -74,7 +84,8 @@ def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
         for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
             wrapped = _wrapped_norm(follower)
             if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                found[join_path(prefix, norm_name) + wrapped[0]] = (join_path(prefix, layer_name), "nn.Sequential order")
+                found[join_path(prefix, norm_name) + wrapped[0]] = (join_path(prefix, layer_name),
+                                                                     "nn.Sequential order")
     for name, child in children:
         _pairs_module(child, join_path(prefix, name), found)
 
@@ -143,14 +154,15 @@ def find_redundant_biases(model: nn.Module, example_input) -> list[RedundantBias
     result = []
     for layer, norm, how in pairs:
         mod, bn, u = work.get_submodule(layer), work.get_submodule(norm), outputs.get(layer)
-        if u is None or u.grad is None or mod.bias.grad is None or is_uncentred(bn):
+        bias = getattr(mod, "bias", None)  # a tensor: pairs only holds layers with a bias
+        if u is None or u.grad is None or not isinstance(bias, Tensor) or bias.grad is None or is_uncentred(bn):
             continue
         bias_axis = u.ndim - 1 if isinstance(mod, nn.Linear) else 1
-        if u.ndim < 2 or channel_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != mod.bias.numel():
+        if u.ndim < 2 or channel_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != bias.numel():
             continue
         dims = [i for i in range(u.ndim) if i != bias_axis]
         mass = u.grad.abs().sum(dims)
-        db = mod.bias.grad.abs()
+        db = bias.grad.abs()
         tol = 1000 * torch.finfo(db.dtype).eps
         if bool((db <= tol * mass + torch.finfo(db.dtype).tiny).all()) and float(mass.max()) > 0:
             result.append(RedundantBias(layer, norm, how, float(db.max()), float(mass.max())))
