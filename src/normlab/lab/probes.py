@@ -108,7 +108,7 @@ def validate_probes(probes: Any) -> None:
             raise ValueError(f"{where}: unknown option(s) {unknown} for kind {spec['kind']!r}; expected some of "
                              f"{sorted(allowed)}")
 
-        def bad(key: str, expected: str) -> None:
+        def bad(key: str, expected: str, where: str = where, spec: dict = spec) -> None:
             raise ValueError(f"{where}: {key}={spec[key]!r} is not allowed; expected {expected}")
 
         for key in ("every",):
@@ -172,13 +172,13 @@ def validate_probes(probes: Any) -> None:
 # ------------------------------------------------------------------------------------------------------ running
 def _select(model: nn.Module, layers, index) -> list[str]:
     from ..tools._common import is_norm
-    from ..tools.record import ACTIVATIONS
+    from ..tools.record import ACTIVATION_MODULES
 
     named = dict(model.named_modules())
     if isinstance(layers, list):
         names = list(layers)
     elif layers == "activations":
-        names = [n for n, m in named.items() if isinstance(m, ACTIVATIONS)]
+        names = [n for n, m in named.items() if isinstance(m, ACTIVATION_MODULES)]
     elif layers == "norms":
         names = [n for n, m in named.items() if n and is_norm(m)]
     else:
@@ -204,11 +204,11 @@ def _by_step(records, names: list[str], fields: list[str]) -> dict:
 
 
 def _fields(stats) -> list[str]:
-    from ..tools.record import _DEFAULT_STATS
+    from ..tools.record import DEFAULT_STATS
 
     names = {"moments": ["mean", "std"], "percentiles": ["p15", "p50", "p85"], "dead": ["dead_fraction"],
              "unit_percentiles": ["unit_percentiles"], "variance_shift": ["variance_shift"]}
-    return [f for s in (stats if stats is not None else _DEFAULT_STATS) for f in names[s]]
+    return [f for s in (stats if stats is not None else DEFAULT_STATS) for f in names[s]]
 
 
 class Prober:

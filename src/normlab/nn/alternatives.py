@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
-from .batchnorm import RunningStatsNorm, reset_affine
+from .batchnorm import NormLayer, RunningStatsNorm, reset_affine
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
@@ -93,7 +93,7 @@ def _check_eps(eps, name: str) -> None:
         raise ValueError(f"{name}: eps must be positive, got {eps}")
 
 
-class _SampleNorm(nn.Module):
+class _SampleNorm(NormLayer):
     """LayerNorm and RMSNorm: statistics over a whole sample (or its trailing dims), the same code with and
     without centring.
 
@@ -206,7 +206,7 @@ class RMSNorm(_SampleNorm):
         return TF.rms_norm(x, shape, weight, self.eps)
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(NormLayer):
     """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as
     torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the

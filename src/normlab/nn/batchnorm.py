@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["RunningStatsNorm", "BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["NormLayer", "RunningStatsNorm", "BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 EVAL_STATS = ("running", "batch")
 
@@ -68,7 +68,12 @@ def reset_affine(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class RunningStatsNorm(nn.Module):
+class NormLayer(nn.Module):
+    """The base of every normalization layer of ``normlab.nn``: what ``normlab.tools`` and the lab recognize as a
+    norm (``isinstance``, never the class's name or module). It adds nothing else."""
+
+
+class RunningStatsNorm(NormLayer):
     """What every layer with per-channel parameters and torch's running-statistic buffers shares (BatchNormBase,
     InstanceNorm): the construction checks (``num_features``, ``eps``, ``momentum``), the parameters ``weight``
     (gamma) and ``bias`` (beta), the buffers ``running_mean``/``running_var``/``num_batches_tracked`` (``None`` without

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import fx, nn
 
-from ..nn.batchnorm import BatchNormBase
+from ..nn.act import NormAct
+from ..nn.batchnorm import BatchNormBase, NormLayer
 
 # Every torch batch-statistic layer (BatchNorm1d/2d/3d, SyncBatchNorm, the lazy ones) derives from _BatchNorm.
 TORCH_BATCH_NORM = nn.modules.batchnorm._BatchNorm
@@ -18,6 +20,9 @@ TORCH_NORM_TYPES = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
+#: normlab's norms: every layer of normlab.nn derives from NormLayer; NormAct (a norm followed by its activation)
+#: counts as a norm too
+NORMLAB_NORM_TYPES = (NormLayer, NormAct)
 
 
 def is_batch_norm(module: nn.Module) -> bool:
@@ -26,8 +31,8 @@ def is_batch_norm(module: nn.Module) -> bool:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """Any normalization layer: torch's, or any layer defined in ``normlab.nn`` (all of which are norms)."""
-    return isinstance(module, TORCH_NORM_TYPES) or type(module).__module__.startswith("normlab.nn")
+    """Any normalization layer: torch's, or normlab's (:class:`normlab.nn.batchnorm.NormLayer` and ``NormAct``)."""
+    return isinstance(module, TORCH_NORM_TYPES + NORMLAB_NORM_TYPES)
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -40,9 +45,10 @@ def is_uncentred(norm: nn.Module) -> bool:
     return not getattr(norm, "centred", True)
 
 
-def channel_axis(norm: nn.Module) -> int:
-    """The axis a batch-norm layer takes as channels (torch's are always 1)."""
-    return int(getattr(norm, "axis", 1)) if isinstance(norm, BatchNormBase) else 1
+def norm_axis(norm: nn.Module) -> int:
+    """The channel axis a batch-norm layer declares (its ``axis``, possibly negative; torch's layers: 1). Not
+    :func:`normlab._stats.channel_axis`, which turns an axis into an index for a given rank."""
+    return int(getattr(norm, "axis", 1))
 
 
 def eval_uses_running_stats(norm: nn.Module) -> str | None:
@@ -73,13 +79,12 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def nonfinite(tensors: dict[str, "torch.Tensor | None"]) -> list[str]:
+def nonfinite(tensors: dict[str, torch.Tensor | None]) -> list[str]:
     """``"<name> holds 2 NaN and 1 inf of 8 values"`` for each floating tensor of ``tensors`` that is not finite."""
-    import torch
-
     found = []
     for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or isinstance(t, nn.parameter.UninitializedTensorMixin):
+        if (not isinstance(t, torch.Tensor) or not t.is_floating_point()
+                or isinstance(t, nn.parameter.UninitializedTensorMixin)):
             continue
         t = t.detach()
         if bool(torch.isfinite(t).all()):

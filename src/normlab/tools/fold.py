@@ -28,18 +28,19 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
+from .. import reference
 from ..nn.act import NormAct
 from ._common import (
-    BatchNormBase,
-    channel_axis,
     eval_uses_running_stats,
     is_batch_norm,
     join_path,
     module_nonfinite,
     module_use_counts,
+    norm_axis,
     set_submodule,
     trace_or_note,
 )
@@ -173,25 +174,23 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
     Guards against batch-norm subclasses whose eval mode does something else (they would fold wrongly).
     """
     rank = _output_rank(layer, norm)
-    c = channel_axis(norm) % rank
+    c = norm_axis(norm) % rank
     shape = [2] * rank
     shape[c] = norm.num_features
     dtype = norm.running_mean.dtype
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=norm.running_mean.device)
-    view = [1] * rank
-    view[c] = -1
-    f64 = torch.float64
-    expected = (x.to(f64) - norm.running_mean.to(f64).reshape(view)) * torch.rsqrt(
-        norm.running_var.to(f64).reshape(view) + norm.eps
-    )
-    if norm.weight is not None:
-        expected = expected * norm.weight.detach().to(f64).reshape(view)
-    if norm.bias is not None:
-        expected = expected + norm.bias.detach().to(f64).reshape(view)
+
+    def f64(t: Tensor | None):
+        return None if t is None else t.detach().cpu().double().numpy()
+
+    # the oracle: eval-mode BatchNorm from its equation, in float64 (non-finite statistics are reported below)
+    with np.errstate(all="ignore"):
+        expected = torch.from_numpy(reference.batch_norm_inference(
+            f64(x), f64(norm.running_mean), f64(norm.running_var), f64(norm.weight), f64(norm.bias), norm.eps, axis=c))
     try:
         with torch.no_grad():
-            got = norm(x).to(f64)
+            got = norm(x).cpu().double()
     except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
         return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
     if not bool(torch.isfinite(expected).all()):
@@ -249,10 +248,10 @@ def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> 
             want = norm64(z)
     except Exception as exc:  # noqa: BLE001 - the pair cannot even run on this input: do not fold
         return f"norm(layer(x)) failed on {what} of shape {tuple(x.shape)}: {exc}"
-    if isinstance(layer, nn.Linear) and z.ndim > 2 and channel_axis(norm) % z.ndim != z.ndim - 1:
+    if isinstance(layer, nn.Linear) and z.ndim > 2 and norm_axis(norm) % z.ndim != z.ndim - 1:
         return (
             f"the Linear before it acts on the last axis of its {tuple(z.shape)} output, but the norm normalizes "
-            f"axis {channel_axis(norm) % z.ndim} (seen on {what}); folding would scale the wrong axis "
+            f"axis {norm_axis(norm) % z.ndim} (seen on {what}); folding would scale the wrong axis "
             f"(use a channels-last norm, axis=-1, if the Linear's features are the channels)"
         )
     with torch.no_grad():
@@ -284,7 +283,7 @@ def _pair_problem(
         return f"its running statistics have shape {tuple(norm.running_mean.shape)}, not one value per channel"
     if _out_channels(layer) != norm.num_features:
         return f"{norm.num_features} channels, but the {type(layer).__name__} before it has {_out_channels(layer)}"
-    axis = channel_axis(norm)
+    axis = norm_axis(norm)
     if isinstance(layer, nn.Linear):
         if axis not in (1, -1):
             return f"channel axis {axis} is not the feature axis of the Linear before it (use axis=-1)"
@@ -398,7 +397,9 @@ def _layer_inputs(model: nn.Module, example_input) -> dict[int, Tensor]:
         with torch.no_grad():
             model(*(t.clone() for t in inputs))
     except Exception as exc:
-        raise ValueError(f"plan_fold: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"plan_fold: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         for h in hooks:
             h.remove()
@@ -514,7 +515,7 @@ def fold_batchnorm(
             layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
             transposed=transposed, groups=layer.groups if transposed else 1,
         )
-        guard = isinstance(layer, nn.Linear) and channel_axis(norm) == 1
+        guard = isinstance(layer, nn.Linear) and norm_axis(norm) == 1
         folded.append((layer_name, norm_name, weight, bias, guard))
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
@@ -525,7 +526,8 @@ def fold_batchnorm(
                 layer.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
             else:
                 layer.bias.copy_(bias)
-            set_submodule(target, norm_name, FoldedFeatureNorm(norm_name, layer.out_features) if guard else nn.Identity())
+            replacement = FoldedFeatureNorm(norm_name, layer.out_features) if guard else nn.Identity()
+            set_submodule(target, norm_name, replacement)
             parent = target.get_submodule(norm_name.rpartition(".")[0])
             if isinstance(parent, NormAct):
                 parent.inplace_abn = False  # act(Identity(x)): in-place ABN needs a BatchNorm to run

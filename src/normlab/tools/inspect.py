@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from ._common import channel_axis, is_batch_norm, is_uncentred, join_path
+from ._common import is_batch_norm, is_uncentred, join_path, norm_axis
 from .fold import FOLD_TARGETS, _Tracer, _wrapped_norm
 
 __all__ = ["RedundantBias", "find_redundant_biases"]
@@ -146,7 +146,7 @@ def find_redundant_biases(model: nn.Module, example_input) -> list[RedundantBias
         if u is None or u.grad is None or mod.bias.grad is None or is_uncentred(bn):
             continue
         bias_axis = u.ndim - 1 if isinstance(mod, nn.Linear) else 1
-        if u.ndim < 2 or channel_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != mod.bias.numel():
+        if u.ndim < 2 or norm_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != mod.bias.numel():
             continue
         dims = [i for i in range(u.ndim) if i != bias_axis]
         mass = u.grad.abs().sum(dims)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats
-from ._common import channel_axis, has_running_stats, is_batch_norm
+from ._common import has_running_stats, is_batch_norm, norm_axis
 
 __all__ = ["recalibrate"]
 
@@ -141,7 +141,7 @@ def _step_inputs(norm: nn.Module, args: tuple, kwargs: dict) -> list[tuple[int, 
     if not isinstance(x, Tensor):
         return []
     step = args[1] if len(args) > 1 else kwargs.get("step")
-    c = channel_axis(norm) % x.ndim
+    c = norm_axis(norm) % x.ndim
     if step is not None:  # one step inside a cell's loop
         return [(int(step), x, c)] if int(step) < norm.max_steps else []
     t = norm.time_axis % x.ndim
@@ -270,7 +270,7 @@ def recalibrate(
                 bad = int((~finite).sum())
                 raise _BadBatch(f"the input of batch norm {names[id(module)]!r} holds {bad} non-finite value(s) of "
                                 f"{x.numel()}")
-            pooled[id(module)].add(x, channel_axis(module), mask)
+            pooled[id(module)].add(x, norm_axis(module), mask)
 
     try:
         for _, m in norms:
@@ -336,7 +336,8 @@ def recalibrate(
                 if not done:
                     missed.append(name or type(m).__name__)
                 elif len(done) < m.max_steps:
-                    missed_steps.append(f"{name or type(m).__name__} (steps {sorted(set(range(m.max_steps)) - set(done))})")
+                    left = sorted(set(range(m.max_steps)) - set(done))
+                    missed_steps.append(f"{name or type(m).__name__} (steps {left})")
                 continue
             if _synchronized(m):  # population statistics of every process's shard, identical on every process
                 acc.pool_processes(m, m.num_features)
