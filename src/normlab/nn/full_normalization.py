@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _stats, kernels
-from .batchnorm import BatchNormBase
+from .batchnorm import BatchNormBase, extends_constructor
 from .sequence import MaskedBatchNorm
 
 __all__ = ["FullNormalization"]
@@ -87,27 +87,15 @@ class FullNormalization(BatchNormBase):
 
     requires_running_stats = True
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        warmup: bool = True,
-        **kwargs,
-    ) -> None:
-        name = type(self).__name__
-        if kwargs.pop("running_var_unbiased", False):
+    @extends_constructor
+    def __init__(self, num_features: int, *args, warmup: bool = True, running_var_unbiased: bool = False,
+                 **kwargs) -> None:
+        if running_var_unbiased:
             raise ValueError(
-                f"{name}: running_var_unbiased=True is not supported; running_var is FN's estimate of the dataset's "
-                f"(biased, population) variance, which also normalizes in training"
+                f"{type(self).__name__}: running_var_unbiased=True is not supported; running_var is FN's estimate of "
+                f"the dataset's (biased, population) variance, which also normalizes in training"
             )
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         running_var_unbiased=False, **kwargs)
+        super().__init__(num_features, *args, running_var_unbiased=False, **kwargs)
         self.warmup = bool(warmup)
 
     def extra_repr(self) -> str:

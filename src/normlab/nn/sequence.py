@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats, _validate, kernels
-from .batchnorm import BatchNormBase
+from .batchnorm import BatchNormBase, extends_constructor
 
 __all__ = ["MaskedBatchNorm", "TimeStepBatchNorm"]
 
@@ -156,17 +156,12 @@ class TimeStepBatchNorm(BatchNormBase):
     ``(max_steps,)`` (each step's own count, for ``momentum=None``).
     """
 
+    @extends_constructor
     def __init__(
         self,
         num_features: int,
         max_steps: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         axis: int = -1,
         time_axis: int = 1,
         per_step_affine: bool = False,
@@ -175,18 +170,18 @@ class TimeStepBatchNorm(BatchNormBase):
     ) -> None:
         _validate.check_positive_int(max_steps, type(self).__name__, "max_steps")
         self.gamma_init = float(gamma_init)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=axis, **kwargs)
+        super().__init__(num_features, *args, axis=axis, **kwargs)
         self.max_steps, self.time_axis, self.per_step_affine = max_steps, time_axis, per_step_affine
-        factory = {"device": device, "dtype": dtype}
+        factory = self._factory
         if per_step_affine:
             if self.weight is not None:
                 self.weight = nn.Parameter(torch.empty(max_steps, num_features, **factory))
             if self.bias is not None:
                 self.bias = nn.Parameter(torch.empty(max_steps, num_features, **factory))
-        if track_running_stats:
+        if self.track_running_stats:
             self.running_mean = torch.zeros(max_steps, num_features, **factory)
             self.running_var = torch.ones(max_steps, num_features, **factory)
-            self.num_batches_tracked = torch.zeros(max_steps, dtype=torch.long, device=device)
+            self.num_batches_tracked = torch.zeros(max_steps, dtype=torch.long, device=factory["device"])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
