@@ -28,7 +28,10 @@ from torch import Tensor, nn
 from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["NormLayer", "RunningStatsNorm", "BatchNormBase", "extends_constructor", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "NormLayer", "RunningStatsNorm", "BatchNormBase", "extends_constructor", "BatchNorm", "BatchNorm1d", "BatchNorm2d",
+    "BatchNorm3d",
+]
 
 EVAL_STATS = ("running", "batch")
 

@@ -142,24 +142,14 @@ class FullNormalization(BatchNormBase):
     def _compositional_statistics(self, stats: _stats.Moments) -> tuple[Tensor, Tensor]:
         """Update the estimate with this batch, count the batch, and return ``(mean, var)``: the estimate in value,
         the batch's moments in gradient (see the class docstring)."""
-        count = stats.count
-        if not isinstance(count, Tensor) and count == 0:
-            return self.running_mean, self.running_var  # no value anywhere: nothing to learn, nothing counted
-        alpha = self.step_size()
         mu_b, var_b = stats.mean.detach(), stats.var.detach()
-        with torch.no_grad():
-            old_mean, old_var = self.running_mean.to(mu_b.dtype), self.running_var.to(mu_b.dtype)
-            weights = torch.tensor([1.0 - alpha, alpha], dtype=mu_b.dtype, device=mu_b.device)[:, None]
-            est = _stats.merge_moments(torch.stack([old_mean, mu_b]), torch.stack([old_var, var_b]), weights)
-            est_mean, est_var = est.mean, est.var
-            if isinstance(count, Tensor):  # masked or pooled: a channel no value reached keeps its estimate
-                seen = count.detach() > 0
-                if not bool(seen.any()):
-                    return self.running_mean, self.running_var
-                est_mean, est_var = torch.where(seen, est_mean, old_mean), torch.where(seen, est_var, old_var)
-            self.running_mean.copy_(est_mean)
-            self.running_var.copy_(est_var)
-            self.num_batches_tracked.add_(1)
+        # the estimate's step: the exact merge of the estimate and the batch, weighed 1 - alpha and alpha; a channel
+        # no value reached keeps its estimate, and no value anywhere counts no batch
+        _stats.track(self.running_mean, self.running_var, self.num_batches_tracked, stats, momentum=self.momentum,
+                     weight=self.step_size(), merge=True, running_var_unbiased=False, name=self.layer_name,
+                     read_count=True)
+        # copies: the buffers change in place at the next call, and autograd may still need these values
+        est_mean, est_var = self.running_mean.to(mu_b.dtype, copy=True), self.running_var.to(mu_b.dtype, copy=True)
         d_mean = stats.mean - mu_b  # 0 in value; the batch mean's gradient
         d_var = stats.var - var_b
         mean = est_mean + d_mean
