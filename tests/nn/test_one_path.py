@@ -48,8 +48,9 @@ def test_extends_constructor_refuses_base_arguments_out_of_order():
 @pytest.mark.parametrize("weight", [1.0, 0.25, 0.5])
 def test_track_merge_is_the_exact_pooled_moments_of_estimate_and_batch(weight):
     g = torch.Generator().manual_seed(0)
-    running_mean, running_var = torch.randn(4, generator=g, dtype=torch.float64), torch.rand(4, generator=g, dtype=torch.float64)
-    batch = _stats.Moments(torch.randn(4, generator=g, dtype=torch.float64) * 3, torch.rand(4, generator=g, dtype=torch.float64), 7)
+    f64 = {"generator": g, "dtype": torch.float64}
+    running_mean, running_var = torch.randn(4, **f64), torch.rand(4, **f64)
+    batch = _stats.Moments(torch.randn(4, **f64) * 3, torch.rand(4, **f64), 7)
     counts = torch.tensor([[1.0 - weight], [weight]], dtype=torch.float64)
     want = _stats.merge_moments(torch.stack([running_mean, batch.mean]), torch.stack([running_var, batch.var]), counts)
     counter = torch.tensor(3)
