@@ -36,7 +36,8 @@ class Moments(NamedTuple):
 
     mean: Tensor
     var: Tensor
-    count: int | Tensor
+    # shadows tuple.count (the field's name is the statistic's; nobody counts items of a Moments)
+    count: int | Tensor  # type: ignore[assignment]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,14 +88,14 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
         return Moments(mean, var, count)
     mask = mask.expand_as(x)
     zero = xc.new_zeros(())
-    count = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
-    safe = count.clamp_min(1)
+    valid = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
+    safe = valid.clamp_min(1)
     mean = torch.where(mask, xc, zero).sum(dim=dims, keepdim=True) / safe
     centred = torch.where(mask, xc - mean, zero)
     var = (centred * centred).sum(dim=dims, keepdim=True) / safe
-    if not keepdim:
-        mean, var, count = (t.squeeze(dims) if dims else t for t in (mean, var, count))
-    return Moments(mean, var, count)
+    if not keepdim and dims:
+        mean, var, valid = mean.squeeze(dims), var.squeeze(dims), valid.squeeze(dims)
+    return Moments(mean, var, valid)
 
 
 def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) -> Moments:

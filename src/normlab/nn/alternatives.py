@@ -164,6 +164,10 @@ class _SampleNorm(NormLayer):
         _validate.check_not_batch_axis(c, name, self.axis)
         return c
 
+    def _native(self, x: Tensor, shape: tuple, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """The normalization over the trailing ``shape`` dims (LayerNorm's or RMSNorm's)."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         c = self._check(x)
         if c is None:

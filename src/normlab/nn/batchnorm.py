@@ -36,7 +36,7 @@ __all__ = [
 EVAL_STATS = ("running", "batch")
 
 
-def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Callable[[Tensor], None]:
+def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Callable[[Tensor], Any]:
     """Keras-style initializer names (or a number, or a callable filling the tensor in place)."""
     if callable(spec):
         return lambda t: spec(t)
@@ -66,10 +66,11 @@ def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local
 
 def reset_affine(module: nn.Module) -> None:
     """The family's initial affine: ``weight`` (gamma) ones, ``bias`` (beta) zeros, each where the layer has it."""
-    if getattr(module, "weight", None) is not None:
-        nn.init.ones_(module.weight)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if isinstance(weight, Tensor):
+        nn.init.ones_(weight)
+    if isinstance(bias, Tensor):
+        nn.init.zeros_(bias)
 
 
 class NormLayer(nn.Module):

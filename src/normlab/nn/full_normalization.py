@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _stats, kernels
 from .batchnorm import BatchNormBase, extends_constructor
-from .sequence import MaskedBatchNorm
+from .sequence import check_valid_counts, validity_mask
 
 __all__ = ["FullNormalization"]
 
@@ -116,8 +116,7 @@ class FullNormalization(BatchNormBase):
         if mask is None and lengths is None:
             return super().forward(x)
         c = self.check_input(x)
-        # MaskedBatchNorm's mask validation, reused as is (it reads nothing but the layer's name)
-        mask = MaskedBatchNorm._mask(self, x, c, mask, lengths)
+        mask = validity_mask(x, c, mask, lengths, self.layer_name)  # MaskedBatchNorm's
         if x.numel() == 0:  # nothing to mask: the family's empty-batch behaviour
             return super().forward(x)
         return self._normalize(x, c, mask=mask)
@@ -129,7 +128,7 @@ class FullNormalization(BatchNormBase):
         if self.updates_running_stats():
             stats = self.batch_moments(x_in, dims, mask=mask)
             if mask is not None:
-                MaskedBatchNorm._check_counts(self, stats)
+                check_valid_counts(stats, self.layer_name, self.sync_statistics)
             mean, var = self._compositional_statistics(stats)
         elif self.uses_batch_stats():  # eval_stats="batch": plain batch statistics, nothing tracked
             stats = self.batch_moments(x_in, dims, mask=mask)

@@ -64,11 +64,12 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
         if convert_torch and isinstance(m, nn.modules.batchnorm._BatchNorm):
             p = m.weight if m.weight is not None else m.running_mean
             new = BatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                            device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
+                            device=p.device if p is not None else None, dtype=p.dtype if p is not None else None,
+                            bias=m.bias is not None)
             new.load_state_dict(m.state_dict())
-            if new.weight is not None:
-                new.weight.requires_grad_(m.weight.requires_grad)
-                new.bias.requires_grad_(m.bias.requires_grad)
+            for ours, theirs in ((new.weight, m.weight), (new.bias, m.bias)):
+                if ours is not None and theirs is not None:
+                    ours.requires_grad_(theirs.requires_grad)
             new.train(m.training)
             new.sync_statistics, new.process_group = True, process_group
             return new

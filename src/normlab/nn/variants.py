@@ -261,6 +261,8 @@ class MovingAverageBatchNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # a second moment exists for a single value per channel (batch size 1, 2D)
+    x2_history: Tensor
+    gz_history: Tensor
     syncable = False
     not_syncable_because = "moving averages are per process"
     centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
@@ -358,6 +360,7 @@ class BatchLayerNorm(BatchNormBase):
 
     _needs_batch_variance = False  # defined at batch size 1 (x_b's weight is then -1e-4 and x_b = 0)
     MIX_OFFSET = 1e-4
+    train_batch_size: Tensor
 
     @extends_constructor
     def __init__(
@@ -389,6 +392,7 @@ class BatchLayerNorm(BatchNormBase):
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         _check_batch_axis(self, axis)
+        batch: int | None = None
         if self.uses_batch_stats():
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
             # B = samples behind the statistics (all processes' when synchronized); from the shape, not x[:1],
@@ -406,16 +410,13 @@ class BatchLayerNorm(BatchNormBase):
             mean, var = stats.mean, stats.var
         else:
             mean, var = self.running_mean, self.running_var
-            batch = None
         if self.batch_size is not None:
             batch = self.batch_size
-        elif self.training:
+        elif self.training and batch is not None:
             self.train_batch_size.fill_(batch)
         elif int(self.train_batch_size) > 0:
             batch = int(self.train_batch_size)
-        elif batch is None:
-            batch = x.shape[0]  # never trained: the batch at hand
-        w_f, w_b = self.mix_weights(batch)
+        w_f, w_b = self.mix_weights(batch if batch is not None else x.shape[0])  # never trained: the batch at hand
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)
