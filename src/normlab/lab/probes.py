@@ -347,7 +347,7 @@ class Prober:
                 loss = F.cross_entropy(m(x), y)
                 g1 = torch.autograd.grad(loss, params)
                 losses.append(loss.item())
-                changes.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g1, g0)))))
+                changes.append(float(torch.sqrt(sum((((a - b) ** 2).sum() for a, b in zip(g1, g0)), torch.zeros(())))))
         finally:
             m.load_state_dict(saved)
             m.train(was)
@@ -391,6 +391,7 @@ class Prober:
         return {v: sorted(t)[len(t) // 2] for v, t in times.items()}, times
 
     def _eval_modes(self, name: str, spec: dict, step: int) -> None:
+        from ..nn import BatchNormBase
         from ..tools import recalibrate
         from .train import evaluate
 
@@ -406,7 +407,7 @@ class Prober:
             elif mode.startswith("batch-"):
                 batch = int(mode[6:])
                 for mod in m.modules():
-                    if hasattr(mod, "eval_stats"):
+                    if isinstance(mod, BatchNormBase):  # the layers with eval_stats
                         mod.eval_stats = "batch"
             r[mode].append(evaluate(m, ds.x_val, ds.y_val, batch)[1])
 
@@ -467,8 +468,8 @@ class Prober:
                         for _ in range(3):  # warm-up
                             variants[v](x)
                     for rnd in range(spec["rounds"]):
-                        k = rnd % len(names)
-                        for v in names[k:] + names[:k]:
+                        start = rnd % len(names)
+                        for v in names[start:] + names[:start]:
                             t0 = time.perf_counter()
                             for _ in range(spec["inner"]):
                                 variants[v](x)

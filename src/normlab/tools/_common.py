@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
 import torch
 from torch import fx, nn
@@ -33,6 +34,29 @@ def is_batch_norm(module: nn.Module) -> bool:
 def is_norm(module: nn.Module) -> bool:
     """Any normalization layer: torch's, or normlab's (:class:`normlab.nn.batchnorm.NormLayer` and ``NormAct``)."""
     return isinstance(module, TORCH_NORM_TYPES + NORMLAB_NORM_TYPES)
+
+
+class BatchNormLike(Protocol):
+    """What the tools read of a batch-norm layer (torch's ``_BatchNorm`` and normlab's ``BatchNormBase`` both have
+    it): its declared public surface, for the type checker."""
+
+    num_features: int
+    eps: float
+    training: bool
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def as_batch_norm(module: nn.Module) -> BatchNormLike:
+    """``module`` seen as a batch norm with running statistics; ``TypeError`` naming its class when it is not one
+    (:func:`is_batch_norm` and :func:`has_running_stats`)."""
+    if not (is_batch_norm(module) and has_running_stats(module)):
+        raise TypeError(f"expected a batch-norm layer with running statistics, got {type(module).__name__}")
+    return cast(BatchNormLike, module)
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -79,12 +103,12 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def nonfinite(tensors: dict[str, torch.Tensor | None]) -> list[str]:
+def nonfinite(tensors: Mapping[str, torch.Tensor | None]) -> list[str]:
     """``"<name> holds 2 NaN and 1 inf of 8 values"`` for each floating tensor of ``tensors`` that is not finite."""
     found = []
     for name, t in tensors.items():
         if (not isinstance(t, torch.Tensor) or not t.is_floating_point()
-                or isinstance(t, nn.parameter.UninitializedTensorMixin)):
+                or isinstance(t, nn.parameter.UninitializedTensorMixin)):  # type: ignore[attr-defined]
             continue
         t = t.detach()
         if bool(torch.isfinite(t).all()):
@@ -97,7 +121,7 @@ def nonfinite(tensors: dict[str, torch.Tensor | None]) -> list[str]:
 
 def module_nonfinite(module: nn.Module, prefix: str = "", recurse: bool = True) -> list[str]:
     """:func:`nonfinite` over the parameters and buffers of ``module``, named by their dotted path under ``prefix``."""
-    named = dict(module.named_parameters(prefix=prefix, recurse=recurse))
+    named: dict[str, torch.Tensor | None] = dict(module.named_parameters(prefix=prefix, recurse=recurse))
     named.update(module.named_buffers(prefix=prefix, recurse=recurse))
     return nonfinite(named)
 

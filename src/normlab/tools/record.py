@@ -175,7 +175,7 @@ class ActivationRecorder:
     def _summarize(self, name: str, x: Tensor, step: int | None = None) -> LayerRecord:
         x = x.detach()
         rec = LayerRecord(self.step if step is None else step, name, None, None, None, None, None, None)
-        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else None
+        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else x.new_empty(0)
         if "moments" in self.stats:
             std, mean = torch.std_mean(flat, correction=0)
             rec.mean, rec.std = mean.item(), std.item()
@@ -277,7 +277,7 @@ class ActivationRecorder:
                 h.remove()
             for m, mode in modes:
                 m.train(mode)
-            if train:
+            if rng is not None:  # a training-mode probe: put back what its passes changed
                 with torch.no_grad():
                     buffers = dict(self.model.named_buffers())
                     for k, v in saved.items():
@@ -303,12 +303,15 @@ class ActivationRecorder:
 
 def _variance_shift(module: nn.Module, x: Tensor) -> float | None:
     """mean_c |log(unbiased Var_c(x) / running_var_c)| for a batch norm with one running variance per channel."""
-    from ._common import has_running_stats, is_batch_norm, norm_axis
+    from ._common import as_batch_norm, has_running_stats, is_batch_norm, norm_axis
 
-    if not (is_batch_norm(module) and has_running_stats(module)) or module.running_var.ndim != 1:
+    if not (is_batch_norm(module) and has_running_stats(module)):
+        return None
+    running_var = as_batch_norm(module).running_var
+    if running_var.ndim != 1:
         return None
     axis = norm_axis(module) % x.ndim
     dims = [d for d in range(x.ndim) if d != axis]
     var = x.double().var(dim=dims, correction=1)
-    ratio = var / module.running_var.double().clamp_min(1e-12)
+    ratio = var / running_var.double().clamp_min(1e-12)
     return float(ratio.clamp_min(1e-12).log().abs().mean())
