@@ -40,6 +40,7 @@ from ._common import (
     as_batch_norm,
     eval_uses_running_stats,
     is_batch_norm,
+    is_norm,
     join_path,
     module_nonfinite,
     module_use_counts,
@@ -48,7 +49,10 @@ from ._common import (
     trace_or_note,
 )
 
-__all__ = ["FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm"]
+__all__ = [
+    "FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm", "LeafTracer", "wrapped_norm",
+    "sequential_pairs",
+]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -149,19 +153,20 @@ class FoldReport:
         return "\n".join(lines)
 
 
-class _Tracer(fx.Tracer):
-    """Keeps layers and every normlab layer opaque: their input checks need concrete shapes."""
+class LeafTracer(fx.Tracer):
+    """Keeps the fold targets and every norm opaque (normlab's input checks need concrete shapes); the tracer of
+    fold and inspect."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (
             isinstance(m, FOLD_TARGETS)
             or is_batch_norm(m)
-            or type(m).__module__.startswith("normlab.nn")
+            or is_norm(m)
             or super().is_leaf_module(m, qualname)
         )
 
 
-def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
+def wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
     """``("<suffix>", norm)`` when ``module`` *is* a batch norm (suffix ``""``) or a NormAct around one
     (``".norm"``, the BN inside ``act(BN(x))``), else ``None``."""
     if is_batch_norm(module):
@@ -170,6 +175,22 @@ def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
         return ".norm", module.norm
     return None
 
+
+
+def sequential_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str, FoldTarget, nn.Module]]:
+    """``(norm path, layer path, layer, norm)`` for each Conv, ConvTranspose or Linear child of the ``nn.Sequential``
+    ``module`` that the next child normalizes (a batch norm, or a NormAct around one); none for other modules.
+    An nn.Sequential feeds each child's output to the next child and nothing else: order is data flow there."""
+    if not isinstance(module, nn.Sequential):
+        return []
+    children = list(module.named_children())
+    pairs = []
+    for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
+        wrapped = wrapped_norm(follower)
+        if wrapped is not None and isinstance(layer, FOLD_TARGETS):
+            suffix, norm = wrapped
+            pairs.append((join_path(prefix, norm_name) + suffix, join_path(prefix, layer_name), layer, norm))
+    return pairs
 
 
 def _out_channels(layer: FoldTarget) -> int:
@@ -345,7 +366,7 @@ def _plan_graph(
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     for node in graph.nodes:
         target = str(node.target)  # a call_module node's target is the module's dotted path
-        wrapped = _wrapped_norm(root.get_submodule(target)) if node.op == "call_module" else None
+        wrapped = wrapped_norm(root.get_submodule(target)) if node.op == "call_module" else None
         if wrapped is None:
             continue
         name = join_path(prefix, target) + wrapped[0]
@@ -377,25 +398,17 @@ def _plan_graph(
 def _plan_module(
     module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict, seen: dict
 ) -> None:
-    if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
+    if isinstance(module, FOLD_TARGETS) or wrapped_norm(module) is not None:
         return  # a NormAct's BN is planned with what comes before the NormAct, by its parent
     if not any(is_batch_norm(m) for m in module.modules()):
         return
-    graph = trace_or_note(_Tracer(), module, prefix, report)
+    graph = trace_or_note(LeafTracer(), module, prefix, report)
     if graph is not None:
         _plan_graph(graph, module, prefix, counts, decisions, seen)
         return
-    children = list(module.named_children())
-    if isinstance(module, nn.Sequential):
-        # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
-        for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
-            wrapped = _wrapped_norm(follower)
-            if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                suffix, norm = wrapped
-                decisions[join_path(prefix, norm_name) + suffix] = (
-                    join_path(prefix, layer_name), _pair_problem(layer, norm, counts, seen.get(id(layer)))
-                )
-    for child_name, child in children:
+    for norm_path, layer_path, layer, norm in sequential_pairs(module, prefix):
+        decisions[norm_path] = (layer_path, _pair_problem(layer, norm, counts, seen.get(id(layer))))
+    for child_name, child in module.named_children():
         _plan_module(child, join_path(prefix, child_name), counts, report, decisions, seen)
 
 

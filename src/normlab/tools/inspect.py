@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ._common import is_batch_norm, is_uncentred, join_path, norm_axis
-from .fold import FOLD_TARGETS, _Tracer, _wrapped_norm
+from .fold import FOLD_TARGETS, LeafTracer, sequential_pairs, wrapped_norm
 
 __all__ = ["RedundantBias", "find_redundant_biases"]
 
@@ -47,7 +47,7 @@ def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> 
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     for node in graph.nodes:
-        wrapped = _wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
+        wrapped = wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
         if wrapped is None or len(node.args) != 1 or node.kwargs or calls[node.target] > 1:
             continue
         src = node.args[0]
@@ -57,25 +57,20 @@ def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> 
 
 
 def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
-    if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
+    if isinstance(module, FOLD_TARGETS) or wrapped_norm(module) is not None:
         return
     if not any(is_batch_norm(m) for m in module.modules()):
         return
     try:
-        graph = _Tracer().trace(module)
+        graph = LeafTracer().trace(module)
     except Exception:  # noqa: BLE001 - any tracing failure sends us to the module-order fallback
         pass
     else:
         _pairs_graph(graph, module, prefix, found)
         return
-    children = list(module.named_children())
-    if isinstance(module, nn.Sequential):
-        # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
-        for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
-            wrapped = _wrapped_norm(follower)
-            if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                found[join_path(prefix, norm_name) + wrapped[0]] = (join_path(prefix, layer_name), "nn.Sequential order")
-    for name, child in children:
+    for norm_path, layer_path, _, _ in sequential_pairs(module, prefix):
+        found[norm_path] = (layer_path, "nn.Sequential order")
+    for name, child in module.named_children():
         _pairs_module(child, join_path(prefix, name), found)
 
 
