@@ -36,7 +36,8 @@ class Moments(NamedTuple):
 
     mean: Tensor
     var: Tensor
-    count: int | Tensor
+    # shadows tuple.count (the field's name is the statistic's; nobody counts items of a Moments)
+    count: int | Tensor  # type: ignore[assignment]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,14 +88,14 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
         return Moments(mean, var, count)
     mask = mask.expand_as(x)
     zero = xc.new_zeros(())
-    count = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
-    safe = count.clamp_min(1)
+    valid = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
+    safe = valid.clamp_min(1)
     mean = torch.where(mask, xc, zero).sum(dim=dims, keepdim=True) / safe
     centred = torch.where(mask, xc - mean, zero)
     var = (centred * centred).sum(dim=dims, keepdim=True) / safe
-    if not keepdim:
-        mean, var, count = (t.squeeze(dims) if dims else t for t in (mean, var, count))
-    return Moments(mean, var, count)
+    if not keepdim and dims:
+        mean, var, valid = mean.squeeze(dims), var.squeeze(dims), valid.squeeze(dims)
+    return Moments(mean, var, valid)
 
 
 def merge_moments(means: Tensor, vars_: Tensor, counts: Tensor, dim: int = 0) -> Moments:
@@ -289,17 +290,29 @@ def update_running(
     *,
     momentum: float | Tensor,
     running_var_unbiased: bool = True,
+    merge: bool = False,
 ) -> None:
     """In place: ``running <- (1 - momentum) * running + momentum * batch`` for mean and variance.
 
     ``momentum`` is a number or a 0-dim tensor (the cumulative average's 1 / counter, kept in the graph under
-    torch.compile).
+    torch.compile). ``merge``: the variance is the exact pooled variance of the running population and the batch
+    weighed ``1 - momentum, momentum`` (:func:`merge_moments`), i.e. the moving average of the raw moments: the lerp
+    plus ``momentum (1 - momentum) (batch_mean - running_mean)^2``. A channel whose (tensor) count is 0 keeps its
+    running values.
     """
     if isinstance(momentum, Tensor):
         momentum = momentum.to(running_mean.dtype)
     var = unbiased(stats.var, stats.count) if running_var_unbiased else stats.var
-    running_mean.lerp_(stats.mean.detach().to(running_mean.dtype), momentum)
-    running_var.lerp_(var.detach().to(running_var.dtype), momentum)
+    mean = stats.mean.detach().to(running_mean.dtype)
+    var = var.detach().to(running_var.dtype)
+    if isinstance(stats.count, Tensor):  # masked or pooled: a channel no value reached keeps its running values
+        seen = stats.count.detach() > 0
+        mean, var = torch.where(seen, mean, running_mean), torch.where(seen, var, running_var)
+    if merge:
+        shift = (mean - running_mean).to(running_var.dtype)
+        var = var + (1 - momentum) * shift * shift  # lerp adds momentum times this: the exact merge
+    running_mean.lerp_(mean, momentum)
+    running_var.lerp_(var, momentum)
 
 
 @torch.no_grad()
@@ -313,23 +326,28 @@ def track(
     running_var_unbiased: bool = True,
     name: str = "batch_norm",
     read_count: bool = False,
+    weight: float | None = None,
+    merge: bool = False,
 ) -> None:
     """The one running-average step: count the batch in ``counter`` (in place, if given), then fold ``stats`` into
     the running buffers with ``momentum`` (torch's convention) or, for ``momentum=None``, the cumulative average's
-    weight 1 / counter (a tensor operation, so torch.compile keeps it in the graph).
+    weight 1 / counter (a tensor operation, so torch.compile keeps it in the graph). ``weight``: the batch's weight
+    when the layer has its own schedule (FullNormalization's step size), instead of ``momentum``'s; ``merge``: the
+    exact merge of :func:`update_running`.
 
     Statistics over no value at all change nothing and count no batch (``read_count``: also read a tensor count,
     see :func:`is_empty`). Raises ``ValueError`` for ``momentum=None`` without a counter.
     """
     check_momentum(momentum, name)  # before anything changes
-    if momentum is None and counter is None:
+    if momentum is None and counter is None and weight is None:
         momentum_factor(None, None, name)  # raises: the cumulative average needs a counter
     if is_empty(stats, read_count):
         return
     if counter is not None:
         counter.add_(1)
-    factor = momentum_factor(momentum, counter if momentum is None else None, name)
-    update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased)
+    factor = weight if weight is not None else momentum_factor(momentum, counter if momentum is None else None, name)
+    update_running(running_mean, running_var, stats, momentum=factor, running_var_unbiased=running_var_unbiased,
+                   merge=merge)
 
 
 def scale(var: Tensor, weight: Tensor | None, eps: float) -> Tensor:

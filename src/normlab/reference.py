@@ -96,7 +96,7 @@ def norm_backward(dy, cache: NormCache):
     return dx, dgamma, dbeta
 
 
-def _channel_axis(ndim: int, axis: int) -> int:
+def _axis_index(ndim: int, axis: int) -> int:
     return axis % ndim
 
 
@@ -106,7 +106,7 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5, axis=1):
     Returns ``(y, cache)``; ``cache.mean``/``cache.var`` are the batch mean and *biased* batch variance.
     """
     x = _as_f64(x)
-    c = _channel_axis(x.ndim, axis)
+    c = _axis_index(x.ndim, axis)
     reduce_axes = tuple(a for a in range(x.ndim) if a != c)
     return norm_forward(x, gamma, beta, eps, reduce_axes, (c,))
 
@@ -118,7 +118,7 @@ def batch_norm_backward(dy, cache: NormCache):
 def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5, axis=1):
     """Inference-mode BatchNorm: the running (population) statistics replace the batch's."""
     x = _as_f64(x)
-    c = _channel_axis(x.ndim, axis)
+    c = _axis_index(x.ndim, axis)
     shape = [1] * x.ndim
     shape[c] = x.shape[c]
     m = _as_f64(running_mean).reshape(shape)

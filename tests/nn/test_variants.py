@@ -330,7 +330,7 @@ def test_ghost_single_virtual_batch_stays_local_when_synchronized(monkeypatch):
         pooled = _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
         return _stats.Moments(pooled.mean, pooled.var, int(stats.count) + theirs.count)
 
-    # the collective lives in _stats (beside merge_moments) since issue 15; nn.sync only re-exports it
+    # the collective lives in _stats (beside merge_moments) since issue 15
     monkeypatch.setattr(_stats, "all_merge_moments", fake_all_merge)
     gbn = GhostBatchNorm(3, virtual_batch_size=8, momentum=1.0).double()
     gbn.sync_statistics = True

@@ -289,7 +289,7 @@ def test_recalibrate_pools_synchronized_layers_over_processes(monkeypatch):
         counts = torch.stack([torch.as_tensor(stats.count, dtype=torch.float64).expand(3), torch.full((3,), 28.0, dtype=torch.float64)])
         return _stats.merge_moments(torch.stack([stats.mean, theirs.mean]), torch.stack([stats.var, theirs.var]), counts)
 
-    # the collective lives in _stats (beside merge_moments) since issue 15; nn.sync only re-exports it
+    # the collective lives in _stats (beside merge_moments) since issue 15
     monkeypatch.setattr(_stats, "all_merge_moments", fake_all_merge)
     model = nn.Sequential(nlnn.BatchNorm2d(3)).double().eval()
     sync.convert_sync_batchnorm(model, group)

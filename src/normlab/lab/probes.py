@@ -108,7 +108,7 @@ def validate_probes(probes: Any) -> None:
             raise ValueError(f"{where}: unknown option(s) {unknown} for kind {spec['kind']!r}; expected some of "
                              f"{sorted(allowed)}")
 
-        def bad(key: str, expected: str) -> None:
+        def bad(key: str, expected: str, where: str = where, spec: dict = spec) -> None:
             raise ValueError(f"{where}: {key}={spec[key]!r} is not allowed; expected {expected}")
 
         for key in ("every",):
@@ -172,13 +172,13 @@ def validate_probes(probes: Any) -> None:
 # ------------------------------------------------------------------------------------------------------ running
 def _select(model: nn.Module, layers, index) -> list[str]:
     from ..tools._common import is_norm
-    from ..tools.record import ACTIVATIONS
+    from ..tools.record import ACTIVATION_MODULES
 
     named = dict(model.named_modules())
     if isinstance(layers, list):
         names = list(layers)
     elif layers == "activations":
-        names = [n for n, m in named.items() if isinstance(m, ACTIVATIONS)]
+        names = [n for n, m in named.items() if isinstance(m, ACTIVATION_MODULES)]
     elif layers == "norms":
         names = [n for n, m in named.items() if n and is_norm(m)]
     else:
@@ -204,11 +204,11 @@ def _by_step(records, names: list[str], fields: list[str]) -> dict:
 
 
 def _fields(stats) -> list[str]:
-    from ..tools.record import _DEFAULT_STATS
+    from ..tools.record import DEFAULT_STATS
 
     names = {"moments": ["mean", "std"], "percentiles": ["p15", "p50", "p85"], "dead": ["dead_fraction"],
              "unit_percentiles": ["unit_percentiles"], "variance_shift": ["variance_shift"]}
-    return [f for s in (stats if stats is not None else _DEFAULT_STATS) for f in names[s]]
+    return [f for s in (stats if stats is not None else DEFAULT_STATS) for f in names[s]]
 
 
 class Prober:
@@ -347,7 +347,7 @@ class Prober:
                 loss = F.cross_entropy(m(x), y)
                 g1 = torch.autograd.grad(loss, params)
                 losses.append(loss.item())
-                changes.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g1, g0)))))
+                changes.append(float(torch.sqrt(sum((((a - b) ** 2).sum() for a, b in zip(g1, g0)), torch.zeros(())))))
         finally:
             m.load_state_dict(saved)
             m.train(was)
@@ -391,6 +391,7 @@ class Prober:
         return {v: sorted(t)[len(t) // 2] for v, t in times.items()}, times
 
     def _eval_modes(self, name: str, spec: dict, step: int) -> None:
+        from ..nn import BatchNormBase
         from ..tools import recalibrate
         from .train import evaluate
 
@@ -406,7 +407,7 @@ class Prober:
             elif mode.startswith("batch-"):
                 batch = int(mode[6:])
                 for mod in m.modules():
-                    if hasattr(mod, "eval_stats"):
+                    if isinstance(mod, BatchNormBase):  # the layers with eval_stats
                         mod.eval_stats = "batch"
             r[mode].append(evaluate(m, ds.x_val, ds.y_val, batch)[1])
 
@@ -467,8 +468,8 @@ class Prober:
                         for _ in range(3):  # warm-up
                             variants[v](x)
                     for rnd in range(spec["rounds"]):
-                        k = rnd % len(names)
-                        for v in names[k:] + names[:k]:
+                        start = rnd % len(names)
+                        for v in names[start:] + names[:start]:
                             t0 = time.perf_counter()
                             for _ in range(spec["inner"]):
                                 variants[v](x)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
-from .batchnorm import RunningStatsNorm, reset_affine
+from .batchnorm import NormLayer, RunningStatsNorm, reset_affine
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
@@ -93,7 +93,7 @@ def _check_eps(eps, name: str) -> None:
         raise ValueError(f"{name}: eps must be positive, got {eps}")
 
 
-class _SampleNorm(nn.Module):
+class _SampleNorm(NormLayer):
     """LayerNorm and RMSNorm: statistics over a whole sample (or its trailing dims), the same code with and
     without centring.
 
@@ -164,6 +164,10 @@ class _SampleNorm(nn.Module):
         _validate.check_not_batch_axis(c, name, self.axis)
         return c
 
+    def _native(self, x: Tensor, shape: tuple, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """The normalization over the trailing ``shape`` dims (LayerNorm's or RMSNorm's)."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         c = self._check(x)
         if c is None:
@@ -206,7 +210,7 @@ class RMSNorm(_SampleNorm):
         return TF.rms_norm(x, shape, weight, self.eps)
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(NormLayer):
     """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as
     torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the
@@ -334,29 +338,40 @@ class InstanceNorm(RunningStatsNorm):
             raise ValueError(
                 f"{name}: expected more than 1 spatial value per channel, got input of shape {tuple(x.shape)}"
             )
-        momentum = 0.0  # unused unless the running statistics update
-        if self.training and self.track_running_stats:
-            if self._torch_counter:  # torch: the counter never moves, momentum=None means no update
-                momentum = self.momentum if self.momentum is not None else 0.0
-            else:  # counted; momentum=None: the cumulative average (a Python number: instance_norm takes a float)
-                self.num_batches_tracked.add_(1)
-                momentum = _stats.momentum_factor(self.momentum, int(self.num_batches_tracked), name)
+        track = self.training and self.track_running_stats
         xm = x.movedim(c, 1)
         if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
             return y.movedim(1, c)
+        eps = self.eps
+        if track and not kernels.native.plain(xm):
+            # under a torch.func transform the running update is torch's to refuse, as torch's layer does
+            momentum: float = self.momentum if self.momentum is not None else 0.0
+            if not self._torch_counter:
+                self.num_batches_tracked.add_(1)
+                momentum = float(_stats.momentum_factor(self.momentum, int(self.num_batches_tracked), name))
+            y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, eps)
+            return y.movedim(1, c)
         # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps
         # its first-order gradients and differentiates the composite when a graph of the backward is requested
-        running, eps = (self.running_mean, self.running_var), self.eps
-        if self.training and self.track_running_stats and not kernels.native.plain(xm):
-            # under a torch.func transform the running update is torch's to refuse (the composite has none)
-            y = TF.instance_norm(xm, *running, self.weight, self.bias, True, momentum, eps)
-            return y.movedim(1, c)
         y = kernels.native.exact_orders(
-            lambda a, w, b: TF.instance_norm(a, *running, w, b, True, momentum, eps),
+            lambda a, w, b: TF.instance_norm(a, None, None, w, b, True, 0.0, eps),
             lambda a, w, b: _instance_norm_composite(a, w, b, eps), xm, self.weight, self.bias,
         )
+        if track:
+            self._track(xm)
         return y.movedim(1, c)
+
+    def _track(self, xm: Tensor) -> None:
+        """The running step: torch's (the batch mean of the per-instance means and unbiased variances) through the
+        one :func:`normlab._stats.track`. torch-named classes do not count and take ``momentum=None`` as no update."""
+        if self._torch_counter and self.momentum is None:
+            return
+        with torch.no_grad():
+            inst = _stats.moments(xm.detach(), tuple(range(2, xm.ndim)))  # (N, C), biased, count = spatial size
+            stats = _stats.Moments(inst.mean.mean(0), inst.var.mean(0), inst.count)
+        _stats.track(self.running_mean, self.running_var, None if self._torch_counter else self.num_batches_tracked,
+                     stats, momentum=self.momentum, name=self.layer_name)
 
 
 class InstanceNorm1d(InstanceNorm):

@@ -18,8 +18,9 @@ layout are torch's, so checkpoints load both ways.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,12 +28,15 @@ from torch import Tensor, nn
 from .. import _stats, _validate, kernels
 from .. import functional as F
 
-__all__ = ["RunningStatsNorm", "BatchNormBase", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "NormLayer", "RunningStatsNorm", "BatchNormBase", "extends_constructor", "BatchNorm", "BatchNorm1d", "BatchNorm2d",
+    "BatchNorm3d",
+]
 
 EVAL_STATS = ("running", "batch")
 
 
-def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Callable[[Tensor], None]:
+def _initializer(spec: str | float | Callable[[Tensor], Any], what: str) -> Callable[[Tensor], Any]:
     """Keras-style initializer names (or a number, or a callable filling the tensor in place)."""
     if callable(spec):
         return lambda t: spec(t)
@@ -62,13 +66,19 @@ def keep_counter_on_load(module: nn.Module, state_dict: dict, prefix: str, local
 
 def reset_affine(module: nn.Module) -> None:
     """The family's initial affine: ``weight`` (gamma) ones, ``bias`` (beta) zeros, each where the layer has it."""
-    if getattr(module, "weight", None) is not None:
-        nn.init.ones_(module.weight)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if isinstance(weight, Tensor):
+        nn.init.ones_(weight)
+    if isinstance(bias, Tensor):
+        nn.init.zeros_(bias)
 
 
-class RunningStatsNorm(nn.Module):
+class NormLayer(nn.Module):
+    """The base of every normalization layer of ``normlab.nn``: what ``normlab.tools`` and the lab recognize as a
+    norm (``isinstance``, never the class's name or module). It adds nothing else."""
+
+
+class RunningStatsNorm(NormLayer):
     """What every layer with per-channel parameters and torch's running-statistic buffers shares (BatchNormBase,
     InstanceNorm): the construction checks (``num_features``, ``eps``, ``momentum``), the parameters ``weight``
     (gamma) and ``bias`` (beta), the buffers ``running_mean``/``running_var``/``num_batches_tracked`` (``None`` without
@@ -95,6 +105,8 @@ class RunningStatsNorm(nn.Module):
             raise ValueError(f"{name}: eps must be positive, got {eps}")
         _stats.check_momentum(momentum, name)
         factory = {"device": device, "dtype": dtype}
+        # the constructor's device and dtype, for the buffers and parameters a subclass adds
+        self._factory = factory
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
         self.weight = nn.Parameter(torch.empty(num_features, **factory)) if scale else None
@@ -412,3 +424,35 @@ class BatchNorm3d(BatchNorm):
     """``torch.nn.BatchNorm3d``: input ``(N, C, D, H, W)``."""
 
     _ranks = (5,)
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def extends_constructor(init: _Init) -> _Init:
+    """Decorator for a variant's ``__init__(self, num_features, [own positionals], *args, [own keywords], **kwargs)``
+    that hands ``*args``/``**kwargs`` to :class:`BatchNormBase`: the constructor is written once, in BatchNormBase,
+    and the variant states only what it adds or changes. Its signature (for ``help()``, and for tools that read
+    which options a class accepts, e.g. ``normlab.tools.convert_norm``) becomes BatchNormBase's with the variant's
+    own arguments merged in: own positionals named like a base argument change its default in place (they must be
+    a prefix of the base's order, e.g. ``eps, momentum``), other own positionals come right after ``num_features``
+    (``virtual_batch_size``), own keyword-only arguments are added or change the base's default (``axis=-1``).
+    Raises ``TypeError`` at class definition for positionals out of the base's order.
+    """
+    own = list(inspect.signature(init).parameters.values())
+    base = list(inspect.signature(BatchNormBase.__init__).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+    own_pos = [p for p in own[2:] if p.kind in positional]
+    own_kw = {p.name: p for p in own if p.kind == inspect.Parameter.KEYWORD_ONLY}
+    base_pos = [p for p in base[2:] if p.kind in positional]
+    renamed = [p for p in own_pos if p.name in {b.name for b in base_pos}]
+    if [p.name for p in renamed] != [b.name for b in base_pos[: len(renamed)]]:
+        raise TypeError(f"extends_constructor: {init.__qualname__} restates base arguments out of order: "
+                        f"{[p.name for p in renamed]}")
+    added = [p for p in own_pos if p not in renamed]
+    changed = {p.name: p for p in renamed}
+    params = own[:2] + added + [changed.get(b.name, b) for b in base_pos]
+    params += [own_kw.pop(b.name, b) for b in base if b.kind == inspect.Parameter.KEYWORD_ONLY]
+    params += list(own_kw.values())
+    init.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return init

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from .. import _stats, kernels
-from .batchnorm import BatchNormBase
-from .sequence import MaskedBatchNorm
+from .batchnorm import BatchNormBase, extends_constructor
+from .sequence import check_valid_counts, validity_mask
 
 __all__ = ["FullNormalization"]
 
@@ -87,27 +87,15 @@ class FullNormalization(BatchNormBase):
 
     requires_running_stats = True
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        warmup: bool = True,
-        **kwargs,
-    ) -> None:
-        name = type(self).__name__
-        if kwargs.pop("running_var_unbiased", False):
+    @extends_constructor
+    def __init__(self, num_features: int, *args, warmup: bool = True, running_var_unbiased: bool = False,
+                 **kwargs) -> None:
+        if running_var_unbiased:
             raise ValueError(
-                f"{name}: running_var_unbiased=True is not supported; running_var is FN's estimate of the dataset's "
-                f"(biased, population) variance, which also normalizes in training"
+                f"{type(self).__name__}: running_var_unbiased=True is not supported; running_var is FN's estimate of "
+                f"the dataset's (biased, population) variance, which also normalizes in training"
             )
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         running_var_unbiased=False, **kwargs)
+        super().__init__(num_features, *args, running_var_unbiased=False, **kwargs)
         self.warmup = bool(warmup)
 
     def extra_repr(self) -> str:
@@ -128,8 +116,7 @@ class FullNormalization(BatchNormBase):
         if mask is None and lengths is None:
             return super().forward(x)
         c = self.check_input(x)
-        # MaskedBatchNorm's mask validation, reused as is (it reads nothing but the layer's name)
-        mask = MaskedBatchNorm._mask(self, x, c, mask, lengths)
+        mask = validity_mask(x, c, mask, lengths, self.layer_name)  # MaskedBatchNorm's
         if x.numel() == 0:  # nothing to mask: the family's empty-batch behaviour
             return super().forward(x)
         return self._normalize(x, c, mask=mask)
@@ -141,7 +128,7 @@ class FullNormalization(BatchNormBase):
         if self.updates_running_stats():
             stats = self.batch_moments(x_in, dims, mask=mask)
             if mask is not None:
-                MaskedBatchNorm._check_counts(self, stats)
+                check_valid_counts(stats, self.layer_name, self.sync_statistics)
             mean, var = self._compositional_statistics(stats)
         elif self.uses_batch_stats():  # eval_stats="batch": plain batch statistics, nothing tracked
             stats = self.batch_moments(x_in, dims, mask=mask)
@@ -154,24 +141,14 @@ class FullNormalization(BatchNormBase):
     def _compositional_statistics(self, stats: _stats.Moments) -> tuple[Tensor, Tensor]:
         """Update the estimate with this batch, count the batch, and return ``(mean, var)``: the estimate in value,
         the batch's moments in gradient (see the class docstring)."""
-        count = stats.count
-        if not isinstance(count, Tensor) and count == 0:
-            return self.running_mean, self.running_var  # no value anywhere: nothing to learn, nothing counted
-        alpha = self.step_size()
         mu_b, var_b = stats.mean.detach(), stats.var.detach()
-        with torch.no_grad():
-            old_mean, old_var = self.running_mean.to(mu_b.dtype), self.running_var.to(mu_b.dtype)
-            weights = torch.tensor([1.0 - alpha, alpha], dtype=mu_b.dtype, device=mu_b.device)[:, None]
-            est = _stats.merge_moments(torch.stack([old_mean, mu_b]), torch.stack([old_var, var_b]), weights)
-            est_mean, est_var = est.mean, est.var
-            if isinstance(count, Tensor):  # masked or pooled: a channel no value reached keeps its estimate
-                seen = count.detach() > 0
-                if not bool(seen.any()):
-                    return self.running_mean, self.running_var
-                est_mean, est_var = torch.where(seen, est_mean, old_mean), torch.where(seen, est_var, old_var)
-            self.running_mean.copy_(est_mean)
-            self.running_var.copy_(est_var)
-            self.num_batches_tracked.add_(1)
+        # the estimate's step: the exact merge of the estimate and the batch, weighed 1 - alpha and alpha; a channel
+        # no value reached keeps its estimate, and no value anywhere counts no batch
+        _stats.track(self.running_mean, self.running_var, self.num_batches_tracked, stats, momentum=self.momentum,
+                     weight=self.step_size(), merge=True, running_var_unbiased=False, name=self.layer_name,
+                     read_count=True)
+        # copies: the buffers change in place at the next call, and autograd may still need these values
+        est_mean, est_var = self.running_mean.to(mu_b.dtype, copy=True), self.running_var.to(mu_b.dtype, copy=True)
         d_mean = stats.mean - mu_b  # 0 in value; the batch mean's gradient
         d_var = stats.var - var_b
         mean = est_mean + d_mean

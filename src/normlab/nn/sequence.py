@@ -10,9 +10,73 @@ import torch
 from torch import Tensor, nn
 
 from .. import _stats, _validate, kernels
-from .batchnorm import BatchNormBase
+from .batchnorm import BatchNormBase, extends_constructor
 
-__all__ = ["MaskedBatchNorm", "TimeStepBatchNorm"]
+__all__ = ["MaskedBatchNorm", "TimeStepBatchNorm", "validity_mask", "check_valid_counts"]
+
+
+def validity_mask(x: Tensor, c: int, mask: Tensor | None, lengths: Tensor | None, name: str) -> Tensor | None:
+    """The validity mask of a padded batch ``x`` (channel axis ``c``) as a bool tensor broadcastable to ``x``, from
+    ``mask`` or ``lengths`` (see :class:`MaskedBatchNorm`), or None for every position; validated before anything
+    changes. Raises ``ValueError``/``TypeError`` naming the layer ``name``."""
+    if mask is not None and lengths is not None:
+        raise ValueError(f"{name}: give mask or lengths, not both")
+    if lengths is not None:
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.dtype == torch.bool or tuple(lengths.shape) != (x.shape[0],):
+            raise ValueError(
+                f"{name}: expected lengths as integers of shape ({x.shape[0]},), got {lengths.dtype} of shape "
+                f"{tuple(lengths.shape)}"
+            )
+        time_axes = [d for d in range(1, x.ndim) if d != c]
+        if not time_axes:
+            raise ValueError(f"{name}: lengths need a time axis, got a {x.ndim}D input of shape {tuple(x.shape)}")
+        t = time_axes[0]
+        steps = x.shape[t]
+        if bool((lengths < 0).any()) or bool((lengths > steps).any()):
+            raise ValueError(
+                f"{name}: lengths must lie in [0, {steps}] (the size of axis {t}), got {lengths.tolist()}"
+            )
+        shape = [1] * x.ndim
+        shape[0], shape[t] = x.shape[0], steps
+        positions = torch.arange(steps, device=x.device).reshape([steps if d == t else 1 for d in range(x.ndim)])
+        return positions < lengths.to(x.device).reshape([-1] + [1] * (x.ndim - 1))
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"{name}: expected a bool mask (True = valid), got {got}")
+    given = tuple(mask.shape)
+    if mask.ndim == x.ndim - 1:
+        mask = mask.unsqueeze(c)
+    try:
+        # The mask broadcasts *to* x: a larger mask would broadcast x up and change the output's shape.
+        ok = mask.ndim == x.ndim and torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        without = tuple(s for d, s in enumerate(x.shape) if d != c)
+        raise ValueError(
+            f"{name}: expected a mask of shape {without} (the input without its channel axis) or broadcastable "
+            f"to the input's shape {tuple(x.shape)}, got a mask of shape {given}"
+        )
+    return mask.to(x.device)
+
+
+def check_valid_counts(stats: _stats.Moments, name: str, synchronized: bool) -> None:
+    """Training needs more than one valid value per channel (count: a tensor under a mask, else an int); a
+    synchronized layer whose statistics hold no valid value on any process has an empty batch. Raises
+    ``ValueError`` naming the layer ``name`` and the first channel with too few values."""
+    if synchronized and _stats.is_empty(stats, True):
+        return  # no valid value on any process: an empty batch, nothing is learned
+    counts = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
+    if bool((counts <= 1).any()):
+        bad = int(torch.nonzero(counts.reshape(-1) <= 1)[0, 0])
+        raise ValueError(
+            f"{name}: expected more than 1 valid value per channel when training, channel {bad} "
+            f"has {int(counts.reshape(-1)[bad])}; pass a mask with more valid positions, or use eval mode"
+        )
 
 
 class MaskedBatchNorm(BatchNormBase):
@@ -36,7 +100,7 @@ class MaskedBatchNorm(BatchNormBase):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, lengths: Tensor | None = None) -> Tensor:
         c = self.check_input(x)
-        mask = self._mask(x, c, mask, lengths)
+        mask = validity_mask(x, c, mask, lengths, self.layer_name)
         if x.numel() == 0 and self.skips_empty_batch():
             return self.empty_output(x, c)
         if mask is None:
@@ -44,14 +108,14 @@ class MaskedBatchNorm(BatchNormBase):
         if self.uses_batch_stats() and self._local_plain_moments() and mask.shape[c] == 1:
             # per-position mask, local statistics: the fused kernel (or its native twin) does all of it
             y, stats = kernels.batch_norm_train(x, self.weight, self.bias, self.eps, axis=c, mask=mask)
-            self._check_counts(stats)
+            check_valid_counts(stats, self.layer_name, self.sync_statistics)
             if self.updates_running_stats():
                 self.update_running(stats)
             return y
         x_safe = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.uses_batch_stats():
             stats = self.batch_moments(x_safe, _stats.reduce_dims(x.ndim, c), mask=mask)
-            self._check_counts(stats)
+            check_valid_counts(stats, self.layer_name, self.sync_statistics)
             if self.updates_running_stats():
                 self.update_running(stats)
             mean, var = stats.mean, stats.var
@@ -59,18 +123,6 @@ class MaskedBatchNorm(BatchNormBase):
             mean, var = self.running_mean, self.running_var
         y = _stats.normalize(x_safe, mean, var, self.weight, self.bias, self.eps, axis=c)
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
-
-    def _check_counts(self, stats: _stats.Moments) -> None:
-        """Training needs more than one valid value per channel (count: a tensor under a mask, else an int)."""
-        if self.sync_statistics and _stats.is_empty(stats, True):
-            return  # no valid value on any process: an empty batch, nothing is learned
-        counts = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)
-        if bool((counts <= 1).any()):
-            bad = int(torch.nonzero(counts.reshape(-1) <= 1)[0, 0])
-            raise ValueError(
-                f"{self.layer_name}: expected more than 1 valid value per channel when training, channel {bad} "
-                f"has {int(counts.reshape(-1)[bad])}; pass a mask with more valid positions, or use eval mode"
-            )
 
     def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
         """``(x, mask)`` of a call ``forward(x, mask=None, lengths=None)``: the validity mask built as the forward
@@ -81,54 +133,7 @@ class MaskedBatchNorm(BatchNormBase):
             return None, None
         mask = args[1] if len(args) > 1 else kwargs.get("mask")
         lengths = args[2] if len(args) > 2 else kwargs.get("lengths")
-        return x, self._mask(x, _stats.channel_axis(x.ndim, self.axis), mask, lengths)
-
-    def _mask(self, x: Tensor, c: int, mask: Tensor | None, lengths: Tensor | None) -> Tensor | None:
-        """The mask as a bool tensor broadcastable to ``x`` (validated before anything changes)."""
-        name = self.layer_name
-        if mask is not None and lengths is not None:
-            raise ValueError(f"{name}: give mask or lengths, not both")
-        if lengths is not None:
-            if not isinstance(lengths, Tensor):
-                lengths = torch.as_tensor(lengths)
-            if lengths.is_floating_point() or lengths.dtype == torch.bool or tuple(lengths.shape) != (x.shape[0],):
-                raise ValueError(
-                    f"{name}: expected lengths as integers of shape ({x.shape[0]},), got {lengths.dtype} of shape "
-                    f"{tuple(lengths.shape)}"
-                )
-            time_axes = [d for d in range(1, x.ndim) if d != c]
-            if not time_axes:
-                raise ValueError(f"{name}: lengths need a time axis, got a {x.ndim}D input of shape {tuple(x.shape)}")
-            t = time_axes[0]
-            steps = x.shape[t]
-            if bool((lengths < 0).any()) or bool((lengths > steps).any()):
-                raise ValueError(
-                    f"{name}: lengths must lie in [0, {steps}] (the size of axis {t}), got {lengths.tolist()}"
-                )
-            shape = [1] * x.ndim
-            shape[0], shape[t] = x.shape[0], steps
-            positions = torch.arange(steps, device=x.device).reshape([steps if d == t else 1 for d in range(x.ndim)])
-            return positions < lengths.to(x.device).reshape([-1] + [1] * (x.ndim - 1))
-        if mask is None:
-            return None
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(f"{name}: expected a bool mask (True = valid), got {got}")
-        given = tuple(mask.shape)
-        if mask.ndim == x.ndim - 1:
-            mask = mask.unsqueeze(c)
-        try:
-            # The mask broadcasts *to* x: a larger mask would broadcast x up and change the output's shape.
-            ok = mask.ndim == x.ndim and torch.broadcast_shapes(mask.shape, x.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            without = tuple(s for d, s in enumerate(x.shape) if d != c)
-            raise ValueError(
-                f"{name}: expected a mask of shape {without} (the input without its channel axis) or broadcastable "
-                f"to the input's shape {tuple(x.shape)}, got a mask of shape {given}"
-            )
-        return mask.to(x.device)
+        return x, validity_mask(x, _stats.channel_axis(x.ndim, self.axis), mask, lengths, self.layer_name)
 
 
 class TimeStepBatchNorm(BatchNormBase):
@@ -156,17 +161,12 @@ class TimeStepBatchNorm(BatchNormBase):
     ``(max_steps,)`` (each step's own count, for ``momentum=None``).
     """
 
+    @extends_constructor
     def __init__(
         self,
         num_features: int,
         max_steps: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         axis: int = -1,
         time_axis: int = 1,
         per_step_affine: bool = False,
@@ -175,18 +175,18 @@ class TimeStepBatchNorm(BatchNormBase):
     ) -> None:
         _validate.check_positive_int(max_steps, type(self).__name__, "max_steps")
         self.gamma_init = float(gamma_init)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=axis, **kwargs)
+        super().__init__(num_features, *args, axis=axis, **kwargs)
         self.max_steps, self.time_axis, self.per_step_affine = max_steps, time_axis, per_step_affine
-        factory = {"device": device, "dtype": dtype}
+        factory = self._factory
         if per_step_affine:
             if self.weight is not None:
                 self.weight = nn.Parameter(torch.empty(max_steps, num_features, **factory))
             if self.bias is not None:
                 self.bias = nn.Parameter(torch.empty(max_steps, num_features, **factory))
-        if track_running_stats:
+        if self.track_running_stats:
             self.running_mean = torch.zeros(max_steps, num_features, **factory)
             self.running_var = torch.ones(max_steps, num_features, **factory)
-            self.num_batches_tracked = torch.zeros(max_steps, dtype=torch.long, device=device)
+            self.num_batches_tracked = torch.zeros(max_steps, dtype=torch.long, device=factory["device"])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -22,10 +22,10 @@ per process) cannot be synchronized and raises.
 A process may hold no sample (or a single one): its local statistics have count 0 and weigh nothing in the merge,
 its output is empty and its gradients 0, and it still takes part in every collective (forward and backward). Every
 data-dependent check of a synchronized layer is decided over the group, so all processes raise together and none is
-left waiting: more than one value per channel is required of the *pooled* count (:func:`check_pooled_count`, as
-``torch.nn.SyncBatchNorm``), and ``check_finite`` and GhostBatchNorm's last-virtual-batch check go through
-:func:`any_process` (both in :mod:`normlab._stats`, re-exported here). No sample anywhere is an empty batch:
-empty outputs, no running statistic or counter changes.
+left waiting: more than one value per channel is required of the *pooled* count
+(:func:`normlab._stats.check_pooled_count`, as ``torch.nn.SyncBatchNorm``), and ``check_finite`` and
+GhostBatchNorm's last-virtual-batch check go through :func:`normlab._stats.any_process`. No sample anywhere is an
+empty batch: empty outputs, no running statistic or counter changes.
 
 Every process must call the layer (and the backward) the same number of times, as with ``torch.nn.SyncBatchNorm``.
 Parameter gradients are the per-process contributions; sum them (or let DDP average them) as usual.
@@ -35,10 +35,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._stats import all_merge_moments, all_reduce_sum, any_process, check_pooled_count
 from .batchnorm import BatchNorm, BatchNormBase
 
-__all__ = ["all_merge_moments", "all_reduce_sum", "any_process", "check_pooled_count", "convert_sync_batchnorm"]
+__all__ = ["convert_sync_batchnorm"]
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torch: bool = True) -> nn.Module:
@@ -65,11 +64,12 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, *, convert_torc
         if convert_torch and isinstance(m, nn.modules.batchnorm._BatchNorm):
             p = m.weight if m.weight is not None else m.running_mean
             new = BatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                            device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
+                            device=p.device if p is not None else None, dtype=p.dtype if p is not None else None,
+                            bias=m.bias is not None)
             new.load_state_dict(m.state_dict())
-            if new.weight is not None:
-                new.weight.requires_grad_(m.weight.requires_grad)
-                new.bias.requires_grad_(m.bias.requires_grad)
+            for ours, theirs in ((new.weight, m.weight), (new.bias, m.bias)):
+                if ours is not None and theirs is not None:
+                    ours.requires_grad_(theirs.requires_grad)
             new.train(m.training)
             new.sync_statistics, new.process_group = True, process_group
             return new

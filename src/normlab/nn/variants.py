@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _stats, _validate, kernels
 from .alternatives import layer_norm
-from .batchnorm import BatchNormBase
+from .batchnorm import BatchNormBase, extends_constructor
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
 
@@ -53,16 +53,11 @@ class BatchRenorm(BatchNormBase):
 
     requires_running_stats = True
 
+    @extends_constructor
     def __init__(
         self,
         num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         r_max: float = 3.0,
         d_max: float = 5.0,
         warmup_steps: int = 5000,
@@ -77,7 +72,7 @@ class BatchRenorm(BatchNormBase):
             raise ValueError(f"{name}: d_max must be >= 0, got {d_max}")
         for what, v in (("warmup_steps", warmup_steps), ("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
             _validate.check_non_negative_int(v, name, what)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+        super().__init__(num_features, *args, **kwargs)
         self.r_max, self.d_max = float(r_max), float(d_max)
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
 
@@ -135,20 +130,10 @@ class GhostBatchNorm(BatchNormBase):
     batch.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        virtual_batch_size: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
+    @extends_constructor
+    def __init__(self, num_features: int, virtual_batch_size: int, *args, **kwargs) -> None:
         _validate.check_positive_int(virtual_batch_size, type(self).__name__, "virtual_batch_size")
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+        super().__init__(num_features, *args, **kwargs)
         self.virtual_batch_size = virtual_batch_size
 
     def extra_repr(self) -> str:
@@ -276,22 +261,21 @@ class MovingAverageBatchNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # a second moment exists for a single value per channel (batch size 1, 2D)
+    x2_history: Tensor
+    gz_history: Tensor
     syncable = False
     not_syncable_because = "moving averages are per process"
     centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
 
     requires_running_stats = True
 
+    @extends_constructor
     def __init__(
         self,
         num_features: int,
         eps: float = 1e-5,
         momentum: float | None = 0.02,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         buffer_size: int = 16,
         warmup_iters: int = 100,
         renorm_warmup_iters: int = 1000,
@@ -304,11 +288,11 @@ class MovingAverageBatchNorm(BatchNormBase):
         _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
         if not r_max >= 1.0:
             raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+        super().__init__(num_features, eps, momentum, *args, **kwargs)
         self.buffer_size, self.warmup_iters = buffer_size, warmup_iters
         self.renorm_warmup_iters, self.r_max = renorm_warmup_iters, float(r_max)
-        self.register_buffer("x2_history", torch.zeros(buffer_size, num_features, device=device, dtype=dtype))
-        self.register_buffer("gz_history", torch.zeros(buffer_size, num_features, device=device, dtype=dtype))
+        self.register_buffer("x2_history", torch.zeros(buffer_size, num_features, **self._factory))
+        self.register_buffer("gz_history", torch.zeros(buffer_size, num_features, **self._factory))
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
@@ -376,25 +360,24 @@ class BatchLayerNorm(BatchNormBase):
 
     _needs_batch_variance = False  # defined at batch size 1 (x_b's weight is then -1e-4 and x_b = 0)
     MIX_OFFSET = 1e-4
+    train_batch_size: Tensor
 
+    @extends_constructor
     def __init__(
         self,
         num_features: int,
         eps: float = 1e-3,
         momentum: float | None = None,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         batch_size: int | None = None,
         scale_by_sqrt_features: bool = True,
         **kwargs,
     ) -> None:
         _validate.check_positive_int(batch_size, type(self).__name__, "batch_size", or_none=True)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
+        super().__init__(num_features, eps, momentum, *args, **kwargs)
         self.batch_size = batch_size
         self.scale_by_sqrt_features = scale_by_sqrt_features
+        device = self._factory["device"]
         self.register_buffer("train_batch_size", torch.tensor(batch_size or 0, dtype=torch.long, device=device))
 
     def extra_repr(self) -> str:
@@ -409,6 +392,7 @@ class BatchLayerNorm(BatchNormBase):
 
     def _normalize(self, x: Tensor, axis: int) -> Tensor:
         _check_batch_axis(self, axis)
+        batch: int | None = None
         if self.uses_batch_stats():
             stats = self.batch_moments(x, _stats.reduce_dims(x.ndim, axis))
             # B = samples behind the statistics (all processes' when synchronized); from the shape, not x[:1],
@@ -426,16 +410,13 @@ class BatchLayerNorm(BatchNormBase):
             mean, var = stats.mean, stats.var
         else:
             mean, var = self.running_mean, self.running_var
-            batch = None
         if self.batch_size is not None:
             batch = self.batch_size
-        elif self.training:
+        elif self.training and batch is not None:
             self.train_batch_size.fill_(batch)
         elif int(self.train_batch_size) > 0:
             batch = int(self.train_batch_size)
-        elif batch is None:
-            batch = x.shape[0]  # never trained: the batch at hand
-        w_f, w_b = self.mix_weights(batch)
+        w_f, w_b = self.mix_weights(batch if batch is not None else x.shape[0])  # never trained: the batch at hand
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)

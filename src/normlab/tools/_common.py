@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
+import torch
 from torch import fx, nn
 
-from ..nn.batchnorm import BatchNormBase
+from ..nn.act import NormAct
+from ..nn.batchnorm import BatchNormBase, NormLayer
 
 # Every torch batch-statistic layer (BatchNorm1d/2d/3d, SyncBatchNorm, the lazy ones) derives from _BatchNorm.
 TORCH_BATCH_NORM = nn.modules.batchnorm._BatchNorm
@@ -18,6 +21,9 @@ TORCH_NORM_TYPES = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
+#: normlab's norms: every layer of normlab.nn derives from NormLayer; NormAct (a norm followed by its activation)
+#: counts as a norm too
+NORMLAB_NORM_TYPES = (NormLayer, NormAct)
 
 
 def is_batch_norm(module: nn.Module) -> bool:
@@ -26,8 +32,31 @@ def is_batch_norm(module: nn.Module) -> bool:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """Any normalization layer: torch's, or any layer defined in ``normlab.nn`` (all of which are norms)."""
-    return isinstance(module, TORCH_NORM_TYPES) or type(module).__module__.startswith("normlab.nn")
+    """Any normalization layer: torch's, or normlab's (:class:`normlab.nn.batchnorm.NormLayer` and ``NormAct``)."""
+    return isinstance(module, TORCH_NORM_TYPES + NORMLAB_NORM_TYPES)
+
+
+class BatchNormLike(Protocol):
+    """What the tools read of a batch-norm layer (torch's ``_BatchNorm`` and normlab's ``BatchNormBase`` both have
+    it): its declared public surface, for the type checker."""
+
+    num_features: int
+    eps: float
+    training: bool
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def as_batch_norm(module: nn.Module) -> BatchNormLike:
+    """``module`` seen as a batch norm with running statistics; ``TypeError`` naming its class when it is not one
+    (:func:`is_batch_norm` and :func:`has_running_stats`)."""
+    if not (is_batch_norm(module) and has_running_stats(module)):
+        raise TypeError(f"expected a batch-norm layer with running statistics, got {type(module).__name__}")
+    return cast(BatchNormLike, module)
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -40,9 +69,10 @@ def is_uncentred(norm: nn.Module) -> bool:
     return not getattr(norm, "centred", True)
 
 
-def channel_axis(norm: nn.Module) -> int:
-    """The axis a batch-norm layer takes as channels (torch's are always 1)."""
-    return int(getattr(norm, "axis", 1)) if isinstance(norm, BatchNormBase) else 1
+def norm_axis(norm: nn.Module) -> int:
+    """The channel axis a batch-norm layer declares (its ``axis``, possibly negative; torch's layers: 1). Not
+    :func:`normlab._stats.channel_axis`, which turns an axis into an index for a given rank."""
+    return int(getattr(norm, "axis", 1))
 
 
 def eval_uses_running_stats(norm: nn.Module) -> str | None:
@@ -73,13 +103,12 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def nonfinite(tensors: dict[str, "torch.Tensor | None"]) -> list[str]:
+def nonfinite(tensors: Mapping[str, torch.Tensor | None]) -> list[str]:
     """``"<name> holds 2 NaN and 1 inf of 8 values"`` for each floating tensor of ``tensors`` that is not finite."""
-    import torch
-
     found = []
     for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or isinstance(t, nn.parameter.UninitializedTensorMixin):
+        if (not isinstance(t, torch.Tensor) or not t.is_floating_point()
+                or isinstance(t, nn.parameter.UninitializedTensorMixin)):  # type: ignore[attr-defined]
             continue
         t = t.detach()
         if bool(torch.isfinite(t).all()):
@@ -92,7 +121,7 @@ def nonfinite(tensors: dict[str, "torch.Tensor | None"]) -> list[str]:
 
 def module_nonfinite(module: nn.Module, prefix: str = "", recurse: bool = True) -> list[str]:
     """:func:`nonfinite` over the parameters and buffers of ``module``, named by their dotted path under ``prefix``."""
-    named = dict(module.named_parameters(prefix=prefix, recurse=recurse))
+    named: dict[str, torch.Tensor | None] = dict(module.named_parameters(prefix=prefix, recurse=recurse))
     named.update(module.named_buffers(prefix=prefix, recurse=recurse))
     return nonfinite(named)
 

@@ -27,28 +27,46 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
+from typing import cast
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
+from .. import reference
 from ..nn.act import NormAct
 from ._common import (
-    BatchNormBase,
-    channel_axis,
+    BatchNormLike,
+    as_batch_norm,
     eval_uses_running_stats,
     is_batch_norm,
+    is_norm,
     join_path,
     module_nonfinite,
     module_use_counts,
+    norm_axis,
     set_submodule,
     trace_or_note,
 )
 
-__all__ = ["FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm"]
+__all__ = [
+    "FoldReport", "FoldedFeatureNorm", "fold_into", "plan_fold", "fold_batchnorm", "LeafTracer", "wrapped_norm",
+    "sequential_pairs",
+]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 FOLD_TARGETS = _CONV + _CONV_T + (nn.Linear,)
+FoldTarget = (
+    nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d | nn.Linear
+)
+
+
+def _as_fold_target(module: nn.Module) -> FoldTarget:
+    """``module`` as a layer a batch norm folds into (the plan only pairs those); TypeError otherwise."""
+    if not isinstance(module, FOLD_TARGETS):
+        raise TypeError(f"fold: expected a Conv, ConvTranspose or Linear layer, got {type(module).__name__}")
+    return module
 
 
 # -- the pure tensor function ------------------------------------------------------------------------------------
@@ -85,15 +103,17 @@ def fold_into(
             )
     if eps < 0:
         raise ValueError(f"fold_into: eps must be non-negative, got {eps}")
-    f64 = dict(dtype=torch.float64, device=weight.device)
-    scale = torch.rsqrt(running_var.detach().to(**f64) + eps)
+    def f64(t: Tensor) -> Tensor:
+        return t.detach().to(dtype=torch.float64, device=weight.device)
+
+    scale = torch.rsqrt(f64(running_var) + eps)
     if norm_weight is not None:
-        scale = scale * norm_weight.detach().to(**f64)
-    b = bias.detach().to(**f64) if bias is not None else torch.zeros(out, **f64)
-    new_bias = (b - running_mean.detach().to(**f64)) * scale
+        scale = scale * f64(norm_weight)
+    b = f64(bias) if bias is not None else torch.zeros(out, dtype=torch.float64, device=weight.device)
+    new_bias = (b - f64(running_mean)) * scale
     if norm_bias is not None:
-        new_bias = new_bias + norm_bias.detach().to(**f64)
-    w = weight.detach().to(**f64)
+        new_bias = new_bias + f64(norm_bias)
+    w = f64(weight)
     if transposed:
         kernel = w.shape[2:]
         per_group = w.reshape(groups, w.shape[0] // groups, w.shape[1], *kernel)
@@ -133,19 +153,20 @@ class FoldReport:
         return "\n".join(lines)
 
 
-class _Tracer(fx.Tracer):
-    """Keeps layers and every normlab layer opaque: their input checks need concrete shapes."""
+class LeafTracer(fx.Tracer):
+    """Keeps the fold targets and every norm opaque (normlab's input checks need concrete shapes); the tracer of
+    fold and inspect."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (
             isinstance(m, FOLD_TARGETS)
             or is_batch_norm(m)
-            or type(m).__module__.startswith("normlab.nn")
+            or is_norm(m)
             or super().is_leaf_module(m, qualname)
         )
 
 
-def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
+def wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
     """``("<suffix>", norm)`` when ``module`` *is* a batch norm (suffix ``""``) or a NormAct around one
     (``".norm"``, the BN inside ``act(BN(x))``), else ``None``."""
     if is_batch_norm(module):
@@ -156,42 +177,56 @@ def _wrapped_norm(module: nn.Module) -> tuple[str, nn.Module] | None:
 
 
 
-def _out_channels(layer: nn.Module) -> int:
+def sequential_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str, FoldTarget, nn.Module]]:
+    """``(norm path, layer path, layer, norm)`` for each Conv, ConvTranspose or Linear child of the ``nn.Sequential``
+    ``module`` that the next child normalizes (a batch norm, or a NormAct around one); none for other modules.
+    An nn.Sequential feeds each child's output to the next child and nothing else: order is data flow there."""
+    if not isinstance(module, nn.Sequential):
+        return []
+    children = list(module.named_children())
+    pairs = []
+    for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
+        wrapped = wrapped_norm(follower)
+        if wrapped is not None and isinstance(layer, FOLD_TARGETS):
+            suffix, norm = wrapped
+            pairs.append((join_path(prefix, norm_name) + suffix, join_path(prefix, layer_name), layer, norm))
+    return pairs
+
+
+def _out_channels(layer: FoldTarget) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _output_rank(layer: nn.Module, norm: nn.Module) -> int:
+def _output_rank(layer: FoldTarget) -> int:
     """The rank of the layer's output as the norm sees it (batched input assumed)."""
     if isinstance(layer, nn.Linear):
         return 2  # (N, C): the one rank where axis 1 and axis -1 both name Linear's features
     return layer.weight.ndim  # conv weights have the same rank as the batched input/output
 
 
-def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
+def _probe(layer: FoldTarget, norm: BatchNormLike) -> str | None:
     """Check numerically that the norm's eval-mode output is the running-statistics affine map.
 
     Guards against batch-norm subclasses whose eval mode does something else (they would fold wrongly).
     """
-    rank = _output_rank(layer, norm)
-    c = channel_axis(norm) % rank
+    rank = _output_rank(layer)
+    c = norm_axis(cast(nn.Module, norm)) % rank
     shape = [2] * rank
     shape[c] = norm.num_features
     dtype = norm.running_mean.dtype
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=norm.running_mean.device)
-    view = [1] * rank
-    view[c] = -1
-    f64 = torch.float64
-    expected = (x.to(f64) - norm.running_mean.to(f64).reshape(view)) * torch.rsqrt(
-        norm.running_var.to(f64).reshape(view) + norm.eps
-    )
-    if norm.weight is not None:
-        expected = expected * norm.weight.detach().to(f64).reshape(view)
-    if norm.bias is not None:
-        expected = expected + norm.bias.detach().to(f64).reshape(view)
+
+    def f64(t: Tensor | None):
+        return None if t is None else t.detach().cpu().double().numpy()
+
+    # the oracle: eval-mode BatchNorm from its equation, in float64 (non-finite statistics are reported below)
+    with np.errstate(all="ignore"):
+        expected = torch.from_numpy(reference.batch_norm_inference(
+            f64(x), f64(norm.running_mean), f64(norm.running_var), f64(norm.weight), f64(norm.bias), norm.eps, axis=c))
     try:
         with torch.no_grad():
-            got = norm(x).to(f64)
+            got = norm(x).cpu().double()
     except Exception as exc:  # noqa: BLE001 - any failure means: do not fold
         return f"its eval-mode forward failed on a probe input of shape {tuple(shape)}: {exc}"
     if not bool(torch.isfinite(expected).all()):
@@ -203,7 +238,7 @@ def _probe(layer: nn.Module, norm: nn.Module) -> str | None:
     return None
 
 
-def _synthetic_input(layer: nn.Module) -> Tensor:
+def _synthetic_input(layer: FoldTarget) -> Tensor:
     """A small float64 input the layer accepts: ``(2, in_features)`` for a Linear (the ``(N, C)`` reading), a batch
     of 2 with spatial sizes that fit the kernel, stride, dilation and padding for a convolution."""
     gen = torch.Generator().manual_seed(1)
@@ -215,16 +250,17 @@ def _synthetic_input(layer: nn.Module) -> Tensor:
     return torch.randn(2, layer.in_channels, *sizes, generator=gen, dtype=torch.float64)
 
 
-def _folded_layer(layer: nn.Module, norm: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+def _folded_layer(layer: FoldTarget, norm: BatchNormLike, dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``layer`` (in ``dtype`` if given) carrying the weights of :func:`fold_into`."""
     new = copy.deepcopy(layer)
     if dtype is not None:
         new = new.to(dtype)
-    transposed = isinstance(layer, _CONV_T)
-    f = lambda t: None if t is None else t.detach().to(new.weight.dtype)  # noqa: E731
+    dt = new.weight.dtype
     weight, bias = fold_into(
-        new.weight, new.bias, f(norm.running_mean), f(norm.running_var), norm.eps, f(norm.weight), f(norm.bias),
-        transposed=transposed, groups=layer.groups if transposed else 1,
+        new.weight, new.bias, norm.running_mean.detach().to(dt), norm.running_var.detach().to(dt), norm.eps,
+        None if norm.weight is None else norm.weight.detach().to(dt),
+        None if norm.bias is None else norm.bias.detach().to(dt),
+        transposed=isinstance(layer, _CONV_T), groups=layer.groups if isinstance(layer, _CONV_T) else 1,
     )
     with torch.no_grad():
         new.weight.copy_(weight)
@@ -235,7 +271,7 @@ def _folded_layer(layer: nn.Module, norm: nn.Module, dtype: torch.dtype | None =
     return new
 
 
-def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> str | None:
+def _check_on_input(layer: FoldTarget, norm: BatchNormLike, x: Tensor, what: str) -> str | None:
     """Why ``folded_layer(x)`` differs from ``norm(layer(x))``, computed in float64, or ``None`` if it does not.
 
     This is what makes folding safe: the fold is the per-channel affine map along the *layer's* output feature axis
@@ -243,16 +279,18 @@ def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> 
     same axis of the tensor it actually receives."""
     x = x.detach().to(torch.float64)
     try:
-        layer64, norm64 = copy.deepcopy(layer).to(torch.float64), copy.deepcopy(norm).to(torch.float64)
+        layer64 = copy.deepcopy(layer).to(torch.float64)
+        norm64 = copy.deepcopy(cast(nn.Module, norm)).to(torch.float64)
         with torch.no_grad():
             z = layer64(x)
             want = norm64(z)
     except Exception as exc:  # noqa: BLE001 - the pair cannot even run on this input: do not fold
         return f"norm(layer(x)) failed on {what} of shape {tuple(x.shape)}: {exc}"
-    if isinstance(layer, nn.Linear) and z.ndim > 2 and channel_axis(norm) % z.ndim != z.ndim - 1:
+    axis = norm_axis(cast(nn.Module, norm))
+    if isinstance(layer, nn.Linear) and z.ndim > 2 and axis % z.ndim != z.ndim - 1:
         return (
             f"the Linear before it acts on the last axis of its {tuple(z.shape)} output, but the norm normalizes "
-            f"axis {channel_axis(norm) % z.ndim} (seen on {what}); folding would scale the wrong axis "
+            f"axis {axis % z.ndim} (seen on {what}); folding would scale the wrong axis "
             f"(use a channels-last norm, axis=-1, if the Linear's features are the channels)"
         )
     with torch.no_grad():
@@ -264,18 +302,19 @@ def _check_on_input(layer: nn.Module, norm: nn.Module, x: Tensor, what: str) -> 
 
 
 def _pair_problem(
-    layer: nn.Module, norm: nn.Module, counts: dict[int, int], seen: Tensor | None = None
+    layer: FoldTarget, module: nn.Module, counts: dict[int, int], seen: Tensor | None = None
 ) -> str | None:
     """Why ``norm(layer(x))`` cannot be folded into ``layer``, or ``None`` if it can.
 
     ``seen`` is the layer's input on the example input, when :func:`plan_fold` got one: the pair is then checked
     on it (folded against unfolded); else on a small synthetic input of the layer."""
-    reason = eval_uses_running_stats(norm)
+    reason = eval_uses_running_stats(module)
     if reason:
         return reason
+    norm = as_batch_norm(module)  # it has running statistics: eval_uses_running_stats said so
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         return f"{type(layer).__name__} before it is lazy and not initialized yet"
-    bad = module_nonfinite(norm, "the norm's") + module_nonfinite(layer, f"the {type(layer).__name__}'s")
+    bad = module_nonfinite(module, "the norm's") + module_nonfinite(layer, f"the {type(layer).__name__}'s")
     if bad:
         return "; ".join(b.replace("'s.", "'s ") for b in bad) + ": folding would spread them"
     if counts.get(id(layer), 1) > 1 or counts.get(id(norm), 1) > 1:
@@ -284,7 +323,7 @@ def _pair_problem(
         return f"its running statistics have shape {tuple(norm.running_mean.shape)}, not one value per channel"
     if _out_channels(layer) != norm.num_features:
         return f"{norm.num_features} channels, but the {type(layer).__name__} before it has {_out_channels(layer)}"
-    axis = channel_axis(norm)
+    axis = norm_axis(module)
     if isinstance(layer, nn.Linear):
         if axis not in (1, -1):
             return f"channel axis {axis} is not the feature axis of the Linear before it (use axis=-1)"
@@ -324,57 +363,52 @@ def _plan_graph(
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     for node in graph.nodes:
-        wrapped = _wrapped_norm(root.get_submodule(node.target)) if node.op == "call_module" else None
+        target = str(node.target)  # a call_module node's target is the module's dotted path
+        wrapped = wrapped_norm(root.get_submodule(target)) if node.op == "call_module" else None
         if wrapped is None:
             continue
-        name = join_path(prefix, node.target) + wrapped[0]
+        name = join_path(prefix, target) + wrapped[0]
         norm = wrapped[1]
         src = node.args[0] if node.args else None
         if len(node.args) != 1 or node.kwargs:
             decisions[name] = (None, "called with more than one argument")
-        elif calls[node.target] > 1:
+        elif calls[target] > 1:
             decisions[name] = (None, "called more than once in forward")
         elif not (
             isinstance(src, fx.Node)
             and src.op == "call_module"
-            and isinstance(root.get_submodule(src.target), FOLD_TARGETS)
+            and isinstance(root.get_submodule(str(src.target)), FOLD_TARGETS)
         ):
             what = "not the output of a Conv, ConvTranspose or Linear"
             decisions[name] = (None, f"its input is {_describe(src)}, {what}")
         elif len(src.users) != 1:
             others = ", ".join(_describe(u) for u in src.users if u is not node)
             decisions[name] = (None, f"the output of {src.target!r} is also used by {others}")
-        elif calls[src.target] > 1:
+        elif calls[str(src.target)] > 1:
             decisions[name] = (None, f"{src.target!r} is called more than once in forward")
         else:
-            layer = root.get_submodule(src.target)
-            decisions[name] = (join_path(prefix, src.target), _pair_problem(layer, norm, counts, seen.get(id(layer))))
+            layer = _as_fold_target(root.get_submodule(str(src.target)))
+            decisions[name] = (
+                join_path(prefix, str(src.target)), _pair_problem(layer, norm, counts, seen.get(id(layer)))
+            )
 
 
 def _plan_module(
     module: nn.Module, prefix: str, counts: dict[int, int], report: FoldReport, decisions: dict, seen: dict
 ) -> None:
-    if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
+    if isinstance(module, FOLD_TARGETS) or wrapped_norm(module) is not None:
         return  # a NormAct's BN is planned with what comes before the NormAct, by its parent
     if not any(is_batch_norm(m) for m in module.modules()):
         return
-    graph = trace_or_note(_Tracer(), module, prefix, report)
+    graph = trace_or_note(LeafTracer(), module, prefix, report)
     if graph is not None:
         _plan_graph(graph, module, prefix, counts, decisions, seen)
         return
-    children = list(module.named_children())
-    if isinstance(module, nn.Sequential):
-        # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
-        for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
-            wrapped = _wrapped_norm(follower)
-            if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                suffix, norm = wrapped
-                decisions[join_path(prefix, norm_name) + suffix] = (
-                    join_path(prefix, layer_name), _pair_problem(layer, norm, counts, seen.get(id(layer)))
-                )
-    for child_name, child in children:
+    for norm_path, layer_path, layer, norm in sequential_pairs(module, prefix):
+        decisions[norm_path] = (layer_path, _pair_problem(layer, norm, counts, seen.get(id(layer))))
+    for child_name, child in module.named_children():
         _plan_module(child, join_path(prefix, child_name), counts, report, decisions, seen)
 
 
@@ -398,7 +432,9 @@ def _layer_inputs(model: nn.Module, example_input) -> dict[int, Tensor]:
         with torch.no_grad():
             model(*(t.clone() for t in inputs))
     except Exception as exc:
-        raise ValueError(f"plan_fold: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"plan_fold: the eval-mode model failed on example_input: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         for h in hooks:
             h.remove()
@@ -431,6 +467,7 @@ def plan_fold(model: nn.Module, example_input: Tensor | tuple[Tensor, ...] | Non
     for name, norm in model.named_modules():
         if not is_batch_norm(norm):
             continue
+        reason: str | None
         if name not in decisions:
             reason = eval_uses_running_stats(norm) or (
                 "not reached: no traced forward calls it, and it does not follow a Conv/Linear in an nn.Sequential"
@@ -440,10 +477,10 @@ def plan_fold(model: nn.Module, example_input: Tensor | tuple[Tensor, ...] | Non
         layer, reason = decisions[name]
         if reason is not None:
             reason = eval_uses_running_stats(norm) or reason  # the actionable reason first
-        if reason is None:
+        if reason is None and layer is not None:  # a decision without a layer always has its reason
             report.folded.append((layer, name))
         else:
-            report.skipped.append((name, reason))
+            report.skipped.append((name, reason or "no layer to fold into"))
     return report
 
 
@@ -508,24 +545,29 @@ def fold_batchnorm(
     # Compute every new weight before touching any module, so an error leaves the model as it was.
     folded = []
     for layer_name, norm_name in report.folded:
-        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-        transposed = isinstance(layer, _CONV_T)
+        layer, module = _as_fold_target(model.get_submodule(layer_name)), model.get_submodule(norm_name)
+        norm = as_batch_norm(module)
         weight, bias = fold_into(
             layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
-            transposed=transposed, groups=layer.groups if transposed else 1,
+            transposed=isinstance(layer, _CONV_T), groups=layer.groups if isinstance(layer, _CONV_T) else 1,
         )
-        guard = isinstance(layer, nn.Linear) and channel_axis(norm) == 1
+        guard = isinstance(layer, nn.Linear) and norm_axis(module) == 1
         folded.append((layer_name, norm_name, weight, bias, guard))
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
         for layer_name, norm_name, weight, bias, guard in folded:
-            layer = target.get_submodule(layer_name)
+            layer = _as_fold_target(target.get_submodule(layer_name))
             layer.weight.copy_(weight)
             if layer.bias is None:
                 layer.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
             else:
                 layer.bias.copy_(bias)
-            set_submodule(target, norm_name, FoldedFeatureNorm(norm_name, layer.out_features) if guard else nn.Identity())
+            # guard: a Linear whose norm takes axis 1 (see FoldedFeatureNorm)
+            replacement = (
+                FoldedFeatureNorm(norm_name, layer.out_features) if guard and isinstance(layer, nn.Linear)
+                else nn.Identity()
+            )
+            set_submodule(target, norm_name, replacement)
             parent = target.get_submodule(norm_name.rpartition(".")[0])
             if isinstance(parent, NormAct):
                 parent.inplace_abn = False  # act(Identity(x)): in-place ABN needs a BatchNorm to run

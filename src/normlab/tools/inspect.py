@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from ._common import channel_axis, is_batch_norm, is_uncentred, join_path
-from .fold import FOLD_TARGETS, _Tracer, _wrapped_norm
+from ._common import is_batch_norm, is_uncentred, join_path, norm_axis
+from .fold import FOLD_TARGETS, LeafTracer, sequential_pairs, wrapped_norm
 
 __all__ = ["RedundantBias", "find_redundant_biases"]
 
@@ -56,7 +56,7 @@ def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> 
             calls[target] = calls.get(target, 0) + 1
     for node in graph.nodes:
         target = _called_module(node)
-        wrapped = _wrapped_norm(root.get_submodule(target)) if target is not None else None
+        wrapped = wrapped_norm(root.get_submodule(target)) if target is not None else None
         if target is None or wrapped is None or len(node.args) != 1 or node.kwargs or calls[target] > 1:
             continue
         src = node.args[0]
@@ -67,26 +67,20 @@ def _pairs_graph(graph: fx.Graph, root: nn.Module, prefix: str, found: dict) -> 
 
 
 def _pairs_module(module: nn.Module, prefix: str, found: dict) -> None:
-    if isinstance(module, FOLD_TARGETS) or _wrapped_norm(module) is not None:
+    if isinstance(module, FOLD_TARGETS) or wrapped_norm(module) is not None:
         return
     if not any(is_batch_norm(m) for m in module.modules()):
         return
     try:
-        graph = _Tracer().trace(module)
+        graph = LeafTracer().trace(module)
     except Exception:  # noqa: BLE001 - any tracing failure sends us to the module-order fallback
         pass
     else:
         _pairs_graph(graph, module, prefix, found)
         return
-    children = list(module.named_children())
-    if isinstance(module, nn.Sequential):
-        # nn.Sequential feeds each child's output to the next child and nothing else: order is data flow here.
-        for (layer_name, layer), (norm_name, follower) in zip(children, children[1:]):
-            wrapped = _wrapped_norm(follower)
-            if wrapped is not None and isinstance(layer, FOLD_TARGETS):
-                found[join_path(prefix, norm_name) + wrapped[0]] = (join_path(prefix, layer_name),
-                                                                     "nn.Sequential order")
-    for name, child in children:
+    for norm_path, layer_path, _, _ in sequential_pairs(module, prefix):
+        found[norm_path] = (layer_path, "nn.Sequential order")
+    for name, child in module.named_children():
         _pairs_module(child, join_path(prefix, name), found)
 
 
@@ -158,7 +152,7 @@ def find_redundant_biases(model: nn.Module, example_input) -> list[RedundantBias
         if u is None or u.grad is None or not isinstance(bias, Tensor) or bias.grad is None or is_uncentred(bn):
             continue
         bias_axis = u.ndim - 1 if isinstance(mod, nn.Linear) else 1
-        if u.ndim < 2 or channel_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != bias.numel():
+        if u.ndim < 2 or norm_axis(bn) % u.ndim != bias_axis or u.shape[bias_axis] != bias.numel():
             continue
         dims = [i for i in range(u.ndim) if i != bias_axis]
         mass = u.grad.abs().sum(dims)

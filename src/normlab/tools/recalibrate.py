@@ -37,14 +37,14 @@ with ``s2_k`` the batch variance as the layer's running update records it (unbia
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import _stats
-from ._common import channel_axis, has_running_stats, is_batch_norm
+from ._common import as_batch_norm, has_running_stats, is_batch_norm, norm_axis
 
 __all__ = ["recalibrate"]
 
@@ -65,7 +65,7 @@ class _PooledMoments:
             return
         self.stats = _stats.merge_moments(
             torch.stack([self.stats.mean, batch.mean]), torch.stack([self.stats.var, batch.var]),
-            torch.stack([self.stats.count, count]),
+            torch.stack([torch.as_tensor(self.stats.count), count]),
         )
 
     def pool_processes(self, norm: nn.Module, num_features: int) -> None:
@@ -73,20 +73,19 @@ class _PooledMoments:
         process takes part, also one that no batch reached (it brings count 0)."""
         stats = self.stats
         if stats is None:
-            zeros = torch.zeros(num_features, dtype=torch.float64, device=norm.running_mean.device)
+            zeros = torch.zeros(num_features, dtype=torch.float64, device=as_batch_norm(norm).running_mean.device)
             stats = _stats.Moments(zeros, zeros, zeros)
         self.stats = _stats.all_merge_moments(stats, norm.process_group)
 
     def seen(self) -> Tensor | None:
         """Per channel: did any value arrive?"""
-        return None if self.stats is None else self.stats.count > 0
-
-    def variance(self, unbiased: bool) -> Tensor:
-        return _stats.unbiased(self.stats.var, self.stats.count) if unbiased else self.stats.var
+        return None if self.stats is None else torch.as_tensor(self.stats.count) > 0
 
     def result(self, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, variance, second moment E[x^2]) per channel."""
-        return self.stats.mean, self.variance(unbiased), self.variance(False) + self.stats.mean**2
+        """(mean, variance, second moment E[x^2]) per channel; only after a batch was added."""
+        assert self.stats is not None, "result() before any batch"
+        mean, var, count = self.stats
+        return mean, _stats.unbiased(var, count) if unbiased else var, var + mean**2
 
 
 class _BatchAverage:
@@ -115,6 +114,7 @@ class _BatchAverage:
         return None if self.sums is None else self.sums[3] > 0
 
     def result(self, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.sums is not None, "result() before any batch"
         k = self.sums[3].clamp_min(1)
         return self.sums[0] / k, self.sums[1] / k, self.sums[2] / k
 
@@ -132,7 +132,7 @@ def _centred(norm: nn.Module) -> bool:
 
 def _per_step(norm: nn.Module) -> bool:
     """Running statistics of shape (max_steps, C): one population per time step (TimeStepBatchNorm)."""
-    return norm.running_mean.ndim == 2
+    return as_batch_norm(norm).running_mean.ndim == 2
 
 
 def _step_inputs(norm: nn.Module, args: tuple, kwargs: dict) -> list[tuple[int, Tensor, int]]:
@@ -141,12 +141,14 @@ def _step_inputs(norm: nn.Module, args: tuple, kwargs: dict) -> list[tuple[int, 
     if not isinstance(x, Tensor):
         return []
     step = args[1] if len(args) > 1 else kwargs.get("step")
-    c = channel_axis(norm) % x.ndim
+    c = norm_axis(norm) % x.ndim
+    # TimeStepBatchNorm's public max_steps and time_axis (getattr: nn.Module's attributes are untyped)
+    max_steps = int(getattr(norm, "max_steps"))  # noqa: B009
     if step is not None:  # one step inside a cell's loop
-        return [(int(step), x, c)] if int(step) < norm.max_steps else []
-    t = norm.time_axis % x.ndim
+        return [(int(step), x, c)] if int(step) < max_steps else []
+    t = int(getattr(norm, "time_axis")) % x.ndim  # noqa: B009
     c_in_step = c - 1 if c > t else c
-    return [(k, x.select(t, k), c_in_step) for k in range(min(x.shape[t], norm.max_steps))]
+    return [(k, x.select(t, k), c_in_step) for k in range(min(x.shape[t], max_steps))]
 
 
 def _statistics_input(norm: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
@@ -234,7 +236,7 @@ def recalibrate(
         )
     forward = forward or _default_forward
     total = num_batches
-    if total is None and hasattr(batches, "__len__"):
+    if total is None and isinstance(batches, Sized):
         total = len(batches)
 
     # The passes run the model as it is (training mode where it is in training mode), so any layer may touch its
@@ -270,7 +272,7 @@ def recalibrate(
                 bad = int((~finite).sum())
                 raise _BadBatch(f"the input of batch norm {names[id(module)]!r} holds {bad} non-finite value(s) of "
                                 f"{x.numel()}")
-            pooled[id(module)].add(x, channel_axis(module), mask)
+            pooled[id(module)].add(x, norm_axis(module), mask)
 
     try:
         for _, m in norms:
@@ -336,7 +338,8 @@ def recalibrate(
                 if not done:
                     missed.append(name or type(m).__name__)
                 elif len(done) < m.max_steps:
-                    missed_steps.append(f"{name or type(m).__name__} (steps {sorted(set(range(m.max_steps)) - set(done))})")
+                    left = sorted(set(range(m.max_steps)) - set(done))
+                    missed_steps.append(f"{name or type(m).__name__} (steps {left})")
                 continue
             if _synchronized(m):  # population statistics of every process's shard, identical on every process
                 acc.pool_processes(m, m.num_features)

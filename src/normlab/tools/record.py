@@ -37,21 +37,23 @@ backward passes (a probe's own) from the training-step count and the records.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .. import _validate
 
-__all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATIONS", "STATS"]
+__all__ = ["ActivationRecorder", "LayerRecord", "ACTIVATION_MODULES", "STATS", "DEFAULT_STATS"]
 
 STATS = ("moments", "percentiles", "dead", "unit_percentiles", "variance_shift")
-_DEFAULT_STATS = ("moments", "percentiles", "dead")
+#: what the recorder computes when ``stats`` is not given
+DEFAULT_STATS = ("moments", "percentiles", "dead")
 _QUANTILES = (0.15, 0.50, 0.85)
 
-ACTIVATIONS = (
+#: the activation *module types* the recorder hooks by default (not a name -> activation table)
+ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
 )
@@ -79,8 +81,8 @@ class ActivationRecorder:
     """Context manager recording per-layer activation statistics on sampled training steps.
 
     ``modules``: names of the modules to watch (their inputs are recorded); by default every activation-function
-    module of :data:`ACTIVATIONS` (functional calls such as ``torch.relu`` inside a forward are invisible to hooks:
-    name the module after which they come instead). ``every``: record one step in ``every``. ``max_values``:
+    module of :data:`ACTIVATION_MODULES` (functional calls such as ``torch.relu`` inside a forward are invisible to
+    hooks: name the module after which they come instead). ``every``: record one step in ``every``. ``max_values``:
     values used for the percentiles (``seed`` seeds their draw). ``grads``: also record gradient norms.
     ``stats``: which statistics to compute, some of :data:`STATS` (default: "moments" (mean, std),
     "percentiles", "dead"; add "unit_percentiles" or "variance_shift", or pass ``()`` to record gradient norms
@@ -108,13 +110,13 @@ class ActivationRecorder:
         _validate.check_positive_int(every, "ActivationRecorder", "every")
         if not isinstance(max_values, int) or max_values < 3:
             raise ValueError(f"ActivationRecorder: max_values must be an int >= 3, got {max_values!r}")
-        chosen = _DEFAULT_STATS if stats is None else tuple(stats) if not isinstance(stats, str) else (stats,)
+        chosen = DEFAULT_STATS if stats is None else tuple(stats) if not isinstance(stats, str) else (stats,)
         unknown_stats = [k for k in chosen if k not in STATS]
         if unknown_stats:
             raise ValueError(f"ActivationRecorder: unknown stats {unknown_stats}; expected some of {list(STATS)}")
         named = dict(model.named_modules())
         if modules is None:
-            names = [n for n, m in named.items() if isinstance(m, ACTIVATIONS)]
+            names = [n for n, m in named.items() if isinstance(m, ACTIVATION_MODULES)]
             if not names:
                 raise ValueError(
                     "ActivationRecorder: the model has no activation module (nn.ReLU, nn.GELU, ...); pass "
@@ -173,7 +175,7 @@ class ActivationRecorder:
     def _summarize(self, name: str, x: Tensor, step: int | None = None) -> LayerRecord:
         x = x.detach()
         rec = LayerRecord(self.step if step is None else step, name, None, None, None, None, None, None)
-        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else None
+        flat = x.reshape(-1).float() if self.stats & {"moments", "percentiles"} else x.new_empty(0)
         if "moments" in self.stats:
             std, mean = torch.std_mean(flat, correction=0)
             rec.mean, rec.std = mean.item(), std.item()
@@ -207,7 +209,7 @@ class ActivationRecorder:
         return hook
 
     # -- context manager -----------------------------------------------------------------------------------------
-    def __enter__(self) -> "ActivationRecorder":
+    def __enter__(self) -> ActivationRecorder:
         if self._handles:
             raise RuntimeError("ActivationRecorder: already recording; a recorder is entered once at a time")
         try:
@@ -235,7 +237,7 @@ class ActivationRecorder:
 
     # -- probes outside the training stream ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def paused(self) -> Iterator["ActivationRecorder"]:
+    def paused(self) -> Iterator[ActivationRecorder]:
         """Inside this block no forward counts as a training step and nothing is recorded (a probe's own passes
         must not shift the step count nor the gradient norms of the training step)."""
         self._paused += 1
@@ -275,7 +277,7 @@ class ActivationRecorder:
                 h.remove()
             for m, mode in modes:
                 m.train(mode)
-            if train:
+            if rng is not None:  # a training-mode probe: put back what its passes changed
                 with torch.no_grad():
                     buffers = dict(self.model.named_buffers())
                     for k, v in saved.items():
@@ -301,12 +303,15 @@ class ActivationRecorder:
 
 def _variance_shift(module: nn.Module, x: Tensor) -> float | None:
     """mean_c |log(unbiased Var_c(x) / running_var_c)| for a batch norm with one running variance per channel."""
-    from ._common import channel_axis, has_running_stats, is_batch_norm
+    from ._common import as_batch_norm, has_running_stats, is_batch_norm, norm_axis
 
-    if not (is_batch_norm(module) and has_running_stats(module)) or module.running_var.ndim != 1:
+    if not (is_batch_norm(module) and has_running_stats(module)):
         return None
-    axis = channel_axis(module) % x.ndim
+    running_var = as_batch_norm(module).running_var
+    if running_var.ndim != 1:
+        return None
+    axis = norm_axis(module) % x.ndim
     dims = [d for d in range(x.ndim) if d != axis]
     var = x.double().var(dim=dims, correction=1)
-    ratio = var / module.running_var.double().clamp_min(1e-12)
+    ratio = var / running_var.double().clamp_min(1e-12)
     return float(ratio.clamp_min(1e-12).log().abs().mean())
