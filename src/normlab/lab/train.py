@@ -26,9 +26,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +178,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -491,7 +492,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
 
     x_all, y_all = ds.x_train, ds.y_train
     n = len(y_all)
-    bs, shard = config.batch_size, config.batch_size // world
+    bs = config.batch_size
     full, rest = divmod(n, bs)
     per_epoch = full + (1 if rest > 1 and not config.drop_last else 0)
     if per_epoch == 0:
