@@ -313,11 +313,29 @@ def _calibration_sentence(cal: dict) -> str:
     cov = "n/a (no interval below 2 seeds)" if cal["coverage"] is None else f"{cal['coverage']:.1%}"
     return (f"Simulating {cal['n_sim']:,} experiments per condition with no effect beyond the margin (the true effect "
             f"exactly on each rule's boundary) at the seed counts used here ({', '.join(map(str, cal['n_seeds']))}), "
-            f"through the same decision code, the {cal['method']} method said \"supported\" in at most "
+            f"through the same decision code, the {cal.get('method_detail') or cal['method']} said \"supported\" in "
+            f"at most "
             f"{cal['false_supported_rate']:.2%} of them (nominal {cal['nominal_false_supported_rate']:.1%}; the bar is "
             f"{cal['bar']:.0%}: {'met' if cal['passes'] else 'NOT met'}), and its 95% intervals covered the true "
             "effect "
-            f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).")
+            f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).{_calibration_shapes(cal)}")
+
+
+def _calibration_shapes(cal: dict) -> str:
+    """The worst case per shape of the null differences, and the shapes beyond the method's class."""
+    text = ""
+    by = cal.get("by_null")
+    if by:
+        w = cal.get("worst") or {}
+        text += (" Worst case per shape of the seed-to-seed differences (symmetric, heavy-tailed, and skewed in "
+                 "either direction): " + ", ".join(f"{k} {v:.2%}" for k, v in by.items())
+                 + (f"; overall worst: {w.get('null')} ({w.get('kind')}, {w.get('n_seeds')} seeds)." if w else "."))
+    beyond = cal.get("beyond_class")
+    if beyond:
+        shapes = ", ".join(sorted({c["null"] for c in beyond["conditions"]}))
+        text += (f" Beyond the class the method is built for, {shapes}"
+                 f" gives up to {beyond['false_supported_rate']:.2%} ({beyond['note']}).")
+    return text
 
 
 def _calibration_rows(cal: dict) -> list[list[str]]:
@@ -329,8 +347,10 @@ _CAL_HEADER = ["seeds", "kind of rule", "null distribution of the differences", 
                "95% interval coverage"]
 _METHOD_TEXT = ("A verdict compares two arms run with the same seeds (same data split, initialization seed and "
                 "mini-batch order). For each seed the paired difference d_s = metric(treatment) - metric(control) is "
-                "taken; the effect is their mean, and the 95% interval is the paired t-interval (Student), whose "
-                "coverage holds at small seed counts. Superiority rules are supported when the interval clears the "
+                "taken; the effect is their mean, and the 95% interval is the paired t-interval with a skew-robust "
+                "critical value (the larger of Student's and that of exponential-shaped, skewed differences), whose "
+                "coverage holds at small seed counts even when the differences are skewed. Superiority rules are "
+                "supported when the interval clears the "
                 "declared margin in the predicted direction (one-sided level 2.5%); equivalence rules (TOST) when the "
                 "interval lies inside plus/minus the margin; non-inferiority rules when it lies above minus the "
                 "margin. A claim's primary rule and the secondary rules declared confirmatory are adjusted together "

@@ -95,6 +95,11 @@ class TrainConfig:
     one class each; needs ``batch_size`` divisible by k): the "not ideally constructed" batches of Lian & Liu 2019.
     ``probes``: what to measure besides the curves, name -> spec (see :mod:`normlab.lab.probes`); the results are
     ``RunResult.probes[name]``.
+    ``reset_stats_every_epoch``: at the start of every epoch, ``reset_running_stats()`` on every module that has
+    running statistics (the BatchNorm family, BLN), so with ``momentum=None`` (a cumulative average) the
+    population statistics used at an evaluation are the average over the current epoch's batches: Batch Layer
+    Normalization's per-epoch statistics (Ziaee & Cano 2022). An evaluation right after a reset, before any batch
+    of the new epoch, cannot happen (evaluations follow a step).
     """
 
     data: str = "mnist5k"
@@ -125,6 +130,7 @@ class TrainConfig:
     trainable: str = "all"
     batch_classes: int = 0
     probes: dict = field(default_factory=dict)
+    reset_stats_every_epoch: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,7 +157,7 @@ class TrainConfig:
                 bad(key, "an int >= 0")
         if self.epochs == 0 and self.steps == 0:
             bad("epochs", "an int >= 1 when steps == 0 (a run needs a length)")
-        for key in ("nesterov", "drop_last", "sync_bn"):
+        for key in ("nesterov", "drop_last", "sync_bn", "reset_stats_every_epoch"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "true or false")
         for key in ("lr", "momentum", "weight_decay", "grad_clip", "lr_decay"):
@@ -428,6 +434,16 @@ def _progress_bar(progress: str, total: int, rank: int):
 
 
 # ------------------------------------------------------------------------------------------------------- train
+def _reset_running_stats(net: nn.Module) -> int:
+    """``reset_running_stats()`` on every module of ``net`` that tracks running statistics; returns how many."""
+    n = 0
+    for m in net.modules():
+        if callable(getattr(m, "reset_running_stats", None)) and getattr(m, "running_mean", None) is not None:
+            m.reset_running_stats()  # type: ignore[operator]
+            n += 1
+    return n
+
+
 def train(
     config: TrainConfig,
     *,
@@ -559,6 +575,8 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
             else:
                 perm = torch.randperm(n, generator=order_gen)
             xs, ys = x_all[perm], y_all[perm]  # one gather per epoch; the batches below are views
+            if config.reset_stats_every_epoch:
+                _reset_running_stats(net)
             epoch += 1
             state.epoch = epoch
             for b in range(per_epoch):
