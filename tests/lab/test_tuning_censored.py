@@ -130,3 +130,31 @@ def test_censored_grid_bisection_extends_both_ways_and_names_what_stays_censored
     assert [r for r, _ in trails[0][:3]] == [0.01, 0.1, 1.0] and len(trails[0]) == 3 + 4
     assert rates[1] == 10.0 and rates[2] == pytest.approx(1e-4 / 10 ** 0.5)
     assert stable_lr_censored(trails) == [None, "above", "below"]
+
+
+def test_censored_grid_is_shown_next_to_the_chosen_rate_on_the_page(tmp_path):
+    from normlab.lab.claims import run_claim
+    from normlab.lab.claims.base import Claim, Outcome, Quote
+    from normlab.lab.report import write_report
+    from normlab.lab.verdict import Rule
+
+    def run(ctx):
+        out = Outcome()
+        for s in ctx.seeds:
+            out.add("score", "a", s, 1.0 + 0.1 * s)
+            out.add("score", "b", s, 0.5)
+        out.arms = {"a": {"lr": 3.7, "tuning": {"extensions": [0.333, 1.11, 3.7], "censored": True,
+                                                "censored_side": "above"}},
+                    "b": {"lr": 0.333, "tuning": {"extensions": [0.333], "censored": False, "censored_side": None}}}
+        return out
+
+    claim = Claim(id="synthetic", title="t", articles=(Quote("x", "y"),), papers="p", measures="m",
+                  rule=Rule("score", "a", "b", "greater", margin=0.1), configs={"tiny": {}, "quick": {}, "full": {}},
+                  run=run)
+    r = run_claim(claim, "tiny", [0, 1, 2], tmp_path)
+    paths = write_report([r], tmp_path)
+    page = paths["html"].read_text()
+    assert ('<span class="censored">3.7 CENSORED: the largest rate evaluated scored best even after extending the '
+            "grid to 0.333, 1.11, 3.7; the arm&#x27;s best rate may lie above</span>") in page
+    assert "0.333 (grid extended beyond its edge to 0.333)" in page
+    assert "**3.7 CENSORED" in paths["md"].read_text()
