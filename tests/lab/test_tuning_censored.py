@@ -105,7 +105,9 @@ def test_censored_grid_search_declaration_is_validated():
     with pytest.raises(ValueError, match="extend must be an int >= 0"):
         Search(grid=(0.1,), extend=-1)
     with pytest.raises(ValueError, match="bounds must be"):
-        Search(grid=(0.1, 20.0))
+        Search(grid=(0.1, 20.0), bounds=(1e-6, 10.0))
+    # the default bounds widen to contain a declared grid (a default never cuts the grid)
+    assert Search(grid=(0.1, 20.0)).bounds == (1e-6, 20.0) and Search(grid=(0.1,)).bounds == (1e-6, 10.0)
 
 
 def test_censored_grid_extension_rule_enters_the_protocol_hash():
@@ -114,6 +116,16 @@ def test_censored_grid_extension_rule_enters_the_protocol_hash():
     proto = protocol(get_claim("batch-layer-norm"), "tiny", 1)
     assert proto["search"]["extend"] == 3 and proto["search"]["bounds"] == [1e-6, 10.0]
     assert "grid step beyond" in proto["search"]["extension_rule"]
+
+
+def test_censored_grid_bisection_accepts_a_grid_beyond_the_default_bounds():
+    def make(c):
+        return RunResult(c, [], [{"step": 0, "val_acc": 0.9 if c.lr <= 50.0 else 0.1}], {})
+
+    rates, trails = bisect_stable_lr(Ctx(make), [TrainConfig(seed=0)], lambda r: r.evals[-1]["val_acc"] > 0.5,
+                                     (1.0, 10.0, 30.0), rounds=0)
+    assert rates == [30.0] and [r for r, _ in trails[0]] == [1.0, 10.0, 30.0]  # censored at the widened bound
+    assert stable_lr_censored(trails) == ["above"]
 
 
 def test_censored_grid_bisection_extends_both_ways_and_names_what_stays_censored():

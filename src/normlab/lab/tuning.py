@@ -94,7 +94,8 @@ class Search:
     own ``steps``), ``criterion`` (a key of :data:`CRITERIA`), ``seeds`` (tuning seeds, >= 1000),
     ``fraction`` (the share of the verdict's training split held out to score the runs), ``extend`` (how many
     rates at most are added beyond an edge of the grid when the best rate sits there; 0 = never) and ``bounds``
-    (``(low, high)``: no added rate lies outside them; the declared grid itself must lie inside).
+    (``(low, high)``: no added rate lies outside them; the declared grid itself must lie inside; None:
+    :data:`LR_BOUNDS` widened to contain the grid).
 
     Raises ValueError naming the field for an empty or non-positive grid, an unknown criterion, a seed below
     :data:`TUNING_SEED_BASE`, a fraction outside (0, 1), a negative ``extend`` or bounds not containing the grid.
@@ -106,7 +107,7 @@ class Search:
     criterion: str = "final_val_acc"
     fraction: float = 0.2
     extend: int = EXTEND
-    bounds: tuple[float, float] = LR_BOUNDS
+    bounds: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(float(g) for g in self.grid))
@@ -124,7 +125,7 @@ class Search:
             raise ValueError(f"Search: fraction must lie in (0, 1), got {self.fraction!r}")
         if not (isinstance(self.extend, int) and not isinstance(self.extend, bool) and self.extend >= 0):
             raise ValueError(f"Search: extend must be an int >= 0 (0 = never extend the grid), got {self.extend!r}")
-        lo, hi = (float(b) for b in self.bounds)
+        lo, hi = _bounds_for(self.grid, self.bounds)
         if not (0 < lo <= min(self.grid) and max(self.grid) <= hi and math.isfinite(hi)):
             raise ValueError(f"Search: bounds must be (low, high) with 0 < low <= every grid rate <= high < inf, got "
                              f"{self.bounds!r} for grid {self.grid!r}")
@@ -133,7 +134,7 @@ class Search:
     def declaration(self) -> dict[str, Any]:
         """The search as declared (JSON data): what the protocol hashes and the record repeats."""
         return {"grid": list(self.grid), "seeds": list(self.seeds), "steps": self.steps, "criterion": self.criterion,
-                "fraction": self.fraction, "extend": self.extend, "bounds": list(self.bounds),
+                "fraction": self.fraction, "extend": self.extend, "bounds": list(_bounds_for(self.grid, self.bounds)),
                 "extension_rule": EXTENSION_RULE}
 
     def units(self) -> int:
@@ -143,6 +144,14 @@ class Search:
 EXTENSION_RULE = ("while the chosen rate is the largest (smallest) rate evaluated and strictly better than every "
                   "other, evaluate one more rate one grid step beyond it (ratio grid[-1]/grid[-2] up, grid[1]/grid[0] "
                   "down), at most `extend` times, never outside `bounds`; censored if the best is still at an edge")
+
+
+def _bounds_for(grid: Sequence[float], bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """Declared bounds, or (None) :data:`LR_BOUNDS` widened to contain the grid: a default never cuts a grid."""
+    if bounds is None:
+        return min(LR_BOUNDS[0], min(grid)), max(LR_BOUNDS[1], max(grid))
+    lo, hi = (float(b) for b in bounds)
+    return lo, hi
 
 
 def _round3(x: float) -> float:
@@ -280,7 +289,7 @@ def tune(ctx, arms: Mapping[str, TrainConfig], search: Search | Mapping[str, Sea
             side = out[a][1]["edge"]
             if side is None or round_ >= searches[a].extend:
                 continue
-            nxt = _step_beyond(searches[a].grid, rates[a], side, searches[a].bounds)
+            nxt = _step_beyond(searches[a].grid, rates[a], side, _bounds_for(searches[a].grid, searches[a].bounds))
             if nxt is not None:
                 pending[a] = [nxt]
                 rates[a].append(nxt)
@@ -296,8 +305,8 @@ def tune(ctx, arms: Mapping[str, TrainConfig], search: Search | Mapping[str, Sea
 
 
 def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult], bool], grid: Sequence[float],
-                     rounds: int, extend: int = EXTEND,
-                     bounds: tuple[float, float] = LR_BOUNDS) -> tuple[list[float], list[list[tuple[float, bool]]]]:
+                     rounds: int, extend: int = EXTEND, bounds: tuple[float, float] | None = None,
+                     ) -> tuple[list[float], list[list[tuple[float, bool]]]]:
     """Per config, the largest rate at which ``ok(run)`` holds: a scan of the declared ``grid`` (ascending),
     extended where it is censored, then bisection in log10 between the largest ok rate and the next rate above.
 
@@ -305,7 +314,8 @@ def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult]
     scan finds the largest ok rate of the grid, and the bisection refines only above it. A config ok at the
     largest rate tried gets one more rate above it (the grid's top ratio ``grid[-1] / grid[-2]``), one ok at no
     rate tried one more below it (``grid[0] / grid[1]``), at most ``extend`` times and never outside ``bounds``
-    (one ``ctx.map`` per extension round). Every bisection round runs one rate per config still bracketed (one
+    (one ``ctx.map`` per extension round; ``bounds`` None: :data:`LR_BOUNDS` widened to contain the grid).
+    Every bisection round runs one rate per config still bracketed (one
     ``ctx.map`` per round): the log10 midpoint of [largest rate found ok, smallest rate above it found not ok];
     the lower end is returned, within ``step / 2**rounds`` decades of the boundary (``step``: the spacing there).
     A config still ok at no rate tried returns the smallest rate tried divided by ``10**0.5`` (censored below);
@@ -316,7 +326,8 @@ def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult]
     if len(grid) < 2 or any(not (0 < a < b) for a, b in zip(grid, grid[1:])) or rounds < 0:
         raise ValueError(f"bisect_stable_lr: expected an ascending grid of >= 2 rates > 0 and rounds >= 0, got "
                          f"{grid}, {rounds}")
-    if not (isinstance(extend, int) and extend >= 0) or not (0 < bounds[0] <= grid[0] and grid[-1] <= bounds[1]):
+    lims = _bounds_for(grid, bounds)
+    if not (isinstance(extend, int) and extend >= 0) or not (0 < lims[0] <= grid[0] and grid[-1] <= lims[1]):
         raise ValueError(f"bisect_stable_lr: expected extend >= 0 and bounds containing the grid, got {extend}, "
                          f"{bounds}")
     n = len(bases)
@@ -344,7 +355,7 @@ def bisect_stable_lr(ctx, bases: Sequence[TrainConfig], ok: Callable[[RunResult]
             best, above = state(i)
             tried = [r for r, _ in trail[i]]
             side = "below" if best is None else ("above" if above is None else None)
-            nxt = _step_beyond(grid, tried, side, bounds) if side else None
+            nxt = _step_beyond(grid, tried, side, lims) if side else None
             if nxt is not None:
                 pairs.append((i, nxt))
         if not pairs:
