@@ -65,7 +65,10 @@ def test_standard_init_per_activation():
         ctx.map = lambda configs, alone=False, _ctx=ctx: (_ctx.seen.extend(configs), [_fake(c) for c in configs])[1]
         claim.run(ctx)
         for c in ctx.seen:
-            act = c.model_args.get("activation", "sigmoid" if c.model == "ioffe_mlp" else "relu")
+            default = "sigmoid" if c.model == "ioffe_mlp" else "relu"
+            if c.model == "rnn" and c.model_args.get("cell", "tanh") == "tanh":
+                default = "tanh"  # the tanh RNN cell (batch-layer-norm's RNN family)
+            act = c.model_args.get("activation", default)
             assert c.model_args["init"] == {"relu": "he", "tanh": "xavier", "sigmoid": "xavier"}[act], (claim_id, c)
 
 
