@@ -103,9 +103,7 @@ def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
 #: Cycles in normlab.lab, outside this test's owners' reach when it was written (issue 15): each is cut at one
 #: (function-level) arrow so that the rest of the tree is still checked. The test below fails as soon as such an
 #: arrow is gone, so this list can only shrink: delete the entry when the cycle is fixed.
-KNOWN_CYCLE_ARROWS = {
-    ("normlab.lab.probes", "normlab.lab.train"),  # lab.train -> lab.probes -> lab.train (lazy imports both ways)
-}
+KNOWN_CYCLE_ARROWS: set[tuple[str, str]] = set()  # none left: an exemption needs a reason here
 
 
 def test_known_cycle_arrows_still_exist():

@@ -189,9 +189,9 @@ def _add_claims_parser(sub) -> None:
 
     p.add_argument("--seeds", type=int, help="number of seeds (default "
                    + ", ".join(f"{n} {level}" for level, n in DEFAULT_SEEDS.items()) + ")")
-    p.add_argument("--first-seed", type=int, default=0,
-                   help="first verdict seed (default 0; a preregistered protocol names its fresh block, see "
-                        "python -m normlab.lab.protocol)")
+    p.add_argument("--first-seed", type=int, default=None,
+                   help="first verdict seed for every claim (default: each claim's preregistered fresh block, or 0 "
+                        "where none is registered; see python -m normlab.lab.protocol)")
     p.add_argument("--out", default="claims-report", help="output directory (default: claims-report)")
     _add_executor_args(p, min(2, os.cpu_count() or 1), "worker processes, or Ray CPUs (default: 2 at most)")
     p.add_argument("--list", action="store_true", help="list the claims and exit")

@@ -54,7 +54,7 @@ def test_tuning_units_use_no_verdict_seed_and_no_verdict_validation_split(claim_
     chosen = {a["lr"] for a in out.arms.values()}
     assert {c.lr for c in verdict} - {0.0} <= chosen  # (bn-only-training's frozen reference trains at lr 0)
     for a in out.arms.values():
-        assert a["lr"] in a["tuning"]["grid"] and all(s >= TUNING_SEED_BASE for s in a["tuning"]["seeds"])
+        assert a["lr"] in a["tuning"]["evaluated"] and all(s >= TUNING_SEED_BASE for s in a["tuning"]["seeds"])
     json.dumps(out.arms, allow_nan=False)
 
 
@@ -65,7 +65,10 @@ def test_standard_init_per_activation():
         ctx.map = lambda configs, alone=False, _ctx=ctx: (_ctx.seen.extend(configs), [_fake(c) for c in configs])[1]
         claim.run(ctx)
         for c in ctx.seen:
-            act = c.model_args.get("activation", "sigmoid" if c.model == "ioffe_mlp" else "relu")
+            default = "sigmoid" if c.model == "ioffe_mlp" else "relu"
+            if c.model == "rnn" and c.model_args.get("cell", "tanh") == "tanh":
+                default = "tanh"  # the tanh RNN cell (batch-layer-norm's RNN family)
+            act = c.model_args.get("activation", default)
             assert c.model_args["init"] == {"relu": "he", "tanh": "xavier", "sigmoid": "xavier"}[act], (claim_id, c)
 
 

@@ -29,8 +29,8 @@ def test_tuning_units_of_the_remaining_claims_use_no_verdict_seed_and_no_verdict
     assert {c.seed for c in verdict} == {0, 1}
     assert {c.split_seed for c in verdict} == {c.split_seed for c in tuning}
     assert out.arms and all(set(a) >= {"lr", "tuning", "init"} for a in out.arms.values())
-    for _arm, a in out.arms.items():
-        assert a["lr"] in a["tuning"]["grid"] and math.isfinite(a["lr"])
+    for a in out.arms.values():
+        assert a["lr"] in a["tuning"]["evaluated"] and math.isfinite(a["lr"])
         assert all(s >= TUNING_SEED_BASE for s in a["tuning"]["seeds"])
     # every verdict unit of an arm runs at that arm's chosen rate
     chosen = {a["lr"] for a in out.arms.values()}

@@ -12,6 +12,7 @@ from normlab.lab.verdict import (
     NOT_SUPPORTED,
     SUPPORTED,
     Rule,
+    _crit,
     bootstrap_mean_ci,
     decide,
     not_run,
@@ -45,21 +46,23 @@ def test_bootstrap_is_deterministic_and_rejects_bad_input():
 
 
 def test_clear_improvement_is_supported():
-    # The interval is the paired t-interval (it was the percentile bootstrap's [min, max] at 3 seeds): checked
-    # against scipy.stats.t.interval of the differences.
-    v = decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94}, {0: 0.90, 1: 0.905, 2: 0.895})
-    d = np.array([0.05, 0.055, 0.045])
-    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(3))
+    # The interval is the paired t-interval with the skew-robust critical value (it was the percentile bootstrap's
+    # [min, max] at 3 seeds): it contains scipy.stats.t.interval of the differences (Student's, narrower).
+    v = decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94, 3: 0.952, 4: 0.948}, {0: 0.90, 1: 0.905, 2: 0.895, 3: 0.9, 4: 0.9})
+    d = np.array([0.05, 0.055, 0.045, 0.052, 0.048])
+    se = d.std(ddof=1) / math.sqrt(5)
+    lo, hi = stats.t.interval(0.95, 4, loc=d.mean(), scale=se)
     assert v.verdict == SUPPORTED
     assert v.effect == pytest.approx(0.05)
-    assert v.ci_low == pytest.approx(lo) and v.ci_high == pytest.approx(hi)
-    assert v.n_seeds == 3 and v.d_z == pytest.approx(0.05 / np.std([0.05, 0.055, 0.045], ddof=1))
+    assert v.ci_low < lo and v.ci_high > hi
+    assert v.ci_low == pytest.approx(d.mean() - _crit(5, 0.025) * se)
+    assert v.n_seeds == 5 and v.d_z == pytest.approx(d.mean() / d.std(ddof=1))
     # Three seeds that agree in sign but spread widely are no longer enough (the bootstrap said supported here).
     assert decide(GREATER, {0: 0.95, 1: 0.96, 2: 0.94}, {0: 0.90, 1: 0.91, 2: 0.92}).verdict == INCONCLUSIVE
 
 
 def test_opposite_effect_is_not_supported():
-    v = decide(GREATER, [0.90, 0.91, 0.89], [0.95, 0.96, 0.97])
+    v = decide(GREATER, [0.90, 0.91, 0.89, 0.90, 0.905], [0.95, 0.96, 0.97, 0.955, 0.96])
     assert v.verdict == NOT_SUPPORTED and v.effect < 0
 
 
@@ -70,9 +73,9 @@ def test_mixed_signs_are_inconclusive():
 
 def test_margin_and_direction_less():
     # bn needs ~30 fewer steps on every seed: beyond the 10-step margin.
-    assert decide(LESS, [100, 110, 90], [131, 138, 122]).verdict == SUPPORTED
+    assert decide(LESS, [100, 110, 90, 95, 105], [131, 138, 122, 126, 134]).verdict == SUPPORTED
     # ~5 fewer steps on every seed: a real but smaller effect than the declared margin -> not supported.
-    assert decide(LESS, [100, 110, 90], [104, 116, 95]).verdict == NOT_SUPPORTED
+    assert decide(LESS, [100, 110, 90, 95, 105], [104, 116, 95, 100, 110]).verdict == NOT_SUPPORTED
     # between 2 and 30 fewer: the interval straddles the margin.
     assert decide(LESS, [100, 110, 90], [102, 140, 105]).verdict == INCONCLUSIVE
 

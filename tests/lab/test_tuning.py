@@ -115,7 +115,8 @@ def test_choice_is_the_argmax_of_the_declared_criterion_and_the_record_is_json(c
     curves = {0.01: ([0.1, 0.5, 0.6], 0.2), 0.1: ([0.1, 0.3, 0.9], 0.4), 1.0: ([0.1, 0.8, 0.85], 0.3)}
 
     def make(c):
-        accs, loss = curves[c.lr]
+        # a rate beyond the grid (the search extends an edge optimum) is worse than every grid rate
+        accs, loss = curves.get(c.lr, ([0.1, 0.1, 0.1], 9.0))
         jitter = 0.01 * (c.seed - TUNING_SEED_BASE)  # seeds differ; the mean decides
         return _result(c, [a + jitter for a in accs], val_loss=loss + jitter)
 
@@ -129,6 +130,9 @@ def test_choice_is_the_argmax_of_the_declared_criterion_and_the_record_is_json(c
     assert math.isclose(rec["scores"]["1.0"], {"final_val_acc": 0.86, "mean_val_acc": 0.835,
                                                "neg_final_val_loss": -0.31}[criterion])
     assert rec["grid"] == [0.01, 0.1, 1.0] and rec["seeds"] == [1000, 1001, 1002] and rec["criterion"] == criterion
+    # an edge optimum (mean_val_acc: the top, neg_final_val_loss: the bottom) got one rate beyond it, which lost
+    extra = {"final_val_acc": [], "mean_val_acc": [10.0], "neg_final_val_loss": [0.001]}[criterion]
+    assert rec["extensions"] == extra and rec["extended"] == bool(extra) and rec["censored"] is False
     assert rec["split"]["split_seed"] == 0 and rec["split"]["tuning_fraction"] == 0.2
     again = json.loads(json.dumps(rec, allow_nan=False))
     assert again == rec
@@ -174,7 +178,7 @@ def test_tuning_runs_for_real_through_the_engine():
     ctx = Ctx([0, 1], None)
     out = tune(ctx, {"bn": _base(steps=6, eval_every=3, probes={})}, Search(grid=(0.01, 0.1), seeds=(1000,)))
     lr, rec = out["bn"]
-    assert lr in (0.01, 0.1) and all(v is not None for v in rec["scores"].values())
+    assert lr in rec["evaluated"] and all(v is not None for v in rec["scores"].values())
     json.dumps(rec, allow_nan=False)
 
 
@@ -192,12 +196,17 @@ def test_bisection_brackets_each_configs_threshold():
     bases = [_base(seed=s) for s in thresholds]
     ctx = FakeCtx([0], make)
     grid = (0.01, 0.1, 1.0, 10.0)
-    rates, trail = bisect_stable_lr(ctx, bases, lambda r: r.evals[-1]["val_acc"] > 0.5, grid, rounds=6)
+    rates, trail = bisect_stable_lr(ctx, bases, lambda r: r.evals[-1]["val_acc"] > 0.5, grid, rounds=6,
+                                    bounds=(1e-6, 1e3))
     width = 1.0 / 2 ** 6  # decades: one grid step bisected 6 times
     for s in (0, 1, 4):
         assert rates[s] <= thresholds[s] and math.log10(thresholds[s]) - math.log10(rates[s]) <= width + 1e-12
-    assert rates[2] == 10.0 and rates[3] == pytest.approx(0.01 / 10 ** 0.5)
-    assert len(trail[0]) == 4 + 6 and len(trail[2]) == 4 and len(trail[3]) == 4
+    # censored configs get the grid extended by its own ratio (10x): 2 is bracketed by [10, 100] and bisected,
+    # 3 finds 1e-4 ok below the grid (the bracket [1e-4, 1e-3] is then bisected)
+    for s in (2, 3):
+        assert rates[s] <= thresholds[s] and math.log10(thresholds[s]) - math.log10(rates[s]) <= width + 1e-12
+    assert [r for r, _ in trail[2][4:5]] == [100.0] and [r for r, _ in trail[3][4:6]] == [0.001, 0.0001]
+    assert len(trail[0]) == 4 + 6 and len(trail[2]) == 4 + 1 + 6 and len(trail[3]) == 4 + 2 + 6
     assert trail[1][:4] == [(0.01, True), (0.1, True), (1.0, False), (10.0, False)]
     assert all(0.1 <= r <= 1.0 for r, _ in trail[1][4:])
     with pytest.raises(ValueError, match="ascending grid"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from normlab.lab import verdict
 from normlab.lab.verdict import (
     INCONCLUSIVE,
     NOT_RUN,
@@ -19,6 +20,14 @@ from normlab.lab.verdict import (
     holm,
     not_run,
 )
+
+
+@pytest.fixture(autouse=True)
+def student_t(monkeypatch):
+    """These tests check the Student-t path against independent formulas; the skew-robust critical values (the
+    default) are tested in test_verdict_skew.py."""
+    monkeypatch.setattr(verdict, "ROBUST_SHAPE", None)
+
 
 T_975 = {2: 4.302652730, 4: 2.776445105, 9: 2.262157163}  # Student t 97.5% quantiles, printed tables (10 digits)
 

@@ -64,6 +64,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -214,10 +215,12 @@ def _fields(stats) -> list[str]:
 class Prober:
     """Runs the probes of one run; :func:`normlab.lab.train.train` drives it (see the module docstring)."""
 
-    def __init__(self, config, model: nn.Module, dataset) -> None:
+    def __init__(self, config, model: nn.Module, dataset, evaluate: Callable[..., tuple[float, float]]) -> None:
         from ..tools import ActivationRecorder
 
         self.config, self.model, self.ds = config, model, dataset
+        # the engine's evaluate (lab.train), passed in so that probes never import the engine that runs them
+        self.evaluate = evaluate
         self.specs = {k: {**PROBES[v["kind"]], **v} for k, v in config.probes.items()}
         self.results: dict[str, Any] = {}
         self.recorders: dict[str, Any] = {}
@@ -250,11 +253,9 @@ class Prober:
     def on_eval(self, step: int) -> None:
         for name, spec in self.specs.items():
             if spec["kind"] == "eval_train":
-                from .train import evaluate
-
                 n = spec["n"] or len(self.ds.y_train)
                 with self._quiet():
-                    loss, acc = evaluate(self.model, self.ds.x_train[:n], self.ds.y_train[:n],
+                    loss, acc = self.evaluate(self.model, self.ds.x_train[:n], self.ds.y_train[:n],
                                          self.config.eval_batch_size)
                 r = self.results.setdefault(name, {"steps": [], "loss": [], "acc": []})
                 r["steps"].append(step)
@@ -393,8 +394,6 @@ class Prober:
     def _eval_modes(self, name: str, spec: dict, step: int) -> None:
         from ..nn import BatchNormBase
         from ..tools import recalibrate
-        from .train import evaluate
-
         r = self.results.setdefault(name, {"steps": [], **{mode: [] for mode in spec["modes"]}})
         r["steps"].append(step)
         ds = self.ds
@@ -409,13 +408,11 @@ class Prober:
                 for mod in m.modules():
                     if isinstance(mod, BatchNormBase):  # the layers with eval_stats
                         mod.eval_stats = "batch"
-            r[mode].append(evaluate(m, ds.x_val, ds.y_val, batch)[1])
+            r[mode].append(self.evaluate(m, ds.x_val, ds.y_val, batch)[1])
 
     def _population(self, name: str, spec: dict, step: int) -> None:
         from ..tools import recalibrate
         from ..tools._common import has_running_stats, is_batch_norm
-        from .train import evaluate
-
         ds = self.ds
         m = copy.deepcopy(self.model)
         if any(is_batch_norm(mod) and has_running_stats(mod) for mod in m.modules()):
@@ -426,7 +423,7 @@ class Prober:
                                  "training examples")
             recalibrate(m, [ds.x_train[i:i + b] for i in range(0, n - b + 1, b)], progress=False,
                         average=spec["average"])
-        loss, acc = evaluate(m, ds.x_val, ds.y_val, self.config.eval_batch_size)
+        loss, acc = self.evaluate(m, ds.x_val, ds.y_val, self.config.eval_batch_size)
         r = self.results.setdefault(name, {"steps": [], "val_loss": [], "val_acc": []})
         r["steps"].append(step)
         r["val_loss"].append(loss)

@@ -3,7 +3,8 @@
 A claim's *protocol* at a level is everything declared before its runs: its rules (metric, arms, kind, direction,
 margin, confidence, confirmatory flag), the configuration of that level (arms, budgets, learning rates, grids), the
 verdict seeds, and a digest of the code that turns runs into a verdict (the claim's own file and the shared claim
-machinery: ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py``). Its SHA-256
+machinery: ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py``), and the
+declared rule of the learning-rate search (how a censored grid is extended: cap and hard bounds). Its SHA-256
 over canonical JSON is the claim's ``protocol_hash``.
 
 *Fresh seeds.* Exploratory runs use verdict seeds ``0 .. n-1``. A registration declares the seed block of the
@@ -30,18 +31,19 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-__all__ = ["REGISTRY", "protocol", "protocol_hash", "load_registry", "register", "status", "CONFIRMATORY",
-           "EXPLORATORY"]
+__all__ = ["REGISTRY", "protocol", "protocol_hash", "load_registry", "register", "status", "default_seeds",
+           "seed_reason", "CONFIRMATORY", "EXPLORATORY"]
 
 REGISTRY = Path(__file__).resolve().parent / "claims" / "PROTOCOLS.json"
 CONFIRMATORY = "confirmatory"
 EXPLORATORY = "exploratory"
 _FORMAT = 1
-_PARTS = ("rules", "config", "n_seeds", "seeds", "code")
+_PARTS = ("rules", "config", "search", "n_seeds", "seeds", "code")
 FRESH_SEEDS = (100, 1000)  # where registered (confirmatory) seed blocks live: above exploratory, below tuning seeds
 # The code that turns runs into a verdict, besides the claim's own file (paths relative to normlab/lab).
 _MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py")
@@ -83,7 +85,15 @@ def protocol(claim, level: str, seeds: int | Sequence[int]) -> dict[str, Any]:
     rules += [{"role": "confirmatory" if r.confirmatory else "secondary", **asdict(r)} for r in claim.secondary]
     return {"claim": claim.id, "level": level, "n_seeds": len(seeds), "seeds": seeds, "rules": rules,
             "config": json.loads(json.dumps(dict(claim.configs[level]), sort_keys=True, default=str)),
-            "code": _code_digest(claim)}
+            "search": _search_rule(), "code": _code_digest(claim)}
+
+
+def _search_rule() -> dict[str, Any]:
+    """The declared learning-rate search rule every claim's tuning follows: how a censored grid is extended
+    (cap, hard bounds, rule). A claim's own grid, budget and seeds are in its configuration."""
+    from .tuning import EXTEND, EXTENSION_RULE, LR_BOUNDS
+
+    return {"extend": EXTEND, "bounds": list(LR_BOUNDS), "extension_rule": EXTENSION_RULE}
 
 
 def _part_digests(proto: Mapping[str, Any]) -> dict[str, str]:
@@ -95,9 +105,10 @@ def protocol_hash(proto: Mapping[str, Any]) -> str:
     return _digest(dict(proto))
 
 
-def load_registry(path: str | Path = REGISTRY) -> dict[str, Any]:
-    """The registry as data; an absent file is an empty registry. A damaged file raises ``ValueError``."""
-    p = Path(path)
+def load_registry(path: str | Path | None = None) -> dict[str, Any]:
+    """The registry at ``path`` (default :data:`REGISTRY`, read when called) as data; an absent file is an empty
+    registry. A damaged file raises ``ValueError``."""
+    p = Path(REGISTRY if path is None else path)
     if not p.exists():
         return {"format": _FORMAT, "protocols": {}}
     try:
@@ -124,7 +135,7 @@ def _fresh_block(entry: Mapping[str, Any] | None, n_seeds: int, first_seed: int 
     return block
 
 
-def register(claims: Sequence, level: str, n_seeds: int, path: str | Path = REGISTRY,
+def register(claims: Sequence, level: str, n_seeds: int, path: str | Path | None = None,
              note: str = "", first_seed: int | None = None) -> dict[str, Any]:
     """Record the current protocol hash of each claim at ``level`` with ``n_seeds`` fresh seeds in the registry.
 
@@ -145,7 +156,7 @@ def register(claims: Sequence, level: str, n_seeds: int, path: str | Path = REGI
         if note:
             entry["note"] = note
         reg["protocols"].setdefault(c.id, {})[level] = entry
-    p = Path(path)
+    p = Path(REGISTRY if path is None else path)
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps(reg, indent=1, sort_keys=True) + "\n")
     tmp.replace(p)
@@ -173,6 +184,7 @@ def status(claim, level: str, seeds: int | Sequence[int],
         now = _part_digests(proto)
         changed = [k for k in _PARTS if parts.get(k) != now[k]]
         what = {"rules": "the rules or margins", "config": "the configuration (arms, budgets)",
+                "search": "the learning-rate search rule (grid extension cap or bounds)",
                 "n_seeds": f"the seed count (registered {entry.get('n_seeds')}, run {n_seeds})",
                 "seeds": f"the seeds (registered {_span(entry.get('seeds', []))}, run {_span(proto['seeds'])}; "
                          f"rerun with --first-seed {(entry.get('seeds') or ['?'])[0]})",
@@ -182,6 +194,44 @@ def status(claim, level: str, seeds: int | Sequence[int],
                                 f"{entry.get('registered', '?')}; a confirmatory verdict needs the registered "
                                 "protocol or a new registration followed by a rerun on fresh seeds")
     return {"protocol_hash": h, "status": st, "status_reason": why, "protocol": proto}
+
+
+def default_seeds(claim, level: str, n_seeds: int | None, default_n: int,
+                  registry: Mapping[str, Any] | None = None) -> list[int]:
+    """The verdict seeds of a run given no ``--first-seed``: the block preregistered for ``claim`` at ``level``
+    when there is one (so a run after ``--register`` is confirmatory by default), else ``0 .. n-1``.
+
+    ``n_seeds`` is the requested count (None: the registered block's count, else ``default_n``); a count other
+    than the registered one keeps the registered first seed (the status then names the changed seed count).
+    """
+    reg = load_registry() if registry is None else registry
+    entry = reg.get("protocols", {}).get(claim.id, {}).get(level)
+    block = [int(x) for x in (entry or {}).get("seeds", [])]
+    if not block:
+        n = default_n if n_seeds is None else int(n_seeds)
+        return list(range(n))
+    n = len(block) if n_seeds is None else int(n_seeds)
+    return list(range(block[0], block[0] + n))
+
+
+def seed_reason(claim, level: str, seeds: Sequence[int], registry: Mapping[str, Any] | None = None) -> str:
+    """One sentence: which verdict seeds a run used and why (the registered block, exploratory 0.., or chosen)."""
+    reg = load_registry() if registry is None else registry
+    entry = reg.get("protocols", {}).get(claim.id, {}).get(level)
+    seeds = [int(x) for x in seeds]
+    block = [int(x) for x in (entry or {}).get("seeds", [])]
+    span = _span(seeds)
+    if block and seeds == block:
+        return (f"seeds {span}: the fresh block preregistered for this claim at level {level} on "
+                f"{entry.get('registered', '?')} (the default once a protocol is registered)")
+    if block:
+        return (f"seeds {span}: not the block preregistered for this claim at level {level} ({_span(block)}); "
+                f"chosen with --first-seed/--seeds, so the run cannot be confirmatory")
+    if seeds and seeds[0] == 0:
+        return (f"seeds {span}: the exploratory default (no protocol of this claim is preregistered at level "
+                f"{level}, so no fresh block exists)")
+    return (f"seeds {span}: chosen with --first-seed (no protocol of this claim is preregistered at level "
+            f"{level})")
 
 
 def _span(seeds: Sequence[int]) -> str:
@@ -202,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=None, help="first seed of the confirmatory run's fresh block "
                     "(default: just above the block registered before, from 100)")
     ap.add_argument("--only", nargs="*", default=None, help="claim ids (default: all)")
-    ap.add_argument("--registry", default=str(REGISTRY))
+    ap.add_argument("--registry", default=None, help=f"registry file (default: {REGISTRY})")
     args = ap.parse_args(argv)
     from .claims import all_claims, get_claim
     from .claims.base import DEFAULT_SEEDS
@@ -222,9 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"normlab protocol: {exc}", file=sys.stderr)
         return 2
     firsts = sorted({reg["protocols"][c.id][args.level]["seeds"][0] for c in claims})
-    print(f"registered {len(claims)} protocol(s) at level {args.level} with {n} fresh seeds in {args.registry}; "
-          f"run them with: normlab claims --{args.level} --seeds {n} --first-seed "
-          f"{firsts[0] if len(firsts) == 1 else '(per claim: ' + ', '.join(map(str, firsts)) + ')'}")
+    print(f"registered {len(claims)} protocol(s) at level {args.level} with {n} fresh seeds in "
+          f"{args.registry or REGISTRY}; run them with: normlab claims --{args.level} --seeds {n} (each claim runs "
+          f"on its registered block unless --first-seed is given; first seed per claim: "
+          f"{', '.join(map(str, firsts))})")
     return 0
 
 

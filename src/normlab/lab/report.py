@@ -18,15 +18,15 @@ import html
 import io
 import json
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .claims.base import ClaimResult, environment
-from .protocol import load_registry
+from .protocol import default_seeds, load_registry, seed_reason
 from .protocol import status as protocol_status
-from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, STATISTICS, SUPPORTED, Verdict, calibrate, holm
-from .verdict import _fmt
+from .verdict import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, STATISTICS, SUPPORTED, Verdict, _fmt, calibrate, holm
 
 __all__ = ["run_claims", "write_report", "verdict_table_markdown", "results_dict", "calibration_for",
            "SEED_ARTICLES"]
@@ -34,6 +34,7 @@ __all__ = ["run_claims", "write_report", "verdict_table_markdown", "results_dict
 _BADGE = {SUPPORTED: "supported", NOT_SUPPORTED: "notsupported", INCONCLUSIVE: "inconclusive", NOT_RUN: "notrun"}
 
 _CSS = """
+.censored{color:#a00;font-weight:bold}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
 color:#1b1b1b;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:2.2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -172,7 +173,7 @@ def results_dict(results: Sequence[ClaimResult], meta: dict[str, Any]) -> dict[s
             "error": r.error, "seconds": round(r.seconds, 2), "units_reused": r.reused,
             "units_computed": r.computed, "config": dict(c.configs[r.level]), "rerun": r.rerun_command,
             "protocol_hash": st["protocol_hash"], "status": st["status"], "status_reason": st["status_reason"],
-            "protocol": st["protocol"],
+            "protocol": st["protocol"], "seed_reason": seed_reason(c, r.level, r.seeds, registry),
         })
     return {"meta": meta, "claims": claims}
 
@@ -266,6 +267,10 @@ def _markdown(results, meta, images) -> str:
         md += [f"Warning: {w}." for w in r.verdict.warnings] + ([""] if r.verdict.warnings else [])
         if r.outcome and r.outcome.measured:
             md += [f"Measured: {r.outcome.measured}", ""]
+        rates = _arm_rates(r)
+        if rates:
+            md += ["Chosen learning rate per arm (declared search on the tuning split; see the table below): "
+                   + "; ".join(f"`{a}` {'**' + t + '**' if cens else t}" for a, t, cens in rates) + ".", ""]
         if r.secondary:
             md += ["| secondary rule | verdict | effect [95% paired-t CI] | test | what would change it |",
                    "|---|---|---|---|---|"]
@@ -283,7 +288,8 @@ def _markdown(results, meta, images) -> str:
             md += ["**Notes**", ""] + [f"- {n}" for n in notes] + [""]
         md += ["**Rerun**", "", f"```\n{r.rerun_command}\n```", "", "Configuration:", "",
                f"```json\n{json.dumps(dict(c.configs[r.level]), indent=1)}\n```",
-               f"seeds: {r.seeds}; {r.seconds:.1f} s; units computed {r.computed}, reused {r.reused}.", ""]
+               f"Verdict {seed_reason(c, r.level, r.seeds, registry)}; {r.seconds:.1f} s; units computed "
+               f"{r.computed}, reused {r.reused}.", ""]
     md += _corrections_markdown(meta) + _coverage_markdown(meta)
     return "\n".join(md)
 
@@ -294,6 +300,8 @@ def _cells_md(cells: Sequence[str]) -> str:
 
 def _rule_label(v: Verdict) -> str:
     x = v.rule
+    if x is None:
+        return v.reason or "no rule"
     role = "confirmatory" if x.confirmatory else "descriptive"
     pred = {"equivalence": f"equivalent within +-{_num(x.margin)}{x.unit}",
             "noninferiority": f"no worse than {_num(x.margin)}{x.unit} ({x.direction} is better)"}.get(
@@ -305,11 +313,29 @@ def _calibration_sentence(cal: dict) -> str:
     cov = "n/a (no interval below 2 seeds)" if cal["coverage"] is None else f"{cal['coverage']:.1%}"
     return (f"Simulating {cal['n_sim']:,} experiments per condition with no effect beyond the margin (the true effect "
             f"exactly on each rule's boundary) at the seed counts used here ({', '.join(map(str, cal['n_seeds']))}), "
-            f"through the same decision code, the {cal['method']} method said \"supported\" in at most "
+            f"through the same decision code, the {cal.get('method_detail') or cal['method']} said \"supported\" in "
+            f"at most "
             f"{cal['false_supported_rate']:.2%} of them (nominal {cal['nominal_false_supported_rate']:.1%}; the bar is "
             f"{cal['bar']:.0%}: {'met' if cal['passes'] else 'NOT met'}), and its 95% intervals covered the true "
             "effect "
-            f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).")
+            f"in at least {cov} (nominal {cal['nominal_coverage']:.0%}).{_calibration_shapes(cal)}")
+
+
+def _calibration_shapes(cal: dict) -> str:
+    """The worst case per shape of the null differences, and the shapes beyond the method's class."""
+    text = ""
+    by = cal.get("by_null")
+    if by:
+        w = cal.get("worst") or {}
+        text += (" Worst case per shape of the seed-to-seed differences (symmetric, heavy-tailed, and skewed in "
+                 "either direction): " + ", ".join(f"{k} {v:.2%}" for k, v in by.items())
+                 + (f"; overall worst: {w.get('null')} ({w.get('kind')}, {w.get('n_seeds')} seeds)." if w else "."))
+    beyond = cal.get("beyond_class")
+    if beyond:
+        shapes = ", ".join(sorted({c["null"] for c in beyond["conditions"]}))
+        text += (f" Beyond the class the method is built for, {shapes}"
+                 f" gives up to {beyond['false_supported_rate']:.2%} ({beyond['note']}).")
+    return text
 
 
 def _calibration_rows(cal: dict) -> list[list[str]]:
@@ -321,8 +347,10 @@ _CAL_HEADER = ["seeds", "kind of rule", "null distribution of the differences", 
                "95% interval coverage"]
 _METHOD_TEXT = ("A verdict compares two arms run with the same seeds (same data split, initialization seed and "
                 "mini-batch order). For each seed the paired difference d_s = metric(treatment) - metric(control) is "
-                "taken; the effect is their mean, and the 95% interval is the paired t-interval (Student), whose "
-                "coverage holds at small seed counts. Superiority rules are supported when the interval clears the "
+                "taken; the effect is their mean, and the 95% interval is the paired t-interval with a skew-robust "
+                "critical value (the larger of Student's and that of exponential-shaped, skewed differences), whose "
+                "coverage holds at small seed counts even when the differences are skewed. Superiority rules are "
+                "supported when the interval clears the "
                 "declared margin in the predicted direction (one-sided level 2.5%); equivalence rules (TOST) when the "
                 "interval lies inside plus/minus the margin; non-inferiority rules when it lies above minus the "
                 "margin. A claim's primary rule and the secondary rules declared confirmatory are adjusted together "
@@ -350,6 +378,28 @@ def _method_markdown(results, meta) -> list[str]:
     md += ["## The seed articles", "", "The claims quote these five public articles (as \"seed article NNN\"):", ""]
     md += [f"- {a['id']}: *{a['title']}* ({a['where']})" for a in meta["seed_articles"]] + [""]
     return md
+
+
+def _arm_rates(r: ClaimResult) -> list[tuple[str, str, bool]]:
+    """Per tuned arm: (arm, "chosen lr, and how the grid was searched", censored?) for the page."""
+    rows = []
+    for arm, info in (getattr(r.outcome, "arms", None) or {}).items() if r.outcome else ():
+        lr, rec = info.get("lr"), info.get("tuning") or {}
+        if lr is None:
+            continue
+        text = f"{float(lr):.3g}"
+        ext = rec.get("extensions") or []
+        side = rec.get("censored_side")
+        if rec.get("censored"):
+            where = {"above": "largest", "below": "smallest"}.get(str(side), "edge")
+            text += (f" CENSORED: the {where} rate evaluated scored best"
+                     + (f" even after extending the grid to {', '.join(f'{x:.3g}' for x in ext)}" if ext else
+                        " and the grid could not be extended (cap or hard bound)")
+                     + f"; the arm's best rate may lie {side or 'beyond the grid'}")
+        elif ext:
+            text += f" (grid extended beyond its edge to {', '.join(f'{x:.3g}' for x in ext)})"
+        rows.append((arm, text, bool(rec.get("censored"))))
+    return rows
 
 
 def _notes(r: ClaimResult) -> list[str]:
@@ -419,6 +469,12 @@ def _html(results, meta, images) -> str:
         parts += [f'<p class="stats"><b>Warning:</b> {esc(w)}.</p>' for w in r.verdict.warnings]
         if r.outcome and r.outcome.measured:
             parts.append(f"<p>Measured: {esc(r.outcome.measured)}</p>")
+        rates = _arm_rates(r)
+        if rates:
+            parts.append('<p class="rates"><b>Chosen learning rate per arm</b> (declared search on the tuning split; '
+                         "see the table below): " + "; ".join(
+                             f"<code>{esc(a)}</code> " + (f'<span class="censored">{esc(t)}</span>' if cens
+                                                           else esc(t)) for a, t, cens in rates) + ".</p>")
         if r.secondary:
             parts.append("<table><thead><tr><th>Secondary rule</th><th>Verdict</th><th>Effect [95% paired-t CI]</th>"
                          "<th>Test</th><th>What would change it</th></tr></thead><tbody>")
@@ -428,7 +484,7 @@ def _html(results, meta, images) -> str:
                                  f"<td>{esc(_effect_text(v))}</td><td>{esc(_stats_text(v))}</td>"
                                  f"<td>{esc(v.what_would_change_it())}</td></tr>")
             parts.append("</tbody></table>")
-        for fname, caption, png in images.get(c.id, []):
+        for _fname, caption, png in images.get(c.id, []):
             b64 = base64.b64encode(png).decode("ascii")
             parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
@@ -442,8 +498,8 @@ def _html(results, meta, images) -> str:
             parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
         parts.append(f"<h3>Rerun</h3><pre>{esc(r.rerun_command)}</pre><p>Configuration:</p>"
                      f"<pre>{esc(json.dumps(dict(c.configs[r.level]), indent=1))}</pre>"
-                     f'<p class="meta">seeds: {esc(str(r.seeds))}; {r.seconds:.1f} s; units computed {r.computed}, '
-                     f"reused {r.reused}.</p></section>")
+                     f'<p class="meta seeds">Verdict {esc(seed_reason(c, r.level, r.seeds, registry))}; '
+                     f"{r.seconds:.1f} s; units computed {r.computed}, reused {r.reused}.</p></section>")
     parts += _corrections_html(meta) + _coverage_html(meta)
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -620,13 +676,16 @@ def _coverage_html(meta) -> list[str]:
 
 # -- running the claims and writing their report (above lab.claims: the claims define and register, this runs) --
 def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int | None = None,
-               first_seed: int = 0, out_dir: str = "claims-report", jobs: int = 1, executor: str = "local", address: str | None = None,
+               first_seed: int | None = None, out_dir: str = "claims-report", jobs: int = 1,
+               executor: str = "local", address: str | None = None,
                command: str = "", log=print, progress: str = "auto", tally=None) -> tuple[list[ClaimResult], dict]:
     """Run the selected claims (all by default) and write the report; returns the results and the report paths.
 
     ``seeds`` defaults to 1 (tiny), 5 (quick) or 10 (full); the verdict seeds are ``first_seed ..
-    first_seed + seeds - 1`` (0 for exploratory runs; a preregistered protocol names its fresh block, see
-    :mod:`normlab.lab.protocol`). Every unit is a lab run stored in
+    first_seed + seeds - 1``. Without ``first_seed`` (None), each claim uses the fresh block preregistered for it
+    at ``level`` (:func:`normlab.lab.protocol.default_seeds`; with its registered count unless ``seeds`` is
+    given), so a run after registration is confirmatory by default; a claim with no registered block uses
+    ``0 ..`` (exploratory). An explicit ``first_seed`` applies to every claim. Every unit is a lab run stored in
     ``out_dir/normlab.sqlite`` (with the claim id and level) by this process; units already there are reused.
     ``executor``: "local" (``jobs`` worker processes, one torch thread each; 1 = in this process) or "ray" (one
     task per unit on the cluster at ``address``, or a local Ray instance with ``jobs`` CPUs); one executor serves
@@ -650,11 +709,20 @@ def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int
         raise ValueError(f"normlab claims: --jobs must be a positive integer, got {jobs!r}")
     from .tuning import TUNING_SEED_BASE
 
-    if not isinstance(first_seed, int) or isinstance(first_seed, bool) or first_seed < 0 \
-            or first_seed + n_seeds > TUNING_SEED_BASE:
+    if first_seed is not None and (not isinstance(first_seed, int) or isinstance(first_seed, bool) or first_seed < 0
+                                   or first_seed + n_seeds > TUNING_SEED_BASE):
         raise ValueError(f"normlab claims: --first-seed must be an integer >= 0 with every verdict seed below the "
                          f"tuning seeds ({TUNING_SEED_BASE}), got {first_seed!r} with {n_seeds} seeds")
     selected = [get_claim(i) for i in ids] if ids else all_claims()  # unknown ids fail before anything runs
+    registry = load_registry()
+    if first_seed is None:
+        plan = {c.id: default_seeds(c, level, seeds, DEFAULT_SEEDS[level], registry) for c in selected}
+    else:
+        plan = {c.id: list(range(first_seed, first_seed + n_seeds)) for c in selected}
+    late = {i: s for i, s in plan.items() if s and s[-1] >= TUNING_SEED_BASE}
+    if late:
+        raise ValueError(f"normlab claims: verdict seeds must stay below the tuning seeds ({TUNING_SEED_BASE}); "
+                         f"{sorted(late)} would reach {max(s[-1] for s in late.values())}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tally = tally if tally is not None else Tally()
@@ -664,9 +732,9 @@ def run_claims(ids: list[str] | None = None, *, level: str = "quick", seeds: int
     try:
         with Store(out / DB_NAME) as store:
             for n, claim in enumerate(selected, 1):
-                log(f"[{n}/{len(selected)}] {claim.id} ({level}, {n_seeds} seed(s))")
-                seeds = list(range(first_seed, first_seed + n_seeds))
-                r = run_claim(claim, level, seeds, out, executor=ex, store=store, log=log, progress=progress,
+                run_seeds = plan[claim.id]
+                log(f"[{n}/{len(selected)}] {claim.id} ({level}, {seed_reason(claim, level, run_seeds, registry)})")
+                r = run_claim(claim, level, run_seeds, out, executor=ex, store=store, log=log, progress=progress,
                               tally=tally)
                 log(f"    -> {r.verdict.verdict}: {r.verdict.summary()} ({r.seconds:.1f} s)")
                 results.append(r)

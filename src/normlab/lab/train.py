@@ -26,9 +26,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,11 @@ class TrainConfig:
     one class each; needs ``batch_size`` divisible by k): the "not ideally constructed" batches of Lian & Liu 2019.
     ``probes``: what to measure besides the curves, name -> spec (see :mod:`normlab.lab.probes`); the results are
     ``RunResult.probes[name]``.
+    ``reset_stats_every_epoch``: at the start of every epoch, ``reset_running_stats()`` on every module that has
+    running statistics (the BatchNorm family, BLN), so with ``momentum=None`` (a cumulative average) the
+    population statistics used at an evaluation are the average over the current epoch's batches: Batch Layer
+    Normalization's per-epoch statistics (Ziaee & Cano 2022). An evaluation right after a reset, before any batch
+    of the new epoch, cannot happen (evaluations follow a step).
     """
 
     data: str = "mnist5k"
@@ -124,6 +130,7 @@ class TrainConfig:
     trainable: str = "all"
     batch_classes: int = 0
     probes: dict = field(default_factory=dict)
+    reset_stats_every_epoch: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,7 +157,7 @@ class TrainConfig:
                 bad(key, "an int >= 0")
         if self.epochs == 0 and self.steps == 0:
             bad("epochs", "an int >= 1 when steps == 0 (a run needs a length)")
-        for key in ("nesterov", "drop_last", "sync_bn"):
+        for key in ("nesterov", "drop_last", "sync_bn", "reset_stats_every_epoch"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "true or false")
         for key in ("lr", "momentum", "weight_decay", "grad_clip", "lr_decay"):
@@ -177,7 +184,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -427,6 +434,16 @@ def _progress_bar(progress: str, total: int, rank: int):
 
 
 # ------------------------------------------------------------------------------------------------------- train
+def _reset_running_stats(net: nn.Module) -> int:
+    """``reset_running_stats()`` on every module of ``net`` that tracks running statistics; returns how many."""
+    n = 0
+    for m in net.modules():
+        if callable(getattr(m, "reset_running_stats", None)) and getattr(m, "running_mean", None) is not None:
+            m.reset_running_stats()  # type: ignore[operator]
+            n += 1
+    return n
+
+
 def train(
     config: TrainConfig,
     *,
@@ -491,7 +508,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
 
     x_all, y_all = ds.x_train, ds.y_train
     n = len(y_all)
-    bs, shard = config.batch_size, config.batch_size // world
+    bs = config.batch_size
     full, rest = divmod(n, bs)
     per_epoch = full + (1 if rest > 1 and not config.drop_last else 0)
     if per_epoch == 0:
@@ -541,7 +558,7 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
     if config.probes:
         from .probes import Prober
 
-        prober = Prober(config, net, ds)
+        prober = Prober(config, net, ds, evaluate)
         cbs.append(_ProbeCallback(prober))
         step_cbs.append(cbs[-1])
     for c in cbs:
@@ -558,6 +575,8 @@ def _train(config, model, dataset, callbacks, progress, record_grad_norm) -> Run
             else:
                 perm = torch.randperm(n, generator=order_gen)
             xs, ys = x_all[perm], y_all[perm]  # one gather per epoch; the batches below are views
+            if config.reset_stats_every_epoch:
+                _reset_running_stats(net)
             epoch += 1
             state.epoch = epoch
             for b in range(per_epoch):
