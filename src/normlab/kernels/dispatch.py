@@ -52,11 +52,21 @@ def _check(name: object, source: str) -> str:
 
 
 def numba_available() -> bool:
-    """Whether numba is importable (the ``kernels`` extra); without it every call takes the native path."""
+    """Whether numba is installed (a dependency where it ships wheels); without it every call takes the native path."""
     global _numba_available
     if _numba_available is None:
         _numba_available = importlib.util.find_spec("numba") is not None
     return _numba_available
+
+
+def _numba_missing_hint() -> str:
+    """How to get numba back: it is a plain dependency where it ships wheels, so missing means removed or skipped."""
+    import platform
+    import sys
+
+    return (f"normlab depends on numba where numba ships wheels; on {sys.platform} {platform.machine()} (Python "
+            f"{platform.python_version()}) `pip install numba` installs it if a wheel or a compiler is available "
+            f"(`normlab bench` says why the kernels are off)")
 
 
 def get_backend() -> str:
@@ -80,9 +90,8 @@ def set_backend(name: str | None) -> None:
         return
     name = _check(name, "normlab.kernels.set_backend")
     if name == "fast" and not numba_available():
-        raise RuntimeError(
-            "normlab.kernels.set_backend('fast'): numba is not installed (pip install 'normlab[kernels]')"
-        )
+        raise RuntimeError(f"normlab.kernels.set_backend('fast'): the kernels need numba, which is not installed here; "
+                           f"{_numba_missing_hint()}")
     _override = name
 
 

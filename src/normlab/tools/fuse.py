@@ -24,13 +24,14 @@ new NormAct renames its norm's keys on save and accepts both names on load, so c
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 from torch.nn import functional as TF
 
-from ..nn.act import NormAct
+from ..nn.act import NormAct, NormAddAct
 from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from ._common import is_batch_norm, join_path, module_use_counts, set_submodule, trace_or_note
 
@@ -41,6 +42,7 @@ _TORCH_TO_NORMLAB = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, n
 _NORMLAB_BN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
 _RELU_FUNCTIONS = {torch.relu, torch.relu_, TF.relu, TF.relu_}
 _LEAKY_FUNCTIONS = {TF.leaky_relu, TF.leaky_relu_}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -78,6 +80,7 @@ class _Pair:
     what: str  # how the activation is called, for the report
     act_root: str | None = None  # the rewritten module whose graph loses the activation's call, if any
     norm_root: str | None = None  # the rewritten module inside which the BN is replaced, if any
+    residual: bool = False  # BN -> add(shortcut) -> activation: a NormAddAct, the add and activation calls removed
 
     @property
     def needs_rewrite(self) -> bool:
@@ -255,6 +258,8 @@ def _plan_graph(
                                    f"{others} also read(s): fusing would change what they see")
             else:
                 decisions[name] = f"its output is also used by {others}, not only by an activation"
+        elif _is_add(users[0]):
+            decisions[name] = _residual_decision(name, node, users[0], root, prefix)
         else:
             user = users[0]
             act = _act_from(user, root)
@@ -278,6 +283,52 @@ def _plan_graph(
                 decisions[name] = _Pair(name, act[0], act[1], None, owner,
                                         f"{getattr(user.target, '__name__', user.target)}() in {owner or '<model>'}")
     graphs.append((prefix, graph))
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def _residual_partner(add: fx.Node, bn: fx.Node) -> fx.Node | str:
+    """The other operand of ``add`` (BN's output + it), or why ``add`` is not a plain two-tensor sum with the BN."""
+    if add.kwargs or len(add.args) != 2:
+        return f"{_describe(add)} has other arguments (alpha=, out=) besides the two summands"
+    a, b = add.args
+    other = b if a is bn else a
+    if (a is bn) == (b is bn):
+        return f"{_describe(add)} adds the BN's output to itself"
+    if not isinstance(other, fx.Node):
+        return f"{_describe(add)} adds a constant ({other!r}), not a residual tensor, to the BN's output"
+    if add.op == "call_method" and add.args[0] is not bn:
+        return f"{_describe(add)} writes into the residual, not the BN's output"
+    return other
+
+
+def _residual_decision(name: str, bn: fx.Node, add: fx.Node, root: nn.Module, prefix: str) -> _Pair | str:
+    """BN -> add(residual) -> ReLU/LeakyReLU (a ResNet basic block's end) as a residual pair, or why not."""
+    partner = _residual_partner(add, bn)
+    if isinstance(partner, str):
+        return partner
+    if len(add.users) != 1:
+        return f"its output goes to {_describe(add)}, whose sum is used by more than an activation"
+    act_node = next(iter(add.users))
+    act = _act_from(act_node, root)
+    if isinstance(act, str):
+        return f"its output goes to {_describe(add)} (a residual add), whose sum is not followed by ReLU/LeakyReLU"
+    if [a for a in (*act_node.args[1:], *act_node.kwargs.values()) if isinstance(a, fx.Node)] \
+            or act_node.args[0] is not add:
+        return f"{_describe(act_node)} after the residual add takes other tensors besides the sum"
+    if act[0] == "leaky_relu" and act[1] < 0:
+        return (f"the LeakyReLU after the residual add has a negative slope ({act[1]}); the fused backward reads "
+                f"the activation's derivative from the output's sign, which needs slope >= 0")
+    if act_node.op == "call_module" and _has_hooks(root.get_submodule(str(act_node.target))):
+        return f"the activation {act_node.target!r} has hooks that would no longer see its output"
+    owner = join_path(prefix, _owner_of(act_node))
+    if _owner_of(add) != _owner_of(act_node):
+        return "the residual add and the activation are calls in different modules' forwards"
+    return _Pair(name, act[0], act[1], None, owner,
+                 f"+ residual, {_describe(act_node)} in {owner or '<model>'}", residual=True)
 
 
 def _act_from(node: fx.Node, root: nn.Module) -> tuple[str, float, bool] | str:
@@ -369,7 +420,8 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
             report.skipped.append((name, f"the BN is not inside {act_root or '<model>'!r}, whose forward (rewritten) "
                                          f"calls the activation"))
             continue
-        report.pairs.append(_Pair(d.norm, d.activation, d.slope, d.act_module, d.act_owner, d.what, act_root, norm_root))
+        report.pairs.append(_Pair(d.norm, d.activation, d.slope, d.act_module, d.act_owner, d.what, act_root, norm_root,
+                                  d.residual))
         report.fused.append((name, d.what))
     report.rewritten = sorted({r for p in report.pairs for r in (p.act_root, p.norm_root) if r is not None})
     return report
@@ -392,7 +444,9 @@ def _normlab_bn(norm: nn.Module) -> nn.Module:
 
 
 def _norm_act(norm: nn.Module, pair: _Pair) -> NormAct:
-    fused = NormAct(_normlab_bn(norm), activation=pair.activation, negative_slope=pair.slope if pair.activation == "leaky_relu" else 0.01)
+    cls = NormAddAct if pair.residual else NormAct
+    fused = cls(_normlab_bn(norm), activation=pair.activation,
+                negative_slope=pair.slope if pair.activation == "leaky_relu" else 0.01)
     fused.train(norm.training)
     fused.register_state_dict_post_hook(_unfused_keys)
     fused.register_load_state_dict_pre_hook(_accept_unfused_keys)
@@ -407,7 +461,9 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
     def rel(name: str) -> str:
         return name[len(owner) + 1:] if owner else name
 
-    for pair in (p for p in pairs if p.act_root == owner):
+    for pair in (p for p in pairs if p.act_root == owner and p.residual):
+        _rewrite_residual(graph, module, owner, pair, rel(pair.norm))
+    for pair in (p for p in pairs if p.act_root == owner and not p.residual):
         nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel(pair.norm)]
         act = next(iter(nodes[0].users)) if len(nodes) == 1 and len(nodes[0].users) == 1 else None
         expected = act is not None and (
@@ -428,6 +484,26 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
         if name in originals and originals[name] is not sub and not isinstance(sub, NormAct):
             sub.training = originals[name].training
     return gm
+
+
+def _rewrite_residual(graph: fx.Graph, module: nn.Module, owner: str, pair: _Pair, target: str) -> None:
+    """``act(bn(x) + r)`` in ``graph`` -> one call ``bn(x, r)`` (the BN's module becomes a NormAddAct)."""
+    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
+    bn = nodes[0] if len(nodes) == 1 and len(nodes[0].users) == 1 else None
+    add = next(iter(bn.users)) if bn is not None else None
+    partner = _residual_partner(add, bn) if add is not None and bn is not None and _is_add(add) else None
+    act = next(iter(add.users)) if add is not None and len(add.users) == 1 else None
+    if bn is None or add is None or not isinstance(partner, fx.Node) or act is None \
+            or isinstance(_act_from(act, module), str):
+        raise RuntimeError(f"fuse_norm_act: in {owner or 'the model'}'s forward, {pair.norm!r} is no longer followed "
+                           f"by a residual add and its activation alone as planned; model unchanged")
+    with graph.inserting_before(add):
+        fused = graph.call_module(target, (bn.args[0], partner))
+    fused.meta = dict(bn.meta)
+    act.replace_all_uses_with(fused)
+    graph.erase_node(act)
+    graph.erase_node(add)
+    graph.erase_node(bn)
 
 
 def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = False) -> nn.Module:
