@@ -310,6 +310,10 @@ def _residual_decision(name: str, bn: fx.Node, add: fx.Node, root: nn.Module, pr
     partner = _residual_partner(add, bn)
     if isinstance(partner, str):
         return partner
+    if partner.op == "call_module" and is_batch_norm(root.get_submodule(str(partner.target))) \
+            and len(partner.users) == 1 and add.args[0] is partner:
+        return (f"the residual add's other summand, {join_path(prefix, str(partner.target))!r}, is a BN too; the add "
+                f"is fused with {join_path(prefix, str(partner.target))!r}")
     if len(add.users) != 1:
         return f"its output goes to {_describe(add)}, whose sum is used by more than an activation"
     act_node = next(iter(add.users))
@@ -483,7 +487,25 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
     for name, sub in gm.named_modules():  # gm and its new intermediate modules: the originals' modes, one by one
         if name in originals and originals[name] is not sub and not isinstance(sub, NormAct):
             sub.training = originals[name].training
+    for name, sub in list(gm.named_modules()):
+        if name in originals and originals[name] is not sub:
+            _children_in_order_of(sub, originals[name])
     return gm
+
+
+def _children_in_order_of(module: nn.Module, original: nn.Module) -> None:
+    """Re-register ``module``'s children in ``original``'s order: a GraphModule registers them in the order its graph
+    first uses them, which a rewrite can change (a residual call moved after the shortcut), and the state_dict's
+    key order follows the registration order."""
+    rank = {name: i for i, (name, _) in enumerate(original.named_children())}
+    children = list(module.named_children())
+    ordered = sorted(children, key=lambda kv: rank.get(kv[0], len(rank)))
+    if [n for n, _ in ordered] == [n for n, _ in children]:
+        return
+    for name, _ in children:
+        delattr(module, name)
+    for name, child in ordered:
+        module.add_module(name, child)
 
 
 def _rewrite_residual(graph: fx.Graph, module: nn.Module, owner: str, pair: _Pair, target: str) -> None:
