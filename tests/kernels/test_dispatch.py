@@ -46,7 +46,8 @@ def test_bad_names_raise(monkeypatch):
     with pytest.raises(ValueError, match=r"set_backend: expected one of auto, fast, native, got 'numba'"):
         kernels.set_backend("numba")
     monkeypatch.setenv("NORMLAB_KERNELS", "fastest")
-    with pytest.raises(ValueError, match=r"environment variable NORMLAB_KERNELS: expected one of auto, fast, native, got 'fastest'"):
+    with pytest.raises(ValueError, match=r"environment variable NORMLAB_KERNELS: expected one of auto, fast, native, "
+                                         r"got 'fastest'"):
         kernels.get_backend()
 
 
@@ -77,7 +78,8 @@ def test_decisions():
 
 def test_numba_missing_means_native(monkeypatch):
     monkeypatch.setattr(dispatch, "_numba_available", False)
-    with pytest.raises(RuntimeError, match=r"set_backend\('fast'\): the kernels need numba, which is not installed") as err:
+    with pytest.raises(RuntimeError, match=r"set_backend\('fast'\): the kernels need numba, which is not installed"
+                       ) as err:
         kernels.set_backend("fast")
     assert "normlab[kernels]" not in str(err.value)  # numba is a plain dependency now, not an extra to ask for
     assert "pip install numba" in str(err.value)
@@ -119,7 +121,8 @@ LAYERS = [
     (lambda: BatchNorm(4, axis=-1, dtype=torch.float64), [(3, 7, 4), (2, 7, 4), (3, 7, 4)], None),
     # the variants on the fused kernel: virtual batches, a position mask, batch renormalization
     (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], None),
-    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], torch.channels_last),
+    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)],
+     torch.channels_last),
     (lambda: GhostBatchNorm(4, 3, axis=-1, dtype=torch.float64), [(6, 5, 4), (3, 5, 4), (6, 5, 4)], None),
     (lambda: _LengthMasked(MaskedBatchNorm(3, dtype=torch.float64)), [(5, 3, 7), (4, 3, 7), (5, 3, 7)], None),
     (lambda: _LengthMasked(MaskedBatchNorm(3, axis=-1, dtype=torch.float64)), [(5, 7, 3), (4, 7, 3), (5, 7, 3)], None),

@@ -143,7 +143,8 @@ def test_gradcheck_train_op(layout):
     w, b = (t.requires_grad_() for t in _params(3, torch.float64))
     with kernels.backend("fast"):
         for groups, act in ((1, "identity"), (2, "relu")):
-            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-3, groups=groups, act=act)[0]  # noqa: E731
+            f = lambda x, w, b, groups=groups, act=act: kernels.batch_norm_train(  # noqa: E731
+                x, w, b, 1e-3, groups=groups, act=act)[0]
             assert torch.autograd.gradcheck(f, (x, w, b))
 
 
@@ -155,7 +156,7 @@ def test_gradcheck_normalize_op_all_inputs(layout):
     w, b = (t.requires_grad_() for t in _params(4, torch.float64))
     with kernels.backend("fast"):
         for act in ("identity", "relu"):
-            f = lambda *a: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
+            f = lambda *a, act=act: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
             assert torch.autograd.gradcheck(f, (x, mean, var, w, b))
 
 
@@ -245,7 +246,8 @@ def test_relu_fusion_matches_unfused():
 
 def test_bad_arguments_raise_with_names():
     x = torch.randn(6, 3, 4)
-    with pytest.raises(ValueError, match=r"batch_norm_train: groups must be a positive int dividing the batch size 6, got 4"):
+    with pytest.raises(ValueError, match=r"batch_norm_train: groups must be a positive int dividing the batch size 6, "
+                                         r"got 4"):
         kernels.batch_norm_train(x, None, None, 1e-5, groups=4)
     with pytest.raises(ValueError, match=r"act must be one of 'identity', 'relu', 'leaky_relu', got 'gelu'"):
         kernels.normalize(x, torch.zeros(3), torch.ones(3), None, None, 1e-5, act="gelu")
@@ -328,7 +330,7 @@ def test_fused_variants_gradcheck():
     ren = (torch.full((3,), 5.0, dtype=torch.float64), torch.full((3,), 10.0, dtype=torch.float64), 1.5, 0.2)
     with kernels.backend("fast"):
         for kw in ({"groups": 2}, {"mask": mask}, {"renorm": ren}, {"mask": mask, "renorm": ren, "act": "relu"}):
-            f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-5, **kw)[0]  # noqa: E731
+            f = lambda x, w, b, kw=kw: kernels.batch_norm_train(x, w, b, 1e-5, **kw)[0]  # noqa: E731
             assert torch.autograd.gradcheck(f, (x, w, b)), kw
 
 
@@ -350,11 +352,14 @@ def test_variant_arguments_are_checked():
             kernels.batch_norm_train(x, torch.ones(2), None, 1e-5)
         with pytest.raises(ValueError, match=r"expected renorm's reference std of shape \(3,\), got \(4,\)"):
             kernels.batch_norm_train(x, None, None, 1e-5, renorm=(torch.zeros(3), torch.ones(4), 3.0, 5.0))
-    with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel axis 1"):
+    with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel "
+                                         r"axis 1"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 3, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"broadcastable to the input's shape \(4, 3, 5\), got torch.bool of shape \(4, 1, 3\)"):
+    with pytest.raises(ValueError, match=r"broadcastable to the input's shape \(4, 3, 5\), got torch.bool of shape "
+                                         r"\(4, 1, 3\)"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 1, 3, dtype=torch.bool))
-    with kernels.backend("native"), pytest.raises(ValueError, match=r"virtual batches \(groups=2\) with a mask or renorm"):
+    with kernels.backend("native"), pytest.raises(ValueError,
+                                                  match=r"virtual batches \(groups=2\) with a mask or renorm"):
         kernels.batch_norm_train(x, None, None, 1e-5, groups=2, mask=torch.ones(4, 1, 5, dtype=torch.bool))
 
 

@@ -2,7 +2,6 @@
 float64, train and eval, on both kernel paths, and the fused NormAct equals the float64 reference; state_dicts load
 both ways; every refusal has its reason and leaves the model unchanged."""
 
-import copy
 import io
 
 import numpy as np
@@ -200,8 +199,9 @@ MODELS = {
     "residual_leaky": (lambda: ResidualBlock("leaky"), (4, 5, 5)),
     "tiny_resnet": (TinyResNet, (3, 6, 6)),
 }
-EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1, "torch.relu": 1,
-                  "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2, "outer_act": 2, "untraceable": 1,
+EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1,
+                  "torch.relu": 1, "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2,
+                  "outer_act": 2, "untraceable": 1,
                   "residual_lab": 2, "residual_torchvision_down": 2, "residual_leaky": 2, "tiny_resnet": 7}
 
 
@@ -256,7 +256,7 @@ def test_fuse_equal_to_unfused_train_steps_and_eval(name, kernel_path):
     opt_a = torch.optim.SGD(model.parameters(), lr=0.1)
     opt_b = torch.optim.SGD(fused.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
-    for step in range(3):
+    for _step in range(3):
         x = (torch.randn((16,) + shape, generator=gen, dtype=torch.float64) * 2 + 0.5)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = model(xa), fused(xb)

@@ -24,10 +24,9 @@ over the time of whole profiled steps.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

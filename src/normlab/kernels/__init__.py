@@ -20,11 +20,10 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate
-from . import _buffer_cache, native
+from . import native
 from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
 from ._buffer_cache import cache_info, empty_cache
 from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
-
 
 __all__ = [
     "AUTO_MIN_NUMEL",
@@ -106,14 +105,14 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
     else:
         mean, var, count = _ops().moments(x, c, 1, mask)
         mean, var, count = mean[0], var[0], count[0]
-    n = count if mask is not None else x.numel() // (x.shape[c] * (x.shape[0] if grouped else 1))
+    n: Tensor | int = count if mask is not None else x.numel() // (x.shape[c] * (x.shape[0] if grouped else 1))
     if keepdim:
         shape = [1] * x.ndim
         shape[c] = x.shape[c]
         if grouped:
             shape[0] = x.shape[0]
         mean, var = mean.reshape(shape), var.reshape(shape)
-        if mask is not None:
+        if isinstance(n, Tensor):
             n = n.reshape(shape)
     return _stats.Moments(mean, var, n)
 
@@ -186,8 +185,9 @@ def batch_norm_train(
     ``"leaky_relu"`` (with ``negative_slope``) fuses the activation. ``residual`` (a tensor of x's shape and dtype,
     no mask) makes it the residual epilogue of a ResNet block, ``y = act(bn(x) + residual)`` in one pass, the
     backward reading act' from y and giving ``residual`` its gradient (needs ``negative_slope >= 0``: then y > 0
-    exactly where the pre-activation is). The statistics are returned detached (for the running averages); gradients flow through
-    ``y`` to ``x``, ``weight`` and ``bias`` as if the statistics were computed by differentiable ops.
+    exactly where the pre-activation is). The statistics are returned detached (for the running averages);
+    gradients flow through ``y`` to ``x``, ``weight`` and ``bias`` (and ``residual``) as if the statistics were
+    computed by differentiable ops.
     """
     name = "normlab.kernels.batch_norm_train"
     a = _act(act, name, negative_slope)
@@ -218,7 +218,7 @@ def batch_norm_train(
         raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
                          f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
                          f"{tuple(mask.shape)}")
-    count = None
+    count: Tensor | None = None
     if use_fast(x, c):
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
@@ -237,8 +237,8 @@ def batch_norm_train(
     if groups == 1:
         mean, var = mean.reshape(-1), var.reshape(-1)
         count = count.reshape(-1) if count is not None else None
-    if mask is None:
-        count = x.numel() // (C * groups)
+    if mask is None or count is None:  # without a mask every (group, channel) counts all its values
+        return y, _stats.Moments(mean, var, x.numel() // (C * groups))
     return y, _stats.Moments(mean, var, count)
 
 
@@ -248,7 +248,8 @@ def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int,
     stats = _stats.moments(x_in, _stats.reduce_dims(x.ndim, c), mask=mask)
     w, b = weight, bias
     if renorm is not None:
-        r, d = _stats.renorm_correction(stats, *renorm[:2], eps, *renorm[2:])
+        ref_mean, ref_std, r_max, d_max = renorm
+        r, d = _stats.renorm_correction(stats, ref_mean, ref_std, eps, r_max, d_max)
         w, b = _stats.renorm_affine(weight, bias, r, d)
     y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act, slope)
     if mask is not None:

@@ -30,13 +30,38 @@ arrays (``y = act(bn(x) + res)``), empty when there is none; per-(group, channel
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar, cast
+
 import numpy as np
 from numba import njit, prange
 
 # reassociation lets LLVM vectorize the reductions; no nnan/ninf so that NaN and inf still propagate.
 _FM = {"reassoc", "contract", "nsz", "arcp"}
-_OPTS = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
-_INLINE = dict(fastmath=_FM, cache=True, inline="always")
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+# Typed decorators: numba's njit returns a Dispatcher, which calls like the function it wraps; the cast says so to
+# the type checker (the bodies are plain Python it checks as such; numba compiles them on first call).
+def _parallel(fn: _F) -> _F:
+    """A top-level kernel: compiled with parallel loops (prange), cached on disk, releasing the GIL."""
+    return cast(_F, njit(fn, parallel=True, cache=True, fastmath=_FM, nogil=True))
+
+
+def _inline(fn: _F) -> _F:
+    """A helper inlined into the kernels that call it."""
+    return cast(_F, njit(fn, fastmath=_FM, cache=True, inline="always"))
+
+
+def _serial(fn: _F) -> _F:
+    """A small serial kernel (no parallel region), cached on disk."""
+    return cast(_F, njit(fn, cache=True, fastmath=_FM))
+
+
+def _plain(fn: _F) -> _F:
+    """A serial kernel without fastmath (exact comparisons), cached on disk."""
+    return cast(_F, njit(fn, cache=True))
 
 RELU = 1
 LEAKY = 2
@@ -45,7 +70,7 @@ _BLOCK_VALUES = 8192  # values per block of rows in the channels-last kernels
 _BLOCK_ROWS = 256  # and at most this many rows, so that per-channel partial sums in float32 stay short
 
 
-@njit(**_INLINE)
+@_inline
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Chan et al. pairwise merge of (count, mean, sum of squared deviations)."""
     if n_b == 0:
@@ -57,7 +82,7 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
 
 
-@njit(**_INLINE)
+@_inline
 def _split(mu, dtype):
     """``mu`` as (the input dtype's nearest value, the float64 remainder)."""
     hi = dtype.type(mu)
@@ -69,7 +94,7 @@ def _split(mu, dtype):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@njit(**_INLINE)
+@_inline
 def _chunk_moments(r):
     """(mean, centred sum of squares) of a 1-D chunk in two passes over L1, inner loops in r's dtype."""
     T = r.dtype.type
@@ -87,7 +112,7 @@ def _chunk_moments(r):
     return np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(**_INLINE)
+@_inline
 def _chunk_moments_masked(r, msk):
     """(count, mean, centred sum of squares) of the entries of ``r`` where ``msk`` is non-zero.
 
@@ -112,7 +137,7 @@ def _chunk_moments_masked(r, msk):
     return np.float64(k), np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(**_INLINE)
+@_inline
 def _ncs_channel_moments(x, mask, n0, n1, c):
     """(count, mean, M2) of x[n0:n1, c, :] (under mask if non-empty), chunk by chunk, merged in float64."""
     S = x.shape[2]
@@ -131,7 +156,7 @@ def _ncs_channel_moments(x, mask, n0, n1, c):
     return cnt, mean, m2
 
 
-@njit(**_OPTS)
+@_parallel
 def ncs_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (N, C, S) into (G, C) arrays."""
     N, C = x.shape[0], x.shape[1]
@@ -144,7 +169,7 @@ def ncs_moments(x, mask, groups, mean, var, count):
         count[g, c] = k
 
 
-@njit(**_INLINE)
+@_inline
 def _apply_row(r, o, msk, has_mask, mh, a, b, act, slope, q, has_res):
     """o = act((r - mh) * a + b [+ q]), 0 where the mask is 0; all in r's dtype (q: the residual row)."""
     T = r.dtype.type
@@ -181,7 +206,7 @@ def _apply_row(r, o, msk, has_mask, mh, a, b, act, slope, q, has_res):
             o[j] = (r[j] - mh) * a + b
 
 
-@njit(**_INLINE)
+@_inline
 def _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act, slope, res):
     """Apply to rows n0:n1 of channel c with float64 (mu, a, b): mu split so no cancellation in the dtype."""
     T = x.dtype.type
@@ -194,7 +219,7 @@ def _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act, slope, res):
                    res[n, c] if has_res else x[n, c, 0:0], has_res)
 
 
-@njit(**_OPTS)
+@_parallel
 def ncs_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
     """y = act((x - mean) * scale + shift [+ res]) with (G, C) parameters; 0 at masked positions."""
     N, C = x.shape[0], x.shape[1]
@@ -205,7 +230,7 @@ def ncs_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
                            res)
 
 
-@njit(**_INLINE)
+@_inline
 def _train_coefficients(mu, v, eps, w, b, renorm, c):
     """(scale, shift, r, d) of one channel: BN's ``w / sqrt(v + eps)`` and ``b``, or batch renormalization's
     ``w r / sqrt(v + eps)`` and ``w d + b`` with r, d clipped from the reference statistics in ``renorm``
@@ -219,7 +244,7 @@ def _train_coefficients(mu, v, eps, w, b, renorm, c):
     return w * r / sd, w * d + b, r, d
 
 
-@njit(cache=True, fastmath=_FM)
+@_serial
 def train_coefficients(mean, var, eps, weight, bias, renorm, rd):
     """(scale, shift) per (group, channel) from the statistics (see :func:`_train_coefficients`); r, d into rd."""
     G, C = mean.shape
@@ -233,7 +258,7 @@ def train_coefficients(mean, var, eps, weight, bias, renorm, rd):
     return scale, shift
 
 
-@njit(**_OPTS)
+@_parallel
 def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, slope, res, y, mean, var, count, rd):
     """Fused training forward per (group, channel): statistics, then the apply while the channel is in L2.
 
@@ -254,7 +279,7 @@ def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, slope, re
         _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act, slope, res)
 
 
-@njit(**_INLINE)
+@_inline
 def _reduce_row(d, r, msk, has_mask, mh, a, b, act, slope):
     """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set, times act'(z), z = (r-mh) a + b.
 
@@ -290,7 +315,7 @@ def _reduce_row(d, r, msk, has_mask, mh, a, b, act, slope):
     return np.float64(s1), np.float64(s2)
 
 
-@njit(**_INLINE)
+@_inline
 def _reduce_row_res(d, yo, r, dq, mh, act, slope):
     """The residual epilogue's reduction: d' = d act'(y) from the output y (y > 0 exactly where the pre-activation
     is, for ReLU and LeakyReLU with slope >= 0), written to dq (the residual's gradient); returns
@@ -318,7 +343,7 @@ def _reduce_row_res(d, yo, r, dq, mh, act, slope):
     return np.float64(s1), np.float64(s2)
 
 
-@njit(**_INLINE)
+@_inline
 def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act, slope):
     """o = k_dy d' + k_x (r - mh) + k_0 where the position is valid, 0 where masked (d' as in _reduce_row)."""
     T = r.dtype.type
@@ -339,7 +364,7 @@ def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act, slope):
             o[j] = k_dy * d[j] + k_x * (r[j] - mh) + k_0
 
 
-@njit(**_OPTS)
+@_parallel
 def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, yo, dres, dx, sum_dy, sum_dy_xc):
     """Backward of an apply ``y = act((x - mean) * scale + shift [+ res])``, fused per (group, channel).
 
@@ -397,7 +422,7 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@_plain
 def _mc_blocks(M, C, groups):
     """Row blocks (start, stop, group) that never straddle a virtual batch; about _BLOCK_VALUES values each."""
     per = M // groups
@@ -413,7 +438,7 @@ def _mc_blocks(M, C, groups):
     return blocks
 
 
-@njit(**_OPTS)
+@_parallel
 def mc_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays.
 
@@ -465,7 +490,7 @@ def mc_moments(x, mask, groups, mean, var, count):
         count[g, c] = cnt
 
 
-@njit(**_INLINE)
+@_inline
 def _mc_split(mean, scale, shift, dtype):
     """Per (group, channel): the mean in the dtype, the scale, and the shift with the mean's rounding folded in,
     as (3, G, C) arrays in the dtype."""
@@ -478,7 +503,7 @@ def _mc_split(mean, scale, shift, dtype):
     return out
 
 
-@njit(**_INLINE)
+@_inline
 def _mc_apply_row(row, out, mh, a, b, act, slope, q, has_res):
     """out = act((row - mh) * a + b [+ q]) across the channels of one row."""
     T = row.dtype.type
@@ -503,7 +528,7 @@ def _mc_apply_row(row, out, mh, a, b, act, slope, q, has_res):
             out[c] = (row[c] - mh[c]) * a[c] + b[c]
 
 
-@njit(**_OPTS)
+@_parallel
 def mc_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
     """y = act((x - mean) * scale + shift [+ res]) for x (M, C) with (G, C) parameters; 0 at masked positions."""
     M, C = x.shape
@@ -522,7 +547,7 @@ def mc_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
                               res[r] if has_res else x[r, 0:0], has_res)
 
 
-@njit(**_OPTS)
+@_parallel
 def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, yo, dres, dx, sum_dy, sum_dy_xc):
     """:func:`ncs_backward` for (M, C) tensors: a reduction sweep over row blocks, then the dx sweep."""
     M, C = x.shape
@@ -607,7 +632,7 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, y
                     out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mh[c]) + k3[c]
 
 
-@njit(cache=True)
+@_plain
 def exceeds_ratio(mean, invstd, ratio):
     """Whether |mean * invstd| > ratio for some channel (one call: the small path's accuracy check)."""
     for c in range(mean.shape[0]):

@@ -124,7 +124,7 @@ def moments(x: Tensor, axis: int, groups: int, mask: Tensor | None) -> tuple[Ten
     xs, p = _layout.prepare(x, axis)
     mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
     _kernel(p, "moments")(_layout.view(xs, p), _mask(mask, xs, axis, p), groups, mean, var, count)
-    return tuple(_to(a, x) for a in (mean, var, count))
+    return _to(mean, x), _to(var, x), _to(count, x)
 
 
 @moments.register_fake
@@ -268,7 +268,7 @@ def _apply_backward(ctx, dy):
         from .native import double_backward_grads
 
         axis, groups, act, slope = ctx.axis, ctx.groups, ctx.act, ctx.slope
-        grads = double_backward_grads(lambda *t: _composite_apply(*t, axis, groups, act, slope),
+        grads = double_backward_grads(lambda a, m, s, b: _composite_apply(a, m, s, b, axis, groups, act, slope),
                                       (x, mean, scale, shift), ctx.needs_input_grad[:4], dy)
         return (*grads, None, None, None, None)
     backward = _apply_backward_impl if ctx.eager else apply_backward

@@ -284,18 +284,18 @@ class NormAct(nn.Module):
             )
 
     def _inplace(self, x: Tensor) -> Tensor:
-        bn = self.norm
+        bn = cast(BatchNorm, self.norm)  # the constructor checked it
         x = _run_forward_pre_hooks(bn, x)
         c = bn.check_input(x)
         self._check_overwritable(x)
-        weight = bn.weight
+        weight: Tensor | None = bn.weight
         if weight is not None:
             # gamma must be invertible: keep its sign, floor its size (straight-through above the floor)
             floor = self.gamma_floor
             sign = torch.where(weight < 0, -1.0, 1.0).to(weight.dtype)
             weight = torch.where(weight.abs() < floor, sign * floor, weight)
         batch_stats = bn.uses_batch_stats()
-        group = False
+        group: object = False  # False: not synchronized; else the process group (None: the default group)
         if batch_stats:
             with torch.no_grad():
                 stats = bn.batch_moments(x.detach(), _stats.reduce_dims(x.ndim, c))
@@ -338,7 +338,7 @@ class NormAddAct(NormAct):
                              f"derivative from the output's sign), got {negative_slope}")
         super().__init__(norm, num_features, activation, negative_slope=negative_slope, **norm_kwargs)
 
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         if isinstance(residual, Tensor) and residual.shape == x.shape and residual.dtype == x.dtype \
                 and residual.device == x.device:
             c = self._fused_axis(x)

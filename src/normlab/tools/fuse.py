@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import fx, nn
@@ -265,7 +266,8 @@ def _plan_graph(
             act = _act_from(user, root)
             if isinstance(act, str):
                 decisions[name] = act
-            elif [a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, fx.Node)] or user.args[0] is not node:
+            elif ([a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, fx.Node)]
+                  or user.args[0] is not node):
                 decisions[name] = f"{_describe(user)} takes other tensors besides the BN's output"
             elif user.op == "call_module":
                 act_module = root.get_submodule(user.target)
@@ -337,7 +339,7 @@ def _residual_decision(name: str, bn: fx.Node, add: fx.Node, root: nn.Module, pr
 
 def _act_from(node: fx.Node, root: nn.Module) -> tuple[str, float, bool] | str:
     if node.op == "call_module":
-        return _activation_of(root.get_submodule(node.target), None)
+        return _activation_of(root.get_submodule(str(node.target)), None)
     return _activation_of(None, node)
 
 
@@ -395,7 +397,8 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     # Pairs whose activation is a call to remove rewrite the forward of the module making it. The outermost such
     # module takes every pair inside it: its GraphModule inlines its children's forwards, so module swaps inside it
     # happen in the GraphModule (BN -> NormAct) and its graph (the activation's call removed).
-    owners = {d.act_owner for d in decisions.values() if isinstance(d, _Pair) and d.needs_rewrite}
+    owners = {d.act_owner for d in decisions.values()
+              if isinstance(d, _Pair) and d.needs_rewrite and d.act_owner is not None}
     problems = {o: _rewrite_problem(model, o, graphs) for o in owners}
     roots = {o for o in owners if problems[o] is None}
     roots = {o for o in roots if not any(r != o and _inside(o, r) for r in roots)}
@@ -416,8 +419,9 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
         if isinstance(d, str):
             report.skipped.append((name, d))
             continue
-        if d.needs_rewrite and problems[d.act_owner] is not None:
-            report.skipped.append((name, problems[d.act_owner]))
+        problem = problems.get(d.act_owner) if d.needs_rewrite and d.act_owner is not None else None
+        if problem is not None:
+            report.skipped.append((name, problem))
             continue
         act_root, norm_root = root_of(d.act_owner), root_of(name)
         if act_root is not None and norm_root != act_root:
@@ -432,10 +436,11 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
 
 
 # -- applying the plan -------------------------------------------------------------------------------------------
-def _normlab_bn(norm: nn.Module) -> nn.Module:
+def _normlab_bn(module: nn.Module) -> nn.Module:
     """normlab's BN of the same rank *sharing* a torch BN's parameters and buffers (normlab's BN: itself)."""
-    if type(norm) not in _TORCH_TO_NORMLAB:
-        return norm
+    if type(module) not in _TORCH_TO_NORMLAB:
+        return module
+    norm = cast(nn.modules.batchnorm._BatchNorm, module)
     new = _TORCH_TO_NORMLAB[type(norm)](
         norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
         track_running_stats=norm.track_running_stats,
@@ -474,7 +479,7 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
             act.target == rel(pair.act_module) if pair.act_module is not None
             else not isinstance(_act_from(act, module), str)
         )
-        if not expected:
+        if act is None or not expected:
             raise RuntimeError(f"fuse_norm_act: in {owner or 'the model'}'s forward, {pair.norm!r} is no longer "
                                f"followed by its activation alone as planned; model unchanged")
         act.replace_all_uses_with(nodes[0])
@@ -563,7 +568,7 @@ def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = Fal
     for p in report.pairs:
         if p.norm_root is None:
             set_submodule(target, p.norm, fused[p.norm])
-        if p.act_root is None:
+        if p.act_root is None and p.act_module is not None:
             set_submodule(target, p.act_module, nn.Identity().train(target.get_submodule(p.act_module).training))
     for owner, gm in graphs.items():
         if owner:
