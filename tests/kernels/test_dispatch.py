@@ -76,6 +76,49 @@ def test_decisions():
         assert not kernels.use_fast(big)
 
 
+@needs_numba
+def test_auto_decision_table_per_layout():
+    """Each layout takes the kernels under "auto" exactly from its row of the decision table (the sizes are a table,
+    not a timing: the test reads the thresholds, so changing a crossover means editing dispatch.AUTO_TABLE)."""
+    table = dispatch.AUTO_TABLE
+    assert set(table) == {"channel_first", "channels_last", "rows"}
+
+    def at(n_values, make):
+        x = make(n_values)
+        return x, kernels.use_fast(x, 1)
+
+    cases = {
+        "channel_first": lambda n: torch.empty(4, 8, n // 32),  # NCHW-like (N, C, L)
+        "channels_last": lambda n: torch.empty(4, n // 64, 4, 4).contiguous(memory_format=torch.channels_last),
+        "rows": lambda n: torch.empty(n // 64, 64),  # BatchNorm1d after a Linear layer
+    }
+    with kernels.backend("auto"):
+        for layout, make in cases.items():
+            least = table[layout]
+            assert least is not None
+            x, fast = at(least, make)
+            assert dispatch.layout_of(x, 1) == layout and x.numel() == least and fast, layout
+            x, fast = at(least // 2, make)
+            assert x.numel() < least and not fast, layout
+        # (N, L, C) with the channel last is the channels-last row; the MLP's (256, 1024) BatchNorm1d stays on torch
+        assert dispatch.layout_of(torch.empty(2, 3, 5), -1) == "channels_last"
+        assert not kernels.use_fast(torch.empty(256, 1024), 1)
+        assert dispatch.layout_of(torch.empty(3, 5), None) == "channel_first"  # axis unknown
+    with kernels.backend("fast"):  # "fast" ignores the table
+        assert kernels.use_fast(torch.empty(256, 1024), 1)
+
+
+@needs_numba
+def test_auto_decision_table_never(monkeypatch):
+    """A layout whose row is None never takes the kernels under "auto"; "fast" still forces them."""
+    monkeypatch.setitem(dispatch.AUTO_TABLE, "rows", None)
+    x = torch.empty(1 << 16, 128)
+    with kernels.backend("auto"):
+        assert not kernels.use_fast(x, 1)
+    with kernels.backend("fast"):
+        assert kernels.use_fast(x, 1)
+
+
 def test_numba_missing_means_native(monkeypatch):
     monkeypatch.setattr(dispatch, "_numba_available", False)
     with pytest.raises(RuntimeError, match=r"set_backend\('fast'\): the kernels need numba, which is not installed"

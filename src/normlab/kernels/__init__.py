@@ -23,10 +23,22 @@ from .. import _stats, _validate
 from . import native
 from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
 from ._buffer_cache import cache_info, empty_cache
-from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
+from .dispatch import (
+    AUTO_MIN_NUMEL,
+    AUTO_TABLE,
+    BACKENDS,
+    backend,
+    get_backend,
+    layout_of,
+    numba_available,
+    set_backend,
+    supported,
+    use_fast,
+)
 
 __all__ = [
     "AUTO_MIN_NUMEL",
+    "AUTO_TABLE",
     "BUFFER_CACHE_ENV_VAR",
     "BACKENDS",
     "ACTIVATIONS",
@@ -35,6 +47,7 @@ __all__ = [
     "cache_info",
     "empty_cache",
     "get_backend",
+    "layout_of",
     "moments",
     "normalize",
     "numba_available",
