@@ -13,7 +13,9 @@ Variants, the same initial weights:
 
 * ``torch``   — every BN is ``torch.nn.BatchNorm1d/2d`` (what a torch user has);
 * ``normlab`` — that model after ``normlab.tools.convert_norm(model, "bn")`` (kernels as dispatched, ``auto``);
-* ``fused``   — the normlab model after ``normlab.tools.fuse_norm_act`` (BN -> ReLU pairs as NormAct).
+* ``fused``   — the normlab model after ``normlab.tools.fuse_norm_act``: BN -> ReLU pairs as NormAct, and the
+  residual ends of the ResNet's blocks (BN -> add(shortcut) -> ReLU) as NormAddAct (19 of ResNet-20's 21 BNs; the
+  two downsampling shortcuts' BNs feed the same add and stay apart).
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..nn.act import NormAct
+from ..nn.act import NormAct, NormAddAct
 from ..tools._common import is_batch_norm
 from .harness import Timing, interleaved, with_torch_batchnorm
 
@@ -56,6 +58,7 @@ class ModelCase:
     bn_share: dict[str, float] = field(default_factory=dict)
     fused_pairs: int = 0
     norms: int = 0
+    residual_pairs: int = 0
 
     def ratio(self, a: str, b: str = "torch") -> float:
         """``b``'s median step over ``a``'s (> 1: ``a`` is faster)."""
@@ -65,7 +68,7 @@ class ModelCase:
         return {
             "model": self.name, "batch": self.batch, "timings": {k: t.as_dict() for k, t in self.timings.items()},
             "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
-            "fused_pairs": self.fused_pairs, "norms": self.norms,
+            "fused_pairs": self.fused_pairs, "residual_pairs": self.residual_pairs, "norms": self.norms,
         }
 
 
@@ -177,7 +180,8 @@ def run_models_bench(
         timings = interleaved(steps, reps=reps, warmup=warmup)
         fused = models["fused"]
         case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
-                         norms=sum(is_batch_norm(m) for m in models["torch"].modules()))
+                         norms=sum(is_batch_norm(m) for m in models["torch"].modules()),
+                         residual_pairs=sum(isinstance(m, NormAddAct) for m in fused.modules()))
         if profile_steps:
             case.bn_share = {v: bn_share(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
         cases.append(case)
@@ -193,12 +197,13 @@ def format_models_table(cases: list[ModelCase]) -> str:
     lines += [
         "training step (forward, loss, backward, SGD step), medians in ms; 'x torch' = torch-BN step / this step",
         "(> 1: faster); 'BN %' = share of the step in the norm layers (torch.profiler; 'fused': BN + activation)",
+        "'fused' = BNs fused / BNs (r: of them with the residual add, BN -> add -> ReLU)",
     ]
-    head = (f"{'model':<10}{'batch':>6}{'fused':>7}" + "".join(f"{v:>10}" for v in VARIANTS)
+    head = (f"{'model':<10}{'batch':>6}{'fused':>12}" + "".join(f"{v:>10}" for v in VARIANTS)
             + f"{'normlab x':>11}{'fused x':>9}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS))
     lines += [head, "-" * len(head)]
     for c in cases:
-        row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms}':>7}"
+        row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms} r{c.residual_pairs}':>12}"
         row += "".join(f"{c.timings[v].median * 1e3:>10.2f}" for v in VARIANTS)
         row += f"{c.ratio('normlab'):>11.2f}{c.ratio('fused'):>9.2f}"
         row += "".join(f"{100 * c.bn_share[v]:>13.1f}%" if v in c.bn_share else f"{'':>14}" for v in VARIANTS)
