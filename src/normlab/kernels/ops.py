@@ -350,7 +350,7 @@ def _train_backward_impl(
     dys = _layout.like(dy, xs)
     dx = _buffer_cache.empty_like(xs)
     ys = _layout.like(y, xs) if y is not None else None
-    dres = torch.empty_like(xs) if y is not None else x.new_empty((0,))
+    dres = _buffer_cache.empty_like(xs) if y is not None else x.new_empty((0,))
     mu, v, n = _gc(mean, groups, p.c), _gc(var, groups, p.c), _gc(count, groups, p.c)
     r, d = _np64(rd)
     w, b = _vec(weight), _vec(bias)
