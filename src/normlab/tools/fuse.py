@@ -17,6 +17,14 @@ the model traces, ``nn.Sequential`` order where it does not, as :func:`~normlab.
   several times) is removed from the traced forward of the module that makes it, which becomes a
   ``torch.fx.GraphModule`` of the same class name and the same state_dict keys.
 
+Residual ends (where ``torch.fx`` traces the block): a BN whose only user is a two-tensor add with another tensor
+(the shortcut) whose only user is a ReLU/LeakyReLU (slope >= 0), ``act(bn(x) + shortcut)`` as in ResNet's basic
+block, becomes a :class:`~normlab.nn.act.NormAddAct` called as ``bn(x, shortcut)``, the add and the activation
+removed from the block's traced forward; one kernel pass forward (statistics, normalize, add, activation) and one
+backward (the activation's mask read from the output, the shortcut's gradient written in the same sweep). When both
+summands are BN outputs (a downsampling shortcut's BN), the first summand's BN takes the add; the other is skipped
+with that reason.
+
 The fused model's ``state_dict`` has the unfused model's keys (``layer.weight``, not ``layer.norm.weight``): each
 new NormAct renames its norm's keys on save and accepts both names on load, so checkpoints load both ways.
 """
@@ -384,9 +392,11 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     A batch norm (``torch.nn.BatchNorm1d/2d/3d`` or normlab's ``BatchNorm``/``BatchNorm1d/2d/3d``) fuses when its
     only input is one tensor, it is called once, and its output goes to exactly one ReLU or LeakyReLU (a module, or,
     where ``torch.fx`` traces the model, ``F.relu``/``torch.relu``/``Tensor.relu``/``F.leaky_relu``, in place or
-    not) and nowhere else. Skipped, with the reason: a BN whose output is used elsewhere too (in particular when an
-    in-place activation overwrites it), any other activation (GELU, sigmoid, ...), BN subclasses and variants,
-    shared or hooked modules, a rewrite that would lose state. Raises ``TypeError`` if ``model`` is not a module.
+    not) and nowhere else; or, where fx traces, when its only user is ``bn + shortcut`` followed by such an activation
+    alone (the residual end of a ResNet block, fused into a ``NormAddAct``). Skipped, with the reason: a BN whose
+    output is used elsewhere too (in particular when an in-place activation overwrites it), any other activation
+    (GELU, sigmoid, ...), a residual add with a constant, ``alpha=``, a reused sum or a negative LeakyReLU slope, BN
+    subclasses and variants, shared or hooked modules, a rewrite that would lose state. Raises ``TypeError`` if ``model`` is not a module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"plan_fuse_norm_act: expected a torch.nn.Module, got {type(model).__name__}")
