@@ -396,7 +396,8 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     alone (the residual end of a ResNet block, fused into a ``NormAddAct``). Skipped, with the reason: a BN whose
     output is used elsewhere too (in particular when an in-place activation overwrites it), any other activation
     (GELU, sigmoid, ...), a residual add with a constant, ``alpha=``, a reused sum or a negative LeakyReLU slope, BN
-    subclasses and variants, shared or hooked modules, a rewrite that would lose state. Raises ``TypeError`` if ``model`` is not a module.
+    subclasses and variants, shared or hooked modules, a rewrite that would lose state.
+    Raises ``TypeError`` if ``model`` is not a module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"plan_fuse_norm_act: expected a torch.nn.Module, got {type(model).__name__}")
