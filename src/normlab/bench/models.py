@@ -19,8 +19,8 @@ Variants, the same initial weights:
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
-forwards (a NormAct's includes its activation) plus their autograd nodes' backward (matched by sequence number),
-over the time of whole profiled steps.
+forwards (a NormAct's includes its activation, a NormAddAct's also the residual add) plus the backward of the
+autograd node that made each one's output (timed by hooks on that node), over the time of whole profiled steps.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
 }
 VARIANTS = ("torch", "normlab", "fused")
 _RANGE = "normlab_bench::norm"
+_RANGE_BACKWARD = "normlab_bench::norm_backward"
 _STEP = "normlab_bench::step"
 
 
@@ -102,19 +103,40 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
-    """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time)."""
+    """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time).
+
+    Forward: a profiler range around each norm module's call (module forward hooks). Backward: a range around the
+    backward of the autograd node that made each norm module's output (``torch.autograd.graph.Node`` pre-hook and
+    hook, registered on ``output.grad_fn`` during the forward), so exactly that node is counted. (Matching backward
+    events to the forward range by autograd sequence number miscounts: operators that create no node report the
+    *next* node's number, which can be the following convolution's.)
+    """
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     open_ranges: list = []
+    open_backward: list = []
 
     def enter(module, args):
         rf = record_function(_RANGE)
         rf.__enter__()
         open_ranges.append(rf)
 
+    def backward_enter(grad_outputs):
+        rf = record_function(_RANGE_BACKWARD)
+        rf.__enter__()
+        open_backward.append(rf)
+
+    def backward_leave(grad_inputs, grad_outputs):
+        if open_backward:
+            open_backward.pop().__exit__(None, None, None)
+
     def leave(module, args, output):
         open_ranges.pop().__exit__(None, None, None)
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            node.register_prehook(backward_enter)
+            node.register_hook(backward_leave)
 
     handles = []
     for m in _norm_modules(model):
@@ -128,22 +150,9 @@ def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> f
         for h in handles:
             h.remove()
     events = prof.events()
-    forward, seq = 0.0, set()
-    for ev in events:
-        if ev.name == _RANGE:
-            forward += ev.cpu_time_total
-            stack = list(ev.cpu_children)
-            while stack:
-                child = stack.pop()
-                if child.sequence_nr >= 0:
-                    seq.add(child.sequence_nr)
-                stack.extend(child.cpu_children)
-    backward = sum(
-        ev.cpu_time_total for ev in events
-        if ev.name.startswith("autograd::engine::evaluate_function:") and ev.sequence_nr in seq
-    )
+    inside = sum(ev.cpu_time_total for ev in events if ev.name in (_RANGE, _RANGE_BACKWARD))
     total = sum(ev.cpu_time_total for ev in events if ev.name == _STEP)
-    return (forward + backward) / total if total > 0 else float("nan")
+    return inside / total if total > 0 else float("nan")
 
 
 def _checked(names: list[str] | None, reps: int) -> list[str]:
