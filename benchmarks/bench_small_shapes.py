@@ -68,14 +68,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    head = f"{'shape':<17}{'mode':<9}{'module nl':>11}{'torch':>9}{'ratio':>7}{'functional nl':>15}{'torch':>9}{'ratio':>7}"
+    head = (f"{'shape':<17}{'mode':<9}{'module nl':>11}{'torch':>9}{'ratio':>7}"
+            f"{'functional nl':>15}{'torch':>9}{'ratio':>7}")
     print(f"medians in us (float32, torch threads={torch.get_num_threads()}); ratio = normlab / torch (target <= 1.1)")
     print(head)
     print("-" * len(head))
     for name in args.shapes:
         shape, cl = parse(name)
         for mode in ("fwd", "fwd+bwd", "eval"):
-            t = {k: v.median * 1e6 for k, v in interleaved(candidates(shape, cl, mode), reps=args.reps, warmup=5).items()}
+            timed = interleaved(candidates(shape, cl, mode), reps=args.reps, warmup=5)
+            t = {k: v.median * 1e6 for k, v in timed.items()}
             print(f"{name:<17}{mode:<9}{t['module normlab']:>11.1f}{t['module torch']:>9.1f}"
                   f"{t['module normlab'] / t['module torch']:>7.2f}{t['functional normlab']:>15.1f}"
                   f"{t['functional torch']:>9.1f}{t['functional normlab'] / t['functional torch']:>7.2f}", flush=True)

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             diff = (model(x) - folded(x)).abs().max().item()
         before, after = median_ms(model, x, args.repeats), median_ms(folded, x, args.repeats)
-        rows.append({"batch": batch, "unfolded_ms": before, "folded_ms": after, "ratio": before / after, "max_abs_diff": diff})
+        rows.append({"batch": batch, "unfolded_ms": before, "folded_ms": after, "ratio": before / after,
+                     "max_abs_diff": diff})
         print(f"{batch:>5}  {before:>12.3f}  {after:>10.3f}  {before / after:>6.2f}  {diff:>10.2e}")
     if args.json:
         with open(args.json, "w") as f:

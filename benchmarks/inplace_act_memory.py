@@ -35,7 +35,7 @@ def build(variant: str, depth: int, channels: int):
     from normlab.nn import BatchNorm2d, NormAct
 
     torch.manual_seed(0)
-    layers = []
+    layers: list[nn.Module] = []
     for _ in range(depth):
         layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
         if variant == "torch BN + ReLU":
@@ -98,14 +98,16 @@ def main(argv=None) -> int:
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     act = rows[0]["activation_mb"]
-    print(f"conv3x3 -> BN -> activation, x{args.depth}; input ({args.batch}, {args.channels}, {args.size}, {args.size}) "
+    print(f"conv3x3 -> BN -> activation, x{args.depth}; "
+          f"input ({args.batch}, {args.channels}, {args.size}, {args.size}) "
           f"float32 = {act:.1f} MiB per activation; one training step, fresh process per variant")
     print(f"{'variant':<24}{'peak RSS delta (MiB)':>22}{'saved for backward (MiB)':>27}")
     for r in rows:
         print(f"{r['variant']:<24}{r['peak_rss_delta_mb']:>22.1f}{r['saved_for_backward_mb']:>27.1f}")
     base = rows[0]
     inplace = rows[-1]
-    print(f"in-place ABN vs torch BN + ReLU: peak RSS delta x{inplace['peak_rss_delta_mb'] / base['peak_rss_delta_mb']:.2f}, "
+    rss = inplace["peak_rss_delta_mb"] / base["peak_rss_delta_mb"]
+    print(f"in-place ABN vs torch BN + ReLU: peak RSS delta x{rss:.2f}, "
           f"saved tensors x{inplace['saved_for_backward_mb'] / base['saved_for_backward_mb']:.2f}")
     if args.json:
         with open(args.json, "w") as f:

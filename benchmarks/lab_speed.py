@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from normlab.lab.train import TrainConfig, train
 
 def seed_comparison(threads: int) -> dict:
     t0 = time.perf_counter()
-    out = {}
+    out: dict[str, object] = {}
     for norm in ("bn", "none"):
         cfg = TrainConfig(data="mnist5k", model="seed_mlp", norm=norm, optimizer="adam", lr=1e-3, batch_size=32,
                           epochs=10, seed=0)
@@ -47,17 +48,20 @@ def bare_loop(cfg: TrainConfig, ds, steps: int, dataloader: bool = False) -> flo
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     x, y = ds.x_train, ds.y_train
     gen = torch.Generator().manual_seed(cfg.seed)
-    ends, losses = [], []
+    ends: list[float] = []
+    losses: list[float] = []
     if dataloader:
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                              shuffle=True, generator=gen)
     while len(ends) < steps:
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         if dataloader:
             batches = iter(loader)
         else:
             perm = torch.randperm(len(y), generator=gen)
             xs, ys = x[perm], y[perm]
-            batches = ((xs[i : i + cfg.batch_size], ys[i : i + cfg.batch_size]) for i in range(0, len(y), cfg.batch_size))
+            bs = cfg.batch_size
+            batches = ((xs[i : i + bs], ys[i : i + bs]) for i in range(0, len(y), bs))
         for xb, yb in batches:
             if len(ends) >= steps:
                 break

@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nclaims run: {args.only or 'every claim'} at --{args.level}, {args.seeds} seed(s)")
         print(f"  {'executor':<10}{'jobs/CPUs':>10}{'units':>7}{'seconds':>9}{'units/s':>9}{'start-up':>10}")
         for r in rows:
-            print(f"  {r['executor']:<10}{r['jobs']:>10}{r['units']:>7}{r['seconds']:>9.1f}{r['units_per_second']:>9.2f}"
-                  f"{r['startup_seconds']:>9.1f}s" + (f"  errors: {r['errors']}" if r["errors"] else ""))
+            print(f"  {r['executor']:<10}{r['jobs']:>10}{r['units']:>7}{r['seconds']:>9.1f}"
+                  f"{r['units_per_second']:>9.2f}{r['startup_seconds']:>9.1f}s"
+                  + (f"  errors: {r['errors']}" if r["errors"] else ""))
         by = {(r["executor"], r["jobs"]): r["units_per_second"] for r in rows}
         eff = 1.0
         for ex in ("ray", "local"):

@@ -37,7 +37,7 @@ def main() -> None:
             model = with_torch_batchnorm(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
-        def step():
+        def step(model=model, opt=opt):
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), target).backward()
             opt.step()

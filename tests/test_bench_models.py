@@ -17,8 +17,9 @@ TINY = {"cnn": {"channels": (4, 8)}, "resnet20": {"widths": (4, 8, 8), "blocks_p
 def test_bench_models_smoke_structure():
     cases = bench_models.run_models_bench(reps=1, warmup=0, batch=4, size=TINY, profile_steps=1)
     assert [c.name for c in cases] == ["cnn", "resnet20", "mlp"]
-    # tiny ResNet: the stem's BN and each block's first BN fuse; the BNs before the residual addition do not
-    assert [(c.fused_pairs, c.norms) for c in cases] == [(2, 2), (4, 9), (3, 3)]
+    # tiny ResNet: the stem's BN, each block's first BN, and each block's last BN with the residual add and ReLU
+    # (NormAddAct) fuse; the two downsampling shortcuts' BNs feed the same add and stay apart
+    assert [(c.fused_pairs, c.residual_pairs, c.norms) for c in cases] == [(2, 0, 2), (7, 3, 9), (3, 0, 3)]
     for c in cases:
         assert set(c.timings) == set(bench_models.VARIANTS) and all(t.reps == 1 for t in c.timings.values())
         assert set(c.bn_share) == set(bench_models.VARIANTS) and all(0 < s < 1 for s in c.bn_share.values())

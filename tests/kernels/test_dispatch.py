@@ -46,7 +46,8 @@ def test_bad_names_raise(monkeypatch):
     with pytest.raises(ValueError, match=r"set_backend: expected one of auto, fast, native, got 'numba'"):
         kernels.set_backend("numba")
     monkeypatch.setenv("NORMLAB_KERNELS", "fastest")
-    with pytest.raises(ValueError, match=r"environment variable NORMLAB_KERNELS: expected one of auto, fast, native, got 'fastest'"):
+    with pytest.raises(ValueError, match=r"environment variable NORMLAB_KERNELS: expected one of auto, fast, native, "
+                                         r"got 'fastest'"):
         kernels.get_backend()
 
 
@@ -75,10 +76,58 @@ def test_decisions():
         assert not kernels.use_fast(big)
 
 
+@needs_numba
+def test_auto_decision_table_per_layout():
+    """Each layout takes the kernels under "auto" exactly from its row of the decision table (the sizes are a table,
+    not a timing: the test reads the thresholds, so changing a crossover means editing dispatch.AUTO_TABLE)."""
+    table = dispatch.AUTO_TABLE
+    assert set(table) == {"channel_first", "channels_last", "rows"}
+
+    def at(n_values, make):
+        x = make(n_values)
+        return x, kernels.use_fast(x, 1)
+
+    cases = {
+        "channel_first": lambda n: torch.empty(4, 8, n // 32),  # NCHW-like (N, C, L)
+        "channels_last": lambda n: torch.empty(4, n // 64, 4, 4).contiguous(memory_format=torch.channels_last),
+        "rows": lambda n: torch.empty(n // 64, 64),  # BatchNorm1d after a Linear layer
+    }
+    with kernels.backend("auto"):
+        for layout, make in cases.items():
+            least = table[layout]
+            assert least is not None
+            x, fast = at(least, make)
+            assert dispatch.layout_of(x, 1) == layout and x.numel() == least and fast, layout
+            x, fast = at(least // 2, make)
+            assert x.numel() < least and not fast, layout
+        # (N, L, C) with the channel last is the channels-last row; the MLP's (256, 1024) BatchNorm1d stays on torch
+        assert dispatch.layout_of(torch.empty(2, 3, 5), -1) == "channels_last"
+        assert not kernels.use_fast(torch.empty(256, 1024), 1)
+        assert dispatch.layout_of(torch.empty(3, 5), None) == "channel_first"  # axis unknown
+    with kernels.backend("fast"):  # "fast" ignores the table
+        assert kernels.use_fast(torch.empty(256, 1024), 1)
+
+
+@needs_numba
+def test_auto_decision_table_never(monkeypatch):
+    """A layout whose row is None never takes the kernels under "auto"; "fast" still forces them."""
+    monkeypatch.setitem(dispatch.AUTO_TABLE, "rows", None)
+    x = torch.empty(1 << 16, 128)
+    with kernels.backend("auto"):
+        assert not kernels.use_fast(x, 1)
+    with kernels.backend("fast"):
+        assert kernels.use_fast(x, 1)
+
+
 def test_numba_missing_means_native(monkeypatch):
     monkeypatch.setattr(dispatch, "_numba_available", False)
-    with pytest.raises(RuntimeError, match=r"set_backend\('fast'\): numba is not installed"):
+    before = kernels.get_backend()
+    with pytest.raises(RuntimeError, match=r"set_backend\('fast'\): the kernels need numba, which is not installed"
+                       ) as err:
         kernels.set_backend("fast")
+    assert "normlab[kernels]" not in str(err.value)  # numba is a plain dependency now, not an extra to ask for
+    assert "pip install numba" in str(err.value)
+    assert kernels.get_backend() == before  # state unchanged
     assert not kernels.use_fast(torch.randn(64, 64, 32))
 
 
@@ -116,7 +165,8 @@ LAYERS = [
     (lambda: BatchNorm(4, axis=-1, dtype=torch.float64), [(3, 7, 4), (2, 7, 4), (3, 7, 4)], None),
     # the variants on the fused kernel: virtual batches, a position mask, batch renormalization
     (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], None),
-    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)], torch.channels_last),
+    (lambda: GhostBatchNorm(3, 2, dtype=torch.float64), [(6, 3, 5, 4), (4, 3, 5, 4), (4, 3, 5, 4)],
+     torch.channels_last),
     (lambda: GhostBatchNorm(4, 3, axis=-1, dtype=torch.float64), [(6, 5, 4), (3, 5, 4), (6, 5, 4)], None),
     (lambda: _LengthMasked(MaskedBatchNorm(3, dtype=torch.float64)), [(5, 3, 7), (4, 3, 7), (5, 3, 7)], None),
     (lambda: _LengthMasked(MaskedBatchNorm(3, axis=-1, dtype=torch.float64)), [(5, 7, 3), (4, 7, 3), (5, 7, 3)], None),

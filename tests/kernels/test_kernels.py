@@ -123,7 +123,7 @@ def test_ghost_groups_match_reference_per_group(layout, dtype):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("act", ["identity", "relu"])
 def test_fast_and_native_paths_agree(layout, act):
     x = _input((4, 3, 5, 6), torch.float64, layout).requires_grad_()
     w, b = (t.requires_grad_() for t in _params(3, torch.float64))
@@ -142,7 +142,7 @@ def test_gradcheck_train_op(layout):
     x = _input((4, 3, 3, 2), torch.float64, layout).requires_grad_()
     w, b = (t.requires_grad_() for t in _params(3, torch.float64))
     with kernels.backend("fast"):
-        for groups, act in ((1, "none"), (2, "relu")):
+        for groups, act in ((1, "identity"), (2, "relu")):
             f = lambda x, w, b, groups=groups, act=act: kernels.batch_norm_train(  # noqa: E731
                 x, w, b, 1e-3, groups=groups, act=act)[0]
             assert torch.autograd.gradcheck(f, (x, w, b))
@@ -155,7 +155,7 @@ def test_gradcheck_normalize_op_all_inputs(layout):
     var = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
     w, b = (t.requires_grad_() for t in _params(4, torch.float64))
     with kernels.backend("fast"):
-        for act in ("none", "relu"):
+        for act in ("identity", "relu"):
             f = lambda *a, act=act: kernels.normalize(*a, 1e-3, act=act)  # noqa: E731
             assert torch.autograd.gradcheck(f, (x, mean, var, w, b))
 
@@ -246,9 +246,10 @@ def test_relu_fusion_matches_unfused():
 
 def test_bad_arguments_raise_with_names():
     x = torch.randn(6, 3, 4)
-    with pytest.raises(ValueError, match=r"batch_norm_train: groups must be a positive int dividing the batch size 6, got 4"):
+    with pytest.raises(ValueError, match=r"batch_norm_train: groups must be a positive int dividing the batch size 6, "
+                                         r"got 4"):
         kernels.batch_norm_train(x, None, None, 1e-5, groups=4)
-    with pytest.raises(ValueError, match=r"act must be one of \['none', 'relu'\], got 'gelu'"):
+    with pytest.raises(ValueError, match=r"act must be one of 'identity', 'relu', 'leaky_relu', got 'gelu'"):
         kernels.normalize(x, torch.zeros(3), torch.ones(3), None, None, 1e-5, act="gelu")
 
 
@@ -351,9 +352,104 @@ def test_variant_arguments_are_checked():
             kernels.batch_norm_train(x, torch.ones(2), None, 1e-5)
         with pytest.raises(ValueError, match=r"expected renorm's reference std of shape \(3,\), got \(4,\)"):
             kernels.batch_norm_train(x, None, None, 1e-5, renorm=(torch.zeros(3), torch.ones(4), 3.0, 5.0))
-    with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel axis 1"):
+    with pytest.raises(ValueError, match=r"batch_norm_train: expected a bool mask of rank 3 with size 1 on the channel "
+                                         r"axis 1"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 3, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"broadcastable to the input's shape \(4, 3, 5\), got torch.bool of shape \(4, 1, 3\)"):
+    with pytest.raises(ValueError, match=r"broadcastable to the input's shape \(4, 3, 5\), got torch.bool of shape "
+                                         r"\(4, 1, 3\)"):
         kernels.batch_norm_train(x, None, None, 1e-5, mask=torch.ones(4, 1, 3, dtype=torch.bool))
-    with kernels.backend("native"), pytest.raises(ValueError, match=r"virtual batches \(groups=2\) with a mask or renorm"):
+    with kernels.backend("native"), pytest.raises(ValueError,
+                                                  match=r"virtual batches \(groups=2\) with a mask or renorm"):
         kernels.batch_norm_train(x, None, None, 1e-5, groups=2, mask=torch.ones(4, 1, 5, dtype=torch.bool))
+
+
+# -- LeakyReLU and the residual epilogue (y = act(bn(x) + residual)) ---------------------------------------------
+def _act_ref(z: np.ndarray, act: str, slope: float) -> tuple[np.ndarray, np.ndarray]:
+    """(act(z), act'(z)) in float64."""
+    if act == "identity":
+        return z, np.ones_like(z)
+    s = 0.0 if act == "relu" else slope
+    return np.where(z > 0, z, s * z), np.where(z > 0, 1.0, s)
+
+
+ACT_LAYOUTS = [((4, 3, 5, 6), 1, "contiguous"), ((4, 6, 5, 3), 1, "channels_last"), ((40, 5), 1, "contiguous"),
+               ((3, 7, 5), -1, "contiguous")]
+
+
+@pytest.mark.parametrize("backend", ["fast", "native"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act,slope", [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.2), ("leaky_relu", 0.0)])
+@pytest.mark.parametrize("shape,axis,layout", ACT_LAYOUTS)
+def test_activation_and_residual_match_float64_reference(shape, axis, layout, act, slope, residual, backend):
+    dtype = torch.float64
+    x = _input(shape, dtype, layout).requires_grad_()
+    C = shape[axis]
+    w, b = (t.requires_grad_() for t in _params(C, dtype))
+    r = (_input(shape, dtype, layout, seed=5) * 0.7).requires_grad_() if residual else None
+    with kernels.backend(backend):
+        y, stats = kernels.batch_norm_train(x, w, b, 1e-5, axis=axis, act=act, negative_slope=slope, residual=r)
+    dy = torch.cos(torch.arange(y.numel(), dtype=dtype)).reshape(y.shape)
+    y.backward(dy)
+    c = axis % len(shape)
+    xn = np.moveaxis(x.detach().numpy(), c, 1)
+    z, cache = reference.batch_norm_forward(xn, w.detach().numpy(), b.detach().numpy(), 1e-5)
+    rn = np.moveaxis(r.detach().numpy(), c, 1) if residual else 0.0
+    want, deriv = _act_ref(z + rn, act, slope)
+    np.testing.assert_allclose(np.moveaxis(y.detach().numpy(), c, 1), want, rtol=1e-10, atol=1e-12)
+    dz = np.moveaxis(dy.numpy(), c, 1) * deriv
+    dx, dw, db = reference.batch_norm_backward(dz, cache)
+    np.testing.assert_allclose(np.moveaxis(x.grad.numpy(), c, 1), dx, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(w.grad.numpy(), dw, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b.grad.numpy(), db, rtol=1e-8, atol=1e-10)
+    if residual:
+        np.testing.assert_allclose(np.moveaxis(r.grad.numpy(), c, 1), dz, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(stats.mean.numpy(), cache.mean.reshape(-1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_residual_epilogue_fast_equals_native_float32_and_float64(layout, dtype):
+    x = _input((4, 5, 6, 7), dtype, layout).requires_grad_()
+    r = _input((4, 5, 6, 7), dtype, layout, seed=9).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(5, dtype))
+    out = {}
+    for name in ("fast", "native"):
+        with kernels.backend(name):
+            y, _ = kernels.batch_norm_train(x, w, b, 1e-5, act="relu", residual=r)
+        out[name] = (y, *torch.autograd.grad(y, (x, w, b, r), torch.sin(y)))
+    tol = 1e-10 if dtype == torch.float64 else 5e-5
+    for a, n in zip(out["fast"], out["native"]):
+        torch.testing.assert_close(a, n, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act,slope", [("relu", 0.0), ("leaky_relu", 0.3)])
+def test_gradcheck_leaky_and_residual_train_op(layout, act, slope):
+    x = _input((4, 3, 3, 2), torch.float64, layout).requires_grad_()
+    r = _input((4, 3, 3, 2), torch.float64, layout, seed=3).requires_grad_()
+    w, b = (t.requires_grad_() for t in _params(3, torch.float64))
+    with kernels.backend("fast"):
+        f = lambda x, w, b: kernels.batch_norm_train(x, w, b, 1e-3, act=act, negative_slope=slope)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, w, b))
+        g = lambda x, w, b, r: kernels.batch_norm_train(  # noqa: E731
+            x, w, b, 1e-3, act=act, negative_slope=slope, residual=r)[0]
+        assert torch.autograd.gradcheck(g, (x, w, b, r))
+        assert torch.autograd.gradgradcheck(g, (x, w, b, r))  # double backward: the composite, exact
+        h = lambda *a: kernels.normalize(*a, 1e-3, act=act, negative_slope=slope)  # noqa: E731
+        mean = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        var = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+        assert torch.autograd.gradcheck(h, (x, mean, var, w, b))
+
+
+def test_residual_bad_arguments_raise_with_names():
+    x = torch.randn(4, 3, 5)
+    with pytest.raises(ValueError, match=r"batch_norm_train: the residual must be a tensor of the input's shape "
+                                         r"\(4, 3, 5\), torch.float32 on cpu, got Tensor of shape \(4, 3, 1\)"):
+        kernels.batch_norm_train(x, None, None, 1e-5, residual=torch.randn(4, 3, 1))
+    with pytest.raises(ValueError, match=r"residual is supported for plain batch norm only"):
+        kernels.batch_norm_train(x, None, None, 1e-5, residual=torch.randn(4, 3, 5), groups=2)
+    with pytest.raises(ValueError, match=r"a residual needs negative_slope >= 0 .*got -0.1"):
+        kernels.batch_norm_train(x, None, None, 1e-5, act="leaky_relu", negative_slope=-0.1,
+                                 residual=torch.randn(4, 3, 5))
+    with pytest.raises(ValueError, match=r"negative_slope must be a number, got 'a'"):
+        kernels.batch_norm_train(x, None, None, 1e-5, act="leaky_relu", negative_slope="a")

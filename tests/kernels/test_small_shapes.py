@@ -37,7 +37,8 @@ def _input(shape, axis, channels_last, offset, dtype=torch.float32, seed=0):
     view = [1] * len(shape)
     view[axis] = C
     # per-channel offsets around `offset` and spreads around 1, so channels differ
-    x64 = torch.randn(shape, dtype=torch.float64, generator=g) * (0.5 + torch.rand(view, dtype=torch.float64, generator=g))
+    spread = 0.5 + torch.rand(view, dtype=torch.float64, generator=g)
+    x64 = torch.randn(shape, dtype=torch.float64, generator=g) * spread
     x64 = x64 + offset * (1 + 0.1 * torch.rand(view, dtype=torch.float64, generator=g))
     x = x64.to(dtype)
     if channels_last:
@@ -89,7 +90,8 @@ def test_training_statistics_returned_by_batch_norm_train(shape, axis, cl, offse
         y2, stats2 = kernels.batch_norm_train(x * 2, None, None, 1e-5, axis=axis)  # reuses the NumPy vectors
     assert torch.equal(stats2.mean, kernels.batch_norm_train(x * 2, None, None, 1e-5, axis=axis)[1].mean)
     _, cache = ref.batch_norm_forward(x.double().numpy(), axis=axis)
-    np.testing.assert_allclose(stats.mean.double().numpy(), cache.mean.reshape(-1), rtol=0, atol=_ulp32(1.1 * offset) + 1e-6)
+    np.testing.assert_allclose(stats.mean.double().numpy(), cache.mean.reshape(-1), rtol=0,
+                               atol=_ulp32(1.1 * offset) + 1e-6)
     np.testing.assert_allclose(stats.var.double().numpy(), cache.var.reshape(-1), rtol=2e-5)
     assert stats.count == x.numel() // x.shape[axis]
 
@@ -103,7 +105,8 @@ def test_float32_gradients_match_reference(offset, cl):
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     y = F.batch_norm(x, torch.zeros(6), torch.ones(6), w, b, training=True)
     dx, dw, db = torch.autograd.grad(y, (x, w, b), dy)
-    _, cache = ref.batch_norm_forward(x.detach().double().numpy(), w.detach().double().numpy(), b.detach().double().numpy())
+    _, cache = ref.batch_norm_forward(x.detach().double().numpy(), w.detach().double().numpy(),
+                                      b.detach().double().numpy())
     dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy.double().numpy(), cache)
     atol = 2e-5 + 4 * _ulp32(1.1 * offset)
     np.testing.assert_allclose(dx.double().numpy(), dx_ref, atol=atol)

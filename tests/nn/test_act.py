@@ -109,7 +109,8 @@ def test_inplace_leaf_input_raises_before_running_stats_move(view):
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     leaf = torch.randn(4, 3, 2, requires_grad=True)
     x = leaf[:, :, :1] if view else leaf
-    with pytest.raises(ValueError, match=r"NormAct\(inplace_abn=True\): got a (view of a )?leaf tensor that requires grad"):
+    with pytest.raises(ValueError,
+                       match=r"NormAct\(inplace_abn=True\): got a (view of a )?leaf tensor that requires grad"):
         layer(x)
     for k, v in layer.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=k)

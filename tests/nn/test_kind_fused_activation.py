@@ -30,7 +30,7 @@ def fused_calls(monkeypatch):
     real = kernels.batch_norm_train
 
     def spy(*args, **kwargs):
-        if kwargs.get("act", "none") != "none":
+        if kwargs.get("act", "identity") != "identity":
             seen.append(kwargs["act"])
         return real(*args, **kwargs)
 
@@ -160,7 +160,7 @@ def test_kind_fused_activation_channels_last_matches_unfused(layout, backend, fu
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed: there is no fused path to step aside from")
-@pytest.mark.parametrize("case", ["forward-pre-hook", "forward-hook", "variant", "extra-argument", "leaky_relu",
+@pytest.mark.parametrize("case", ["forward-pre-hook", "forward-hook", "variant", "extra-argument", "elu",
                                   "eval", "empty-batch", "synchronized"])
 def test_kind_fused_activation_steps_aside_where_norm_call_is_more_than_the_kernel(case, fused_calls):
     """Hooks, variants, extra arguments, activations the kernels do not fuse, running statistics, empty batches and
@@ -169,8 +169,8 @@ def test_kind_fused_activation_steps_aside_where_norm_call_is_more_than_the_kern
     ran = []
     if case == "variant":
         layer = NormAct(GhostBatchNorm(3, virtual_batch_size=2), activation="relu").double()
-    elif case == "leaky_relu":
-        layer = NormAct(BatchNorm1d(3), activation="leaky_relu", negative_slope=0.2).double()
+    elif case == "elu":  # not fused by the kernels
+        layer = NormAct(BatchNorm1d(3), activation="elu", alpha=0.7).double()
     else:
         layer = NormAct(BatchNorm1d(3), activation="relu").double()
     if case == "forward-pre-hook":
@@ -195,7 +195,7 @@ def test_kind_fused_activation_steps_aside_where_norm_call_is_more_than_the_kern
     assert ran == {"forward-pre-hook": ["pre"], "forward-hook": ["post"]}.get(case, [])
     with kernels.backend("native"):
         want = layer.norm(x)
-    want = torch.nn.functional.leaky_relu(want, 0.2) if case == "leaky_relu" else torch.relu(want)
+    want = torch.nn.functional.elu(want, 0.7) if case == "elu" else torch.relu(want)
     torch.testing.assert_close(y, want)
 
 
@@ -256,3 +256,30 @@ def test_kind_fused_activation_functorch_transforms_take_pure_torch(backend, fus
         torch.testing.assert_close(vmap(fresh())(xs), torch.stack([fresh()(b) for b in xs]))
     # only the plain (untransformed) calls may fuse: jacobian's own forward and the references
     assert fused_calls.count("relu") == (before + 1 + 2 if backend == "fast" else 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("slope", [0.2, 0.0, -0.3])
+def test_kind_fused_activation_leaky_relu_in_the_kernel_pass(slope, backend, fused_calls):
+    """LeakyReLU is fused like ReLU (any slope, as torch allows): values, gradients and running statistics equal
+    leaky_relu(BN(x)) with torch's layers."""
+    torch.manual_seed(3)
+    theirs = torch.nn.BatchNorm2d(4, momentum=0.3).double()
+    with torch.no_grad():
+        theirs.weight.uniform_(-1, 2), theirs.bias.uniform_(-0.5, 0.5)
+    ours = NormAct(BatchNorm2d(4, momentum=0.3), activation="leaky_relu", negative_slope=slope).double()
+    ours.norm.load_state_dict(theirs.state_dict())
+    with kernels.backend(backend):
+        for step in range(2):
+            x = torch.randn(*LARGE[:1], 4, 9, 9, dtype=torch.float64) * 2 + step
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = torch.nn.functional.leaky_relu(theirs(xa), slope), ours(xb)
+            torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+            dy = torch.randn_like(ya)
+            ya.backward(dy), yb.backward(dy)
+            torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-12)
+            for a, b in zip(ours.norm.parameters(), theirs.parameters()):
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+            for a, b in zip(ours.norm.buffers(), theirs.buffers()):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    assert fused_calls == (["leaky_relu"] * 2 if backend == "fast" else [])

@@ -141,6 +141,44 @@ class Untraceable(nn.Module):
         return self.body(x)
 
 
+class ResidualBlock(nn.Module):
+    """He et al. (2016) basic block: conv-BN-ReLU-conv-BN, + shortcut (identity, or 1x1 conv-BN when ``down``),
+    then the activation, written the lab's way (``torch.relu(h + s)``), torchvision's (``out += s;
+    self.relu(out)``, one ReLU module called twice) or with a LeakyReLU call."""
+
+    def __init__(self, how: str = "lab", down: bool = False, c: int = 4):
+        super().__init__()
+        self.how = how
+        c_out = 2 * c if down else c
+        self.conv1, self.bn1 = nn.Conv2d(c, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nlnn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Sequential(nn.Conv2d(c, c_out, 1, bias=False), nn.BatchNorm2d(c_out)) if down
+                         else nn.Identity())
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        if self.how == "lab":
+            return torch.relu(h + self.shortcut(x))
+        if self.how == "torchvision":
+            h += self.shortcut(x)
+            return self.relu(h)
+        return F.leaky_relu(self.shortcut(x) + h, 0.1)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.blocks = nn.Sequential(ResidualBlock("lab"), ResidualBlock("torchvision", down=True, c=4),
+                                    ResidualBlock("leaky", c=8))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
 MODELS = {
     "torch_cnn": (cnn_torch, (3, 8, 8)),
     "normlab_leaky": (cnn_normlab_leaky, (3, 6, 6)),
@@ -156,9 +194,15 @@ MODELS = {
     "wrapper": (Wrapper, (3, 6, 6)),
     "outer_act": (OuterAct, (3, 6, 6)),
     "untraceable": (Untraceable, (3, 6, 6)),
+    "residual_lab": (lambda: ResidualBlock("lab"), (4, 5, 5)),
+    "residual_torchvision_down": (lambda: ResidualBlock("torchvision", down=True), (4, 5, 5)),
+    "residual_leaky": (lambda: ResidualBlock("leaky"), (4, 5, 5)),
+    "tiny_resnet": (TinyResNet, (3, 6, 6)),
 }
-EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1, "torch.relu": 1,
-                  "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2, "outer_act": 2, "untraceable": 1}
+EXPECTED_FUSED = {"torch_cnn": 2, "normlab_leaky": 2, "mlp_bn1d": 2, "bn3d": 1, "plain_bns": 2, "F.relu": 1,
+                  "torch.relu": 1, "method": 1, "F.relu_inplace": 1, "F.leaky_relu": 1, "shared_relu": 2, "wrapper": 2,
+                  "outer_act": 2, "untraceable": 1,
+                  "residual_lab": 2, "residual_torchvision_down": 2, "residual_leaky": 2, "tiny_resnet": 7}
 
 
 def randomize(model, seed=0):
@@ -504,3 +548,108 @@ def test_fuse_bn_in_rewritten_block_with_activation_module_outside():
     assert report.rewritten == ["block"] and report.fused == [("block.bn1", "relu() in block"), ("block.bn2", "relu")]
     fused = fuse_norm_act(OuterAct())
     assert isinstance(fused.relu, nn.Identity) and isinstance(fused.block.bn2, nlnn.NormAct)
+
+
+# -- the residual pattern: BN -> add(shortcut) -> ReLU/LeakyReLU -------------------------------------------------
+def residual_count(model):
+    return sum(isinstance(m, nlnn.act.NormAddAct) for m in model.modules())
+
+
+@pytest.mark.parametrize("name,pairs", [("residual_lab", 1), ("residual_torchvision_down", 1), ("residual_leaky", 1),
+                                        ("tiny_resnet", 3)])
+def test_fuse_residual_pattern_report_and_state_dict(name, pairs):
+    model, shape = build(name)
+    report = plan_fuse_norm_act(model)
+    assert sum("+ residual" in what for _, what in report.fused) == pairs, str(report)
+    fused = fuse_norm_act(model)
+    assert residual_count(fused) == pairs
+    assert list(fused.state_dict()) == list(model.state_dict())
+    other, _ = build(name, seed=7)
+    other_fused = fuse_norm_act(other)
+    other_fused.load_state_dict(model.state_dict(), strict=True)  # unfused -> fused
+    assert_state_equal(other_fused.state_dict(), model.state_dict())
+    other.load_state_dict(fused.state_dict(), strict=True)  # fused -> unfused
+    assert_state_equal(other.state_dict(), model.state_dict())
+
+
+def test_fuse_residual_downsampling_shortcut_bn_is_skipped_with_reason():
+    report = plan_fuse_norm_act(ResidualBlock("torchvision", down=True))
+    skipped = dict(report.skipped)
+    assert "shortcut.1" in skipped and "fused with 'bn2'" in skipped["shortcut.1"], str(report)
+
+
+def test_fuse_residual_lab_resnet20_fuses_every_bn_but_the_shortcut_ones():
+    from normlab.bench.models import build_variants
+
+    fused = build_variants("resnet20", size={"widths": (2, 2, 4)})["fused"]
+    norms = sum(nlnn.act.NormAct in type(m).__mro__ for m in fused.modules())
+    assert residual_count(fused) == 9 and norms == 19  # 21 BNs: 2 downsampling shortcuts stay alone
+
+
+def test_fuse_residual_gradcheck_through_fused_block(kernel_path):
+    model = ResidualBlock("lab", c=2).double()
+    randomize(model, 2)
+    fused = fuse_norm_act(model)
+    assert residual_count(fused) == 1
+    x = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fused(t), (x,))
+
+
+class ResidualRefusal(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.bn = nn.BatchNorm2d(3)
+        self.bn_b = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        h = self.bn(x)
+        if self.how == "constant":
+            return torch.relu(h + 1.0)
+        if self.how == "sum_reused":
+            s = h + x
+            return torch.relu(s) + s
+        if self.how == "negative_slope":
+            return F.leaky_relu(h + x, -0.2)
+        if self.how == "gelu":
+            return F.gelu(h + x)
+        if self.how == "alpha":
+            return torch.relu(torch.add(h, x, alpha=2.0))
+        return torch.relu(h + self.bn_b(x))  # "two_bns": only one of them can own the add
+
+
+@pytest.mark.parametrize("how,reason", [
+    ("constant", "adds a constant (1.0)"),
+    ("sum_reused", "whose sum is used by more than an activation"),
+    ("negative_slope", "negative slope (-0.2)"),
+    ("gelu", "not followed by ReLU/LeakyReLU"),
+    ("alpha", "has other arguments"),
+])
+def test_fuse_residual_refusals_with_reason(how, reason):
+    model = ResidualRefusal(how)
+    report = plan_fuse_norm_act(model)
+    assert any(name == "bn" and reason in why for name, why in report.skipped), str(report)
+    fused = fuse_norm_act(model)
+    assert residual_count(fused) == 0
+
+
+def test_fuse_residual_two_bn_summands_one_fuses():
+    model = randomize(ResidualRefusal("two_bns")).double()
+    report = plan_fuse_norm_act(model)
+    assert [n for n, _ in report.fused] == ["bn"] and dict(report.skipped)["bn_b"].startswith("the residual add"), \
+        str(report)
+    fused = fuse_norm_act(model)
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_norm_add_act_other_residual_shapes_take_the_unfused_path(kernel_path):
+    m = nlnn.act.NormAddAct(nlnn.BatchNorm2d(3)).double()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    r = torch.randn(3, 1, 1, dtype=torch.float64)  # broadcasts: the unfused computation, as the original model
+    ref_bn = nlnn.BatchNorm2d(3).double()
+    torch.testing.assert_close(m(x, r), torch.relu(ref_bn(x) + r), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        nlnn.act.NormAddAct(nlnn.BatchNorm2d(3), activation="leaky_relu", negative_slope=-1.0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        nlnn.act.NormAddAct(nlnn.BatchNorm2d(3), activation="elu")

@@ -11,8 +11,8 @@ import gc
 import random
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -28,10 +28,11 @@ class Timing:
     reps: int
 
     def as_dict(self) -> dict:
-        return {"median_ms": self.median * 1e3, "q1_ms": self.q1 * 1e3, "q3_ms": self.q3 * 1e3, "min_ms": self.min * 1e3, "reps": self.reps}
+        return {"median_ms": self.median * 1e3, "q1_ms": self.q1 * 1e3, "q3_ms": self.q3 * 1e3,
+                "min_ms": self.min * 1e3, "reps": self.reps}
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], *, reps: int, warmup: int = 2) -> dict[str, Timing]:
+def interleaved(candidates: Mapping[str, Callable[[], object]], *, reps: int, warmup: int = 2) -> dict[str, Timing]:
     """Time every candidate ``reps`` times, round-robin; warm-up rounds first (JIT, allocator, caches)."""
     if reps < 1:
         raise ValueError(f"bench: reps must be >= 1, got {reps}")

@@ -25,8 +25,8 @@ import contextlib
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -213,7 +213,7 @@ def run_grid(
     progress: Callable[[str], None] | None = None,
 ) -> list[Case]:
     """Time every (shape, mode) of the grid; ``names`` picks shapes by their grid name."""
-    table = {n: (s, l) for n, s, l in GRID}
+    table = {n: (shape, layout) for n, shape, layout in GRID}
     names = list(table) if names is None else names
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -230,8 +230,8 @@ def run_grid(
 
 
 VARIANTS = ["ghost4", "masked", "renorm"]
-COLUMNS = ["normlab", "normlab-fast", "normlab-native", "fast-nocache", "torch", "composite", "compile", "ghost4", "masked", "renorm",
-           "copy"]
+COLUMNS = ["normlab", "normlab-fast", "normlab-native", "fast-nocache", "torch", "composite", "compile", "ghost4",
+           "masked", "renorm", "copy"]
 
 
 def format_table(cases: list[Case]) -> str:
@@ -244,7 +244,8 @@ def format_table(cases: list[Case]) -> str:
     lines = [reason] if reason else []
     lines += ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
              "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
-             "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
+             "'<variant>/bn' = variant / normlab-fast (same kernels); "
+             "'fast-nocache' = normlab-fast without the buffer cache",
              head, "-" * len(head)]
     for k in cases:
         row = f"{k.name:<17}{k.mode:<9}"
@@ -268,7 +269,7 @@ def environment() -> dict:
     try:
         import numba
 
-        numba_version, numba_threads = numba.__version__, numba.config.NUMBA_NUM_THREADS
+        numba_version, numba_threads = numba.__version__, numba.get_num_threads()
     except Exception:  # noqa: BLE001 - absent or broken: kernels_off_reason says which
         numba_version, numba_threads = "absent", 0
     return {
@@ -306,7 +307,7 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
                 model = with_torch_batchnorm(model)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
-            def step(model=model, opt=opt, setting=setting):
+            def step(model=model, opt=opt, setting=setting, x=x, target=target):
                 with kernels.backend("auto" if setting == "torch" else setting):
                     opt.zero_grad(set_to_none=True)
                     torch.nn.functional.cross_entropy(model(x), target).backward()

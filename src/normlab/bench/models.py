@@ -13,26 +13,27 @@ Variants, the same initial weights:
 
 * ``torch``   — every BN is ``torch.nn.BatchNorm1d/2d`` (what a torch user has);
 * ``normlab`` — that model after ``normlab.tools.convert_norm(model, "bn")`` (kernels as dispatched, ``auto``);
-* ``fused``   — the normlab model after ``normlab.tools.fuse_norm_act`` (BN -> ReLU pairs as NormAct).
+* ``fused``   — the normlab model after ``normlab.tools.fuse_norm_act``: BN -> ReLU pairs as NormAct, and the
+  residual ends of the ResNet's blocks (BN -> add(shortcut) -> ReLU) as NormAddAct (19 of ResNet-20's 21 BNs; the
+  two downsampling shortcuts' BNs feed the same add and stay apart).
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
-forwards (a NormAct's includes its activation) plus their autograd nodes' backward (matched by sequence number),
-over the time of whole profiled steps.
+forwards (a NormAct's includes its activation, a NormAddAct's also the residual add) plus the backward of the
+autograd node that made each one's output (timed by hooks on that node), over the time of whole profiled steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..nn.act import NormAct
+from ..nn.act import NormAct, NormAddAct
 from ..tools._common import is_batch_norm
 from .harness import Timing, interleaved, with_torch_batchnorm
 
@@ -44,6 +45,7 @@ MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
 }
 VARIANTS = ("torch", "normlab", "fused")
 _RANGE = "normlab_bench::norm"
+_RANGE_BACKWARD = "normlab_bench::norm_backward"
 _STEP = "normlab_bench::step"
 
 
@@ -57,6 +59,7 @@ class ModelCase:
     bn_share: dict[str, float] = field(default_factory=dict)
     fused_pairs: int = 0
     norms: int = 0
+    residual_pairs: int = 0
 
     def ratio(self, a: str, b: str = "torch") -> float:
         """``b``'s median step over ``a``'s (> 1: ``a`` is faster)."""
@@ -66,7 +69,7 @@ class ModelCase:
         return {
             "model": self.name, "batch": self.batch, "timings": {k: t.as_dict() for k, t in self.timings.items()},
             "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
-            "fused_pairs": self.fused_pairs, "norms": self.norms,
+            "fused_pairs": self.fused_pairs, "residual_pairs": self.residual_pairs, "norms": self.norms,
         }
 
 
@@ -100,19 +103,40 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
-    """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time)."""
+    """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time).
+
+    Forward: a profiler range around each norm module's call (module forward hooks). Backward: a range around the
+    backward of the autograd node that made each norm module's output (``torch.autograd.graph.Node`` pre-hook and
+    hook, registered on ``output.grad_fn`` during the forward), so exactly that node is counted. (Matching backward
+    events to the forward range by autograd sequence number miscounts: operators that create no node report the
+    *next* node's number, which can be the following convolution's.)
+    """
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     open_ranges: list = []
+    open_backward: list = []
 
     def enter(module, args):
         rf = record_function(_RANGE)
         rf.__enter__()
         open_ranges.append(rf)
 
+    def backward_enter(grad_outputs):
+        rf = record_function(_RANGE_BACKWARD)
+        rf.__enter__()
+        open_backward.append(rf)
+
+    def backward_leave(grad_inputs, grad_outputs):
+        if open_backward:
+            open_backward.pop().__exit__(None, None, None)
+
     def leave(module, args, output):
         open_ranges.pop().__exit__(None, None, None)
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            node.register_prehook(backward_enter)
+            node.register_hook(backward_leave)
 
     handles = []
     for m in _norm_modules(model):
@@ -126,22 +150,9 @@ def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> f
         for h in handles:
             h.remove()
     events = prof.events()
-    forward, seq = 0.0, set()
-    for ev in events:
-        if ev.name == _RANGE:
-            forward += ev.cpu_time_total
-            stack = list(ev.cpu_children)
-            while stack:
-                child = stack.pop()
-                if child.sequence_nr >= 0:
-                    seq.add(child.sequence_nr)
-                stack.extend(child.cpu_children)
-    backward = sum(
-        ev.cpu_time_total for ev in events
-        if ev.name.startswith("autograd::engine::evaluate_function:") and ev.sequence_nr in seq
-    )
+    inside = sum(ev.cpu_time_total for ev in events if ev.name in (_RANGE, _RANGE_BACKWARD))
     total = sum(ev.cpu_time_total for ev in events if ev.name == _STEP)
-    return (forward + backward) / total if total > 0 else float("nan")
+    return inside / total if total > 0 else float("nan")
 
 
 def _checked(names: list[str] | None, reps: int) -> list[str]:
@@ -178,7 +189,8 @@ def run_models_bench(
         timings = interleaved(steps, reps=reps, warmup=warmup)
         fused = models["fused"]
         case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
-                         norms=sum(is_batch_norm(m) for m in models["torch"].modules()))
+                         norms=sum(is_batch_norm(m) for m in models["torch"].modules()),
+                         residual_pairs=sum(isinstance(m, NormAddAct) for m in fused.modules()))
         if profile_steps:
             case.bn_share = {v: bn_share(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
         cases.append(case)
@@ -194,12 +206,13 @@ def format_models_table(cases: list[ModelCase]) -> str:
     lines += [
         "training step (forward, loss, backward, SGD step), medians in ms; 'x torch' = torch-BN step / this step",
         "(> 1: faster); 'BN %' = share of the step in the norm layers (torch.profiler; 'fused': BN + activation)",
+        "'fused' = BNs fused / BNs (r: of them with the residual add, BN -> add -> ReLU)",
     ]
-    head = (f"{'model':<10}{'batch':>6}{'fused':>7}" + "".join(f"{v:>10}" for v in VARIANTS)
+    head = (f"{'model':<10}{'batch':>6}{'fused':>12}" + "".join(f"{v:>10}" for v in VARIANTS)
             + f"{'normlab x':>11}{'fused x':>9}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS))
     lines += [head, "-" * len(head)]
     for c in cases:
-        row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms}':>7}"
+        row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms} r{c.residual_pairs}':>12}"
         row += "".join(f"{c.timings[v].median * 1e3:>10.2f}" for v in VARIANTS)
         row += f"{c.ratio('normlab'):>11.2f}{c.ratio('fused'):>9.2f}"
         row += "".join(f"{100 * c.bn_share[v]:>13.1f}%" if v in c.bn_share else f"{'':>14}" for v in VARIANTS)

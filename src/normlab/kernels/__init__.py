@@ -3,12 +3,13 @@
 The steps (numba kernels in :mod:`._numba`, torch custom ops in :mod:`.ops`):
 
 1. statistics  — per-channel mean and biased variance, exact-centred, optionally per virtual batch and under a mask;
-2. apply       — ``y = act((x - mean) * scale + shift)``, i.e. ``x * a + b`` per channel, optionally fused with ReLU;
+2. apply       — ``y = act((x - mean) * scale + shift [+ residual])``, i.e. ``x * a + b`` per channel, optionally
+   fused with ReLU or LeakyReLU (:data:`ACTIVATIONS`) and, in training, a residual add before the activation;
 3. backward reductions — ``sum dy`` and ``sum dy * xhat`` per channel;
 4. backward apply      — ``dx = k_dy * dy + k_x * (x - mean) + k_0`` per channel.
 
 The functions below take the same arguments as :mod:`normlab._stats` (``moments``, ``normalize``) plus
-``groups``/``act``, and choose the kernels or torch's native operators through :mod:`.dispatch`
+``groups``/``act``/``negative_slope``, and choose the kernels or torch's native operators through :mod:`.dispatch`
 (``NORMLAB_KERNELS=auto|fast|native``, :func:`set_backend`, :func:`backend`). Both paths return the same values
 to rounding; the tests check that.
 """
@@ -19,14 +20,25 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate
-from . import _buffer_cache, native
+from . import native
 from ._buffer_cache import ENV_VAR as BUFFER_CACHE_ENV_VAR
 from ._buffer_cache import cache_info, empty_cache
-from .dispatch import AUTO_MIN_NUMEL, BACKENDS, backend, get_backend, numba_available, set_backend, supported, use_fast
-
+from .dispatch import (
+    AUTO_MIN_NUMEL,
+    AUTO_TABLE,
+    BACKENDS,
+    backend,
+    get_backend,
+    layout_of,
+    numba_available,
+    set_backend,
+    supported,
+    use_fast,
+)
 
 __all__ = [
     "AUTO_MIN_NUMEL",
+    "AUTO_TABLE",
     "BUFFER_CACHE_ENV_VAR",
     "BACKENDS",
     "ACTIVATIONS",
@@ -35,6 +47,7 @@ __all__ = [
     "cache_info",
     "empty_cache",
     "get_backend",
+    "layout_of",
     "moments",
     "normalize",
     "numba_available",
@@ -43,13 +56,16 @@ __all__ = [
     "use_fast",
 ]
 
-#: Activations the apply step can fuse (name -> kernel flag).
-ACTIVATIONS = {"none": 0, "relu": 1}
+#: Activations the apply step can fuse (name -> kernel flag): the one table of activation names for the kernels and
+#: :class:`normlab.nn.NormAct` ("identity" as ``torch.nn.Identity``; ``leaky_relu`` takes ``negative_slope``).
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2}
 
 
-def _act(act: str, name: str) -> int:
+def _act(act: str, name: str, slope: float = 0.0) -> int:
     if act not in ACTIVATIONS:
-        raise ValueError(f"{name}: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        raise ValueError(f"{name}: act must be one of {', '.join(map(repr, ACTIVATIONS))}, got {act!r}")
+    if act == "leaky_relu" and (isinstance(slope, bool) or not isinstance(slope, (int, float))):
+        raise ValueError(f"{name}: negative_slope must be a number, got {slope!r}")
     return ACTIVATIONS[act]
 
 
@@ -102,14 +118,14 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
     else:
         mean, var, count = _ops().moments(x, c, 1, mask)
         mean, var, count = mean[0], var[0], count[0]
-    n = count if mask is not None else x.numel() // (x.shape[c] * (x.shape[0] if grouped else 1))
+    n: Tensor | int = count if mask is not None else x.numel() // (x.shape[c] * (x.shape[0] if grouped else 1))
     if keepdim:
         shape = [1] * x.ndim
         shape[c] = x.shape[c]
         if grouped:
             shape[0] = x.shape[0]
         mean, var = mean.reshape(shape), var.reshape(shape)
-        if mask is not None:
+        if isinstance(n, Tensor):
             n = n.reshape(shape)
     return _stats.Moments(mean, var, n)
 
@@ -124,14 +140,17 @@ def normalize(
     eps: float,
     *,
     axis: int = 1,
-    act: str = "none",
+    act: str = "identity",
+    negative_slope: float = 0.01,
 ) -> Tensor:
     """:func:`normlab._stats.normalize` (then the activation) on the kernels when they apply.
 
     ``y = act((x - mean) * scale + shift)`` with ``scale = weight / sqrt(var + eps)`` and ``shift = bias``;
-    gradients reach ``x``, ``mean``, ``var``, ``weight`` and ``bias``.
+    gradients reach ``x``, ``mean``, ``var``, ``weight`` and ``bias``. ``act`` is a key of :data:`ACTIVATIONS`
+    (``negative_slope`` for ``"leaky_relu"``); raises ``ValueError`` for another.
     """
-    a = _act(act, "normlab.kernels.normalize")
+    a = _act(act, "normlab.kernels.normalize", negative_slope)
+    slope = float(negative_slope) if a == 2 else 0.0
     stats_grad = torch.is_grad_enabled() and (mean.requires_grad or var.requires_grad)
     # Fixed statistics (eval mode) are one pass that torch's fused operator already makes at copy speed: "auto"
     # keeps it there (measured: the apply kernel at 0.3-0.7x torch from 0.4 M to 6.4 M values); the kernel's
@@ -143,12 +162,12 @@ def normalize(
             and not stats_grad and not torch.jit.is_tracing()
         ):  # torch's fused operator: no gradient for the statistics; tracing (ONNX export) keeps the composite
             y = native.torch_eval(x, mean, var, weight, bias, eps, _stats.channel_axis(x.ndim, axis))
-            return native.activate(y, a)
-        return native.activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a)
+            return native.activate(y, a, slope)
+        return native.activate(_stats.normalize(x, mean, var, weight, bias, eps, axis=axis), a, slope)
     c = _stats.channel_axis(x.ndim, axis)
     scale = _stats.scale(var, weight, eps)
     shift = bias.to(x.dtype) if bias is not None else torch.zeros_like(scale)
-    return _ops().apply_affine(x, mean, scale, shift, c, 1, a)
+    return _ops().apply_affine(x, mean, scale, shift, c, 1, a, slope)
 
 
 # ------------------------------------------------------------------------------------------- fused training
@@ -160,9 +179,11 @@ def batch_norm_train(
     *,
     axis: int = 1,
     groups: int = 1,
-    act: str = "none",
+    act: str = "identity",
+    negative_slope: float = 0.01,
     mask: Tensor | None = None,
     renorm: tuple[Tensor, Tensor, float, float] | None = None,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, _stats.Moments]:
     """Training-mode batch norm: ``(y, Moments(mean, var, count))`` from the batch's own statistics.
 
@@ -173,12 +194,17 @@ def batch_norm_train(
     held constant in the gradient.
 
     With ``groups = G`` the batch (dim 0) is split into G virtual batches normalized separately (ghost batch
-    norm, Hoffer et al. 2017); ``mean``/``var`` then have shape ``(G, C)``, else ``(C,)``. ``act="relu"`` fuses
-    the activation. The statistics are returned detached (for the running averages); gradients flow through
-    ``y`` to ``x``, ``weight`` and ``bias`` as if the statistics were computed by differentiable ops.
+    norm, Hoffer et al. 2017); ``mean``/``var`` then have shape ``(G, C)``, else ``(C,)``. ``act="relu"`` or
+    ``"leaky_relu"`` (with ``negative_slope``) fuses the activation. ``residual`` (a tensor of x's shape and dtype,
+    no mask) makes it the residual epilogue of a ResNet block, ``y = act(bn(x) + residual)`` in one pass, the
+    backward reading act' from y and giving ``residual`` its gradient (needs ``negative_slope >= 0``: then y > 0
+    exactly where the pre-activation is). The statistics are returned detached (for the running averages);
+    gradients flow through ``y`` to ``x``, ``weight`` and ``bias`` (and ``residual``) as if the statistics were
+    computed by differentiable ops.
     """
     name = "normlab.kernels.batch_norm_train"
-    a = _act(act, name)
+    a = _act(act, name, negative_slope)
+    slope = float(negative_slope) if a == 2 else 0.0
     _check_groups(x, groups, name)
     c = _stats.channel_axis(x.ndim, axis)
     # the kernels index these per channel without bounds checks: a wrong length must not reach them
@@ -188,12 +214,24 @@ def batch_norm_train(
         _validate.check_vector(renorm[0], name, "renorm's reference mean", x.shape[c])
         _validate.check_vector(renorm[1], name, "renorm's reference std", x.shape[c])
     C = x.shape[c]
+    if residual is not None:
+        if not isinstance(residual, Tensor) or residual.shape != x.shape or residual.dtype != x.dtype \
+                or residual.device != x.device:
+            got = (f"{type(residual).__name__} of shape {tuple(residual.shape)}, {residual.dtype} on {residual.device}"
+                   if isinstance(residual, Tensor) else type(residual).__name__)
+            raise ValueError(f"{name}: the residual must be a tensor of the input's shape {tuple(x.shape)}, "
+                             f"{x.dtype} on {x.device}, got {got}")
+        if mask is not None or renorm is not None or groups != 1:
+            raise ValueError(f"{name}: a residual is supported for plain batch norm only (no mask, renorm or groups)")
+        if slope < 0:
+            raise ValueError(f"{name}: a residual needs negative_slope >= 0 (the backward reads the activation's "
+                             f"derivative from the output's sign), got {negative_slope}")
     if mask is not None and (mask.dtype != torch.bool or mask.ndim != x.ndim or mask.shape[c] != 1
                              or any(m not in (1, n) for m, n in zip(mask.shape, x.shape))):
         raise ValueError(f"{name}: expected a bool mask of rank {x.ndim} with size 1 on the channel axis {c}, "
                          f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
                          f"{tuple(mask.shape)}")
-    count = None
+    count: Tensor | None = None
     if use_fast(x, c):
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
@@ -202,30 +240,31 @@ def batch_norm_train(
             ref_mean, ref_std, r_max, d_max = renorm
             table = torch.stack([ref_mean.detach().to(x.dtype), ref_std.detach().to(x.dtype),
                                  x.new_full((C,), float(r_max)), x.new_full((C,), float(d_max))])
-        y, mean, var, count, _ = _ops().train(x, w, b, eps, c, groups, a, mask, table)
+        y, mean, var, count, _ = _ops().train(x, w, b, eps, c, groups, a, mask, table, slope, residual)
     elif mask is None and renorm is None:
-        y, mean, var = native.train(x, weight, bias, eps, c, groups, a)
+        y, mean, var = native.train(x, weight, bias, eps, c, groups, a, slope, residual)
     elif groups != 1:
         raise ValueError(f"{name}: virtual batches (groups={groups}) with a mask or renorm need the kernels")
     else:
-        y, mean, var, count = _native_variant_train(x, weight, bias, eps, c, a, mask, renorm)
+        y, mean, var, count = _native_variant_train(x, weight, bias, eps, c, a, slope, mask, renorm)
     if groups == 1:
         mean, var = mean.reshape(-1), var.reshape(-1)
         count = count.reshape(-1) if count is not None else None
-    if mask is None:
-        count = x.numel() // (C * groups)
+    if mask is None or count is None:  # without a mask every (group, channel) counts all its values
+        return y, _stats.Moments(mean, var, x.numel() // (C * groups))
     return y, _stats.Moments(mean, var, count)
 
 
-def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int, mask, renorm):
+def _native_variant_train(x: Tensor, weight, bias, eps: float, c: int, act: int, slope: float, mask, renorm):
     """A position mask and/or batch renormalization with _stats' steps (the kernels' native twin)."""
     x_in = torch.where(mask, x, x.new_zeros(())) if mask is not None else x  # padding out of the arithmetic
     stats = _stats.moments(x_in, _stats.reduce_dims(x.ndim, c), mask=mask)
     w, b = weight, bias
     if renorm is not None:
-        r, d = _stats.renorm_correction(stats, *renorm[:2], eps, *renorm[2:])
+        ref_mean, ref_std, r_max, d_max = renorm
+        r, d = _stats.renorm_correction(stats, ref_mean, ref_std, eps, r_max, d_max)
         w, b = _stats.renorm_affine(weight, bias, r, d)
-    y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act)
+    y = native.activate(_stats.normalize(x_in, stats.mean, stats.var, w, b, eps, axis=c), act, slope)
     if mask is not None:
         y = torch.where(mask, y, y.new_zeros(()))
     count = stats.count if isinstance(stats.count, Tensor) else torch.full_like(stats.mean, stats.count)

@@ -102,7 +102,8 @@ def empty_like(t: Tensor) -> Tensor:
     nbytes = t.numel() * t.element_size()
     if nbytes < MIN_BYTES or t.dtype not in _NUMPY or CACHE.limit_bytes() < nbytes:
         return torch.empty_like(t)
-    order = sorted(range(t.ndim), key=lambda d: -t.stride(d))  # memory order, outermost first
+    strides = t.stride()
+    order = sorted(range(t.ndim), key=lambda d: -strides[d])  # memory order, outermost first
     buf = CACHE.take(nbytes)
     arr = buf[:nbytes].view(_NUMPY[t.dtype]).reshape([t.shape[d] for d in order])
     weakref.finalize(arr, CACHE.give_back, buf)

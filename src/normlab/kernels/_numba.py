@@ -24,26 +24,53 @@ these loops are compute-bound once the data is in cache); everything that can ca
 Argument conventions (one signature per kernel, so numba compiles one specialization per dtype): ``groups``
 splits the outermost dim into virtual batches (ghost batch norm); ``mask`` is a uint8 array over positions
 (``(N, S)`` or ``(M,)``) or an empty array for "no mask" (masked-out outputs and gradients are 0); ``act`` is 0
-(identity) or 1 (ReLU); per-(group, channel) arrays are float64 ``(G, C)``.
+(identity), 1 (ReLU) or 2 (LeakyReLU with ``slope``); ``res``/``yo``/``dres`` are the residual epilogue's
+arrays (``y = act(bn(x) + res)``), empty when there is none; per-(group, channel) arrays are float64 ``(G, C)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import numpy as np
 from numba import njit, prange
 
 # reassociation lets LLVM vectorize the reductions; no nnan/ninf so that NaN and inf still propagate.
 _FM = {"reassoc", "contract", "nsz", "arcp"}
-_OPTS = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
-_INLINE = dict(fastmath=_FM, cache=True, inline="always")
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+# Typed decorators: numba's njit returns a Dispatcher, which calls like the function it wraps; the cast says so to
+# the type checker (the bodies are plain Python it checks as such; numba compiles them on first call).
+def _parallel(fn: _F) -> _F:
+    """A top-level kernel: compiled with parallel loops (prange), cached on disk, releasing the GIL."""
+    return cast(_F, njit(fn, parallel=True, cache=True, fastmath=_FM, nogil=True))
+
+
+def _inline(fn: _F) -> _F:
+    """A helper inlined into the kernels that call it."""
+    return cast(_F, njit(fn, fastmath=_FM, cache=True, inline="always"))
+
+
+def _serial(fn: _F) -> _F:
+    """A small serial kernel (no parallel region), cached on disk."""
+    return cast(_F, njit(fn, cache=True, fastmath=_FM))
+
+
+def _plain(fn: _F) -> _F:
+    """A serial kernel without fastmath (exact comparisons), cached on disk."""
+    return cast(_F, njit(fn, cache=True))
 
 RELU = 1
+LEAKY = 2
 _CHUNK = 4096  # values per two-pass chunk: 16-32 KB, resident in L1 between the two passes
 _BLOCK_VALUES = 8192  # values per block of rows in the channels-last kernels
 _BLOCK_ROWS = 256  # and at most this many rows, so that per-channel partial sums in float32 stay short
 
 
-@njit(**_INLINE)
+@_inline
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Chan et al. pairwise merge of (count, mean, sum of squared deviations)."""
     if n_b == 0:
@@ -55,7 +82,7 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
 
 
-@njit(**_INLINE)
+@_inline
 def _split(mu, dtype):
     """``mu`` as (the input dtype's nearest value, the float64 remainder)."""
     hi = dtype.type(mu)
@@ -67,7 +94,7 @@ def _split(mu, dtype):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@njit(**_INLINE)
+@_inline
 def _chunk_moments(r):
     """(mean, centred sum of squares) of a 1-D chunk in two passes over L1, inner loops in r's dtype."""
     T = r.dtype.type
@@ -85,7 +112,7 @@ def _chunk_moments(r):
     return np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(**_INLINE)
+@_inline
 def _chunk_moments_masked(r, msk):
     """(count, mean, centred sum of squares) of the entries of ``r`` where ``msk`` is non-zero.
 
@@ -110,7 +137,7 @@ def _chunk_moments_masked(r, msk):
     return np.float64(k), np.float64(m) + ef / k, np.float64(q) - ef * ef / k
 
 
-@njit(**_INLINE)
+@_inline
 def _ncs_channel_moments(x, mask, n0, n1, c):
     """(count, mean, M2) of x[n0:n1, c, :] (under mask if non-empty), chunk by chunk, merged in float64."""
     S = x.shape[2]
@@ -129,7 +156,7 @@ def _ncs_channel_moments(x, mask, n0, n1, c):
     return cnt, mean, m2
 
 
-@njit(**_OPTS)
+@_parallel
 def ncs_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (N, C, S) into (G, C) arrays."""
     N, C = x.shape[0], x.shape[1]
@@ -142,48 +169,68 @@ def ncs_moments(x, mask, groups, mean, var, count):
         count[g, c] = k
 
 
-@njit(**_INLINE)
-def _apply_row(r, o, msk, has_mask, mh, a, b, act):
-    """o = act((r - mh) * a + b), 0 where the mask is 0; all in r's dtype."""
-    if has_mask and act == RELU:
-        for j in range(r.shape[0]):
-            v = (r[j] - mh) * a + b
-            o[j] = v if (msk[j] and v > 0) else 0
+@_inline
+def _apply_row(r, o, msk, has_mask, mh, a, b, act, slope, q, has_res):
+    """o = act((r - mh) * a + b [+ q]), 0 where the mask is 0; all in r's dtype (q: the residual row)."""
+    T = r.dtype.type
+    if has_res:  # the residual epilogue: no mask (the caller refuses one)
+        if act == RELU:
+            for j in range(r.shape[0]):
+                v = (r[j] - mh) * a + b + q[j]
+                o[j] = v if v > 0 else T(0)
+        elif act == LEAKY:
+            for j in range(r.shape[0]):
+                v = (r[j] - mh) * a + b + q[j]
+                o[j] = v if v > 0 else v * slope
+        else:
+            for j in range(r.shape[0]):
+                o[j] = (r[j] - mh) * a + b + q[j]
     elif has_mask:
         for j in range(r.shape[0]):
             v = (r[j] - mh) * a + b
-            o[j] = v if msk[j] else 0
+            if act == RELU:
+                v = v if v > 0 else T(0)
+            elif act == LEAKY:
+                v = v if v > 0 else v * slope
+            o[j] = v if msk[j] else T(0)
     elif act == RELU:
         for j in range(r.shape[0]):
             v = (r[j] - mh) * a + b
-            o[j] = v if v > 0 else 0
+            o[j] = v if v > 0 else T(0)
+    elif act == LEAKY:
+        for j in range(r.shape[0]):
+            v = (r[j] - mh) * a + b
+            o[j] = v if v > 0 else v * slope
     else:
         for j in range(r.shape[0]):
             o[j] = (r[j] - mh) * a + b
 
 
-@njit(**_INLINE)
-def _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act):
+@_inline
+def _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act, slope, res):
     """Apply to rows n0:n1 of channel c with float64 (mu, a, b): mu split so no cancellation in the dtype."""
     T = x.dtype.type
     mh, ml = _split(mu, x.dtype)
-    a_t, b_t = T(a), T(b - ml * a)
+    a_t, b_t, s_t = T(a), T(b - ml * a), T(slope)
     has_mask = mask.shape[0] > 0
+    has_res = res.shape[0] > 0
     for n in range(n0, n1):
-        _apply_row(x[n, c], y[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t, act)
+        _apply_row(x[n, c], y[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t, act, s_t,
+                   res[n, c] if has_res else x[n, c, 0:0], has_res)
 
 
-@njit(**_OPTS)
-def ncs_apply(x, mask, groups, mean, scale, shift, act, y):
-    """y = act((x - mean) * scale + shift) with (G, C) parameters; 0 at masked positions."""
+@_parallel
+def ncs_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
+    """y = act((x - mean) * scale + shift [+ res]) with (G, C) parameters; 0 at masked positions."""
     N, C = x.shape[0], x.shape[1]
     per = N // groups
     for gc in prange(groups * C):
         g, c = gc // C, gc % C
-        _ncs_apply_channel(x, y, mask, g * per, (g + 1) * per, c, mean[g, c], scale[g, c], shift[g, c], act)
+        _ncs_apply_channel(x, y, mask, g * per, (g + 1) * per, c, mean[g, c], scale[g, c], shift[g, c], act, slope,
+                           res)
 
 
-@njit(**_INLINE)
+@_inline
 def _train_coefficients(mu, v, eps, w, b, renorm, c):
     """(scale, shift, r, d) of one channel: BN's ``w / sqrt(v + eps)`` and ``b``, or batch renormalization's
     ``w r / sqrt(v + eps)`` and ``w d + b`` with r, d clipped from the reference statistics in ``renorm``
@@ -197,7 +244,7 @@ def _train_coefficients(mu, v, eps, w, b, renorm, c):
     return w * r / sd, w * d + b, r, d
 
 
-@njit(cache=True, fastmath=_FM)
+@_serial
 def train_coefficients(mean, var, eps, weight, bias, renorm, rd):
     """(scale, shift) per (group, channel) from the statistics (see :func:`_train_coefficients`); r, d into rd."""
     G, C = mean.shape
@@ -211,11 +258,12 @@ def train_coefficients(mean, var, eps, weight, bias, renorm, rd):
     return scale, shift
 
 
-@njit(**_OPTS)
-def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, y, mean, var, count, rd):
+@_parallel
+def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, slope, res, y, mean, var, count, rd):
     """Fused training forward per (group, channel): statistics, then the apply while the channel is in L2.
 
     Writes mean, biased var and count (G, C); with a non-empty ``renorm`` (4, C) also r and d into rd (2, G, C).
+    A non-empty ``res`` (shaped as x) is added before the activation: ``y = act(bn(x) + res)`` (residual epilogue).
     """
     N, C = x.shape[0], x.shape[1]
     per = N // groups
@@ -228,12 +276,12 @@ def ncs_train_forward(x, mask, groups, weight, bias, eps, renorm, act, y, mean, 
         a, b, r, d = _train_coefficients(mu, v, eps, weight[c], bias[c], renorm, c)
         if renorm.shape[0] > 0:
             rd[0, g, c], rd[1, g, c] = r, d
-        _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act)
+        _ncs_apply_channel(x, y, mask, n0, n1, c, mu, a, b, act, slope, res)
 
 
-@njit(**_INLINE)
-def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
-    """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set and (with ReLU) z = (r-mh) a + b > 0.
+@_inline
+def _reduce_row(d, r, msk, has_mask, mh, a, b, act, slope):
+    """(sum d', sum d' (r - mh)) in the dtype; d' = d where the mask is set, times act'(z), z = (r-mh) a + b.
 
     Selects rather than branches (vectorizable); padded positions are selected away before any arithmetic."""
     T = r.dtype.type
@@ -244,12 +292,20 @@ def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
             g = d[j] if msk[j] else T(0)
             if act == RELU:
                 g = g if xc * a + b > 0 else T(0)
+            elif act == LEAKY:
+                g = g if xc * a + b > 0 else g * slope
             s1 += g
             s2 += g * xc
     elif act == RELU:
         for j in range(r.shape[0]):
             xc = r[j] - mh
             g = d[j] if xc * a + b > 0 else T(0)
+            s1 += g
+            s2 += g * xc
+    elif act == LEAKY:
+        for j in range(r.shape[0]):
+            xc = r[j] - mh
+            g = d[j] if xc * a + b > 0 else d[j] * slope
             s1 += g
             s2 += g * xc
     else:
@@ -259,16 +315,46 @@ def _reduce_row(d, r, msk, has_mask, mh, a, b, act):
     return np.float64(s1), np.float64(s2)
 
 
-@njit(**_INLINE)
-def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act):
+@_inline
+def _reduce_row_res(d, yo, r, dq, mh, act, slope):
+    """The residual epilogue's reduction: d' = d act'(y) from the output y (y > 0 exactly where the pre-activation
+    is, for ReLU and LeakyReLU with slope >= 0), written to dq (the residual's gradient); returns
+    (sum d', sum d' (r - mh))."""
+    T = r.dtype.type
+    s1, s2 = T(0), T(0)
+    if act == RELU:
+        for j in range(r.shape[0]):
+            g = d[j] if yo[j] > 0 else T(0)
+            dq[j] = g
+            s1 += g
+            s2 += g * (r[j] - mh)
+    elif act == LEAKY:
+        for j in range(r.shape[0]):
+            g = d[j] if yo[j] > 0 else d[j] * slope
+            dq[j] = g
+            s1 += g
+            s2 += g * (r[j] - mh)
+    else:
+        for j in range(r.shape[0]):
+            g = d[j]
+            dq[j] = g
+            s1 += g
+            s2 += g * (r[j] - mh)
+    return np.float64(s1), np.float64(s2)
+
+
+@_inline
+def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act, slope):
     """o = k_dy d' + k_x (r - mh) + k_0 where the position is valid, 0 where masked (d' as in _reduce_row)."""
     T = r.dtype.type
-    if has_mask or act == RELU:
+    if has_mask or act != 0:
         for j in range(r.shape[0]):
             xc = r[j] - mh
             g = d[j]
             if act == RELU:
                 g = g if xc * a + b > 0 else T(0)
+            elif act == LEAKY:
+                g = g if xc * a + b > 0 else g * slope
             v = k_dy * g + k_x * xc + k_0
             if has_mask:
                 v = v if msk[j] else T(0)
@@ -278,11 +364,11 @@ def _dx_row(d, r, o, msk, has_mask, mh, a, b, k_dy, k_x, k_0, act):
             o[j] = k_dy * d[j] + k_x * (r[j] - mh) + k_0
 
 
-@njit(**_OPTS)
-def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_dy, sum_dy_xc):
-    """Backward of an apply ``y = act((x - mean) * scale + shift)``, fused per (group, channel).
+@_parallel
+def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, yo, dres, dx, sum_dy, sum_dy_xc):
+    """Backward of an apply ``y = act((x - mean) * scale + shift [+ res])``, fused per (group, channel).
 
-    First ``sum_dy = sum dy'`` and ``sum_dy_xc = sum dy' (x - mean)`` (dy' = dy masked by the mask and ReLU'),
+    First ``sum_dy = sum dy'`` and ``sum_dy_xc = sum dy' (x - mean)`` (dy' = dy masked by the mask and act'),
     then, while dy and x are in L2, ``dx = scale (dy' - sum_dy / m - (x - mean) sum_dy_xc coupling)``, written
     with ``coupling = 1 / (m (var + eps))`` and ``1/m`` folded in by the caller as below:
 
@@ -290,11 +376,16 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
       per (group, channel), where m is the number of valid values: the mean and variance depend on x.
     * fixed statistics (eval-mode apply, moving-average BN): coupling = 0, so dx = scale dy'.
     ``coupling`` is (2, G, C).
+
+    Residual epilogue (``yo``, the forward's output, non-empty; no mask): act' is read from ``yo`` and dy' is
+    written to ``dres`` (the residual's gradient) in the first sweep, which the dx sweep then reads instead of dy.
     """
     N, C, S = x.shape
     per = N // groups
     has_mask = mask.shape[0] > 0
+    has_res = yo.shape[0] > 0
     T = x.dtype.type
+    s_t = T(slope)
     for gc in prange(groups * C):
         g, c = gc // C, gc % C
         mh, ml = _split(mean[g, c], x.dtype)
@@ -304,8 +395,13 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
         for n in range(g * per, (g + 1) * per):
             for s0 in range(0, S, _CHUNK):  # chunks: float32 partial sums stay short, merged in float64
                 s_1 = min(S, s0 + _CHUNK)
-                t1, t2 = _reduce_row(dy[n, c, s0:s_1], x[n, c, s0:s_1], mask[n, s0:s_1] if has_mask else mask[0:0, 0],
-                                     has_mask, mh, a_t, b_t, act)
+                if has_res:
+                    t1, t2 = _reduce_row_res(dy[n, c, s0:s_1], yo[n, c, s0:s_1], x[n, c, s0:s_1],
+                                             dres[n, c, s0:s_1], mh, act, s_t)
+                else:
+                    t1, t2 = _reduce_row(dy[n, c, s0:s_1], x[n, c, s0:s_1],
+                                         mask[n, s0:s_1] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t, act,
+                                         s_t)
                 s1 += t1
                 s2 += t2
         s2 -= ml * s1  # sum dy' (x - mean) from sum dy' (x - mh)
@@ -314,8 +410,11 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
         k_0 = -a * s1 * coupling[0, g, c] - k_x * ml  # -k_x ml: dx is written with (x - mh)
         k1, k2, k3 = T(a), T(k_x), T(k_0)
         for n in range(g * per, (g + 1) * per):
-            _dx_row(dy[n, c], x[n, c], dx[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t,
-                    k1, k2, k3, act)
+            if has_res:  # dres holds dy' already
+                _dx_row(dres[n, c], x[n, c], dx[n, c], mask[0:0, 0], False, mh, a_t, b_t, k1, k2, k3, 0, s_t)
+            else:
+                _dx_row(dy[n, c], x[n, c], dx[n, c], mask[n] if has_mask else mask[0:0, 0], has_mask, mh, a_t, b_t,
+                        k1, k2, k3, act, s_t)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,7 +422,7 @@ def ncs_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@_plain
 def _mc_blocks(M, C, groups):
     """Row blocks (start, stop, group) that never straddle a virtual batch; about _BLOCK_VALUES values each."""
     per = M // groups
@@ -339,7 +438,7 @@ def _mc_blocks(M, C, groups):
     return blocks
 
 
-@njit(**_OPTS)
+@_parallel
 def mc_moments(x, mask, groups, mean, var, count):
     """Per (group, channel) mean, biased variance and count of x (M, C) into (G, C) arrays.
 
@@ -391,7 +490,7 @@ def mc_moments(x, mask, groups, mean, var, count):
         count[g, c] = cnt
 
 
-@njit(**_INLINE)
+@_inline
 def _mc_split(mean, scale, shift, dtype):
     """Per (group, channel): the mean in the dtype, the scale, and the shift with the mean's rounding folded in,
     as (3, G, C) arrays in the dtype."""
@@ -404,41 +503,60 @@ def _mc_split(mean, scale, shift, dtype):
     return out
 
 
-@njit(**_INLINE)
-def _mc_apply_row(row, out, mh, a, b, act):
-    if act == RELU:
+@_inline
+def _mc_apply_row(row, out, mh, a, b, act, slope, q, has_res):
+    """out = act((row - mh) * a + b [+ q]) across the channels of one row."""
+    T = row.dtype.type
+    if has_res:
+        for c in range(row.shape[0]):
+            v = (row[c] - mh[c]) * a[c] + b[c] + q[c]
+            if act == RELU:
+                v = v if v > 0 else T(0)
+            elif act == LEAKY:
+                v = v if v > 0 else v * slope
+            out[c] = v
+    elif act == RELU:
         for c in range(row.shape[0]):
             v = (row[c] - mh[c]) * a[c] + b[c]
-            out[c] = v if v > 0 else 0
+            out[c] = v if v > 0 else T(0)
+    elif act == LEAKY:
+        for c in range(row.shape[0]):
+            v = (row[c] - mh[c]) * a[c] + b[c]
+            out[c] = v if v > 0 else v * slope
     else:
         for c in range(row.shape[0]):
             out[c] = (row[c] - mh[c]) * a[c] + b[c]
 
 
-@njit(**_OPTS)
-def mc_apply(x, mask, groups, mean, scale, shift, act, y):
-    """y = act((x - mean) * scale + shift) for x (M, C) with (G, C) parameters; 0 at masked positions."""
+@_parallel
+def mc_apply(x, mask, groups, mean, scale, shift, act, slope, res, y):
+    """y = act((x - mean) * scale + shift [+ res]) for x (M, C) with (G, C) parameters; 0 at masked positions."""
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
     has_mask = mask.shape[0] > 0
+    has_res = res.shape[0] > 0
     split = _mc_split(mean, scale, shift, x.dtype)
+    s_t = x.dtype.type(slope)
     for i in prange(blocks.shape[0]):
         g = blocks[i, 2]
         for r in range(blocks[i, 0], blocks[i, 1]):
             if has_mask and not mask[r]:
                 y[r, :] = 0
             else:
-                _mc_apply_row(x[r], y[r], split[0, g], split[1, g], split[2, g], act)
+                _mc_apply_row(x[r], y[r], split[0, g], split[1, g], split[2, g], act, s_t,
+                              res[r] if has_res else x[r, 0:0], has_res)
 
 
-@njit(**_OPTS)
-def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_dy, sum_dy_xc):
+@_parallel
+def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, yo, dres, dx, sum_dy, sum_dy_xc):
     """:func:`ncs_backward` for (M, C) tensors: a reduction sweep over row blocks, then the dx sweep."""
     M, C = x.shape
     blocks = _mc_blocks(M, C, groups)
     B = blocks.shape[0]
     has_mask = mask.shape[0] > 0
+    has_res = yo.shape[0] > 0
     split = _mc_split(mean, scale, shift, x.dtype)
+    s_t = x.dtype.type(slope)
     partial = np.zeros((B, 2, C), dtype=x.dtype)
     for i in prange(B):
         g = blocks[i, 2]
@@ -448,10 +566,27 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_
             if has_mask and not mask[r]:
                 continue
             row, drow = x[r], dy[r]
-            if act == RELU:
+            if has_res:  # act' from the output; dy' to the residual's gradient
+                yrow, qrow = yo[r], dres[r]
+                for c in range(C):
+                    d = drow[c]
+                    if act == RELU:
+                        d = d if yrow[c] > 0 else 0
+                    elif act == LEAKY:
+                        d = d if yrow[c] > 0 else d * s_t
+                    qrow[c] = d
+                    t1[c] += d
+                    t2[c] += d * (row[c] - mh[c])
+            elif act == RELU:
                 for c in range(C):
                     xc = row[c] - mh[c]
                     d = drow[c] if xc * a[c] + b[c] > 0 else 0
+                    t1[c] += d
+                    t2[c] += d * xc
+            elif act == LEAKY:
+                for c in range(C):
+                    xc = row[c] - mh[c]
+                    d = drow[c] if xc * a[c] + b[c] > 0 else drow[c] * s_t
                     t1[c] += d
                     t2[c] += d * xc
             else:
@@ -478,20 +613,26 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, dx, sum_
         mh, a, b = split[0, g], split[1, g], split[2, g]
         k1, k2, k3 = k[0, g], k[1, g], k[2, g]
         for r in range(blocks[i, 0], blocks[i, 1]):
-            row, drow, out = x[r], dy[r], dx[r]
+            row, out = x[r], dx[r]
+            drow = dres[r] if has_res else dy[r]
             if has_mask and not mask[r]:
                 out[:] = 0
-            elif act == RELU:
+            elif act == RELU and not has_res:
                 for c in range(C):
                     xc = row[c] - mh[c]
                     d = drow[c] if xc * a[c] + b[c] > 0 else 0
+                    out[c] = k1[c] * d + k2[c] * xc + k3[c]
+            elif act == LEAKY and not has_res:
+                for c in range(C):
+                    xc = row[c] - mh[c]
+                    d = drow[c] if xc * a[c] + b[c] > 0 else drow[c] * s_t
                     out[c] = k1[c] * d + k2[c] * xc + k3[c]
             else:
                 for c in range(C):
                     out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mh[c]) + k3[c]
 
 
-@njit(cache=True)
+@_plain
 def exceeds_ratio(mean, invstd, ratio):
     """Whether |mean * invstd| > ratio for some channel (one call: the small path's accuracy check)."""
     for c in range(mean.shape[0]):

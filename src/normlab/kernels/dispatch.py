@@ -7,10 +7,11 @@ variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
 * ``"fast"``: the kernels for every tensor they support (CPU, float32/float64, non-empty, numba installed);
   anything else (GPU tensors, half types) still takes the native path, since no kernel exists for it; so does
   TorchScript tracing / ONNX export (``torch.compile``, ``torch.export`` and fx do see the custom ops).
-* ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least :data:`AUTO_MIN_NUMEL`
-  values (below that, calling into numba costs more than torch's whole kernel; measured by ``normlab bench``), or
-  :data:`AUTO_MIN_NUMEL_CHANNELS_LAST` when the channel axis is innermost in memory; and normalization with fixed
-  statistics (eval mode) stays on torch's fused operator, which already runs at copy speed.
+* ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least the size that
+  :data:`AUTO_TABLE` gives for the tensor's layout (:func:`layout_of`: channel-first, channels-last, or rows (N, C));
+  below it, calling into numba costs more than torch's whole kernel (crossovers measured per layout by
+  ``benchmarks/crossover.py``); normalization with fixed statistics (eval mode) stays on torch's fused operator,
+  which already runs at copy speed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ AUTO_MIN_NUMEL = 1 << 18
 #: channels-last kernel is already efficient; measured crossover between 1.6 M (32x256x14x14: 0.8x torch on the
 #: kernels, 0.95x native) and 6.4 M values (32x64x56x56: 1.1-1.7x torch on the kernels).
 AUTO_MIN_NUMEL_CHANNELS_LAST = 1 << 22
+#: The same for 2-D (N, C) inputs (BatchNorm1d after a Linear layer). Their kernel is the channels-last one, and
+#: torch's 2-D path is its channels-last kernel too, so the crossover is at least as high; an MLP's (256, 1024)
+#: (0.26 M values) measured at 0.2x torch on the kernels (fwd+bwd, under load) while torch's operator through
+#: normlab's native path runs the same aten operators as torch.nn.BatchNorm1d (profiled).
+AUTO_MIN_NUMEL_ROWS = 1 << 22
+
+#: Layouts of the channel axis (see :func:`layout_of`).
+CHANNEL_FIRST, CHANNELS_LAST, ROWS = "channel_first", "channels_last", "rows"
+#: The "auto" decision table: layout -> smallest tensor (values) sent to the training kernels (``None``: never).
+#: Changing a crossover means changing this table (measured with ``python benchmarks/crossover.py`` on a quiet
+#: machine: the smallest size of a geometric ladder from which the kernels are >= 5% faster than torch's operator
+#: at every larger size, medians of interleaved rounds).
+AUTO_TABLE: dict[str, int | None] = {
+    CHANNEL_FIRST: AUTO_MIN_NUMEL,
+    CHANNELS_LAST: AUTO_MIN_NUMEL_CHANNELS_LAST,
+    ROWS: AUTO_MIN_NUMEL_ROWS,
+}
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _override: str | None = None
@@ -52,11 +70,21 @@ def _check(name: object, source: str) -> str:
 
 
 def numba_available() -> bool:
-    """Whether numba is importable (the ``kernels`` extra); without it every call takes the native path."""
+    """Whether numba is installed (a dependency where it ships wheels); without it every call takes the native path."""
     global _numba_available
     if _numba_available is None:
         _numba_available = importlib.util.find_spec("numba") is not None
     return _numba_available
+
+
+def _numba_missing_hint() -> str:
+    """How to get numba back: it is a plain dependency where it ships wheels, so missing means removed or skipped."""
+    import platform
+    import sys
+
+    return (f"normlab depends on numba where numba ships wheels; on {sys.platform} {platform.machine()} (Python "
+            f"{platform.python_version()}) `pip install numba` installs it if a wheel or a compiler is available "
+            f"(`normlab bench` says why the kernels are off)")
 
 
 def get_backend() -> str:
@@ -80,9 +108,8 @@ def set_backend(name: str | None) -> None:
         return
     name = _check(name, "normlab.kernels.set_backend")
     if name == "fast" and not numba_available():
-        raise RuntimeError(
-            "normlab.kernels.set_backend('fast'): numba is not installed (pip install 'normlab[kernels]')"
-        )
+        raise RuntimeError(f"normlab.kernels.set_backend('fast'): the kernels need numba, which is not installed here; "
+                           f"{_numba_missing_hint()}")
     _override = name
 
 
@@ -126,16 +153,36 @@ def supported(x: Tensor) -> bool:
     )
 
 
+def layout_of(x: Tensor, axis: int | None) -> str:
+    """The row of :data:`AUTO_TABLE` for ``x`` with channel ``axis``: ``"rows"`` for a 2-D (N, C) tensor,
+    ``"channels_last"`` when the channel axis is innermost in memory (NHWC/NDHWC strides, (N, L, C) with
+    ``axis=-1``), else ``"channel_first"`` (also when the axis is unknown)."""
+    if axis is None or x.ndim < 2:
+        return CHANNEL_FIRST
+    if x.ndim == 2:
+        return ROWS
+    if x.stride(axis) == 1 and x.shape[axis] > 1:
+        return CHANNELS_LAST
+    return CHANNEL_FIRST
+
+
+def auto_min_numel(x: Tensor, axis: int | None) -> int | None:
+    """The size from which "auto" sends ``x`` to the kernels (``None``: never), from :data:`AUTO_TABLE`."""
+    return AUTO_TABLE[layout_of(x, axis)]
+
+
+_SMALLEST = min(v for v in AUTO_TABLE.values() if v is not None)
+
+
 def use_fast(x: Tensor, axis: int | None = None) -> bool:
     """Whether a call on ``x`` (channel ``axis``, if known) takes the kernels under the current setting."""
     name = get_backend()
-    if name == "native" or (name == "auto" and x.numel() < AUTO_MIN_NUMEL) or not supported(x):
+    if name == "native" or (name == "auto" and x.numel() < _SMALLEST) or not supported(x):
         return False  # the size test first: it is the cheap and the usual reason to step aside
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
         return False
     if name == "fast":
         return True
-    if axis is not None and x.stride(axis) == 1 and x.shape[axis] > 1:  # channel innermost in memory
-        return x.numel() >= AUTO_MIN_NUMEL_CHANNELS_LAST
-    return x.numel() >= AUTO_MIN_NUMEL
+    least = auto_min_numel(x, axis)
+    return least is not None and x.numel() >= least

@@ -21,9 +21,13 @@ from .. import _stats
 from .dispatch import numba_available, plain
 
 
-def activate(y: Tensor, act: int) -> Tensor:
-    """The activation fused into the kernels (0 = identity, 1 = ReLU), with torch's operator."""
-    return torch.relu(y) if act else y
+def activate(y: Tensor, act: int, slope: float = 0.0) -> Tensor:
+    """The activation the kernels fuse (0 identity, 1 ReLU, 2 LeakyReLU with ``slope``), with torch's operator."""
+    if act == 1:
+        return torch.relu(y)
+    if act == 2:
+        return torch.nn.functional.leaky_relu(y, slope)
+    return y
 
 
 #: Largest |batch mean| / batch std (over channels) at which torch's float32 CPU batch_norm is used on the input as
@@ -286,15 +290,19 @@ def torch_eval(x: Tensor, mean: Tensor, var: Tensor, weight, bias, eps: float, c
     return _channel_back(y, x, c)
 
 
-def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
-    """The same computation with torch's operators, for the native path."""
+def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int, slope: float = 0.0,
+          residual: Tensor | None = None):
+    """The same computation with torch's operators, for the native path: ``act(bn(x) [+ residual])``."""
+    def finish(y: Tensor) -> Tensor:
+        return activate(y if residual is None else y + residual, act, slope)
+
     if groups == 1 and torch_kernel_ok(x) and x.numel() > x.shape[c]:
         y, mean, var = torch_train(x, weight, bias, eps, c, None)
-        return activate(y, act), mean, var
+        return finish(y), mean, var
     if groups == 1:
         stats = _stats.moments(x, _stats.reduce_dims(x.ndim, c))
         y = _stats.normalize(x, stats.mean, stats.var, weight, bias, eps, axis=c)
-        return activate(y, act), stats.mean.detach(), stats.var.detach()
+        return finish(y), stats.mean.detach(), stats.var.detach()
     xg = x.reshape((groups, x.shape[0] // groups) + tuple(x.shape[1:]))
     stats = _stats.moments(xg, tuple(d for d in range(xg.ndim) if d not in (0, c + 1)), keepdim=True)
     w = _stats.channel_view(weight, xg.ndim, c + 1) if weight is not None else None
@@ -302,7 +310,7 @@ def train(x: Tensor, weight, bias, eps: float, c: int, groups: int, act: int):
     y = (xg.to(stats.mean.dtype) - stats.mean) * scale
     if bias is not None:
         y = y + _stats.channel_view(bias.to(y.dtype), xg.ndim, c + 1)
-    y = activate(y.reshape(x.shape).to(x.dtype), act)
+    y = finish(y.reshape(x.shape).to(x.dtype))
     C = x.shape[c]
     return y, stats.mean.detach().reshape(groups, C), stats.var.detach().reshape(groups, C)
 

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils import _python_dispatch
 
 from . import _buffer_cache, _layout
+from .native import activate
 
 _NUMBA = None
 
@@ -98,10 +99,23 @@ def _to(a: np.ndarray, like: Tensor) -> Tensor:
     return torch.from_numpy(a.astype(_NUMPY_DTYPE[like.dtype], copy=False))
 
 
-def _backward_kernel(p, dyv, xv, m, groups, mean, scale, shift, coupling, act, dxv):
+def _backward_kernel(
+    p: _layout.Plan, dyv: np.ndarray, xv: np.ndarray, m: np.ndarray, groups: int, mean: np.ndarray,
+    scale: np.ndarray, shift: np.ndarray, coupling: np.ndarray, act: int, slope: float, dxv: np.ndarray,
+    yv: np.ndarray | None = None, dresv: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the layout's backward kernel; ``yv``/``dresv`` (the output, the residual's gradient) for the residual
+    epilogue."""
     s_dy, s_dyx = np.empty((groups, p.c)), np.empty((groups, p.c))
-    _kernel(p, "backward")(dyv, xv, m, groups, mean, scale, shift, coupling, act, dxv, s_dy, s_dyx)
+    none = _empty_like_view(xv)
+    _kernel(p, "backward")(dyv, xv, m, groups, mean, scale, shift, coupling, act, slope,
+                           none if yv is None else yv, none if dresv is None else dresv, dxv, s_dy, s_dyx)
     return s_dy, s_dyx
+
+
+def _empty_like_view(v: np.ndarray) -> np.ndarray:
+    """The kernels' "no residual" argument: an empty array of the view's rank and dtype."""
+    return np.empty((0,) * v.ndim, dtype=v.dtype)
 
 
 # ------------------------------------------------------------------------------------------------- moments
@@ -110,7 +124,7 @@ def moments(x: Tensor, axis: int, groups: int, mask: Tensor | None) -> tuple[Ten
     xs, p = _layout.prepare(x, axis)
     mean, var, count = (np.empty((groups, p.c)) for _ in range(3))
     _kernel(p, "moments")(_layout.view(xs, p), _mask(mask, xs, axis, p), groups, mean, var, count)
-    return tuple(_to(a, x) for a in (mean, var, count))
+    return _to(mean, x), _to(var, x), _to(count, x)
 
 
 @moments.register_fake
@@ -144,54 +158,62 @@ moments.register_autograd(_moments_backward, setup_context=_moments_setup)
 
 
 # --------------------------------------------------------------------------------------------------- apply
-def _apply_impl(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
+def _apply_impl(
+    x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int, slope: float = 0.0
+) -> Tensor:
     xs, p = _layout.prepare(x, axis)
     y = _buffer_cache.empty_like(xs)
-    _kernel(p, "apply")(_layout.view(xs, p), _layout.empty_mask(p), groups, _gc(mean, groups, p.c),
-                        _gc(scale, groups, p.c), _gc(shift, groups, p.c), act, _layout.view(y, p))
+    xv = _layout.view(xs, p)
+    _kernel(p, "apply")(xv, _layout.empty_mask(p), groups, _gc(mean, groups, p.c), _gc(scale, groups, p.c),
+                        _gc(shift, groups, p.c), act, slope, _empty_like_view(xv), _layout.view(y, p))
     return y
 
 
 @torch.library.custom_op("normlab::apply", mutates_args=())
-def apply(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
-    return _apply_impl(x, mean, scale, shift, axis, groups, act)
+def apply(
+    x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int, slope: float = 0.0
+) -> Tensor:
+    return _apply_impl(x, mean, scale, shift, axis, groups, act, slope)
 
 
 @apply.register_fake
-def _(x, mean, scale, shift, axis, groups, act):
+def _(x, mean, scale, shift, axis, groups, act, slope=0.0):
     return torch.empty_like(x)
 
 
 def _apply_backward_impl(
-    dy: Tensor, x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int
+    dy: Tensor, x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int,
+    slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, sum dy', sum dy' * (x - mean))`` with dy' = dy * act'(z): one reduction pass, one apply pass."""
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
     dx = _buffer_cache.empty_like(xs)
+    mean_, scale_, shift_ = (_gc(t, groups, p.c) for t in (mean, scale, shift))
     s_dy, s_dyx = _backward_kernel(
-        p, _layout.view(dys, p), _layout.view(xs, p), _layout.empty_mask(p), groups,
-        *(_gc(t, groups, p.c) for t in (mean, scale, shift)), np.zeros((2, groups, p.c)), act, _layout.view(dx, p))
+        p, _layout.view(dys, p), _layout.view(xs, p), _layout.empty_mask(p), groups, mean_, scale_, shift_,
+        np.zeros((2, groups, p.c)), act, slope, _layout.view(dx, p))
     return dx, _to(s_dy, x), _to(s_dyx, x)
 
 
 @torch.library.custom_op("normlab::apply_backward", mutates_args=())
 def apply_backward(
-    dy: Tensor, x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int
+    dy: Tensor, x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int,
+    slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _apply_backward_impl(dy, x, mean, scale, shift, axis, groups, act)
+    return _apply_backward_impl(dy, x, mean, scale, shift, axis, groups, act, slope)
 
 
 @apply_backward.register_fake
-def _(dy, x, mean, scale, shift, axis, groups, act):
+def _(dy, x, mean, scale, shift, axis, groups, act, slope=0.0):
     C = x.shape[axis % x.ndim]
     return torch.empty_like(x), x.new_empty((groups, C)), x.new_empty((groups, C))
 
 
 def _apply_setup(ctx, inputs, output):
-    x, mean, scale, shift, axis, groups, act = inputs
+    x, mean, scale, shift, axis, groups, act, slope = inputs
     ctx.save_for_backward(x, mean, scale, shift)
-    ctx.axis, ctx.groups, ctx.act = axis, groups, act
+    ctx.axis, ctx.groups, ctx.act, ctx.slope = axis, groups, act, slope
     ctx.shapes = (mean.shape, scale.shape, shift.shape)
     ctx.eager = False
 
@@ -203,15 +225,16 @@ def _per_group(t: Tensor, x: Tensor, axis: int, groups: int) -> Tensor:
     return _bcast(t.reshape(-1, C).expand(groups, C), x, axis, groups)
 
 
-def _composite_apply(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
+def _composite_apply(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int,
+                     slope: float = 0.0) -> Tensor:
     """``normlab::apply`` from differentiable torch operators (for gradients of every order)."""
     z = (_grouped(x, groups) - _per_group(mean, x, axis, groups)) * _per_group(scale, x, axis, groups)
     z = z + _per_group(shift, x, axis, groups)
-    return (torch.relu(z) if act else z).reshape(x.shape)
+    return activate(z, act, slope).reshape(x.shape)
 
 
 def _composite_train(x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
-                     mask: Tensor | None, rd: Tensor) -> Tensor:
+                     mask: Tensor | None, rd: Tensor, slope: float = 0.0, residual: Tensor | None = None) -> Tensor:
     """``normlab::batch_norm_train``'s output from differentiable torch operators (for gradients of every order),
     batch renormalization's r and d (``rd``) held constant as in the kernels' backward."""
     from .. import _stats
@@ -229,7 +252,9 @@ def _composite_train(x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: 
     z = (xg - st.mean) * torch.rsqrt(st.var + eps)
     z = z * _bcast(rd[0], x, axis, groups) + _bcast(rd[1], x, axis, groups)
     z = z * _per_group(weight, x, axis, groups) + _per_group(bias, x, axis, groups)
-    y = torch.relu(z) if act else z
+    if residual is not None:
+        z = z + _grouped(residual, groups)
+    y = activate(z, act, slope)
     if mg is not None:
         y = torch.where(mg, y, y.new_zeros(()))
     return y.reshape(x.shape)
@@ -242,12 +267,12 @@ def _apply_backward(ctx, dy):
     if torch.is_grad_enabled():  # create_graph=True: differentiate the composite, exact at every order
         from .native import double_backward_grads
 
-        axis, groups, act = ctx.axis, ctx.groups, ctx.act
-        grads = double_backward_grads(lambda *t: _composite_apply(*t, axis, groups, act), (x, mean, scale, shift),
-                                      ctx.needs_input_grad[:4], dy)
-        return (*grads, None, None, None)
+        axis, groups, act, slope = ctx.axis, ctx.groups, ctx.act, ctx.slope
+        grads = double_backward_grads(lambda a, m, s, b: _composite_apply(a, m, s, b, axis, groups, act, slope),
+                                      (x, mean, scale, shift), ctx.needs_input_grad[:4], dy)
+        return (*grads, None, None, None, None)
     backward = _apply_backward_impl if ctx.eager else apply_backward
-    dx, s_dy, s_dyx = backward(dy, x, mean, scale, shift, ctx.axis, ctx.groups, ctx.act)
+    dx, s_dy, s_dyx = backward(dy, x, mean, scale, shift, ctx.axis, ctx.groups, ctx.act, ctx.slope)
     C = s_dy.shape[1]
     s_scale = scale.detach().reshape(-1, C).expand(ctx.groups, C)
 
@@ -255,7 +280,7 @@ def _apply_backward(ctx, dy):
         return g.sum(0).reshape(shape) if len(shape) < 2 else g.reshape(shape)
 
     d_mean = fit(-s_dy * s_scale, ctx.shapes[0])
-    return dx, d_mean, fit(s_dyx, ctx.shapes[1]), fit(s_dy, ctx.shapes[2]), None, None, None
+    return dx, d_mean, fit(s_dyx, ctx.shapes[1]), fit(s_dy, ctx.shapes[2]), None, None, None, None
 
 
 apply.register_autograd(_apply_backward, setup_context=_apply_setup)
@@ -264,10 +289,15 @@ apply.register_autograd(_apply_backward, setup_context=_apply_setup)
 # ------------------------------------------------------------------------------------------ fused training
 def _train_impl(
     x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
-    mask: Tensor | None = None, renorm: Tensor | None = None,
+    mask: Tensor | None = None, renorm: Tensor | None = None, slope: float = 0.0, residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     xs, p = _layout.prepare(x, axis)
     xv = _layout.view(xs, p)
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or mask is not None):
+        raise ValueError(f"normlab::batch_norm_train: the residual must have the input's shape {tuple(x.shape)} "
+                         f"and dtype {x.dtype} and no mask be given, got {tuple(residual.shape)} {residual.dtype}"
+                         f"{' with a mask' if mask is not None else ''}")
+    resv = _layout.view(_layout.like(residual, xs), p) if residual is not None else _empty_like_view(xv)
     y = _buffer_cache.empty_like(xs)
     yv = _layout.view(y, p)
     m = _mask(mask, xs, axis, p)
@@ -279,11 +309,11 @@ def _train_impl(
                          f"got {w.shape[0]} and {b.shape[0]}")
     ren = _gc(renorm, 4, p.c) if renorm is not None else np.empty((0, 0))
     if p.kind == _layout.NCS:
-        _k().ncs_train_forward(xv, m, groups, w, b, eps, ren, act, yv, mean, var, count, rd)
+        _k().ncs_train_forward(xv, m, groups, w, b, eps, ren, act, slope, resv, yv, mean, var, count, rd)
     else:  # channel innermost: a statistics sweep, then the apply sweep
         _k().mc_moments(xv, m, groups, mean, var, count)
         scale, shift = _k().train_coefficients(mean, var, eps, w, b, ren, rd)
-        _k().mc_apply(xv, m, groups, mean, scale, shift, act, yv)
+        _k().mc_apply(xv, m, groups, mean, scale, shift, act, slope, resv, yv)
     if renorm is None:
         rd[0], rd[1] = 1.0, 0.0
     return y, _to(mean, x), _to(var, x), _to(count, x), _to(rd, x)
@@ -292,13 +322,13 @@ def _train_impl(
 @torch.library.custom_op("normlab::batch_norm_train", mutates_args=())
 def batch_norm_train(
     x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
-    mask: Tensor | None = None, renorm: Tensor | None = None,
+    mask: Tensor | None = None, renorm: Tensor | None = None, slope: float = 0.0, residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _train_impl(x, weight, bias, eps, axis, groups, act, mask, renorm)
+    return _train_impl(x, weight, bias, eps, axis, groups, act, mask, renorm, slope, residual)
 
 
 @batch_norm_train.register_fake
-def _(x, weight, bias, eps, axis, groups, act, mask=None, renorm=None):
+def _(x, weight, bias, eps, axis, groups, act, mask=None, renorm=None, slope=0.0, residual=None):
     C = x.shape[axis % x.ndim]
     return (torch.empty_like(x), x.new_empty((groups, C)), x.new_empty((groups, C)), x.new_empty((groups, C)),
             x.new_empty((2, groups, C)))
@@ -306,67 +336,86 @@ def _(x, weight, bias, eps, axis, groups, act, mask=None, renorm=None):
 
 def _train_backward_impl(
     dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, count: Tensor, rd: Tensor, weight: Tensor, bias: Tensor,
-    eps: float, axis: int, groups: int, act: int, mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx, dweight, dbias)`` of the fused training op, r and d held constant (as batch renorm prescribes).
+    eps: float, axis: int, groups: int, act: int, mask: Tensor | None = None, slope: float = 0.0,
+    y: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dx, dweight, dbias, dresidual)`` of the fused training op, r and d held constant (as batch renorm
+    prescribes); ``dresidual`` is empty unless ``y`` (the output of a residual epilogue) is given.
 
     With rs = 1/sqrt(var + eps), xhat = (x - mean) rs, m valid values per (group, channel) and y = w (r xhat + d) + b:
-    dx = w r rs (dy' - sum(dy') / m - xhat sum(dy' xhat) / m), dweight = sum dy' (r xhat + d), dbias = sum dy'.
+    dx = w r rs (dy' - sum(dy') / m - xhat sum(dy' xhat) / m), dweight = sum dy' (r xhat + d), dbias = sum dy';
+    with a residual, act' is read from the output y and dresidual = dy'.
     """
     xs, p = _layout.prepare(x, axis)
     dys = _layout.like(dy, xs)
     dx = _buffer_cache.empty_like(xs)
+    ys = _layout.like(y, xs) if y is not None else None
+    dres = _buffer_cache.empty_like(xs) if y is not None else x.new_empty((0,))
     mu, v, n = _gc(mean, groups, p.c), _gc(var, groups, p.c), _gc(count, groups, p.c)
     r, d = _np64(rd)
     w, b = _vec(weight), _vec(bias)
     rs = 1.0 / np.sqrt(v + eps)
     inv_n = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
     coupling = np.stack([inv_n, inv_n * rs * rs])
-    s_dy, s_dyx = _backward_kernel(p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups,
-                                   mu, w * r * rs, w * d + b, coupling, act, _layout.view(dx, p))
+    s_dy, s_dyx = _backward_kernel(
+        p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups, mu, w * r * rs, w * d + b,
+        coupling, act, slope, _layout.view(dx, p), None if ys is None else _layout.view(ys, p),
+        None if ys is None else _layout.view(dres, p))
     dweight = (r * rs * s_dyx + d * s_dy).sum(0)
-    return dx, _to(dweight, x), _to(s_dy.sum(0), x)
+    return dx, _to(dweight, x), _to(s_dy.sum(0), x), dres
 
 
 @torch.library.custom_op("normlab::batch_norm_train_backward", mutates_args=())
 def batch_norm_train_backward(
     dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, count: Tensor, rd: Tensor, weight: Tensor, bias: Tensor,
-    eps: float, axis: int, groups: int, act: int, mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _train_backward_impl(dy, x, mean, var, count, rd, weight, bias, eps, axis, groups, act, mask)
+    eps: float, axis: int, groups: int, act: int, mask: Tensor | None = None, slope: float = 0.0,
+    y: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _train_backward_impl(dy, x, mean, var, count, rd, weight, bias, eps, axis, groups, act, mask, slope, y)
 
 
 @batch_norm_train_backward.register_fake
-def _(dy, x, mean, var, count, rd, weight, bias, eps, axis, groups, act, mask=None):
+def _(dy, x, mean, var, count, rd, weight, bias, eps, axis, groups, act, mask=None, slope=0.0, y=None):
     C = x.shape[axis % x.ndim]
-    return torch.empty_like(x), x.new_empty((C,)), x.new_empty((C,))
+    return (torch.empty_like(x), x.new_empty((C,)), x.new_empty((C,)),
+            torch.empty_like(x) if y is not None else x.new_empty((0,)))
 
 
 def _train_setup(ctx, inputs, output):
-    x, weight, bias, eps, axis, groups, act, mask, renorm = inputs
-    _, mean, var, count, rd = output
-    ctx.save_for_backward(x, mean, var, count, rd, weight, bias, mask)
-    ctx.eps, ctx.axis, ctx.groups, ctx.act = eps, axis, groups, act
+    x, weight, bias, eps, axis, groups, act, mask, renorm, slope, residual = inputs
+    y, mean, var, count, rd = output
+    # the residual epilogue's backward reads act' from the output (x alone no longer gives the pre-activation)
+    ctx.save_for_backward(x, mean, var, count, rd, weight, bias, mask, y if residual is not None else None,
+                          residual)
+    ctx.eps, ctx.axis, ctx.groups, ctx.act, ctx.slope = eps, axis, groups, act, slope
     ctx.mark_non_differentiable(mean, var, count, rd)
     ctx.eager = False
 
 
 def _train_backward(ctx, dy, d_mean, d_var, d_count, d_rd):
     if dy is None:  # only the (non-differentiable) statistics were used; eager lane, grads not materialized
-        return (None,) * 9
-    x, mean, var, count, rd, weight, bias, mask = ctx.saved_tensors
+        return (None,) * 11
+    x, mean, var, count, rd, weight, bias, mask, y, residual = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: differentiate the composite, exact at every order
         from .native import double_backward_grads
 
-        eps, axis, groups, act = ctx.eps, ctx.axis, ctx.groups, ctx.act
-        grads = double_backward_grads(
-            lambda a, w, b: _composite_train(a, w, b, eps, axis, groups, act, mask, rd), (x, weight, bias),
-            ctx.needs_input_grad[:3], dy,
+        eps, axis, groups, act, slope = ctx.eps, ctx.axis, ctx.groups, ctx.act, ctx.slope
+        needs = ctx.needs_input_grad
+        if residual is None:
+            grads = double_backward_grads(
+                lambda a, w, b: _composite_train(a, w, b, eps, axis, groups, act, mask, rd, slope),
+                (x, weight, bias), needs[:3], dy,
+            )
+            return (*grads, None, None, None, None, None, None, None, None)
+        dx, dw, db, dr = double_backward_grads(
+            lambda a, w, b, r: _composite_train(a, w, b, eps, axis, groups, act, mask, rd, slope, r),
+            (x, weight, bias, residual), (*needs[:3], needs[10]), dy,
         )
-        return (*grads, None, None, None, None, None, None)
+        return dx, dw, db, None, None, None, None, None, None, None, dr
     backward = _train_backward_impl if ctx.eager else batch_norm_train_backward
-    dx, dw, db = backward(dy, x, mean, var, count, rd, weight, bias, ctx.eps, ctx.axis, ctx.groups, ctx.act, mask)
-    return dx, dw, db, None, None, None, None, None, None
+    dx, dw, db, dr = backward(dy, x, mean, var, count, rd, weight, bias, ctx.eps, ctx.axis, ctx.groups, ctx.act,
+                              mask, ctx.slope, y)
+    return dx, dw, db, None, None, None, None, None, None, None, (dr if residual is not None else None)
 
 
 batch_norm_train.register_autograd(_train_backward, setup_context=_train_setup)
@@ -413,15 +462,17 @@ class _EagerApply(torch.autograd.Function):
 
 
 def train(x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,
-          mask: Tensor | None = None, renorm: Tensor | None = None):
+          mask: Tensor | None = None, renorm: Tensor | None = None, slope: float = 0.0,
+          residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``normlab::batch_norm_train`` (the op when a graph is being captured, the eager lane otherwise)."""
     if _is_eager():
-        return _EagerTrain.apply(x, weight, bias, eps, axis, groups, act, mask, renorm)
-    return batch_norm_train(x, weight, bias, eps, axis, groups, act, mask, renorm)
+        return _EagerTrain.apply(x, weight, bias, eps, axis, groups, act, mask, renorm, slope, residual)
+    return batch_norm_train(x, weight, bias, eps, axis, groups, act, mask, renorm, slope, residual)
 
 
-def apply_affine(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int) -> Tensor:
+def apply_affine(x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, axis: int, groups: int, act: int,
+                 slope: float = 0.0) -> Tensor:
     """``normlab::apply`` (the op when a graph is being captured, the eager lane otherwise)."""
     if _is_eager():
-        return _EagerApply.apply(x, mean, scale, shift, axis, groups, act)
-    return apply(x, mean, scale, shift, axis, groups, act)
+        return _EagerApply.apply(x, mean, scale, shift, axis, groups, act, slope)
+    return apply(x, mean, scale, shift, axis, groups, act, slope)

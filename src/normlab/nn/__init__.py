@@ -14,10 +14,10 @@ __all__ += ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLay
 from .sequence import MaskedBatchNorm, TimeStepBatchNorm  # noqa: E402
 
 __all__ += ["MaskedBatchNorm", "TimeStepBatchNorm"]
-from .act import NormAct  # noqa: E402
+from .act import NormAct, NormAddAct  # noqa: E402
 from .sync import convert_sync_batchnorm  # noqa: E402
 
-__all__ += ["NormAct", "convert_sync_batchnorm"]
+__all__ += ["NormAct", "NormAddAct", "convert_sync_batchnorm"]
 from .full_normalization import FullNormalization  # noqa: E402
 from .running_average import RunningAverageNorm  # noqa: E402
 

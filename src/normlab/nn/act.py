@@ -23,8 +23,17 @@ so a conv -> BN -> activation block stores one tensor instead of two. The rules 
 * the norm must be a plain :class:`~normlab.nn.BatchNorm` (1d/2d/3d, any axis, synchronized or not); the input is
   overwritten, so it must not be needed elsewhere (torch raises if it is: the usual conv -> NormAct is fine).
 
-The norm's forward pre-hooks run as if it were called (so ``freeze`` and ``recalibrate`` reach it); its forward
+The norm's own forward pre-hooks run as if it were called (so ``freeze`` and ``recalibrate`` reach it); its forward
 (post) hooks do not, since the norm's own output never exists apart from the activation's.
+
+Hooks and the fused paths: NormAct bypasses ``norm(x)`` (kernel fusion, in-place mode) only when the norm has no
+hooks of its own (checked on the module, ``module._forward_hooks`` etc., the attributes ``nn.Module.__call__``
+reads). Global hooks (``torch.nn.modules.module.register_module_forward_hook`` and its siblings) disable nothing:
+torch has no public way to read them, and they still run for the NormAct module itself and every other module;
+only the inner norm's separate call, which the fusion removes, is not seen by them.
+
+:class:`NormAddAct` is the residual form ``act(norm(x) + residual)`` (a ResNet basic block's last BN, the shortcut
+added, then ReLU), one kernel pass forward and one backward where the kernels take it.
 """
 
 from __future__ import annotations
@@ -39,22 +48,21 @@ from .. import _stats, kernels
 from .batchnorm import BatchNorm, BatchNormBase
 from .registry import make_norm
 
-__all__ = ["NormAct", "ACTIVATIONS"]
+__all__ = ["NormAct", "NormAddAct", "ACTIVATIONS"]
 
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu")
+#: NormAct's activations: the kernels' table (one set of names, :data:`normlab.kernels.ACTIVATIONS`) plus ELU.
+ACTIVATIONS = (*kernels.ACTIVATIONS, "elu")
 INVERTIBLE = ("identity", "leaky_relu", "elu")
 #: Activations the kernels fuse into the training pass (the others run after the norm, as a separate operator).
-_KERNEL_ACTS = tuple(a for a in ACTIVATIONS if a in kernels.ACTIVATIONS and a != "identity")
+_KERNEL_ACTS = tuple(a for a in kernels.ACTIVATIONS if a != "identity")
 
 
 def _has_call_hooks(module: nn.Module) -> bool:
-    """Whether ``module(x)`` would run any hook (the module's or torch's global ones, forward or backward): then
-    ``module(x)`` is more than ``module.forward(x)`` and NormAct must call it rather than bypass it."""
-    g = nn.modules.module
+    """Whether ``module(x)`` would run a hook of the module's own (forward or backward): then ``module(x)`` is more
+    than ``module.forward(x)`` and NormAct must call it rather than bypass it. Global hooks are not consulted (no
+    public API reads them; see the module docstring)."""
     return bool(
         module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks or module._backward_hooks
-        or g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_pre_hooks
-        or g._global_backward_hooks
     )
 
 
@@ -80,13 +88,12 @@ def _invert(y: Tensor, dy: Tensor, activation: str, slope: float, alpha: float) 
 
 
 def _run_forward_pre_hooks(module: nn.Module, x: Tensor) -> Tensor:
-    """What ``module(x)`` does before its ``forward``: torch's global and the module's forward pre-hooks, in torch's
-    order (each may replace the input). The in-place mode never calls ``norm(x)``, so without this the hooks that
-    tools put on the norm (``freeze``, ``recalibrate``, ``record``) would never see it."""
+    """What ``module(x)`` does before its ``forward`` with the module's own forward pre-hooks, in torch's order (each
+    may replace the input). The in-place mode never calls ``norm(x)``, so without this the hooks that tools put on
+    the norm (``freeze``, ``recalibrate``, ``record``) would never see it. (Global hooks: see the module docstring.)"""
     args: tuple = (x,)
     kwargs: dict = {}
-    hooks = (*nn.modules.module._global_forward_pre_hooks.items(), *module._forward_pre_hooks.items())
-    for hook_id, hook in hooks:
+    for hook_id, hook in module._forward_pre_hooks.items():
         if hook_id in module._forward_pre_hooks_with_kwargs:
             result = hook(module, args, kwargs)
             if result is not None:
@@ -155,12 +162,12 @@ class NormAct(nn.Module):
     forward arguments go to the norm (e.g. ``mask=`` for :class:`MaskedBatchNorm`). The norm's state_dict keys are
     prefixed with ``norm.``. ``inplace_abn=True`` turns on the in-place mode described in the module docstring.
 
-    In the standard mode with ``activation="relu"`` and a plain :class:`BatchNorm` (no variant, not synchronized, no
-    hooks, no extra arguments), a batch-statistic call that the dispatch sends to the kernels
-    (``kernels.use_fast``) runs statistics, normalize and ReLU in one kernel pass forward and one backward
-    (``kernels.batch_norm_train(act="relu")``), the running statistics updated by the norm's own
-    :meth:`~BatchNormBase.update_running`; its results equal ``relu(norm(x))``, which every other call runs.
-    ``leaky_relu`` and ``elu`` always run after the norm (the kernels fuse only ReLU). Raises the norm's own errors
+    In the standard mode with ``activation="relu"`` or ``"leaky_relu"`` and a plain :class:`BatchNorm` (no variant,
+    not synchronized, no hooks, no extra arguments), a batch-statistic call that the dispatch sends to the kernels
+    (``kernels.use_fast``) runs statistics, normalize and the activation in one kernel pass forward and one backward
+    (``kernels.batch_norm_train(act=...)``), the running statistics updated by the norm's own
+    :meth:`~BatchNormBase.update_running`; its results equal ``act(norm(x))``, which every other call runs.
+    ``elu`` always runs after the norm (the kernels do not fuse it). Raises the norm's own errors
     for a bad input (``ValueError`` naming the layer), e.g. for a wrong channel count.
     """
 
@@ -251,12 +258,14 @@ class NormAct(nn.Module):
         c = bn.check_input(x)  # raises the norm's own errors for a bad input, as norm(x) would
         return c if kernels.use_fast(x, c) else None
 
-    def _fused(self, x: Tensor, c: int) -> Tensor:
-        """``act(norm(x))`` for a plain BatchNorm with batch statistics, the activation fused into the kernels' forward
-        and backward pass; the running statistics move by the norm's own step (:meth:`BatchNormBase.update_running`,
-        i.e. ``_stats.track`` as ``functional._batch_norm`` calls it), only after the pass has succeeded."""
+    def _fused(self, x: Tensor, c: int, residual: Tensor | None = None) -> Tensor:
+        """``act(norm(x) [+ residual])`` for a plain BatchNorm with batch statistics, the activation fused into the
+        kernels' forward and backward pass; the running statistics move by the norm's own step
+        (:meth:`BatchNormBase.update_running`, i.e. ``_stats.track`` as ``functional._batch_norm`` calls it), only
+        after the pass has succeeded."""
         bn = cast(BatchNorm, self.norm)  # _fused_axis checked it
-        y, stats = kernels.batch_norm_train(x, bn.weight, bn.bias, bn.eps, axis=c, act=self.activation)
+        y, stats = kernels.batch_norm_train(x, bn.weight, bn.bias, bn.eps, axis=c, act=self.activation,
+                                            negative_slope=self.negative_slope, residual=residual)
         if bn.updates_running_stats():
             bn.update_running(stats)
         return y
@@ -275,18 +284,18 @@ class NormAct(nn.Module):
             )
 
     def _inplace(self, x: Tensor) -> Tensor:
-        bn = self.norm
+        bn = cast(BatchNorm, self.norm)  # the constructor checked it
         x = _run_forward_pre_hooks(bn, x)
         c = bn.check_input(x)
         self._check_overwritable(x)
-        weight = bn.weight
+        weight: Tensor | None = bn.weight
         if weight is not None:
             # gamma must be invertible: keep its sign, floor its size (straight-through above the floor)
             floor = self.gamma_floor
             sign = torch.where(weight < 0, -1.0, 1.0).to(weight.dtype)
             weight = torch.where(weight.abs() < floor, sign * floor, weight)
         batch_stats = bn.uses_batch_stats()
-        group = False
+        group: object = False  # False: not synchronized; else the process group (None: the default group)
         if batch_stats:
             with torch.no_grad():
                 stats = bn.batch_moments(x.detach(), _stats.reduce_dims(x.ndim, c))
@@ -303,3 +312,37 @@ class NormAct(nn.Module):
         if batch_stats and bn.updates_running_stats():
             bn.update_running(stats)
         return y
+
+
+class NormAddAct(NormAct):
+    """``act(norm(x) + residual)``: the end of a ResNet basic block (He et al. 2016, "Deep Residual Learning for Image
+    Recognition", CVPR): the last BN, the shortcut added, then the activation.
+
+    ``forward(x, residual)``: ``x`` and ``residual`` of the same shape (e.g. ``(N, C, H, W)``), the output too.
+    ``activation`` is ``"relu"``, ``"leaky_relu"`` (``negative_slope >= 0``) or ``"identity"``; ``norm`` as for
+    :class:`NormAct` (no in-place mode). In training, a plain :class:`BatchNorm` with batch statistics that the
+    dispatch sends to the kernels runs statistics, normalize, the add and the activation in one pass
+    (``kernels.batch_norm_train(residual=...)``) and one backward pass, whose activation mask is read from the output
+    and which gives ``residual`` its gradient; every other call computes ``act(norm(x) + residual)`` with the
+    separate operators, the same values (a residual of another shape or dtype takes that path too, with torch's
+    broadcasting and errors). Raises ``ValueError`` at construction for another activation or a negative slope,
+    and the norm's own errors at call time.
+    """
+
+    def __init__(self, norm: nn.Module | str, num_features: int | None = None, activation: str = "relu", *,
+                 negative_slope: float = 0.01, **norm_kwargs) -> None:
+        if activation not in kernels.ACTIVATIONS:
+            raise ValueError(f"NormAddAct: activation must be one of {tuple(kernels.ACTIVATIONS)}, got {activation!r}")
+        if activation == "leaky_relu" and not negative_slope >= 0:
+            raise ValueError(f"NormAddAct: negative_slope must be >= 0 (the fused backward reads the activation's "
+                             f"derivative from the output's sign), got {negative_slope}")
+        super().__init__(norm, num_features, activation, negative_slope=negative_slope, **norm_kwargs)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        if isinstance(residual, Tensor) and residual.shape == x.shape and residual.dtype == x.dtype \
+                and residual.device == x.device:
+            c = self._fused_axis(x)
+            if c is not None:
+                return self._fused(x, c, residual)
+        # anything else (another shape that broadcasts, a scalar) is exactly the unfused computation, errors included
+        return _activate(self.norm(x) + residual, self.activation, self.negative_slope, self.alpha)

@@ -17,6 +17,14 @@ the model traces, ``nn.Sequential`` order where it does not, as :func:`~normlab.
   several times) is removed from the traced forward of the module that makes it, which becomes a
   ``torch.fx.GraphModule`` of the same class name and the same state_dict keys.
 
+Residual ends (where ``torch.fx`` traces the block): a BN whose only user is a two-tensor add with another tensor
+(the shortcut) whose only user is a ReLU/LeakyReLU (slope >= 0), ``act(bn(x) + shortcut)`` as in ResNet's basic
+block, becomes a :class:`~normlab.nn.act.NormAddAct` called as ``bn(x, shortcut)``, the add and the activation
+removed from the block's traced forward; one kernel pass forward (statistics, normalize, add, activation) and one
+backward (the activation's mask read from the output, the shortcut's gradient written in the same sweep). When both
+summands are BN outputs (a downsampling shortcut's BN), the first summand's BN takes the add; the other is skipped
+with that reason.
+
 The fused model's ``state_dict`` has the unfused model's keys (``layer.weight``, not ``layer.norm.weight``): each
 new NormAct renames its norm's keys on save and accepts both names on load, so checkpoints load both ways.
 """
@@ -24,13 +32,15 @@ new NormAct renames its norm's keys on save and accepts both names on load, so c
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import fx, nn
 from torch.nn import functional as TF
 
-from ..nn.act import NormAct
+from ..nn.act import NormAct, NormAddAct
 from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from ._common import is_batch_norm, join_path, module_use_counts, set_submodule, trace_or_note
 
@@ -41,6 +51,7 @@ _TORCH_TO_NORMLAB = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, n
 _NORMLAB_BN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
 _RELU_FUNCTIONS = {torch.relu, torch.relu_, TF.relu, TF.relu_}
 _LEAKY_FUNCTIONS = {TF.leaky_relu, TF.leaky_relu_}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -78,6 +89,7 @@ class _Pair:
     what: str  # how the activation is called, for the report
     act_root: str | None = None  # the rewritten module whose graph loses the activation's call, if any
     norm_root: str | None = None  # the rewritten module inside which the BN is replaced, if any
+    residual: bool = False  # BN -> add(shortcut) -> activation: a NormAddAct, the add and activation calls removed
 
     @property
     def needs_rewrite(self) -> bool:
@@ -255,12 +267,15 @@ def _plan_graph(
                                    f"{others} also read(s): fusing would change what they see")
             else:
                 decisions[name] = f"its output is also used by {others}, not only by an activation"
+        elif _is_add(users[0]):
+            decisions[name] = _residual_decision(name, node, users[0], root, prefix)
         else:
             user = users[0]
             act = _act_from(user, root)
             if isinstance(act, str):
                 decisions[name] = act
-            elif [a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, fx.Node)] or user.args[0] is not node:
+            elif ([a for a in (*user.args[1:], *user.kwargs.values()) if isinstance(a, fx.Node)]
+                  or user.args[0] is not node):
                 decisions[name] = f"{_describe(user)} takes other tensors besides the BN's output"
             elif user.op == "call_module":
                 act_module = root.get_submodule(user.target)
@@ -280,9 +295,59 @@ def _plan_graph(
     graphs.append((prefix, graph))
 
 
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def _residual_partner(add: fx.Node, bn: fx.Node) -> fx.Node | str:
+    """The other operand of ``add`` (BN's output + it), or why ``add`` is not a plain two-tensor sum with the BN."""
+    if add.kwargs or len(add.args) != 2:
+        return f"{_describe(add)} has other arguments (alpha=, out=) besides the two summands"
+    a, b = add.args
+    other = b if a is bn else a
+    if (a is bn) == (b is bn):
+        return f"{_describe(add)} adds the BN's output to itself"
+    if not isinstance(other, fx.Node):
+        return f"{_describe(add)} adds a constant ({other!r}), not a residual tensor, to the BN's output"
+    if add.op == "call_method" and add.args[0] is not bn:
+        return f"{_describe(add)} writes into the residual, not the BN's output"
+    return other
+
+
+def _residual_decision(name: str, bn: fx.Node, add: fx.Node, root: nn.Module, prefix: str) -> _Pair | str:
+    """BN -> add(residual) -> ReLU/LeakyReLU (a ResNet basic block's end) as a residual pair, or why not."""
+    partner = _residual_partner(add, bn)
+    if isinstance(partner, str):
+        return partner
+    if partner.op == "call_module" and is_batch_norm(root.get_submodule(str(partner.target))) \
+            and len(partner.users) == 1 and add.args[0] is partner:
+        return (f"the residual add's other summand, {join_path(prefix, str(partner.target))!r}, is a BN too; the add "
+                f"is fused with {join_path(prefix, str(partner.target))!r}")
+    if len(add.users) != 1:
+        return f"its output goes to {_describe(add)}, whose sum is used by more than an activation"
+    act_node = next(iter(add.users))
+    act = _act_from(act_node, root)
+    if isinstance(act, str):
+        return f"its output goes to {_describe(add)} (a residual add), whose sum is not followed by ReLU/LeakyReLU"
+    if [a for a in (*act_node.args[1:], *act_node.kwargs.values()) if isinstance(a, fx.Node)] \
+            or act_node.args[0] is not add:
+        return f"{_describe(act_node)} after the residual add takes other tensors besides the sum"
+    if act[0] == "leaky_relu" and act[1] < 0:
+        return (f"the LeakyReLU after the residual add has a negative slope ({act[1]}); the fused backward reads "
+                f"the activation's derivative from the output's sign, which needs slope >= 0")
+    if act_node.op == "call_module" and _has_hooks(root.get_submodule(str(act_node.target))):
+        return f"the activation {act_node.target!r} has hooks that would no longer see its output"
+    owner = join_path(prefix, _owner_of(act_node))
+    if _owner_of(add) != _owner_of(act_node):
+        return "the residual add and the activation are calls in different modules' forwards"
+    return _Pair(name, act[0], act[1], None, owner,
+                 f"+ residual, {_describe(act_node)} in {owner or '<model>'}", residual=True)
+
+
 def _act_from(node: fx.Node, root: nn.Module) -> tuple[str, float, bool] | str:
     if node.op == "call_module":
-        return _activation_of(root.get_submodule(node.target), None)
+        return _activation_of(root.get_submodule(str(node.target)), None)
     return _activation_of(None, node)
 
 
@@ -327,9 +392,12 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     A batch norm (``torch.nn.BatchNorm1d/2d/3d`` or normlab's ``BatchNorm``/``BatchNorm1d/2d/3d``) fuses when its
     only input is one tensor, it is called once, and its output goes to exactly one ReLU or LeakyReLU (a module, or,
     where ``torch.fx`` traces the model, ``F.relu``/``torch.relu``/``Tensor.relu``/``F.leaky_relu``, in place or
-    not) and nowhere else. Skipped, with the reason: a BN whose output is used elsewhere too (in particular when an
-    in-place activation overwrites it), any other activation (GELU, sigmoid, ...), BN subclasses and variants,
-    shared or hooked modules, a rewrite that would lose state. Raises ``TypeError`` if ``model`` is not a module.
+    not) and nowhere else; or, where fx traces, when its only user is ``bn + shortcut`` followed by such an activation
+    alone (the residual end of a ResNet block, fused into a ``NormAddAct``). Skipped, with the reason: a BN whose
+    output is used elsewhere too (in particular when an in-place activation overwrites it), any other activation
+    (GELU, sigmoid, ...), a residual add with a constant, ``alpha=``, a reused sum or a negative LeakyReLU slope, BN
+    subclasses and variants, shared or hooked modules, a rewrite that would lose state.
+    Raises ``TypeError`` if ``model`` is not a module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"plan_fuse_norm_act: expected a torch.nn.Module, got {type(model).__name__}")
@@ -340,7 +408,8 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
     # Pairs whose activation is a call to remove rewrite the forward of the module making it. The outermost such
     # module takes every pair inside it: its GraphModule inlines its children's forwards, so module swaps inside it
     # happen in the GraphModule (BN -> NormAct) and its graph (the activation's call removed).
-    owners = {d.act_owner for d in decisions.values() if isinstance(d, _Pair) and d.needs_rewrite}
+    owners = {d.act_owner for d in decisions.values()
+              if isinstance(d, _Pair) and d.needs_rewrite and d.act_owner is not None}
     problems = {o: _rewrite_problem(model, o, graphs) for o in owners}
     roots = {o for o in owners if problems[o] is None}
     roots = {o for o in roots if not any(r != o and _inside(o, r) for r in roots)}
@@ -361,25 +430,28 @@ def plan_fuse_norm_act(model: nn.Module) -> FuseReport:
         if isinstance(d, str):
             report.skipped.append((name, d))
             continue
-        if d.needs_rewrite and problems[d.act_owner] is not None:
-            report.skipped.append((name, problems[d.act_owner]))
+        problem = problems.get(d.act_owner) if d.needs_rewrite and d.act_owner is not None else None
+        if problem is not None:
+            report.skipped.append((name, problem))
             continue
         act_root, norm_root = root_of(d.act_owner), root_of(name)
         if act_root is not None and norm_root != act_root:
             report.skipped.append((name, f"the BN is not inside {act_root or '<model>'!r}, whose forward (rewritten) "
                                          f"calls the activation"))
             continue
-        report.pairs.append(_Pair(d.norm, d.activation, d.slope, d.act_module, d.act_owner, d.what, act_root, norm_root))
+        report.pairs.append(_Pair(d.norm, d.activation, d.slope, d.act_module, d.act_owner, d.what, act_root, norm_root,
+                                  d.residual))
         report.fused.append((name, d.what))
     report.rewritten = sorted({r for p in report.pairs for r in (p.act_root, p.norm_root) if r is not None})
     return report
 
 
 # -- applying the plan -------------------------------------------------------------------------------------------
-def _normlab_bn(norm: nn.Module) -> nn.Module:
+def _normlab_bn(module: nn.Module) -> nn.Module:
     """normlab's BN of the same rank *sharing* a torch BN's parameters and buffers (normlab's BN: itself)."""
-    if type(norm) not in _TORCH_TO_NORMLAB:
-        return norm
+    if type(module) not in _TORCH_TO_NORMLAB:
+        return module
+    norm = cast(nn.modules.batchnorm._BatchNorm, module)
     new = _TORCH_TO_NORMLAB[type(norm)](
         norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
         track_running_stats=norm.track_running_stats,
@@ -392,7 +464,9 @@ def _normlab_bn(norm: nn.Module) -> nn.Module:
 
 
 def _norm_act(norm: nn.Module, pair: _Pair) -> NormAct:
-    fused = NormAct(_normlab_bn(norm), activation=pair.activation, negative_slope=pair.slope if pair.activation == "leaky_relu" else 0.01)
+    cls = NormAddAct if pair.residual else NormAct
+    fused = cls(_normlab_bn(norm), activation=pair.activation,
+                negative_slope=pair.slope if pair.activation == "leaky_relu" else 0.01)
     fused.train(norm.training)
     fused.register_state_dict_post_hook(_unfused_keys)
     fused.register_load_state_dict_pre_hook(_accept_unfused_keys)
@@ -407,14 +481,16 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
     def rel(name: str) -> str:
         return name[len(owner) + 1:] if owner else name
 
-    for pair in (p for p in pairs if p.act_root == owner):
+    for pair in (p for p in pairs if p.act_root == owner and p.residual):
+        _rewrite_residual(graph, module, owner, pair, rel(pair.norm))
+    for pair in (p for p in pairs if p.act_root == owner and not p.residual):
         nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel(pair.norm)]
         act = next(iter(nodes[0].users)) if len(nodes) == 1 and len(nodes[0].users) == 1 else None
         expected = act is not None and (
             act.target == rel(pair.act_module) if pair.act_module is not None
             else not isinstance(_act_from(act, module), str)
         )
-        if not expected:
+        if act is None or not expected:
             raise RuntimeError(f"fuse_norm_act: in {owner or 'the model'}'s forward, {pair.norm!r} is no longer "
                                f"followed by its activation alone as planned; model unchanged")
         act.replace_all_uses_with(nodes[0])
@@ -427,7 +503,45 @@ def _rewritten(model: nn.Module, owner: str, pairs: list[_Pair], fused: dict[str
     for name, sub in gm.named_modules():  # gm and its new intermediate modules: the originals' modes, one by one
         if name in originals and originals[name] is not sub and not isinstance(sub, NormAct):
             sub.training = originals[name].training
+    for name, sub in list(gm.named_modules()):
+        if name in originals and originals[name] is not sub:
+            _children_in_order_of(sub, originals[name])
     return gm
+
+
+def _children_in_order_of(module: nn.Module, original: nn.Module) -> None:
+    """Re-register ``module``'s children in ``original``'s order: a GraphModule registers them in the order its graph
+    first uses them, which a rewrite can change (a residual call moved after the shortcut), and the state_dict's
+    key order follows the registration order."""
+    rank = {name: i for i, (name, _) in enumerate(original.named_children())}
+    children = list(module.named_children())
+    ordered = sorted(children, key=lambda kv: rank.get(kv[0], len(rank)))
+    if [n for n, _ in ordered] == [n for n, _ in children]:
+        return
+    for name, _ in children:
+        delattr(module, name)
+    for name, child in ordered:
+        module.add_module(name, child)
+
+
+def _rewrite_residual(graph: fx.Graph, module: nn.Module, owner: str, pair: _Pair, target: str) -> None:
+    """``act(bn(x) + r)`` in ``graph`` -> one call ``bn(x, r)`` (the BN's module becomes a NormAddAct)."""
+    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
+    bn = nodes[0] if len(nodes) == 1 and len(nodes[0].users) == 1 else None
+    add = next(iter(bn.users)) if bn is not None else None
+    partner = _residual_partner(add, bn) if add is not None and bn is not None and _is_add(add) else None
+    act = next(iter(add.users)) if add is not None and len(add.users) == 1 else None
+    if bn is None or add is None or not isinstance(partner, fx.Node) or act is None \
+            or isinstance(_act_from(act, module), str):
+        raise RuntimeError(f"fuse_norm_act: in {owner or 'the model'}'s forward, {pair.norm!r} is no longer followed "
+                           f"by a residual add and its activation alone as planned; model unchanged")
+    with graph.inserting_before(add):
+        fused = graph.call_module(target, (bn.args[0], partner))
+    fused.meta = dict(bn.meta)
+    act.replace_all_uses_with(fused)
+    graph.erase_node(act)
+    graph.erase_node(add)
+    graph.erase_node(bn)
 
 
 def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = False) -> nn.Module:
@@ -465,7 +579,7 @@ def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = Fal
     for p in report.pairs:
         if p.norm_root is None:
             set_submodule(target, p.norm, fused[p.norm])
-        if p.act_root is None:
+        if p.act_root is None and p.act_module is not None:
             set_submodule(target, p.act_module, nn.Identity().train(target.get_submodule(p.act_module).training))
     for owner, gm in graphs.items():
         if owner:

@@ -1,0 +1,99 @@
+"""Where the numba kernels start to beat torch's operator, per layout: the numbers behind dispatch.AUTO_TABLE.
+
+For each layout of the decision table (``channel_first``: (N, 64, H, W) NCHW; ``channels_last``: the same with
+NHWC strides; ``rows``: (N, C) as after a Linear layer; and (N, L, C) with ``axis=-1``, which dispatch files
+under ``channels_last``) and a geometric ladder of sizes (2^15 .. 2^24 values, x2 steps), it times a training
+forward+backward of ``normlab.kernels.batch_norm_train`` forced onto the kernels (``fast``) and onto torch's
+operator (``native``), interleaved in the same rounds (:func:`normlab.bench.harness.interleaved`), and prints the
+ratio native / fast (> 1: the kernels are faster). The crossover of a layout is the smallest size of the ladder
+from which the ratio stays >= 1.05 at every larger size ("never slower": below it, dispatch keeps torch's
+operator); ``-`` when no such size exists (the table's ``None``).
+
+    python benchmarks/crossover.py [--reps 15] [--dtype float32] [--max-log2 24] [--json PATH]
+
+Run it on a quiet machine: under load the ratios move by 2-5x between runs (measured on the project's shared
+2-core machine), which no threshold survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from normlab import kernels
+from normlab.bench.harness import interleaved
+
+LAYOUTS = {
+    "channel_first": (lambda n: (max(n // (64 * 196), 1), 64, 14, 14), 1, None),
+    "channels_last": (lambda n: (max(n // (64 * 196), 1), 64, 14, 14), 1, torch.channels_last),
+    "rows": (lambda n: (max(n // 512, 1), 512), 1, None),
+    "nlc": (lambda n: (max(n // (256 * 64), 1), 256, 64), -1, None),
+}
+
+
+def _step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, axis: int, backend: str):
+    def run() -> None:
+        with kernels.backend(backend):
+            y, _ = kernels.batch_norm_train(x, w, b, 1e-5, axis=axis)
+        y.backward(dy)
+    return run
+
+
+def measure(reps: int, dtype: torch.dtype, max_log2: int) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, (shape_of, axis, fmt) in LAYOUTS.items():
+        rows = []
+        for k in range(15, max_log2 + 1):
+            shape = shape_of(1 << k)
+            x = torch.randn(shape, dtype=dtype)
+            if fmt is not None:
+                x = x.contiguous(memory_format=fmt)
+            x.requires_grad_()
+            C = shape[axis]
+            w = torch.ones(C, dtype=dtype, requires_grad=True)
+            b = torch.zeros(C, dtype=dtype, requires_grad=True)
+            dy = torch.randn_like(x)
+            t = interleaved({v: _step(x, w, b, dy, axis, v) for v in ("fast", "native")}, reps=reps, warmup=2)
+            rows.append((x.numel(), t["native"].median / t["fast"].median))
+            print(f"  {name:<14}{str(tuple(shape)):<22}{x.numel():>10}  native/fast {rows[-1][1]:.2f}",
+                  file=sys.stderr, flush=True)
+        out[name] = rows
+    return out
+
+
+def crossover(rows: list[tuple[int, float]], margin: float = 1.05) -> int | None:
+    """Smallest size from which every ratio (native / fast) is >= margin, else None."""
+    best = None
+    for n, ratio in reversed(rows):
+        if ratio < margin:
+            break
+        best = n
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--max-log2", type=int, default=24, help="largest size of the ladder, 2^k values")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    if not kernels.numba_available():
+        print("crossover: numba is not installed; there are no kernels to compare", file=sys.stderr)
+        return 2
+    results = measure(args.reps, getattr(torch, args.dtype), args.max_log2)
+    print(f"crossover (native/fast >= 1.05 from this size on), {args.dtype}, {torch.get_num_threads()} threads:")
+    for name, rows in results.items():
+        n = crossover(rows)
+        print(f"  {name:<14}{'-' if n is None else n:>10}   ({', '.join(f'{m}:{r:.2f}' for m, r in rows)})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({k: [list(r) for r in v] for k, v in results.items()}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
