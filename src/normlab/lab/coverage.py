@@ -21,7 +21,8 @@ from typing import Any
 
 from .corrections import Sentence, correction_ids
 
-__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "ISSUE_13_CLAIMS", "coverage_table", "problems", "resolve_feature", "summary",
+__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "ISSUE_13_CLAIMS", "coverage_table", "problems", "resolve_feature",
+           "summary",
            "planned_in_use"]
 
 # The claim ids issue 13 fixes; every one is registered now (tests/lab/test_coverage.py checks it).
@@ -236,9 +237,9 @@ ENTRIES: tuple[Entry, ...] = (
     _e("002", 201, "One other recent paper proposed a refinement of Batch Normalization referred to as Full "
                    "Normalization (FN), which addresses points with Batch Normalization when batches are usually not "
                    "constructed ideally.", "claim:full-normalization", "feature:normlab.nn.FullNormalization"),
-    _e("002", 203, "Lastly, researchers have additionally highlighted the significance of understanding the limitations "
-                   "of Batch Normalization, comparable to poor efficiency when batch measurement is small and dependence "
-                   "on supreme batch statistics.", "claim:small-batches", "claim:full-normalization"),
+    _e("002", 203, "Lastly, researchers have additionally highlighted the significance of understanding the "
+                   "limitations of Batch Normalization, comparable to poor efficiency when batch measurement is small "
+                   "and dependence on supreme batch statistics.", "claim:small-batches", "claim:full-normalization"),
     _e("002", 203, "Corrected formulations of Batch Normalization have been proposed to deal with these points and "
                    "enhance inference efficiency.",
        not_testable="no formulation is named, so there is nothing specific to run (normlab.tools.recalibrate is one "

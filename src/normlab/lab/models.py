@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -203,6 +203,7 @@ def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", 
     _check_choice("seed_mlp", "init", init, INITS)
     if keras_bn and norm != "bn":
         raise ValueError(f"seed_mlp: keras_bn=True needs norm='bn' (Keras' BatchNormalization), got norm={norm!r}")
+    norm_mod: nn.Module
     if keras_bn:
         from ..nn import BatchNorm
 
@@ -467,12 +468,15 @@ class _NormRNN(nn.Module):
             # "bn" and "tbn" mean T_max = the sequence length; "tbn:<int>" sets it.
             spec = "tbn" + (":" + rest if sep else "")
             kw = dict(norm_kw) if sep else {"max_steps": max_steps, **norm_kw}
-            self.norm_x = norm_layer(spec, gates, **kw)
-            self.norm_h = norm_layer(spec, gates, **kw)
+            self.norm_x: nn.Module = norm_layer(spec, gates, **kw)
+            self.norm_h: nn.Module = norm_layer(spec, gates, **kw)
             for layer in (self.norm_x, self.norm_h):
                 if getattr(layer, "bias", None) is not None:
-                    layer.bias = None  # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
-            self.norm_c = norm_layer(spec, hidden, **kw) if cell == "lstm" else None
+                    # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
+                    layer.register_parameter("bias", None)
+            self.norm_c: nn.Module | None = None
+            if cell == "lstm":
+                self.norm_c = norm_layer(spec, hidden, **kw)
         else:
             def per_step(width):
                 return nn.ModuleList(norm_layer(norm, width, **norm_kw) for _ in range(max_steps))
@@ -482,9 +486,12 @@ class _NormRNN(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
         nn.init.orthogonal_(self.w_h.weight)
 
-    def _norm(self, which: nn.Module, z: Tensor, t: int) -> Tensor:
+    def _norm(self, which: nn.Module | None, z: Tensor, t: int) -> Tensor:
+        if which is None:
+            raise RuntimeError("_NormRNN: this cell has no norm layer for the term asked for")
         if self.recurrent_bn:
             return which(z, step=t)
+        assert isinstance(which, nn.ModuleList)  # one layer per time step
         return which[min(t, len(which) - 1)](z)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -633,9 +640,9 @@ def seq_rnn(
     rows of C*W features), each example stretched in time to its own length L in ``[min_len, H]``
     (:func:`sequence_lengths`, :func:`resample_rows`) and zero-padded to H, as a padded batch of sequences of
     different lengths is. ``pool`` > 1 first averages ``pool`` x ``pool`` pixel blocks (H/pool rows of
-    C*W/pool features: shorter sequences, cheaper steps). ``norm``: one of :data:`SEQUENCE_NORMS`; ``init`` (Glorot, "xavier", is the standard
-    init for tanh) applies to W_x and the classifier, W_h starts orthogonal (Saxe et al. 2014). Raises ValueError
-    for another norm, an input that is not an image, or ``min_len`` outside [2, H]."""
+    C*W/pool features: shorter sequences, cheaper steps). ``norm``: one of :data:`SEQUENCE_NORMS`; ``init``
+    (Glorot, "xavier", is the standard init for tanh) applies to W_x and the classifier, W_h starts orthogonal (Saxe
+    et al. 2014). Raises ValueError for another norm, an input that is not an image, or ``min_len`` outside [2, H]."""
     _check_choice("seq_rnn", "norm", norm, SEQUENCE_NORMS)
     _check_choice("seq_rnn", "init", init, INITS)
     if len(input_shape) != 3:

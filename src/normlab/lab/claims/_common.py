@@ -6,7 +6,8 @@ claim is a :class:`~normlab.lab.train.TrainConfig`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -39,7 +39,6 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 
 def run(ctx: Context) -> Outcome:
-    cfg = ctx.config
     out = Outcome()
     arms = C.available(out, ARMS, _spec)
     tuned, units, runs = C.tuned_runs(ctx, arms, _config)

@@ -43,7 +43,7 @@ def run(ctx: Context) -> Outcome:
     fig, axes = C.new_figure(2)
     for ax, depth in zip(axes, ("deep", "shallow")):
         arms = [a for a in ARMS if a.endswith(depth)]
-        C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.get)
+        C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.__getitem__)
         ax.axhline(TRAINS_AT, color="#7f7f7f", linestyle=":", linewidth=1)
         ax.set(title=f"{cfg[depth]} hidden layers of {cfg['width']} units", xlabel="training step",
                ylabel="validation accuracy", ylim=(0, 1))

@@ -53,7 +53,7 @@ def run(ctx: Context) -> Outcome:
     tuned, units, runs = C.tuned_runs(ctx, arms, _config)
     C.record_arms(out, tuned, {a: "xavier (Glorot normal); recurrent weights orthogonal" for a in arms})
     fig, (ax,) = C.new_figure(1, width=6.4)
-    C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.get,
+    C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.__getitem__,
                             lambda arm: "--" if arm == "bn" else "-")
     rows = 28 // cfg["pool"]
     ax.set(title=f"variable-length sequences ({cfg['min_len']} to {rows} steps, padded)", xlabel="training step",
