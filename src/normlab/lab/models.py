@@ -625,17 +625,8 @@ class _SequenceRNN(nn.Module):
         return self.head(torch.stack(hs, 1)[torch.arange(n, device=rows.device), last])
 
 
-def seq_rnn(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    norm: str = "bn",
-    hidden: int = 64,
-    min_len: int = 7,
-    pool: int = 1,
-    init: str = "xavier",
-    norm_kw: dict | None = None,
-) -> nn.Module:
+def seq_rnn(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", hidden: int = 64, min_len: int = 7,
+            pool: int = 1, init: str = "xavier", norm_kw: dict | None = None) -> nn.Module:
     """A variable-length sequence classifier (see ``_SequenceRNN``): images ``(C, H, W)`` are read row by row (H
     rows of C*W features), each example stretched in time to its own length L in ``[min_len, H]``
     (:func:`sequence_lengths`, :func:`resample_rows`) and zero-padded to H, as a padded batch of sequences of

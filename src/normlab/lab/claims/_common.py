@@ -154,3 +154,19 @@ def note_divergences(out, runs) -> None:
     diverged = sum(r.diverged_step is not None for r in runs)
     if diverged:
         out.notes.append(f"{diverged} run(s) diverged; their last evaluation before the divergence is used")
+
+
+def run_arms(ctx, arms: Sequence[str], config: Callable[..., Any], init: str,
+             spec: Callable[[str], str] | None = None, criterion: str = "final_val_acc"):
+    """A claim's usual start: a new :class:`~normlab.lab.claims.base.Outcome`; the arms that can run (with
+    ``spec``, each arm's ``make_norm`` spec, the others go to ``out.not_run``; None: every arm); :func:`tuned_runs`;
+    and each arm's rate, search and ``init`` (a sentence) recorded (:func:`record_arms`). Returns ``(out, arms,
+    tuned, units, runs)``."""
+    from .base import Outcome
+
+    out = Outcome()
+    kept = list(arms) if spec is None else available(out, arms, spec)
+    tuned, units, runs = tuned_runs(ctx, kept, config, criterion)
+    if tuned:
+        record_arms(out, tuned, {a: init for a in kept})
+    return out, kept, tuned, units, runs

@@ -27,9 +27,7 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 
 def run(ctx: Context) -> Outcome:
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     fig, (ax,) = C.new_figure(1, width=6.0)
     for i, arm in enumerate(ARMS):
         rs = [r for u, r in zip(units, runs) if u["arm"] == arm]

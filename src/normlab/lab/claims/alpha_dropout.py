@@ -33,9 +33,7 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 
 def run(ctx: Context) -> Outcome:
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     fig, (ax,) = C.new_figure(1, width=6.0)
     C.final_accuracy_curves(out, ax, list(ARMS), units, runs, tuned, VAL,
                             lambda arm: f"{'Alpha' if arm == 'alpha' else 'standard'} dropout before BN")

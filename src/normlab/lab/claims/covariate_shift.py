@@ -86,10 +86,8 @@ def _shift(percentiles: list[dict]) -> float:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "xavier")
     res = [_result(u, r) for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "xavier" for a in ARMS})
     for r in res:
         out.add(SHIFT, r["arm"], r["seed"], _shift(r["percentiles"]))
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])

@@ -42,14 +42,12 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
+    out, _, tuned, units, runs = C.run_arms(ctx, list(ARMS), _config, "he")
     res = []
     for u, r in zip(units, runs):
         per_layer = [C.num(v) for v in r.probes["shift"]["variance_shift"][-1]]
         res.append({**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"), "shift": C.mean(per_layer),
                     "shift_per_layer": per_layer})
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])
         out.add(SHIFT, r["arm"], r["seed"], r["shift"])

@@ -41,11 +41,9 @@ def _trace(result) -> list[tuple[int, float]]:
 
 
 def run(ctx: Context) -> Outcome:
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     res = [{**u, "trace": _trace(r), "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step}
            for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(DEAD, r["arm"], r["seed"], r["trace"][-1][1])
         out.add(VAL, r["arm"], r["seed"], r["val_acc"])

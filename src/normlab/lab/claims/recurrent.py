@@ -55,12 +55,8 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    out = Outcome()
-    arms = C.available(out, ARMS)
-    tuned, units, runs = C.tuned_runs(ctx, arms, _config, "mean_val_acc")
-    if arms:
-        C.record_arms(out, tuned, {a: "torch default (LSTM: uniform +-1/sqrt(hidden)), forget-gate bias 1"
-                                   for a in arms})
+    out, arms, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "torch default (LSTM: uniform +-1/sqrt(hidden)), "
+                                               "forget-gate bias 1", str, "mean_val_acc")
     res = []
     for u, r in zip(units, runs):
         paper = dict(zip(r.probes["population"]["steps"], r.probes["population"]["val_acc"]))

@@ -44,14 +44,12 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
+    out, _, tuned, units, runs = C.run_arms(ctx, list(ARMS), _config, "he")
     res = [{**u, "steps": C.curve(r, "step"), "val_loss": C.curve(r, "val_loss"), "val_acc": C.curve(r, "val_acc"),
             "train_eval_loss": [C.num(v) for v in r.probes["train_eval"]["loss"]],
             "train_acc": [C.num(v) for v in r.probes["train_eval"]["acc"]],
             "pop_loss": C.num(r.probes["population"]["val_loss"][-1]),
             "pop_acc": C.num(r.probes["population"]["val_acc"][-1])} for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(GAP, r["arm"], r["seed"], r["val_loss"][-1] - r["train_eval_loss"][-1])
         out.add(ACC_GAP, r["arm"], r["seed"], r["train_acc"][-1] - r["val_acc"][-1])

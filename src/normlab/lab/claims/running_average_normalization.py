@@ -31,10 +31,7 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    out = Outcome()
-    arms = C.available(out, ARMS)
-    tuned, units, runs = C.tuned_runs(ctx, arms, _config)
-    C.record_arms(out, tuned, {a: "he" for a in arms})
+    out, arms, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he", str)
     fig, (ax,) = C.new_figure(1, width=6.0)
     C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.__getitem__)
     ax.set(title=f"batch size {cfg['batch_size']}", xlabel="training step", ylabel="validation accuracy")

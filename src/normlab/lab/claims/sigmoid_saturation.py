@@ -51,11 +51,9 @@ def _trace(result) -> list[tuple[int, float]]:
 
 
 def run(ctx: Context) -> Outcome:
-    tuned, units, runs = C.tuned_runs(ctx, list(ARMS), _config)
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "xavier (Glorot)")
     res = [{**u, "trace": _trace(r), "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step}
            for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "xavier (Glorot)" for a in ARMS})
     for r in res:
         out.add(SAT, r["arm"], r["seed"], r["trace"][-1][1])
         out.add(VAL, r["arm"], r["seed"], r["val_acc"])
