@@ -17,6 +17,7 @@ from .base import Claim, Context, Figure, Outcome, Quote
 
 GAP = "validation - training loss gap at the end (eval mode)"
 VAL_LOSS = "final validation loss"
+TRAIN_LOSS = "final training loss (eval mode)"
 VAL = "final validation accuracy"
 ARMS = ("bn", "ln", "gn", "in", "none")
 ALTERNATIVES = ("ln", "gn", "in")
@@ -49,6 +50,7 @@ def run(ctx: Context) -> Outcome:
             val_loss = C.curve(r, "val_loss")
             gaps.append([v - t for v, t in zip(val_loss, train_loss)])
             out.add(GAP, arm, u["seed"], gaps[-1][-1])
+            out.add(TRAIN_LOSS, arm, u["seed"], train_loss[-1])
             out.add(VAL_LOSS, arm, u["seed"], val_loss[-1])
             out.add(VAL, arm, u["seed"], C.curve(r, "val_acc")[-1])
         steps = C.curve(rs[0][1], "step")
@@ -63,7 +65,7 @@ def run(ctx: Context) -> Outcome:
     out.figures.append(Figure("gap", "Generalization gap (validation minus training cross-entropy, eval mode) and "
                               "validation loss of a small CNN on 8x8 digits with each normalization after its convs "
                               "(Adam, per-arm tuned lr). Line: mean over seeds; band: min..max.", fig))
-    out.tables.append(C.seed_table(out, (GAP, VAL_LOSS, VAL)))
+    out.tables.append(C.seed_table(out, (GAP, TRAIN_LOSS, VAL_LOSS, VAL)))
     C.note_divergences(out, runs)
     out.measured = "final generalization gap: " + ", ".join(f"{LABEL[a]} {C.mean(out.metrics[GAP][a]):.3f}"
                                                             for a in arms)
