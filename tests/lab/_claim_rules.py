@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from test_claims_fair import RecordingContext
 
 from normlab.lab.tuning import TUNING_SEED_BASE
 from normlab.lab.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, decide
-from test_claims_fair import RecordingContext
 
 
 def run_tiny(claim, tmp_path, seeds=(0, 1, 2)):

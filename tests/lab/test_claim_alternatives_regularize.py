@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _claim_rules import check_rules, check_tuning, run_tiny
-from normlab.lab.claims.alternatives_regularize import (ALTERNATIVES, ARMS, CLAIM, GAP, TRAIN_LOSS, VAL, VAL_LOSS,
-                                                         _config, _spec)
+
+from normlab.lab.claims.alternatives_regularize import (
+    ALTERNATIVES,
+    ARMS,
+    CLAIM,
+    GAP,
+    TRAIN_LOSS,
+    VAL,
+    VAL_LOSS,
+    _config,
+    _spec,
+)
 from normlab.lab.models import build_model
 
 SEEDS = (0, 1, 2)

@@ -4,9 +4,9 @@ layers with and without BN, each at its own tuned rate; the rules decided on a t
 from __future__ import annotations
 
 import pytest
+from _claim_rules import check_rules, check_tuning, run_tiny
 from torch import nn
 
-from _claim_rules import check_rules, check_tuning, run_tiny
 from normlab.lab.claims.deep_networks import ARMS, CLAIM, TRAINS, TRAINS_AT, VAL, _cfg, _config
 from normlab.lab.models import build_model
 from normlab.lab.verdict import SUPPORTED

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _claim_rules import check_rules, check_tuning, run_tiny
+
 from normlab.lab.claims.sequence_normalization import ARMS, CLAIM, REMEDIES, VAL, _config
 from normlab.lab.models import build_model, resample_rows, sequence_lengths
 

@@ -32,7 +32,8 @@ def test_every_answer_exists():
             assert kind in ("claim", "feature", "correction"), a
             if kind == "claim":
                 if name not in registered:
-                    assert name in V.PLANNED_CLAIMS, f"{e.sentence.where()}: claim {name} is neither registered nor planned"
+                    where = e.sentence.where()
+                    assert name in V.PLANNED_CLAIMS, f"{where}: claim {name} is neither registered nor planned"
                     planned_used.add(name)
             elif kind == "correction":
                 K.get_correction(name)
