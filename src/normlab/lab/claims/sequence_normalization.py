@@ -117,7 +117,9 @@ CLAIM = Claim(
                     "difficulty. Zero-padded positions shift BN's mean towards 0 and shrink its variance by a batch-"
                     "dependent share (here about a third of the positions are padding); gamma and beta can absorb "
                     "the average share, not its variation from batch to batch. Stretched image rows are a stand-in "
-                    "for sequences of naturally different lengths (speech, text)."),
+                    "for sequences of naturally different lengths (speech, text). A pilot before the rules were "
+                    "fixed (seed 0, Adam 3e-3, 200 steps, one run per arm) gave 0.72 (BN), 0.72 (masked), 0.71 "
+                    "(batch renorm), 0.57 (weight norm), 0.70 (layer norm): the budget was kept."),
     configs={"tiny": _cfg(4, 2, [1e-3, 3e-3], 2, 1, hidden=8),
              "quick": _cfg(200, 100, [1e-3, 3e-3, 1e-2], 100, 1),
              "full": _cfg(1500, 250, [3e-4, 1e-3, 3e-3, 1e-2], 500, 2)},
