@@ -60,7 +60,7 @@ def run(ctx: Context) -> Outcome:
                "--" if arm == "none" else "-")
     ax.set(title="validation accuracy during training", xlabel="training step", ylabel="accuracy", ylim=(0, 1))
     ax.legend()
-    out.figures.append(Figure("convergence", "Validation accuracy vs steps (SGD momentum 0.9, per-arm tuned lr: "
+    out.figures.append(Figure("convergence", f"Validation accuracy vs steps (SGD momentum 0.9, per-arm tuned lr: "
                               + ", ".join(f"{a} {tuned[a][0]:.3g}" for a in arms) + f"; batch "
                               f"{cfg['batch_size']}). Line: mean over seeds; band: min..max.", fig))
     out.tables.append(C.seed_table(out, (AUC, VAL)))
