@@ -32,7 +32,8 @@ def test_every_answer_exists():
             assert kind in ("claim", "feature", "correction"), a
             if kind == "claim":
                 if name not in registered:
-                    assert name in V.PLANNED_CLAIMS, f"{e.sentence.where()}: claim {name} is neither registered nor planned"
+                    where = e.sentence.where()
+                    assert name in V.PLANNED_CLAIMS, f"{where}: claim {name} is neither registered nor planned"
                     planned_used.add(name)
             elif kind == "correction":
                 K.get_correction(name)
@@ -49,14 +50,28 @@ def test_every_answer_exists():
     assert all(a["status"] == "existing" for r in table for a in r["answers"] if a["kind"] != "claim")
 
 
-def test_planned_ids_are_the_issue_ids_and_existing_claims_are_used():
-    assert V.PLANNED_CLAIMS == {
+def test_issue_13_claims_are_all_registered_and_none_is_planned():
+    registered = {c.id for c in all_claims()}
+    assert V.ISSUE_13_CLAIMS == {
         "deep-networks", "sigmoid-saturation", "alternatives-regularize", "replaces-dropout", "alpha-dropout",
         "full-normalization", "sequence-normalization", "running-average-normalization", "activation-placement",
         "lr-sensitivity", "training-overhead"}
+    assert V.ISSUE_13_CLAIMS <= registered
+    assert V.PLANNED_CLAIMS == frozenset() and V.planned_in_use() == {}
+    table = V.coverage_table()
+    assert all(a["status"] == "existing" for r in table for a in r["answers"])
+    assert V.summary(table)["planned_claim_only"] == 0
     used = {a.partition(":")[2] for e in V.ENTRIES for a in e.answers if a.startswith("claim:")}
-    assert {c.id for c in all_claims()} <= used  # every existing claim answers at least one sentence
-    assert V.PLANNED_CLAIMS <= used | {c.id for c in all_claims()}  # and every planned one is placed
+    assert registered <= used  # every existing claim answers at least one sentence
+
+
+def test_a_cited_unregistered_id_is_planned_only_when_announced(monkeypatch):
+    extra = V.ENTRIES + (V._e("000", 5, "Batch Normalization", "claim:future-claim"),)
+    monkeypatch.setattr(V, "ENTRIES", extra)
+    assert any("claim:future-claim does not exist" in p for p in V.problems())
+    monkeypatch.setattr(V, "PLANNED_CLAIMS", frozenset({"future-claim"}))
+    assert V.problems() == [] and V.planned_in_use() == {"future-claim": 1}
+    assert V.summary()["planned_claim_only"] == 1
 
 
 def test_every_correction_is_referenced_and_covers_its_quotes():
@@ -125,6 +140,6 @@ def test_report_carries_coverage_and_corrections(tmp_path):
     r = K.get_correction("batch-renorm-not-over-time")
     shown = f"{brn['numbers']['r'][0]:.4g}"
     assert shown in page and shown in md and r.sources[0] in md
-    assert "(planned)" in page and "not testable:" in md
+    assert "(planned)" not in page and "not testable:" in md  # every cited claim is registered
     assert meta["coverage_planned"] == V.planned_in_use()
     assert all(f"{k} ({n})" in md for k, n in meta["coverage_planned"].items())

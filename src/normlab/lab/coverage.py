@@ -3,8 +3,8 @@
 Each :class:`Entry` quotes a sentence verbatim (article, line; see :mod:`normlab.lab.corrections` for the files)
 and names its answers, each one of:
 
-- ``claim:<id>`` -- a lab claim (``normlab claims``); ids in :data:`PLANNED_CLAIMS` are announced by issue 13 but
-  not registered yet: the table marks them "planned";
+- ``claim:<id>`` -- a lab claim (``normlab claims``); ids in :data:`PLANNED_CLAIMS` are announced but not
+  registered yet: the table marks them "planned" (none now: every claim issue 13 fixed is registered);
 - ``feature:<dotted.name>`` -- a normlab layer, function or tool (it must import);
 - ``correction:<id>`` -- an item of the Corrections section, with its demonstration;
 
@@ -21,15 +21,19 @@ from typing import Any
 
 from .corrections import Sentence, correction_ids
 
-__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "coverage_table", "problems", "resolve_feature", "summary",
+__all__ = ["Entry", "ENTRIES", "PLANNED_CLAIMS", "ISSUE_13_CLAIMS", "coverage_table", "problems", "resolve_feature",
+           "summary",
            "planned_in_use"]
 
-# Claim ids issue 13 fixes that are not registered yet (each becomes "existing" once its file lands).
-PLANNED_CLAIMS = frozenset({
+# The claim ids issue 13 fixes; every one is registered now (tests/lab/test_coverage.py checks it).
+ISSUE_13_CLAIMS = frozenset({
     "deep-networks", "sigmoid-saturation", "alternatives-regularize", "replaces-dropout", "alpha-dropout",
     "full-normalization", "sequence-normalization", "running-average-normalization", "activation-placement",
     "lr-sensitivity", "training-overhead",
 })
+# Claim ids announced but not registered yet (the table marks them "planned"): none are left. A future issue that
+# announces a claim before its file lands lists the id here.
+PLANNED_CLAIMS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -209,10 +213,12 @@ ENTRIES: tuple[Entry, ...] = (
                    "like layer normalization or occasion normalization may be helpful.",
        "claim:small-batches", "feature:normlab.nn.LayerNorm", "feature:normlab.nn.InstanceNorm"),
     _e("002", 187, "In sequence fashions like RNNs, the enter varies in size, making it troublesome to use batch "
-                   "normalization.", "claim:recurrent", "claim:sequence-normalization", "feature:normlab.nn.MaskedBatchNorm"),
+                   "normalization.", "claim:recurrent", "claim:sequence-normalization",
+       "feature:normlab.nn.MaskedBatchNorm", "feature:normlab.lab.models.seq_rnn"),
     _e("002", 187, "To beat this problem, a number of normalization methods have been proposed, together with batch "
                    "renormalization, weight normalization, and layer normalization.",
-       "claim:sequence-normalization", "claim:recurrent", "feature:normlab.nn.MaskedBatchNorm"),
+       "claim:sequence-normalization", "claim:recurrent", "feature:normlab.nn.MaskedBatchNorm",
+       "feature:normlab.lab.models.seq_rnn"),
     _e("002", 191, "Batch normalization could make it more durable to interpret the mannequin because it provides an "
                    "additional layer of complexity.",
        not_testable="interpretability is not defined by any measurable quantity in the article"),
@@ -231,9 +237,9 @@ ENTRIES: tuple[Entry, ...] = (
     _e("002", 201, "One other recent paper proposed a refinement of Batch Normalization referred to as Full "
                    "Normalization (FN), which addresses points with Batch Normalization when batches are usually not "
                    "constructed ideally.", "claim:full-normalization", "feature:normlab.nn.FullNormalization"),
-    _e("002", 203, "Lastly, researchers have additionally highlighted the significance of understanding the limitations "
-                   "of Batch Normalization, comparable to poor efficiency when batch measurement is small and dependence "
-                   "on supreme batch statistics.", "claim:small-batches", "claim:full-normalization"),
+    _e("002", 203, "Lastly, researchers have additionally highlighted the significance of understanding the "
+                   "limitations of Batch Normalization, comparable to poor efficiency when batch measurement is small "
+                   "and dependence on supreme batch statistics.", "claim:small-batches", "claim:full-normalization"),
     _e("002", 203, "Corrected formulations of Batch Normalization have been proposed to deal with these points and "
                    "enhance inference efficiency.",
        not_testable="no formulation is named, so there is nothing specific to run (normlab.tools.recalibrate is one "

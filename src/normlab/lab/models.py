@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,9 @@ __all__ = [
     "cnn",
     "resnet",
     "rnn",
+    "seq_rnn",
+    "sequence_lengths",
+    "resample_rows",
     "INITS",
     "ACTIVATIONS",
     "init_weights",
@@ -200,6 +203,7 @@ def seed_mlp(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", 
     _check_choice("seed_mlp", "init", init, INITS)
     if keras_bn and norm != "bn":
         raise ValueError(f"seed_mlp: keras_bn=True needs norm='bn' (Keras' BatchNormalization), got norm={norm!r}")
+    norm_mod: nn.Module
     if keras_bn:
         from ..nn import BatchNorm
 
@@ -464,12 +468,15 @@ class _NormRNN(nn.Module):
             # "bn" and "tbn" mean T_max = the sequence length; "tbn:<int>" sets it.
             spec = "tbn" + (":" + rest if sep else "")
             kw = dict(norm_kw) if sep else {"max_steps": max_steps, **norm_kw}
-            self.norm_x = norm_layer(spec, gates, **kw)
-            self.norm_h = norm_layer(spec, gates, **kw)
+            self.norm_x: nn.Module = norm_layer(spec, gates, **kw)
+            self.norm_h: nn.Module = norm_layer(spec, gates, **kw)
             for layer in (self.norm_x, self.norm_h):
                 if getattr(layer, "bias", None) is not None:
-                    layer.bias = None  # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
-            self.norm_c = norm_layer(spec, hidden, **kw) if cell == "lstm" else None
+                    # beta = 0, not learned: b is the cell's shift (Cooijmans et al., Sec. 3)
+                    layer.register_parameter("bias", None)
+            self.norm_c: nn.Module | None = None
+            if cell == "lstm":
+                self.norm_c = norm_layer(spec, hidden, **kw)
         else:
             def per_step(width):
                 return nn.ModuleList(norm_layer(norm, width, **norm_kw) for _ in range(max_steps))
@@ -479,9 +486,12 @@ class _NormRNN(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
         nn.init.orthogonal_(self.w_h.weight)
 
-    def _norm(self, which: nn.Module, z: Tensor, t: int) -> Tensor:
+    def _norm(self, which: nn.Module | None, z: Tensor, t: int) -> Tensor:
+        if which is None:
+            raise RuntimeError("_NormRNN: this cell has no norm layer for the term asked for")
         if self.recurrent_bn:
             return which(z, step=t)
+        assert isinstance(which, nn.ModuleList)  # one layer per time step
         return which[min(t, len(which) - 1)](z)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -547,6 +557,104 @@ class _RowsAsSequence(nn.Module):
         return x.permute(0, 2, 1, 3).flatten(2)
 
 
+# ----------------------------------------------------------------------------------------- variable-length sequences
+SEQUENCE_NORMS = ("bn", "masked", "brn", "ln", "wn", "none")
+
+
+def sequence_lengths(x: Tensor, min_len: int, max_len: int) -> Tensor:
+    """Per example, a length in ``[min_len, max_len]`` that is a fixed function of the example's pixels (so the same
+    example gets the same length in training, tuning and evaluation, whatever batch it is in) and spread uniformly:
+    the pixels quantized to 0..255, weighted by (index mod 7) + 1 and summed in integers (exact, no rounding),
+    modulo the number of lengths. ``x``: ``(N, ...)`` with values in [0, 1]; returns ``(N,)`` int64."""
+    q = torch.round(x.detach().reshape(x.shape[0], -1).clamp(0, 1) * 255).to(torch.int64)
+    weights = torch.arange(q.shape[1], device=x.device) % 7 + 1
+    return min_len + (q * weights).sum(1) % (max_len - min_len + 1)
+
+
+def resample_rows(rows: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Stretch each sequence of ``rows`` ``(N, T, F)`` to its own length ``lengths[i]`` (2 <= L <= T) by linear
+    interpolation over time (step t of L reads position t (T - 1) / (L - 1) of the T rows: the whole sequence at
+    another speed), zero-padded at the end to T. Returns ``(padded (N, T, F), mask (N, T) bool, True = valid)``."""
+    n, steps = rows.shape[0], rows.shape[1]
+    t = torch.arange(steps, device=rows.device, dtype=rows.dtype)
+    pos = (t[None, :] * (steps - 1) / (lengths[:, None].to(rows.dtype) - 1)).clamp(0, steps - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=steps - 1)
+    w = (pos - lo.to(rows.dtype))[..., None]
+    index = lo[..., None].expand(n, steps, rows.shape[2])
+    out = rows.gather(1, index) * (1 - w) + rows.gather(1, hi[..., None].expand_as(index)) * w
+    mask = t[None, :] < lengths[:, None]
+    return out * mask[..., None].to(rows.dtype), mask
+
+
+class _SequenceRNN(nn.Module):
+    """A tanh RNN over zero-padded variable-length sequences, the normalization on the input-to-hidden term with
+    statistics pooled over the batch *and* time (the sequence-wise BN of Laurent et al. 2016, arXiv:1510.01378):
+
+        z = N(W_x x)  over every position of the padded batch,    h_t = tanh(z_t + W_h h_{t-1} + b),
+
+    the classifier reading the hidden state at each sequence's last valid step (so padded steps reach the output
+    only through the statistics of N). ``norm``: "bn" (BatchNorm over every position, padding included: what a
+    padded batch gives a plain BN layer), "masked" (:class:`~normlab.nn.MaskedBatchNorm`: valid positions only),
+    "brn" (Batch Renormalization over every position), "ln" (LayerNorm over the hidden units of each position:
+    per example and step, padding-free by construction), "wn" (weight normalization of W_x and W_h, no activation
+    norm), "none"."""
+
+    def __init__(self, features: int, hidden: int, num_classes: int, norm: str, norm_kw: dict, min_len: int,
+                 max_len: int) -> None:
+        super().__init__()
+        self.hidden, self.min_len, self.max_len, self.norm_name = hidden, min_len, max_len, norm
+        self.w_x = nn.Linear(features, hidden, bias=False)
+        self.w_h = nn.Linear(hidden, hidden, bias=False)
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.norm: nn.Module = nn.Identity() if norm in ("wn", "none") else norm_layer(norm, hidden, **norm_kw)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, rows: Tensor) -> Tensor:
+        n, steps = rows.shape[0], rows.shape[1]
+        seq, mask = resample_rows(rows, sequence_lengths(rows, self.min_len, self.max_len))
+        z = self.w_x(seq).reshape(n * steps, self.hidden)
+        z = self.norm(z, mask=mask.reshape(-1)) if self.norm_name == "masked" else self.norm(z)
+        z = z.reshape(n, steps, self.hidden) + self.bias
+        h = rows.new_zeros(n, self.hidden)
+        hs = []
+        for t in range(steps):
+            h = torch.tanh(z[:, t] + self.w_h(h))
+            hs.append(h)
+        last = mask.sum(1) - 1  # each sequence's last valid step
+        return self.head(torch.stack(hs, 1)[torch.arange(n, device=rows.device), last])
+
+
+def seq_rnn(input_shape: Sequence[int], num_classes: int, *, norm: str = "bn", hidden: int = 64, min_len: int = 7,
+            pool: int = 1, init: str = "xavier", norm_kw: dict | None = None) -> nn.Module:
+    """A variable-length sequence classifier (see ``_SequenceRNN``): images ``(C, H, W)`` are read row by row (H
+    rows of C*W features), each example stretched in time to its own length L in ``[min_len, H]``
+    (:func:`sequence_lengths`, :func:`resample_rows`) and zero-padded to H, as a padded batch of sequences of
+    different lengths is. ``pool`` > 1 first averages ``pool`` x ``pool`` pixel blocks (H/pool rows of
+    C*W/pool features: shorter sequences, cheaper steps). ``norm``: one of :data:`SEQUENCE_NORMS`; ``init``
+    (Glorot, "xavier", is the standard init for tanh) applies to W_x and the classifier, W_h starts orthogonal (Saxe
+    et al. 2014). Raises ValueError for another norm, an input that is not an image, or ``min_len`` outside [2, H]."""
+    _check_choice("seq_rnn", "norm", norm, SEQUENCE_NORMS)
+    _check_choice("seq_rnn", "init", init, INITS)
+    if len(input_shape) != 3:
+        raise ValueError(f"seq_rnn: expected an image input_shape (C, H, W), got {tuple(input_shape)}")
+    if not (isinstance(pool, int) and not isinstance(pool, bool) and 1 <= pool <= min(input_shape[1:])):
+        raise ValueError(f"seq_rnn: expected pool as an int from 1 to {min(input_shape[1:])}, got {pool!r}")
+    steps = int(input_shape[1]) // pool
+    if not (isinstance(min_len, int) and not isinstance(min_len, bool) and 2 <= min_len <= steps):
+        raise ValueError(f"seq_rnn: expected min_len as an int from 2 to {steps} (the rows), got {min_len!r}")
+    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
+        raise ValueError(f"seq_rnn: expected hidden as an int >= 1, got {hidden!r}")
+    net = _SequenceRNN(input_shape[0] * (input_shape[2] // pool), hidden, num_classes, norm, norm_kw or {}, min_len,
+                       steps)
+    init_weights(net, init)
+    nn.init.orthogonal_(net.w_h.weight)
+    if norm == "wn":
+        _apply_weight_norm([net.w_x, net.w_h])  # after the init: the parametrization starts from it
+    pre: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
+    return nn.Sequential(*pre, _RowsAsSequence(), net)
+
+
 # -------------------------------------------------------------------------------------------------------- registry
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_mlp": seed_mlp,
@@ -555,6 +663,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn,
     "resnet": resnet,
     "rnn": rnn,
+    "seq_rnn": seq_rnn,
 }
 
 

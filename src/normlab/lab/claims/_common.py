@@ -6,7 +6,8 @@ claim is a :class:`~normlab.lab.train.TrainConfig`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,75 @@ def record_arms(out, tuned, init: dict | None = None) -> None:
                             ("arm", "chosen lr", "score per lr (mean over tuning seeds)", "criterion",
                              "tuning seeds", "steps per tuning run", "init"), tuple(rows)))
     out.notes.append("per-arm learning rates (tuned): " + ", ".join(f"{a} {lr:.3g}" for a, (lr, _) in tuned.items()))
+
+
+def available(out, arms: Sequence[str], spec: Callable[[str], str] = lambda arm: arm) -> list[str]:
+    """The arms whose norm (``spec(arm)``, a ``make_norm`` spec) can be built here, in order; each other arm goes
+    into ``out.not_run`` with the reason."""
+    from ..models import norm_available
+
+    kept = []
+    for arm in arms:
+        why = norm_available(spec(arm))
+        if why:
+            out.not_run[arm] = why
+        else:
+            kept.append(arm)
+    return kept
+
+
+def search(cfg: Mapping[str, Any], criterion: str = "final_val_acc"):
+    """The claim's declared learning-rate search from its level's configuration (``grid``, ``tune_seeds``,
+    ``tune_steps``): :class:`normlab.lab.tuning.Search` on the tuning seeds 1000, 1001, ..."""
+    from ..tuning import Search, tuning_seeds
+
+    return Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
+                  criterion=criterion)
+
+
+def tuned_runs(ctx, arms: Sequence[str], config: Callable[..., Any], criterion: str = "final_val_acc"):
+    """Tune every arm (``config(arm, seed, cfg)`` is its verdict config; the rate chosen by :func:`search`), then
+    run every arm x verdict seed at its tuned rate (``config(arm, seed, cfg, lr)``). Returns ``(tuned, units,
+    runs)``: ``{arm: (lr, record)}``, the units ``{"arm", "seed"}`` (seed-major) and their results, in order."""
+    from ..tuning import tune
+
+    cfg = ctx.config
+    tuned = tune(ctx, {a: config(a, ctx.seeds[0], cfg) for a in arms}, search(cfg, criterion)) if arms else {}
+    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in arms]
+    runs = ctx.map([config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    return tuned, units, runs
+
+
+def final_accuracy_curves(out, ax, arms: Sequence[str], units, runs, tuned, metric: str,
+                          label: Callable[[str], str] = str, style: Callable[[str], str] = lambda arm: "-") -> None:
+    """Per arm: every seed's last validation accuracy into ``out`` under ``metric``, and its validation-accuracy
+    curve over steps on ``ax`` (mean line, min..max band, labelled with the arm's tuned rate)."""
+    for i, arm in enumerate(arms):
+        rs = [(u, r) for u, r in zip(units, runs) if u["arm"] == arm]
+        for u, r in rs:
+            out.add(metric, arm, u["seed"], curve(r, "val_acc")[-1])
+        band(ax, curve(rs[0][1], "step"), [curve(r, "val_acc") for _, r in rs],
+             f"{label(arm)} (lr {tuned[arm][0]:.3g})", COLORS[i % len(COLORS)], style(arm))
+
+
+def note_divergences(out, runs) -> None:
+    """A note counting the runs that diverged (their last evaluation before the divergence is what they report)."""
+    diverged = sum(r.diverged_step is not None for r in runs)
+    if diverged:
+        out.notes.append(f"{diverged} run(s) diverged; their last evaluation before the divergence is used")
+
+
+def run_arms(ctx, arms: Sequence[str], config: Callable[..., Any], init: str,
+             spec: Callable[[str], str] | None = None, criterion: str = "final_val_acc"):
+    """A claim's usual start: a new :class:`~normlab.lab.claims.base.Outcome`; the arms that can run (with
+    ``spec``, each arm's ``make_norm`` spec, the others go to ``out.not_run``; None: every arm); :func:`tuned_runs`;
+    and each arm's rate, search and ``init`` (a sentence) recorded (:func:`record_arms`). Returns ``(out, arms,
+    tuned, units, runs)``."""
+    from .base import Outcome
+
+    out = Outcome()
+    kept = list(arms) if spec is None else available(out, arms, spec)
+    tuned, units, runs = tuned_runs(ctx, kept, config, criterion)
+    if tuned:
+        record_arms(out, tuned, {a: init for a in kept})
+    return out, kept, tuned, units, runs

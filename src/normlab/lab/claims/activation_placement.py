@@ -9,7 +9,6 @@ split). Per seed: the final validation accuracy (and loss).
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -28,14 +27,7 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 
 def run(ctx: Context) -> Outcome:
-    cfg = ctx.config
-    search = Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                    criterion="final_val_acc")
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS}, search)
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     fig, (ax,) = C.new_figure(1, width=6.0)
     for i, arm in enumerate(ARMS):
         rs = [r for u, r in zip(units, runs) if u["arm"] == arm]

@@ -12,7 +12,6 @@ variance)| over units, eval mode, the validation images: the lab's ``activations
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -34,23 +33,12 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 
 def run(ctx: Context) -> Outcome:
-    cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     fig, (ax,) = C.new_figure(1, width=6.0)
-    for i, arm in enumerate(ARMS):
-        rs = [(u, r) for u, r in zip(units, runs) if u["arm"] == arm]
-        for u, r in rs:
-            out.add(VAL, arm, u["seed"], C.curve(r, "val_acc")[-1])
-            out.add(SHIFT, arm, u["seed"], C.mean([C.num(v) for v in r.probes["shift"]["variance_shift"][-1]]))
-        C.band(ax, C.curve(rs[0][1], "step"), [C.curve(r, "val_acc") for _, r in rs],
-               f"{'Alpha' if arm == 'alpha' else 'standard'} dropout before BN (lr {tuned[arm][0]:.3g})",
-               C.COLORS[i])
+    C.final_accuracy_curves(out, ax, list(ARMS), units, runs, tuned, VAL,
+                            lambda arm: f"{'Alpha' if arm == 'alpha' else 'standard'} dropout before BN")
+    for u, r in zip(units, runs):
+        out.add(SHIFT, u["arm"], u["seed"], C.mean([C.num(v) for v in r.probes["shift"]["variance_shift"][-1]]))
     ax.set(title="dropout before BN: standard vs Alpha", xlabel="training step", ylabel="validation accuracy")
     ax.legend()
     out.figures.append(Figure("alpha-curves", "Validation accuracy of the ReLU MLP with dropout 0.5 before each BN, "
@@ -59,7 +47,8 @@ def run(ctx: Context) -> Outcome:
     out.tables.append(C.seed_table(out, (VAL, SHIFT)))
     out.measured = (f"final validation accuracy: Alpha {C.mean(out.metrics[VAL]['alpha']):.2%} vs standard "
                     f"{C.mean(out.metrics[VAL]['standard']):.2%}; variance shift: Alpha "
-                    f"{C.mean(out.metrics[SHIFT]['alpha']):.3f} vs standard {C.mean(out.metrics[SHIFT]['standard']):.3f}")
+                    f"{C.mean(out.metrics[SHIFT]['alpha']):.3f} vs standard "
+                    f"{C.mean(out.metrics[SHIFT]['standard']):.3f}")
     return out
 
 

@@ -27,9 +27,10 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..executors import ExecutorUnavailable, Tally, execute
 from ..store import DB_NAME, Store, code_version
@@ -100,7 +101,7 @@ class Claim:
     measures: str
     rule: Rule
     configs: Mapping[str, Mapping[str, Any]]
-    run: Callable[["Context"], Outcome]
+    run: Callable[[Context], Outcome]
     secondary: tuple[Rule, ...] = ()
     interpretation: str = ""  # how to read the result (caveats of scale), declared with the rule
     order: int = 0  # place in the report (1 = first); 0: the number of the file's docstring ("Claim N, ...")

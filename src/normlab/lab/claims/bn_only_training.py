@@ -10,8 +10,10 @@ at its own learning rate chosen by a declared search (tuning seeds 1000+, a held
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
+from ..tuning import tune
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -54,12 +56,10 @@ def _counts(config: TrainConfig) -> tuple[int, int]:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in TUNED},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in ARMS]
+    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in TUNED}, C.search(cfg))
+    units: list[dict[str, Any]] = [{"arm": a, "seed": s} for s in ctx.seeds for a in ARMS]
     configs = [_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0] if u["arm"] in tuned else None) for u in units]
-    res = [{**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"),
+    res: list[dict[str, Any]] = [{**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"),
             **dict(zip(("n_trained", "n_total"), _counts(c)))} for u, c, r in zip(units, configs, ctx.map(configs))]
     out = Outcome()
     C.record_arms(out, tuned, {a: "he" for a in TUNED})

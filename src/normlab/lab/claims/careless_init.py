@@ -12,10 +12,10 @@ grid (a practitioner picks a rate for the usual init, then is "careless" about t
 
 from __future__ import annotations
 
+from ..train import TrainConfig
+from ..tuning import tune
 from ..verdict import Rule
 from . import _common as C
-from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from .base import Claim, Context, Figure, Outcome, Quote
 
 SPREAD = "spread (max - min) of final validation accuracy over init scales"
@@ -39,15 +39,13 @@ def _config(arm: str, seed: int, std: float | None, cfg: dict, lr: float | None 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     stds = cfg["init_stds"]
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], None, cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
+    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], None, cfg) for a in ARMS}, C.search(cfg))
     units = [{"arm": arm, "seed": s, "init_std": sd} for s in ctx.seeds for arm in ARMS for sd in stds]
     runs = ctx.map([_config(u["arm"], u["seed"], u["init_std"], cfg, tuned[u["arm"]][0]) for u in units])
     res = [{**u, "val_acc": C.curve(r, "val_acc")[-1]} for u, r in zip(units, runs)]
     out = Outcome()
     C.record_arms(out, tuned, {a: "he (rate tuned here); the verdict sweeps N(0, std^2)" for a in ARMS})
-    curves = {}
+    curves: dict[str, list[list[float]]] = {}
     for arm in ("bn", "none"):
         curves[arm] = []
         for s in ctx.seeds:

@@ -23,7 +23,6 @@ weights, the BN buffers and the random state (``normlab.lab.probes``).
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -87,14 +86,8 @@ def _shift(percentiles: list[dict]) -> float:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    res = [_result(u, r) for u, r in zip(units, ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0])
-                                                         for u in units]))]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "xavier" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "xavier")
+    res = [_result(u, r) for u, r in zip(units, runs)]
     for r in res:
         out.add(SHIFT, r["arm"], r["seed"], _shift(r["percentiles"]))
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])

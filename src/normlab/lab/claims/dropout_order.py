@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -43,18 +42,12 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    out, _, tuned, units, runs = C.run_arms(ctx, list(ARMS), _config, "he")
     res = []
     for u, r in zip(units, runs):
         per_layer = [C.num(v) for v in r.probes["shift"]["variance_shift"][-1]]
         res.append({**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"), "shift": C.mean(per_layer),
                     "shift_per_layer": per_layer})
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(VAL, r["arm"], r["seed"], r["val_acc"][-1])
         out.add(SHIFT, r["arm"], r["seed"], r["shift"])

@@ -10,7 +10,6 @@ output is zero for every probe image. Per seed: the fraction of dead units at th
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -42,16 +41,9 @@ def _trace(result) -> list[tuple[int, float]]:
 
 
 def run(ctx: Context) -> Outcome:
-    cfg = ctx.config
-    search = Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                    criterion="final_val_acc")
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS}, search)
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he")
     res = [{**u, "trace": _trace(r), "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step}
            for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(DEAD, r["arm"], r["seed"], r["trace"][-1][1])
         out.add(VAL, r["arm"], r["seed"], r["val_acc"])

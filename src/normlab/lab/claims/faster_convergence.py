@@ -10,6 +10,8 @@ the standard init of its activation (Glorot for sigmoid, He for ReLU).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..train import TrainConfig
 from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
@@ -50,10 +52,11 @@ def steps_to_reach(steps, values, target: float, cap: float) -> float:
     """The step at which ``values`` first reaches ``target``, linearly interpolated between the two evaluations
     around the crossing (so seeds can differ by less than an evaluation interval); ``cap`` (the step budget) when
     it never does — a censored value, so a run that never gets there counts as needing at least the budget."""
-    prev_s = prev_v = None
+    prev_s: float | None = None
+    prev_v: float | None = None
     for s, v in zip(steps, values):
         if v == v and v >= target:  # NaN never reaches
-            if prev_s is None or prev_v != prev_v or v == prev_v:
+            if prev_s is None or prev_v is None or prev_v != prev_v or v == prev_v:
                 return float(s)
             return float(prev_s + (target - prev_v) / (v - prev_v) * (s - prev_s))
         prev_s, prev_v = s, v
@@ -64,15 +67,16 @@ def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     tuned = tune(ctx, {f"{m}/{a}": _config(m, a, ctx.seeds[0], cfg[m]) for m in MODELS for a in ARMS},
                  {f"{m}/{a}": _search(cfg[m], cfg["tune_seeds"]) for m in MODELS for a in ARMS})
-    units = []
+    units: list[dict[str, Any]] = []
     for model in MODELS:
         for seed in ctx.seeds:
             for arm in ARMS:
                 units.append({"model": model, "arm": arm, "seed": seed})
     runs = ctx.map([_config(u["model"], u["arm"], u["seed"], cfg[u["model"]], tuned[f"{u['model']}/{u['arm']}"][0])
                     for u in units])
-    res = [{**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"), "val_loss": C.curve(r, "val_loss"),
-            "train_loss": C.curve(r, "train_loss"), "diverged_at": r.diverged_step} for u, r in zip(units, runs)]
+    res: list[dict[str, Any]] = [
+        {**u, "steps": C.curve(r, "step"), "val_acc": C.curve(r, "val_acc"), "val_loss": C.curve(r, "val_loss"),
+         "train_loss": C.curve(r, "train_loss"), "diverged_at": r.diverged_step} for u, r in zip(units, runs)]
     out = Outcome()
     C.record_arms(out, tuned, {f"{m}/{a}": INIT[m] for m in MODELS for a in ARMS})
     for r in res:
@@ -98,7 +102,7 @@ def run(ctx: Context) -> Outcome:
     fig, (ax,) = C.new_figure(1, width=6.4, height=4.0)
     sc = cfg["seed_mlp"]
     per_epoch = (4000 // sc["batch_size"])
-    for i, arm in enumerate(("none", "bn")):
+    for arm in ("none", "bn"):
         rs = [r for r in res if r["model"] == "seed_mlp" and r["arm"] == arm]
         epochs = [s / per_epoch for s in rs[0]["steps"]]
         name = "With BN" if arm == "bn" else "No BN"

@@ -11,9 +11,7 @@ accuracy (evaluation in eval mode, on the usual validation split).
 
 from __future__ import annotations
 
-from ..models import norm_available
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -34,25 +32,10 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    out = Outcome()
-    arms = list(ARMS)
-    why = norm_available("fn")
-    if why:
-        out.not_run["fn"] = why
-        arms.remove("fn")
-    search = Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                    criterion="final_val_acc")
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in arms}, search)
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in arms]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
-    C.record_arms(out, tuned, {a: "he" for a in arms})
+    out, arms, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "he", lambda arm: "bn" if arm != "fn" else "fn")
     fig, (ax,) = C.new_figure(1, width=6.0)
-    for i, arm in enumerate(arms):
-        rs = [(u, r) for u, r in zip(units, runs) if u["arm"] == arm]
-        for u, r in rs:
-            out.add(VAL, arm, u["seed"], C.curve(r, "val_acc")[-1])
-        C.band(ax, C.curve(rs[0][1], "step"), [C.curve(r, "val_acc") for _, r in rs],
-               f"{LABEL[arm]} (lr {tuned[arm][0]:.3g})", C.COLORS[i], "--" if arm == "bn-uniform" else "-")
+    C.final_accuracy_curves(out, ax, arms, units, runs, tuned, VAL, LABEL.__getitem__,
+                            lambda arm: "--" if arm == "bn-uniform" else "-")
     ax.set(title=f"batches of {cfg['batch_size']} from {cfg['batch_classes']} classes", xlabel="training step",
            ylabel="validation accuracy")
     ax.legend()
@@ -61,9 +44,7 @@ def run(ctx: Context) -> Outcome:
                               "reference (SGD momentum 0.9, per-arm tuned lr). Line: mean over seeds; band: "
                               "min..max.", fig))
     out.tables.append(C.seed_table(out, (VAL,)))
-    diverged = sum(r.diverged_step is not None for r in runs)
-    if diverged:
-        out.notes.append(f"{diverged} run(s) diverged; their last evaluation before the divergence is used")
+    C.note_divergences(out, runs)
     out.measured = "final validation accuracy: " + ", ".join(f"{LABEL[a]} {C.mean(out.metrics[VAL][a]):.2%}"
                                                              for a in arms)
     return out

@@ -9,6 +9,7 @@ can differ by less than a grid step (log10 units).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..train import TrainConfig
 from ..tuning import bisect_stable_lr
@@ -34,7 +35,7 @@ def _ok(result) -> bool:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
+    units: list[dict[str, Any]] = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
     grid = cfg["grid"]
     rates, trails = bisect_stable_lr(ctx, [_config(u["arm"], u["seed"], grid[0], cfg) for u in units], _ok, grid,
                                      cfg["rounds"])
@@ -54,7 +55,7 @@ def run(ctx: Context) -> Outcome:
                     "init": "he"} for a in ARMS}
     fig, (ax,) = C.new_figure(1, width=6.0)
     for i, arm in enumerate(ARMS):
-        for j, (u, t) in enumerate((u, t) for u, t in zip(units, trails) if u["arm"] == arm):
+        for j, t in enumerate(t for u, t in zip(units, trails) if u["arm"] == arm):
             ax.scatter([r for r, _ in t], [1.04 + 0.02 * i if f else -0.04 - 0.02 * i for _, f in t], s=14,
                        color=C.COLORS[i], marker="o" if arm == "bn" else "s",
                        label=("with BN" if arm == "bn" else "without BN") if j == 0 else None)

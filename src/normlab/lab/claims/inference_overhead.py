@@ -10,12 +10,12 @@ against the same network without BN, timed the same way: the article's "slower t
 
 from __future__ import annotations
 
+import math
+
+from ..train import TrainConfig
 from ..verdict import Rule
 from . import _common as C
-from ..train import TrainConfig
 from .base import Claim, Context, Figure, Outcome, Quote
-
-import math
 
 LAT = "median CPU latency per batch of {b} (ms)"
 LOGLAT = "ln of the median CPU latency per batch of {b} (ms)"  # arm differences are log ratios (relative cost)
@@ -43,7 +43,8 @@ def _config(seed: int, arms: list[str], cfg: dict) -> TrainConfig:
              "variants": [VARIANT[a] for a in arms], "train_batch_sizes": [cfg["train_batch"]],
              "reference": {"norm": "none", "model_args": {"conv_bias": True}}}
     return TrainConfig(data="mnist5k", split_seed=seed, seed=seed, model="cnn", norm="bn", model_args=args,
-                       optimizer="adam", lr=1e-3, batch_size=100, steps=cfg["train_steps"], eval_every=cfg["train_steps"],
+                       optimizer="adam", lr=1e-3, batch_size=100, steps=cfg["train_steps"],
+                       eval_every=cfg["train_steps"],
                        drop_last=True, probes={"latency": probe})
 
 
@@ -57,8 +58,8 @@ def run(ctx: Context) -> Outcome:
         arms.remove("folded")
     runs = ctx.map([_config(s, arms, cfg) for s in ctx.seeds], alone=True)  # latency: no neighbour
     res = []
-    for s, r in zip(ctx.seeds, runs):
-        lat = r.probes["latency"]
+    for s, run_ in zip(ctx.seeds, runs):
+        lat = run_.probes["latency"]
         row = {"seed": s, "max_abs_diff_folded": lat["max_abs_diff_folded"]}
         for b in cfg["batch_sizes"]:
             row[str(b)] = {a: C.num(lat[str(b)][VARIANT[a]]) for a in arms}

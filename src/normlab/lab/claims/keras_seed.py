@@ -20,6 +20,8 @@ first steps); several seeds instead of one run.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..train import TrainConfig
 from ..verdict import Rule
 from . import _common as C
@@ -43,9 +45,9 @@ def _config(arm: str, seed: int, cfg: dict) -> TrainConfig:
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in ARMS]
+    units: list[dict[str, Any]] = [{"arm": a, "seed": s} for s in ctx.seeds for a in ARMS]
     runs = ctx.map([_config(u["arm"], u["seed"], cfg) for u in units])
-    res = [{**u, "epoch": C.curve(r, "epoch"), "train_loss": C.curve(r, "train_loss"),
+    res: list[dict[str, Any]] = [{**u, "epoch": C.curve(r, "epoch"), "train_loss": C.curve(r, "train_loss"),
             "train_acc": C.curve(r, "train_acc"), "val_loss": C.curve(r, "val_loss"), "val_acc": C.curve(r, "val_acc")}
            for u, r in zip(units, runs)]
     out = Outcome()

@@ -10,6 +10,7 @@ No per-arm tuning: the sweep covers every rate of the grid for both arms, which 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..train import TrainConfig
 from ..tuning import log_grid
@@ -51,7 +52,7 @@ def near_best_width(accs: list[float | None], spacing: float, tolerance: float) 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     grid, spacing = _grid(cfg), _spacing(cfg)
-    units = [{"arm": a, "seed": s, "lr": lr} for s in ctx.seeds for a in ARMS for lr in grid]
+    units: list[dict[str, Any]] = [{"arm": a, "seed": s, "lr": lr} for s in ctx.seeds for a in ARMS for lr in grid]
     runs = ctx.map([_config(u["arm"], u["seed"], u["lr"], cfg) for u in units])
     acc: dict[tuple[str, int], list[float | None]] = {}
     for u, r in zip(units, runs):

@@ -23,11 +23,9 @@ running averages, since the population probe is not run on tuning units).
 
 from __future__ import annotations
 
+from ..train import TrainConfig
 from ..verdict import Rule
 from . import _common as C
-from ..models import norm_available
-from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from .base import Claim, Context, Figure, Outcome, Quote
 
 VAL = "final validation accuracy"
@@ -57,23 +55,8 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    out = Outcome()
-    arms = []
-    for arm in ARMS:
-        why = norm_available(arm)
-        if why:
-            out.not_run[arm] = why
-        else:
-            arms.append(arm)
-    tuned = {}
-    if arms:
-        tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in arms},
-                     Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                            criterion="mean_val_acc"))
-        C.record_arms(out, tuned, {a: "torch default (LSTM: uniform +-1/sqrt(hidden)), forget-gate bias 1"
-                                   for a in arms})
-    units = [{"arm": a, "seed": s} for s in ctx.seeds for a in arms]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    out, arms, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "torch default (LSTM: uniform +-1/sqrt(hidden)), "
+                                               "forget-gate bias 1", str, "mean_val_acc")
     res = []
     for u, r in zip(units, runs):
         paper = dict(zip(r.probes["population"]["steps"], r.probes["population"]["val_acc"]))

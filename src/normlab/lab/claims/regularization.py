@@ -5,14 +5,14 @@ noise-free BN (Full Normalization, Lian & Liu 2019: the dataset's moments in val
 forward pass carries no mini-batch noise) and LN (no batch statistics at all). Every arm is evaluated at inference
 with population statistics (its batch norms recalibrated on the whole training set: ``normlab.lab.probes``
 ``population``, pooled); a network without batch norm is evaluated as it is. Per seed: validation loss and accuracy
-(co-primary, declared before the runs), the generalization gap (validation minus training loss, eval mode). Every arm (He init) runs at its own learning rate from a declared search (tuning
-seeds 1000+, a held-out part of the small training set; criterion: final tuning-validation accuracy).
+(co-primary, declared before the runs), the generalization gap (validation minus training loss, eval mode). Every
+arm (He init) runs at its own learning rate from a declared search (tuning seeds 1000+, a held-out part of the small
+training set; criterion: final tuning-validation accuracy).
 """
 
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -44,18 +44,12 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    out, _, tuned, units, runs = C.run_arms(ctx, list(ARMS), _config, "he")
     res = [{**u, "steps": C.curve(r, "step"), "val_loss": C.curve(r, "val_loss"), "val_acc": C.curve(r, "val_acc"),
             "train_eval_loss": [C.num(v) for v in r.probes["train_eval"]["loss"]],
             "train_acc": [C.num(v) for v in r.probes["train_eval"]["acc"]],
             "pop_loss": C.num(r.probes["population"]["val_loss"][-1]),
             "pop_acc": C.num(r.probes["population"]["val_acc"][-1])} for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
     for r in res:
         out.add(GAP, r["arm"], r["seed"], r["val_loss"][-1] - r["train_eval_loss"][-1])
         out.add(ACC_GAP, r["arm"], r["seed"], r["train_acc"][-1] - r["val_acc"][-1])
@@ -103,7 +97,8 @@ CLAIM = Claim(
               "neither, BN (after each Linear), dropout 0.5 (after each ReLU), both, noise-free BN (Full "
               "Normalization) and LN. Co-primary: validation loss and accuracy at the end, every batch norm "
               "recalibrated to the training set's population statistics. Gap = training accuracy minus "
-              "validation accuracy; loss gap = validation minus training cross-entropy; both in eval mode, at the end."),
+              "validation accuracy; loss gap = validation minus training cross-entropy; both in eval mode, at the "
+              "end."),
     # Margins (declared before the runs): 0.02 nats of validation-minus-training loss gap (below that a change of
     # overfitting is invisible in a loss curve); 0.01 of accuracy (1 point: the smallest accuracy gain worth
     # reporting, ~ the standard error of one accuracy on 1,000 validation images). Validation accuracy is

@@ -9,7 +9,6 @@ validation accuracy.
 from __future__ import annotations
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -30,20 +29,9 @@ def _config(arm: str, seed: int, cfg: dict, lr: float | None = None) -> TrainCon
 
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "he" for a in ARMS})
+    out, _, tuned, units, runs = C.run_arms(ctx, list(ARMS), _config, "he")
     fig, (ax,) = C.new_figure(1, width=6.0)
-    for i, arm in enumerate(ARMS):
-        rs = [(u, r) for u, r in zip(units, runs) if u["arm"] == arm]
-        for u, r in rs:
-            out.add(VAL, arm, u["seed"], C.curve(r, "val_acc")[-1])
-        C.band(ax, C.curve(rs[0][1], "step"), [C.curve(r, "val_acc") for _, r in rs],
-               f"{arm} (lr {tuned[arm][0]:.3g})", C.COLORS[i])
+    C.final_accuracy_curves(out, ax, list(ARMS), units, runs, tuned, VAL)
     ax.set(title="BN instead of dropout", xlabel="training step", ylabel="validation accuracy")
     ax.legend()
     out.figures.append(Figure("curves", f"Validation accuracy: BN without dropout, dropout {cfg['dropout']} without a "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -52,16 +51,9 @@ def _trace(result) -> list[tuple[int, float]]:
 
 
 def run(ctx: Context) -> Outcome:
-    cfg = ctx.config
-    search = Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                    criterion="final_val_acc")
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], cfg) for a in ARMS}, search)
-    units = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
-    runs = ctx.map([_config(u["arm"], u["seed"], cfg, tuned[u["arm"]][0]) for u in units])
+    out, _, tuned, units, runs = C.run_arms(ctx, ARMS, _config, "xavier (Glorot)")
     res = [{**u, "trace": _trace(r), "val_acc": C.curve(r, "val_acc")[-1], "diverged_at": r.diverged_step}
            for u, r in zip(units, runs)]
-    out = Outcome()
-    C.record_arms(out, tuned, {a: "xavier (Glorot)" for a in ARMS})
     for r in res:
         out.add(SAT, r["arm"], r["seed"], r["trace"][-1][1])
         out.add(VAL, r["arm"], r["seed"], r["val_acc"])

@@ -11,11 +11,10 @@ how each arm's well-tuned setting copes when the batch shrinks).
 
 from __future__ import annotations
 
+from ..train import TrainConfig
+from ..tuning import tune
 from ..verdict import Rule
 from . import _common as C
-from ..models import norm_available
-from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
 from .base import Claim, Context, Figure, Outcome, Quote
 
 DROP = "accuracy drop from the largest to the smallest batch size"
@@ -57,21 +56,13 @@ def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     sizes = cfg["batch_sizes"]
     out = Outcome()
-    arms = []
-    for arm in NORMS:
-        why = norm_available(_spec(arm, sizes[-1]))
-        if why:
-            out.not_run[arm] = why
-        else:
-            arms.append(arm)
-    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], sizes[-1], cfg) for a in arms},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
+    arms = C.available(out, NORMS, lambda arm: _spec(arm, sizes[-1]))
+    tuned = tune(ctx, {a: _config(a, ctx.seeds[0], sizes[-1], cfg) for a in arms}, C.search(cfg))
     C.record_arms(out, tuned, {a: "he" for a in arms})
     units = [{"arm": arm, "seed": s, "batch_size": bs} for s in ctx.seeds for arm in arms for bs in sizes]
     runs = ctx.map([_config(u["arm"], u["seed"], u["batch_size"], cfg, tuned[u["arm"]][0]) for u in units])
     res = [{**u, "val_acc": C.curve(r, "val_acc")[-1]} for u, r in zip(units, runs)]
-    curves = {}
+    curves: dict[str, list[list[float]]] = {}
     for arm in arms:
         curves[arm] = []
         for s in ctx.seeds:
@@ -99,7 +90,8 @@ def run(ctx: Context) -> Outcome:
         out.notes.append("ghost BN uses virtual batches of 16, i.e. it equals BN at batch sizes <= 16")
     if "brn" in arms:
         kw = _norm_kw("brn", cfg["steps"])
-        out.notes.append(f"batch renorm's warm-up is the paper's schedule compressed to {cfg['steps']} steps: r_max = 1, "
+        out.notes.append(f"batch renorm's warm-up is the paper's schedule compressed to {cfg['steps']} steps: "
+                         "r_max = 1, "
                          f"d_max = 0 for {kw['warmup_steps']} steps, then r_max -> 3 by step {kw['r_max_steps']} "
                          f"and d_max -> 5 by step {kw['d_max_steps']}")
     return out

@@ -13,6 +13,8 @@ Per seed: validation accuracy averaged over the checkpoints, for each way.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..train import TrainConfig
 from ..verdict import Rule
 from . import _common as C
@@ -59,10 +61,10 @@ def run(ctx: Context) -> Outcome:
     if why:
         out.not_run["recalibrated"] = why
         modes.remove("recalibrated")
-    units = [{"momentum": m, "seed": s} for m in MOMENTA for s in ctx.seeds]
+    units: list[dict[str, Any]] = [{"momentum": m, "seed": s} for m in MOMENTA for s in ctx.seeds]
     runs = ctx.map([_config(u["seed"], modes, cfg, u["momentum"]) for u in units])
-    allres = [{**u, "checkpoints": _checkpoints(r, modes)} for u, r in zip(units, runs)]
-    res = [r for r in allres if r["momentum"] == 0.1]
+    allres: list[dict[str, Any]] = [{**u, "checkpoints": _checkpoints(r, modes)} for u, r in zip(units, runs)]
+    res: list[dict[str, Any]] = [r for r in allres if r["momentum"] == 0.1]
     for r in res:
         for mode in modes:
             out.add(ACC, mode, r["seed"], C.mean([c[mode] for c in r["checkpoints"]]))

@@ -84,9 +84,9 @@ def run(ctx: Context) -> Outcome:
                               f"with BN on torch's operators; one point per seed.", fig))
     out.tables.append(C.seed_table(out, (STEP,)))
     out.notes.append("arms run with NORMLAB_KERNELS=fast (bn), unchanged (none) and native (bn-native); the "
-                     "dispatcher reads the variable at every call; the default ('auto') takes the kernels for these conv "
-                     "activations too (64x16x28x28 values, above kernels.dispatch.AUTO_MIN_NUMEL), so 'bn' is what a "
-                     "user gets by default")
+                     "dispatcher reads the variable at every call; the default ('auto') takes the kernels for these "
+                     "conv activations too (64x16x28x28 values, above kernels.dispatch.AUTO_MIN_NUMEL), so 'bn' is "
+                     "what a user gets by default")
     m = {a: C.mean(out.metrics[STEP][a]) for a in ARMS}
     out.measured = (f"step time: BN {m['bn']:.2f} ms, none {m['none']:.2f} ms, BN on torch's operators "
                     f"{m['bn-native']:.2f} ms")

@@ -19,7 +19,7 @@ import math
 import statistics
 
 from ..train import TrainConfig
-from ..tuning import Search, tune, tuning_seeds
+from ..tuning import tune
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote
@@ -65,8 +65,7 @@ def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     deep = max(cfg["depths"])
     tuned = tune(ctx, {f"{f}/{a}": _config(f, deep, a, ctx.seeds[0], cfg) for f in FAMILIES for a in ARMS},
-                 Search(grid=tuple(cfg["grid"]), seeds=tuning_seeds(cfg["tune_seeds"]), steps=cfg["tune_steps"],
-                        criterion="final_val_acc"))
+                 C.search(cfg))
     units = [{"family": f, "depth": d, "arm": a, "seed": s} for f in FAMILIES for d in cfg["depths"] for s in ctx.seeds
              for a in ARMS]
     runs = ctx.map([_config(u["family"], u["depth"], u["arm"], u["seed"], cfg, tuned[f"{u['family']}/{u['arm']}"][0])
@@ -112,8 +111,8 @@ def run(ctx: Context) -> Outcome:
     out.tables.append(C.seed_table(out, [m.format(f=f, d=d) for m in (VANISH, EXPLODE, VAL) for f in FAMILIES
                                          for d in cfg["depths"]]))
     out.notes.append(f"'deepest' in a rule's metric means depth {deep} (hidden layers) at this level")
-    v = {a: C.mean(out.metrics[VANISH.format(f="tanh", d=deep)][a]) for a in ARMS}
-    out.measured = f"tanh depth {deep}, vanishing (decades): BN {v['bn']:.2f} vs none {v['none']:.2f}"
+    vanish = {a: C.mean(out.metrics[VANISH.format(f="tanh", d=deep)][a]) for a in ARMS}
+    out.measured = f"tanh depth {deep}, vanishing (decades): BN {vanish['bn']:.2f} vs none {vanish['none']:.2f}"
     return out
 
 
