@@ -54,7 +54,8 @@ def check_rules(claim, out, seeds) -> dict:
 
 
 def check_tuning(ctx, out, seeds) -> None:
-    """Tuning units on tuning seeds and the tuning split only; every verdict unit of an arm at its chosen rate."""
+    """Tuning units on tuning seeds and the tuning split only; every verdict unit of an arm at its chosen rate (one
+    of the rates the search evaluated: the declared grid, extended where its best was at an edge)."""
     tuning = [c for c in ctx.seen if "tuning_fraction" in c.data_args]
     verdict = [c for c in ctx.seen if "tuning_fraction" not in c.data_args]
     assert tuning and verdict
@@ -62,5 +63,5 @@ def check_tuning(ctx, out, seeds) -> None:
     assert {c.seed for c in verdict} == set(seeds)
     assert {c.split_seed for c in verdict} == {c.split_seed for c in tuning}
     for arm in out.arms.values():
-        assert arm["lr"] in arm["tuning"]["grid"] and math.isfinite(arm["lr"])
+        assert arm["lr"] in arm["tuning"]["evaluated"] and math.isfinite(arm["lr"])
     assert {c.lr for c in verdict} <= {a["lr"] for a in out.arms.values()}

@@ -23,6 +23,9 @@ from normlab.lab.models import build_model
 
 SEEDS = (0, 1, 2)
 
+# the rules are checked against scipy's Student t (see check_rules); the skew-robust values: test_verdict_skew.py
+pytestmark = pytest.mark.usefixtures("student_t")
+
 
 def test_each_alternative_has_its_own_confirmatory_rule_against_bn():
     rules = (CLAIM.rule, *CLAIM.secondary)

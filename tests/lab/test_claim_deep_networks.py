@@ -13,6 +13,9 @@ from normlab.lab.verdict import SUPPORTED
 
 SEEDS = (0, 1, 2)
 
+# the rules are checked against scipy's Student t (see check_rules); the skew-robust values: test_verdict_skew.py
+pytestmark = pytest.mark.usefixtures("student_t")
+
 
 def test_deep_arms_are_plain_stacks_of_more_than_100_layers_with_and_without_bn():
     for level in ("tiny", "quick", "full"):

@@ -13,6 +13,9 @@ from normlab.lab.models import build_model, resample_rows, sequence_lengths
 
 SEEDS = (0, 1, 2)
 
+# the rules are checked against scipy's Student t (see check_rules); the skew-robust values: test_verdict_skew.py
+pytestmark = pytest.mark.usefixtures("student_t")
+
 
 def _model(arm: str, **over):
     args = {**_config(arm, 0, CLAIM.configs["quick"]).model_args, **over}
