@@ -100,8 +100,8 @@ def moments(
     valid = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
     safe = valid.clamp_min(1)
     mean = torch.where(mask, xc, zero).sum(dim=dims, keepdim=True) / safe
-    centred = torch.where(mask, xc - mean, zero)
-    var = (centred * centred).sum(dim=dims, keepdim=True) / safe
+    dev = torch.where(mask, xc - mean, zero)
+    var = (dev * dev).sum(dim=dims, keepdim=True) / safe
     if not keepdim and dims:
         mean, var, valid = mean.squeeze(dims), var.squeeze(dims), valid.squeeze(dims)
     return Moments(mean, var, valid)

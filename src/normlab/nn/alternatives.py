@@ -449,7 +449,7 @@ class InstanceNorm(RunningStatsNorm):
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, eps)
             return y.movedim(1, c)
         # the per-sample steps, one group per channel (torch's fused instance_norm computes them)
-        y = sample_norm(x, self.layout(x, c), self.weight, self.bias, eps, fused=self.fused)
+        y = sample_norm(x, self.layout(x, c), self.weight, self.bias, eps, centred=self.centred, fused=self.fused)
         if track:
             self._track(xm)
         return y
