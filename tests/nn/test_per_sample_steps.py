@@ -171,3 +171,12 @@ def test_registered_per_sample_norms_equal_their_steps_on_both_kernel_paths(back
         got = layer(x)
     steps = A.sample_steps(x, layout, layer.weight, layer.bias, layer.eps, layer.centred)
     torch.testing.assert_close(got, steps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("build, shape, layout, centred, fused", CASES, ids=IDS)
+def test_every_per_sample_norm_is_a_per_sample_norm_declaring_a_known_fused_kernel(build, shape, layout, centred,
+                                                                                   fused):
+    layer = build()
+    assert isinstance(layer, A.PerSampleNorm)
+    assert layer.fused in A.FUSED
+    assert layer.layout(torch.randn(*shape), None if layout.trailing is not None else layout.axis) == layout

@@ -2,7 +2,14 @@
 
 None of these uses batch statistics, so they behave the same in training and eval and at any batch size. They
 share BatchNorm's vocabulary (``num_features``, ``axis`` = the channel axis, per-channel affine) and otherwise
-take torch's constructor arguments, running on torch's native kernels where torch has one.
+take torch's constructor arguments.
+
+One forward for all four (:func:`sample_norm`): statistics (``_stats.moments``, centred or not) over a declared
+:class:`SampleLayout` -> ``_stats.standardize`` -> affine. A layer (:class:`PerSampleNorm`) declares only what
+differs: its layout (torch's trailing dims, or G groups of channels on ``axis``: LayerNorm's feature-map mode is
+G = 1, GroupNorm G, InstanceNorm G = C), whether it is ``centred`` (RMSNorm is not) and which of torch's fused
+kernels (``fused``, a key of :data:`FUSED`) computes those steps faster; :func:`sample_steps` is the same forward
+composed from the step API (the fused kernels' exact higher-order derivatives and torch.func path use it).
 
 For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, group g):
 
@@ -19,7 +26,7 @@ For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, 
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +35,10 @@ from torch.nn import functional as TF
 from .. import _stats, _validate, kernels
 from .batchnorm import NormLayer, RunningStatsNorm, reset_affine
 
-__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+__all__ = [
+    "LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    "PerSampleNorm", "SampleLayout", "sample_norm", "sample_steps",
+]
 
 
 def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
@@ -180,7 +190,7 @@ class PerSampleNorm(NormLayer):
     fused: str | None = None
     weight: nn.Parameter | None
     bias: nn.Parameter | None
-    eps: float | None
+    eps: Any  # a float; None for RMSNorm (torch's default, the dtype's machine epsilon)
 
     def check(self, x: Tensor) -> int | None:
         """Validate ``x`` (raising naming the layer); return the channel axis as an index, or None in torch's
@@ -353,7 +363,7 @@ class GroupNorm(PerSampleNorm):
         return SampleLayout(axis=self.axis if c is None else c, groups=self.num_groups)
 
 
-class InstanceNorm(RunningStatsNorm):
+class InstanceNorm(RunningStatsNorm, PerSampleNorm):
     """InstanceNorm (Ulyanov et al. 2016): ``InstanceNorm(num_features, eps=1e-5, momentum=0.1, affine=False,
     track_running_stats=False, *, bias=True)`` for a batched input of any rank >= 3 (batch axis 0), plus ``axis``.
 
@@ -374,7 +384,8 @@ class InstanceNorm(RunningStatsNorm):
     _no_batch_rank: int | None = None
     #: torch's counter and momentum=None rules (the counter never moves, momentum=None = no update)
     _torch_counter = False
-    #: the per-sample steps' declarations (as :class:`PerSampleNorm`'s): centred, on torch's fused instance_norm
+    #: the per-sample steps' declarations: centred, on torch's fused instance_norm (the running-statistic path in
+    #: eval is a per-channel affine map, torch's instance_norm with the buffers)
     centred = True
     fused = "instance_norm"
 
@@ -454,8 +465,9 @@ class InstanceNorm(RunningStatsNorm):
             self._track(xm)
         return y
 
-    def layout(self, x: Tensor, c: int) -> SampleLayout:
+    def layout(self, x: Tensor, c: int | None) -> SampleLayout:
         """Statistics per (sample, channel) over the spatial positions: one group per channel."""
+        c = _stats.channel_axis(x.ndim, self.axis) if c is None else c
         return SampleLayout(axis=c, groups=x.shape[c])
 
     def _track(self, xm: Tensor) -> None:
