@@ -447,9 +447,8 @@ class InstanceNorm(RunningStatsNorm, PerSampleNorm):
             )
         track = self.training and self.track_running_stats
         xm = x.movedim(c, 1)
-        if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
-            y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-            return y.movedim(1, c)
+        if not use_input_stats:  # running statistics: BatchNorm's eval normalize step (a per-channel affine map)
+            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=c)
         eps = self.eps
         if track and not kernels.native.plain(xm):
             # under a torch.func transform the running update is torch's to refuse, as torch's layer does
