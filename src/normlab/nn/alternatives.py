@@ -190,7 +190,14 @@ class PerSampleNorm(NormLayer):
     fused: str | None = None
     weight: nn.Parameter | None
     bias: nn.Parameter | None
+    num_features: int
+    axis: Any  # the channel axis (an int; None for torch's trailing-dims mode of LayerNorm and RMSNorm)
     eps: Any  # a float; None for RMSNorm (torch's default, the dtype's machine epsilon)
+
+    @property
+    def layer_name(self) -> str:
+        """How errors name the layer (each layer says it with its size)."""
+        return type(self).__name__
 
     def check(self, x: Tensor) -> int | None:
         """Validate ``x`` (raising naming the layer); return the channel axis as an index, or None in torch's
@@ -199,6 +206,16 @@ class PerSampleNorm(NormLayer):
 
     def layout(self, x: Tensor, c: int | None) -> SampleLayout:
         raise NotImplementedError
+
+    def check_feature_map(self, x: Tensor) -> int:
+        """The feature-map rules shared by the per-channel layouts: rank >= 2, ``num_features`` channels on
+        ``axis``, which is not the batch axis; returns the channel axis as an index (raises naming the layer)."""
+        name = self.layer_name
+        if x.ndim < 2:
+            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
+        c = _validate.check_channels(x, name, self.num_features, self.axis)
+        _validate.check_not_batch_axis(c, name, self.axis)
+        return c
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check(x)
@@ -269,11 +286,7 @@ class _SampleNorm(PerSampleNorm):
                     f"got input of shape {tuple(x.shape)}"
                 )
             return None
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
-        c = _validate.check_channels(x, name, self.num_features, self.axis)
-        _validate.check_not_batch_axis(c, name, self.axis)
-        return c
+        return self.check_feature_map(x)
 
     def layout(self, x: Tensor, c: int | None) -> SampleLayout:
         # torch's mode: the trailing dims; feature maps: the whole sample as one group, per-channel affine
@@ -351,13 +364,8 @@ class GroupNorm(PerSampleNorm):
         return s + (f", axis={self.axis}" if self.axis != 1 else "")
 
     def check(self, x: Tensor) -> int:
-        name = self.layer_name
-        _validate.check_float(x, name)
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
-        c = _validate.check_channels(x, name, self.num_channels, self.axis)
-        _validate.check_not_batch_axis(c, name, self.axis)
-        return c
+        _validate.check_float(x, self.layer_name)
+        return self.check_feature_map(x)
 
     def layout(self, x: Tensor, c: int | None) -> SampleLayout:
         return SampleLayout(axis=self.axis if c is None else c, groups=self.num_groups)
