@@ -65,13 +65,22 @@ def channel_view(t: Tensor, ndim: int, axis: int) -> Tensor:
     return t.reshape(shape)
 
 
-def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, keepdim: bool = False) -> Moments:
+def moments(
+    x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, keepdim: bool = False, centred: bool = True
+) -> Moments:
     """Mean and biased variance of ``x`` over ``dims`` (float32 accumulation for half types).
 
     With ``mask`` (bool, broadcastable to ``x``), only positions where it is True count; masked-out values never
     enter the arithmetic (they may be NaN). Channels with no valid position get mean 0 and variance 0.
+    ``centred=False`` (RMSNorm, Zhang & Sennrich 2019): ``mean`` is 0 and ``var`` the uncentred second moment
+    ``mean(x^2)``, so that :func:`standardize` divides by the root mean square.
     """
     xc = x.to(compute_dtype(x.dtype))
+    if not centred:
+        if mask is not None:
+            xc = torch.where(mask.expand_as(x), xc, xc.new_zeros(()))
+        square = moments(xc * xc, dims, mask=mask, keepdim=keepdim)
+        return Moments(torch.zeros_like(square.mean), square.mean, square.count)
     if mask is None and x.numel() == 0:
         # no value: mean and variance 0 with count 0 (var_mean would give NaN, which a merge would spread), still
         # computed from x so that a synchronized layer's pooled statistics keep x in their graph on every process
@@ -91,8 +100,8 @@ def moments(x: Tensor, dims: tuple[int, ...], *, mask: Tensor | None = None, kee
     valid = mask.sum(dim=dims, keepdim=True).to(xc.dtype)
     safe = valid.clamp_min(1)
     mean = torch.where(mask, xc, zero).sum(dim=dims, keepdim=True) / safe
-    centred = torch.where(mask, xc - mean, zero)
-    var = (centred * centred).sum(dim=dims, keepdim=True) / safe
+    dev = torch.where(mask, xc - mean, zero)
+    var = (dev * dev).sum(dim=dims, keepdim=True) / safe
     if not keepdim and dims:
         mean, var, valid = mean.squeeze(dims), var.squeeze(dims), valid.squeeze(dims)
     return Moments(mean, var, valid)
@@ -221,6 +230,15 @@ def normalize(
     y = (x.to(ct) - channel_view(mean, nd, axis)) * channel_view(scale(var, weight, eps), nd, axis)
     if bias is not None:
         y = y + channel_view(bias.to(y.dtype), nd, axis)
+    return y.to(x.dtype)
+
+
+def standardize(x: Tensor, stats: Moments, eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with ``stats`` broadcastable to ``x`` (taken with ``keepdim=True``), in the
+    statistics' dtype (never below float32) and returned in ``x``'s dtype: the normalize step of the per-sample
+    norms, whose statistics are not per-channel vectors (LayerNorm, GroupNorm, InstanceNorm, RMSNorm)."""
+    ct = compute_dtype(torch.promote_types(x.dtype, stats.mean.dtype))
+    y = (x.to(ct) - stats.mean.to(ct)) * torch.rsqrt(stats.var.to(ct) + eps)
     return y.to(x.dtype)
 
 

@@ -2,7 +2,14 @@
 
 None of these uses batch statistics, so they behave the same in training and eval and at any batch size. They
 share BatchNorm's vocabulary (``num_features``, ``axis`` = the channel axis, per-channel affine) and otherwise
-take torch's constructor arguments, running on torch's native kernels where torch has one.
+take torch's constructor arguments.
+
+One forward for all four (:func:`sample_norm`): statistics (``_stats.moments``, centred or not) over a declared
+:class:`SampleLayout` -> ``_stats.standardize`` -> affine. A layer (:class:`PerSampleNorm`) declares only what
+differs: its layout (torch's trailing dims, or G groups of channels on ``axis``: LayerNorm's feature-map mode is
+G = 1, GroupNorm G, InstanceNorm G = C), whether it is ``centred`` (RMSNorm is not) and which of torch's fused
+kernels (``fused``, a key of :data:`FUSED`) computes those steps faster; :func:`sample_steps` is the same forward
+composed from the step API (the fused kernels' exact higher-order derivatives and torch.func path use it).
 
 For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, group g):
 
@@ -19,6 +26,7 @@ For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, 
 from __future__ import annotations
 
 import numbers
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,16 +35,14 @@ from torch.nn import functional as TF
 from .. import _stats, _validate, kernels
 from .batchnorm import NormLayer, RunningStatsNorm, reset_affine
 
-__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+__all__ = [
+    "LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    "PerSampleNorm", "SampleLayout", "sample_norm", "sample_steps",
+]
 
 
 def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
-    dims = tuple(range(x.ndim - len(shape), x.ndim))
-    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        y = y * weight
-    return y + bias if bias is not None else y
+    return sample_steps(x, SampleLayout(tuple(shape)), weight, bias, eps)
 
 
 class _LayerNorm(torch.autograd.Function):
@@ -82,18 +88,142 @@ def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
     return TF.layer_norm(x, shape, weight, bias, eps)
 
 
-def _instance_norm_composite(x: Tensor, weight, bias, eps: float) -> Tensor:
-    var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), correction=0, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + eps)
-    return _stats.affine(y, weight, bias, axis=1)
-
-
 def _check_eps(eps, name: str) -> None:
     if eps is not None and not eps > 0:
         raise ValueError(f"{name}: eps must be positive, got {eps}")
 
 
-class _SampleNorm(NormLayer):
+# -- the per-sample steps: what a layer declares, the steps, and torch's fused kernels as dispatch targets --------
+class SampleLayout(NamedTuple):
+    """What one call of a per-sample norm takes its statistics over, as the layer declares it.
+
+    ``trailing`` (torch's LayerNorm/RMSNorm mode): statistics per sample over these trailing dims, elementwise affine
+    of that shape. Otherwise ``groups`` of channels on ``axis``: statistics per (sample, group) over the group's
+    C/G channels and every dim but the batch dim 0, per-channel affine. ``groups=1`` is the feature-map LayerNorm
+    (= ``GroupNorm(1, C)``), ``groups=C`` InstanceNorm.
+    """
+
+    trailing: tuple[int, ...] | None = None
+    axis: int = 1
+    groups: int = 1
+
+
+def _elementwise_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    return y + bias.to(y.dtype) if bias is not None else y
+
+
+def sample_steps(x: Tensor, layout: SampleLayout, weight: Tensor | None, bias: Tensor | None, eps: float | None,
+                 centred: bool = True) -> Tensor:
+    """A per-sample norm from the step API: ``_stats.moments`` (centred or not) over ``layout``'s dims ->
+    ``_stats.standardize`` -> the affine. Differentiable operators only, so its derivatives are exact at every order
+    and it runs under torch.func transforms; it is also what torch's fused kernels compute (:func:`sample_norm`)."""
+    if eps is None:  # torch's RMSNorm default
+        eps = torch.finfo(x.dtype).eps
+    if layout.trailing is not None:
+        dims = tuple(range(x.ndim - len(layout.trailing), x.ndim))
+        y = _stats.standardize(x, _stats.moments(x, dims, keepdim=True, centred=centred), eps)
+        return _elementwise_affine(y, weight, bias)
+    xm = x.movedim(layout.axis, 1)
+    xg = xm.reshape(xm.shape[0], layout.groups, -1)
+    y = _stats.standardize(xg, _stats.moments(xg, (2,), keepdim=True, centred=centred), eps)
+    return _stats.affine(y.reshape(xm.shape).movedim(1, layout.axis), weight, bias, axis=layout.axis)
+
+
+def _fused_layer_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
+    if layout.trailing is not None:
+        return layer_norm(x, layout.trailing, weight, bias, eps)
+    return _stats.affine(layer_norm(x, tuple(x.shape[1:]), None, None, eps), weight, bias, axis=layout.axis)
+
+
+def _fused_rms_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
+    if layout.trailing is not None:
+        return TF.rms_norm(x, layout.trailing, weight, eps)
+    return _stats.affine(TF.rms_norm(x, tuple(x.shape[1:]), None, eps), weight, bias, axis=layout.axis)
+
+
+def _fused_group_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
+    return TF.group_norm(x.movedim(layout.axis, 1), layout.groups, weight, bias, eps).movedim(1, layout.axis)
+
+
+def _fused_instance_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
+    # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps its
+    # first-order gradients and differentiates the steps when a graph of the backward is requested
+    per_channel = SampleLayout(axis=1, groups=layout.groups)
+    y = kernels.native.exact_orders(
+        lambda a, w, b: TF.instance_norm(a, None, None, w, b, True, 0.0, eps),
+        lambda a, w, b: sample_steps(a, per_channel, w, b, eps), x.movedim(layout.axis, 1), weight, bias,
+    )
+    return y.movedim(1, layout.axis)
+
+
+#: torch's fused kernels, each computing :func:`sample_steps` for the layouts of the layers that name it (faster
+#: than the composed steps; see the README's design notes for the timings)
+FUSED = {
+    "layer_norm": _fused_layer_norm, "rms_norm": _fused_rms_norm, "group_norm": _fused_group_norm,
+    "instance_norm": _fused_instance_norm,
+}
+
+
+def sample_norm(x: Tensor, layout: SampleLayout, weight: Tensor | None, bias: Tensor | None, eps: float | None, *,
+                centred: bool = True, fused: str | None = None) -> Tensor:
+    """The one forward of the per-sample norms: statistics over ``layout`` -> normalize -> affine, on torch's fused
+    kernel ``fused`` (a key of :data:`FUSED`) when the layer names one, else on the step API (:func:`sample_steps`).
+    An empty input gives torch's empty output, in the graph of ``x`` and the parameters (gradients 0)."""
+    if x.numel() == 0:
+        if layout.trailing is not None:
+            return _elementwise_affine(x * 0, weight, bias)
+        return _stats.affine(x * 0, weight, bias, axis=layout.axis)
+    if fused is None:
+        return sample_steps(x, layout, weight, bias, eps, centred)
+    return FUSED[fused](x, layout, weight, bias, eps)
+
+
+class PerSampleNorm(NormLayer):
+    """The base of the per-sample norms: a subclass declares what differs — ``centred`` (RMSNorm is not),
+    ``fused`` (which of torch's fused kernels computes its steps, :data:`FUSED`), the parameters it owns and, per
+    call, :meth:`check` (the layer's input rules and errors) and :meth:`layout` (normalized dims, groups, affine
+    axis) — and its forward is :func:`sample_norm` over them."""
+
+    centred = True
+    fused: str | None = None
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    num_features: int
+    axis: Any  # the channel axis (an int; None for torch's trailing-dims mode of LayerNorm and RMSNorm)
+    eps: Any  # a float; None for RMSNorm (torch's default, the dtype's machine epsilon)
+
+    @property
+    def layer_name(self) -> str:
+        """How errors name the layer (each layer says it with its size)."""
+        return type(self).__name__
+
+    def check(self, x: Tensor) -> int | None:
+        """Validate ``x`` (raising naming the layer); return the channel axis as an index, or None in torch's
+        trailing-dims mode."""
+        raise NotImplementedError
+
+    def layout(self, x: Tensor, c: int | None) -> SampleLayout:
+        raise NotImplementedError
+
+    def check_feature_map(self, x: Tensor) -> int:
+        """The feature-map rules shared by the per-channel layouts: rank >= 2, ``num_features`` channels on
+        ``axis``, which is not the batch axis; returns the channel axis as an index (raises naming the layer)."""
+        name = self.layer_name
+        if x.ndim < 2:
+            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
+        c = _validate.check_channels(x, name, self.num_features, self.axis)
+        _validate.check_not_batch_axis(c, name, self.axis)
+        return c
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.check(x)
+        return sample_norm(x, self.layout(x, c), self.weight, self.bias, self.eps, centred=self.centred,
+                           fused=self.fused)
+
+
+class _SampleNorm(PerSampleNorm):
     """LayerNorm and RMSNorm: statistics over a whole sample (or its trailing dims), the same code with and
     without centring.
 
@@ -106,8 +236,6 @@ class _SampleNorm(NormLayer):
       ``GroupNorm(1, C)``), and the affine is per channel, like BatchNorm's. For a 2D ``(N, C)`` input both modes
       are the same.
     """
-
-    _center = True
 
     def __init__(self, normalized_shape, eps, elementwise_affine, bias, device, dtype, axis) -> None:
         super().__init__()
@@ -131,7 +259,7 @@ class _SampleNorm(NormLayer):
         self.weight = nn.Parameter(torch.ones(normalized_shape, **factory)) if elementwise_affine else None
         self.bias = (
             nn.Parameter(torch.zeros(normalized_shape, **factory))
-            if elementwise_affine and bias and self._center
+            if elementwise_affine and bias and self.centred
             else None
         )
 
@@ -147,7 +275,7 @@ class _SampleNorm(NormLayer):
         s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         return s + (f", axis={self.axis}" if self.axis is not None else "")
 
-    def _check(self, x: Tensor) -> int | None:
+    def check(self, x: Tensor) -> int | None:
         name = self.layer_name
         _validate.check_float(x, name)
         if self.axis is None:
@@ -158,22 +286,11 @@ class _SampleNorm(NormLayer):
                     f"got input of shape {tuple(x.shape)}"
                 )
             return None
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
-        c = _validate.check_channels(x, name, self.num_features, self.axis)
-        _validate.check_not_batch_axis(c, name, self.axis)
-        return c
+        return self.check_feature_map(x)
 
-    def _native(self, x: Tensor, shape: tuple, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        """The normalization over the trailing ``shape`` dims (LayerNorm's or RMSNorm's)."""
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = self._check(x)
-        if c is None:
-            return self._native(x, self.normalized_shape, self.weight, self.bias)
-        # Feature-map mode: normalize each sample over all its values, then the per-channel affine.
-        return _stats.affine(self._native(x, tuple(x.shape[1:]), None, None), self.weight, self.bias, axis=c)
+    def layout(self, x: Tensor, c: int | None) -> SampleLayout:
+        # torch's mode: the trailing dims; feature maps: the whole sample as one group, per-channel affine
+        return SampleLayout(self.normalized_shape) if c is None else SampleLayout(axis=c, groups=1)
 
 
 class LayerNorm(_SampleNorm):
@@ -184,12 +301,11 @@ class LayerNorm(_SampleNorm):
     ``y = gamma * (x - mu) / sqrt(sigma2 + eps) + beta``, ``mu``, ``sigma2`` (biased) per sample.
     """
 
+    fused = "layer_norm"
+
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  device=None, dtype=None, *, axis: int | None = None) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype, axis)
-
-    def _native(self, x, shape, weight, bias):
-        return layer_norm(x, shape, weight, bias, self.eps)
 
 
 class RMSNorm(_SampleNorm):
@@ -200,22 +316,22 @@ class RMSNorm(_SampleNorm):
     per-channel gamma), which ``make_norm("rms", C)`` builds.
     """
 
-    _center = False
+    centred = False
+    fused = "rms_norm"
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, axis: int | None = None) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, False, device, dtype, axis)
 
-    def _native(self, x, shape, weight, bias):
-        return TF.rms_norm(x, shape, weight, self.eps)
 
-
-class GroupNorm(NormLayer):
+class GroupNorm(PerSampleNorm):
     """GroupNorm (Wu & He 2018): ``GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True)`` as
     torch, plus
     ``axis`` (the channel axis; ``-1`` for channels-last). Statistics per (sample, group of C/G channels) over the
     group's channels and all spatial positions; per-channel affine. The paper's default is G = 32.
     """
+
+    fused = "group_norm"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, *, bias: bool = True, axis: int = 1) -> None:
@@ -247,20 +363,15 @@ class GroupNorm(NormLayer):
         s = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
         return s + (f", axis={self.axis}" if self.axis != 1 else "")
 
-    def forward(self, x: Tensor) -> Tensor:
-        name = self.layer_name
-        _validate.check_float(x, name)
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected an input of rank >= 2 (batch and channel), got {x.ndim}D input")
-        c = _validate.check_channels(x, name, self.num_channels, self.axis)
-        _validate.check_not_batch_axis(c, name, self.axis)
-        if x.numel() == 0:  # torch's empty output, with gradient 0 for the parameters (torch's is NaN for (N, C, 0))
-            return _stats.affine(x * 0, self.weight, self.bias, axis=c)
-        y = TF.group_norm(x.movedim(c, 1), self.num_groups, self.weight, self.bias, self.eps)
-        return y.movedim(1, c)
+    def check(self, x: Tensor) -> int:
+        _validate.check_float(x, self.layer_name)
+        return self.check_feature_map(x)
+
+    def layout(self, x: Tensor, c: int | None) -> SampleLayout:
+        return SampleLayout(axis=self.axis if c is None else c, groups=self.num_groups)
 
 
-class InstanceNorm(RunningStatsNorm):
+class InstanceNorm(RunningStatsNorm, PerSampleNorm):
     """InstanceNorm (Ulyanov et al. 2016): ``InstanceNorm(num_features, eps=1e-5, momentum=0.1, affine=False,
     track_running_stats=False, *, bias=True)`` for a batched input of any rank >= 3 (batch axis 0), plus ``axis``.
 
@@ -281,6 +392,10 @@ class InstanceNorm(RunningStatsNorm):
     _no_batch_rank: int | None = None
     #: torch's counter and momentum=None rules (the counter never moves, momentum=None = no update)
     _torch_counter = False
+    #: the per-sample steps' declarations: centred, on torch's fused instance_norm (the running-statistic path in
+    #: eval is a per-channel affine map, torch's instance_norm with the buffers)
+    centred = True
+    fused = "instance_norm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
                  track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
@@ -340,9 +455,8 @@ class InstanceNorm(RunningStatsNorm):
             )
         track = self.training and self.track_running_stats
         xm = x.movedim(c, 1)
-        if not use_input_stats:  # running statistics: a per-channel affine map, exact at every order
-            y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-            return y.movedim(1, c)
+        if not use_input_stats:  # running statistics: BatchNorm's eval normalize step (a per-channel affine map)
+            return kernels.normalize(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, axis=c)
         eps = self.eps
         if track and not kernels.native.plain(xm):
             # under a torch.func transform the running update is torch's to refuse, as torch's layer does
@@ -352,15 +466,16 @@ class InstanceNorm(RunningStatsNorm):
                 momentum = float(_stats.momentum_factor(self.momentum, int(self.num_batches_tracked), name))
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, eps)
             return y.movedim(1, c)
-        # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps
-        # its first-order gradients and differentiates the composite when a graph of the backward is requested
-        y = kernels.native.exact_orders(
-            lambda a, w, b: TF.instance_norm(a, None, None, w, b, True, 0.0, eps),
-            lambda a, w, b: _instance_norm_composite(a, w, b, eps), xm, self.weight, self.bias,
-        )
+        # the per-sample steps, one group per channel (torch's fused instance_norm computes them)
+        y = sample_norm(x, self.layout(x, c), self.weight, self.bias, eps, centred=self.centred, fused=self.fused)
         if track:
             self._track(xm)
-        return y.movedim(1, c)
+        return y
+
+    def layout(self, x: Tensor, c: int | None) -> SampleLayout:
+        """Statistics per (sample, channel) over the spatial positions: one group per channel."""
+        c = _stats.channel_axis(x.ndim, self.axis) if c is None else c
+        return SampleLayout(axis=c, groups=x.shape[c])
 
     def _track(self, xm: Tensor) -> None:
         """The running step: torch's (the batch mean of the per-instance means and unbiased variances) through the
