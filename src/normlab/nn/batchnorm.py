@@ -75,7 +75,17 @@ def reset_affine(module: nn.Module) -> None:
 
 class NormLayer(nn.Module):
     """The base of every normalization layer of ``normlab.nn``: what ``normlab.tools`` and the lab recognize as a
-    norm (``isinstance``, never the class's name or module). It adds nothing else."""
+    norm (``isinstance``, never the class's name or module), and checks the constructor's arguments against the
+    layer's own signature first, so a wrong argument raises ``TypeError`` naming the layer the user called (not the
+    base class whose ``__init__`` receives them) with the layer's true argument counts."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # copy/pickle call __new__(cls) alone: nothing to check then
+            try:
+                inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{cls.__name__}: {e}") from None
+        return super().__new__(cls)
 
 
 class RunningStatsNorm(NormLayer):

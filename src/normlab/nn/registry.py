@@ -85,7 +85,11 @@ def make_norm(spec: str, num_features: int, **kw) -> nn.Module:
             raise ValueError(f"make_norm: the number in {spec!r} must be positive")
     elif argument == "required":
         raise ValueError(f"make_norm: spec {name!r} needs a number, e.g. '{name}:16'; valid specs: {valid}")
-    return builder(num_features, arg, **kw)
+    try:
+        return builder(num_features, arg, **kw)
+    except TypeError as e:  # a wrong keyword for this spec: name the spec the user wrote
+        hint = " (the number in the spec already sets it)" if "multiple values" in str(e) and arg is not None else ""
+        raise TypeError(f"make_norm({spec!r}): {e}{hint}") from None
 
 
 def _time_step_bn(num_features: int, arg: int | None, /, **kw) -> nn.Module:
