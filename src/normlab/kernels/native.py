@@ -131,8 +131,14 @@ def composite_train(x: Tensor, weight, bias, eps: float, c: int) -> Tensor:
 
 def double_backward_grads(forward, inputs: tuple, needs: tuple, dy: Tensor) -> tuple:
     """Gradients of ``forward(*inputs)`` against ``dy`` for the inputs flagged in ``needs``, as a graph (the
-    backward of an autograd.Function asked for ``create_graph=True``): recomputed through differentiable ops."""
+    backward of an autograd.Function asked for ``create_graph=True``): recomputed through differentiable ops.
+
+    Each input enters the recomputation through a node of its own (a view): ``autograd.grad`` then gives the partial
+    derivative per input. Asked for the saved tensors themselves, it would also follow the paths between inputs
+    (statistics computed from ``x``, a residual that is ``x``) that the outer backward adds again, and count them
+    twice (wrong at every order once a graph is requested)."""
     with torch.enable_grad():
+        inputs = tuple(t.view_as(t) if isinstance(t, Tensor) and t.requires_grad else t for t in inputs)
         y = forward(*inputs)
         wanted = [t for t, n in zip(inputs, needs) if n and isinstance(t, Tensor) and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True) if wanted else ())
