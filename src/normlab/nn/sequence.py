@@ -1,7 +1,7 @@
 """BatchNorm for sequences: padded batches (:class:`MaskedBatchNorm`) and recurrent nets (:class:`TimeStepBatchNorm`).
 
 Both are :class:`~normlab.nn.batchnorm.BatchNormBase` layers on the shared path (``batch_moments`` with a mask, or
-over time steps folded into channels, then ``_stats.normalize``), so they synchronize over processes like the rest.
+over time steps folded into channels, then ``kernels.normalize``), so they synchronize over processes like the rest.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class MaskedBatchNorm(BatchNormBase):
             mean, var = stats.mean, stats.var
         else:
             mean, var = self.running_mean, self.running_var
-        y = _stats.normalize(x_safe, mean, var, self.weight, self.bias, self.eps, axis=c)
+        y = kernels.normalize(x_safe, mean, var, self.weight, self.bias, self.eps, axis=c)
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
 
     def statistics_input(self, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
@@ -257,7 +257,7 @@ class TimeStepBatchNorm(BatchNormBase):
             mean, var = stats.mean, stats.var
         else:
             mean, var = self.running_mean[slots].reshape(-1), self.running_var[slots].reshape(-1)
-        y = _stats.normalize(z, mean, var, weight, bias, self.eps, axis=1)
+        y = kernels.normalize(z, mean, var, weight, bias, self.eps, axis=1)
         return y.reshape(moved_shape).movedim((1, 2), (t, c))
 
     @torch.no_grad()

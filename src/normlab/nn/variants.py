@@ -2,7 +2,7 @@
 
 Every class here is a :class:`~normlab.nn.batchnorm.BatchNormBase` (torch's parameters, buffers and state_dict
 keys, the same input checks, any rank with a channel ``axis``) that overrides ``_normalize`` in a few lines on top
-of the shared path: :meth:`BatchNormBase.batch_moments` (local or synchronized statistics), ``_stats.normalize``,
+of the shared path: :meth:`BatchNormBase.batch_moments` (local or synchronized statistics), ``kernels.normalize``,
 ``_stats.merge_moments`` and :meth:`BatchNormBase.update_running`.
 
 * :class:`BatchRenorm` -- Ioffe 2017: batch statistics corrected towards the running ones by constants r, d.
@@ -419,7 +419,7 @@ class BatchLayerNorm(BatchNormBase):
         w_f, w_b = self.mix_weights(batch if batch is not None else x.shape[0])  # never trained: the batch at hand
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
-        x_b = _stats.normalize(x, mean, var, None, None, self.eps, axis=axis)
+        x_b = kernels.normalize(x, mean, var, None, None, self.eps, axis=axis)
         # alternatives.layer_norm: torch's layer_norm with exact higher-order derivatives
         x_f = layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
         return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)
