@@ -2,8 +2,10 @@
 
 A claim's *protocol* at a level is everything declared before its runs: its rules (metric, arms, kind, direction,
 margin, confidence, confirmatory flag), the configuration of that level (arms, budgets, learning rates, grids), the
-verdict seeds, and a digest of the code that turns runs into a verdict (the claim's own file and the shared claim
-machinery: ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py``), and the
+verdict seeds, and a digest of the code that makes the runs and turns them into a verdict (the claim's own file, the
+shared claim machinery ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py`` and
+the training procedure ``train.py``, ``models.py``, ``data.py``; each as its parse tree without docstrings, so
+reformatting, comments and docstrings do not change it, any change in what the code does does), and the
 declared rule of the learning-rate search (how a censored grid is extended: cap and hard bounds). Its SHA-256
 over canonical JSON is the claim's ``protocol_hash``.
 
@@ -27,6 +29,7 @@ At report time :func:`status` compares a claim's current hash with the registere
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import sys
@@ -46,7 +49,26 @@ _FORMAT = 1
 _PARTS = ("rules", "config", "search", "n_seeds", "seeds", "code")
 FRESH_SEEDS = (100, 1000)  # where registered (confirmatory) seed blocks live: above exploratory, below tuning seeds
 # The code that turns runs into a verdict, besides the claim's own file (paths relative to normlab/lab).
-_MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py")
+# The training procedure modules (what a run does: model, data, training loop) are part of it too.
+_MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py", "train.py", "models.py",
+              "data.py")
+
+
+def _normalized_source(src: bytes, name: str) -> bytes:
+    """The code of a module with formatting, comments and docstrings removed: ``ast.dump`` of its parse tree with
+    every docstring dropped, so only a change in what the code does changes the protocol hash. A file that does
+    not parse is hashed as its raw bytes (it cannot run either)."""
+    try:
+        tree = ast.parse(src, filename=name)
+    except SyntaxError:
+        return src
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=True, include_attributes=False).encode()
 
 
 def _digest(obj: Any) -> str:
@@ -55,19 +77,20 @@ def _digest(obj: Any) -> str:
 
 
 def _code_digest(claim) -> str:
-    """SHA-256 of the source of the module defining the claim's ``run`` plus the shared claim machinery."""
+    """SHA-256 of the normalized source (:func:`_normalized_source`) of the module defining the claim's ``run`` plus
+    the shared claim machinery and training procedure (:data:`_MACHINERY`)."""
     module = sys.modules.get(getattr(claim.run, "__module__", "") or "")
     path = getattr(module, "__file__", None)
     h = hashlib.sha256()
     if path and Path(path).is_file():
-        h.update(Path(path).read_bytes())
+        h.update(_normalized_source(Path(path).read_bytes(), str(path)))
     else:
         h.update(b"unavailable")
     lab = Path(__file__).resolve().parent
     for rel in _MACHINERY:
         f = lab / rel
         h.update(rel.encode())
-        h.update(f.read_bytes() if f.is_file() else b"absent")
+        h.update(_normalized_source(f.read_bytes(), rel) if f.is_file() else b"absent")
     return h.hexdigest()
 
 
