@@ -475,9 +475,13 @@ def _seeds_needed(rule: Rule, mean: float, sd: float, alpha: float, limit: int =
     def mde(n: int) -> float:
         return _mde_factor(n, alpha, rule.power, rule.kind, ROBUST_SHAPE) * sd / math.sqrt(n)
 
-    if mde(limit) > gap:
-        return None
-    lo, hi = 2, limit  # the MDE falls with n: the smallest n with mde(n) <= gap, by bisection
+    # the MDE falls with n: double up to the first n with mde(n) <= gap (large seed counts, whose reference
+    # distributions cost the most to simulate, only when needed), then bisect below it
+    lo, hi = 2, 2
+    while mde(hi) > gap:
+        if hi >= limit:
+            return None
+        lo, hi = hi + 1, min(2 * hi, limit)
     while lo < hi:
         mid = (lo + hi) // 2
         if mde(mid) <= gap:
