@@ -92,15 +92,15 @@ def test_tuning_split_rejects_a_bad_fraction():
 def test_tune_refuses_a_tuning_seed_that_is_a_verdict_seed():
     ctx = FakeCtx([0, 1, 1000], lambda c: _result(c, [0.5]))
     with pytest.raises(ValueError, match="tuning seeds \\[1000\\] are verdict seeds"):
-        tune(ctx, {"bn": _base()}, Search(grid=(0.1,), seeds=(1000, 1001)))
+        tune(ctx, {"bn": _base()}, Search(grid=(0.1, 1.0), seeds=(1000, 1001)))
     assert ctx.seen == []
 
 
 def test_search_refuses_seeds_below_the_tuning_range_and_unknown_criteria():
     with pytest.raises(ValueError, match="seeds must be distinct tuning seeds >= 1000"):
-        Search(grid=(0.1,), seeds=(3,))
+        Search(grid=(0.1, 1.0), seeds=(3,))
     with pytest.raises(ValueError, match="criterion must be one of"):
-        Search(grid=(0.1,), criterion="best")
+        Search(grid=(0.1, 1.0), criterion="best")
     with pytest.raises(ValueError, match="grid must be distinct finite rates > 0"):
         Search(grid=(0.1, -1.0))
 

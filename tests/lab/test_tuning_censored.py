@@ -103,11 +103,11 @@ def test_censored_grid_every_rate_diverging_extends_downward():
 
 def test_censored_grid_search_declaration_is_validated():
     with pytest.raises(ValueError, match="extend must be an int >= 0"):
-        Search(grid=(0.1,), extend=-1)
+        Search(grid=(0.1, 1.0), extend=-1)
     with pytest.raises(ValueError, match="bounds must be"):
         Search(grid=(0.1, 20.0), bounds=(1e-6, 10.0))
     # the default bounds widen to contain a declared grid (a default never cuts the grid)
-    assert Search(grid=(0.1, 20.0)).bounds == (1e-6, 20.0) and Search(grid=(0.1,)).bounds == (1e-6, 10.0)
+    assert Search(grid=(0.1, 20.0)).bounds == (1e-6, 20.0) and Search(grid=(0.1, 1.0)).bounds == (1e-6, 10.0)
 
 
 def test_censored_grid_extension_rule_enters_the_protocol_hash():

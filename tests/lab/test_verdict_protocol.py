@@ -61,7 +61,7 @@ def test_status_is_confirmatory_only_for_the_registered_protocol(tmp_path):
     st2 = P.status(changed, "quick", fresh, reg)
     assert st2["status"] == P.EXPLORATORY and "the rules or margins changed" in st2["status_reason"]
     st3 = P.status(c, "quick", fresh[:3], reg)
-    assert "seed count (registered 5, run 3)" in st3["status_reason"] and "rules" not in st3["status_reason"]
+    assert "seed count (registered 5, run 3;" in st3["status_reason"] and "rules" not in st3["status_reason"]
     assert P.status(c, "tiny", fresh, reg)["status"] == P.EXPLORATORY  # registered per level
     # Registering another level keeps the first.
     P.register([c], "full", 10, reg_path)
@@ -80,12 +80,14 @@ def test_kind_preregistration_needs_fresh_seeds(tmp_path):
     st = P.status(c, "quick", list(range(100, 105)), reg)
     assert st["status"] == P.CONFIRMATORY and "100..104" in st["status_reason"]
     again = P.status(c, "quick", 5, reg)["status_reason"]
-    assert "the seeds (registered 100..104, run 0..4" in again and "--first-seed 100" in again
-    # A second registration gets the next block, never seeds registered before.
+    assert "the seeds (registered 100..104, run 0..4" in again and "--first-seed 100 --seeds 5" in again
+    # A second registration gets the next hundred, never seeds registered (or run from the block's start) before.
     reg = P.register([c], "quick", 5, reg_path)
-    assert reg["protocols"]["synthetic"]["quick"]["seeds"] == [105, 106, 107, 108, 109]
+    assert reg["protocols"]["synthetic"]["quick"]["seeds"] == [200, 201, 202, 203, 204]
     with pytest.raises(ValueError, match="registered before"):
-        P.register([c], "quick", 5, reg_path, first_seed=107)
+        P.register([c], "quick", 5, reg_path, first_seed=202)
+    with pytest.raises(ValueError, match="registered before"):  # every earlier block, not only the last one
+        P.register([c], "quick", 5, reg_path, first_seed=103)
     with pytest.raises(ValueError, match=r"must lie in \[100, 1000\)"):
         P.register([c], "quick", 5, reg_path, first_seed=3)
     with pytest.raises(ValueError, match=r"must lie in \[100, 1000\)"):

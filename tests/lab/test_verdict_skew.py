@@ -37,7 +37,10 @@ def test_skew_robust_decision_interval_and_mde_are_consistent():
         v = decide(rule, list(d), [0.0] * 5)
         se = np.std(d, ddof=1) / math.sqrt(5)
         assert v.ci_low == pytest.approx(d.mean() - _crit(5, 0.025) * se)
-        assert v.mde == pytest.approx((_crit(5, 0.025) + stats.t.ppf(0.8, 4)) * np.std(d, ddof=1) / math.sqrt(5))
+        assert v.mde == pytest.approx(verdict._mde_factor(5, 0.025, 0.8, "superiority", "exponential")
+                                      * np.std(d, ddof=1) / math.sqrt(5))
+        # the factor is the noncentrality giving 80% power past the robust critical value
+        assert stats.nct.sf(_crit(5, 0.025), 4, v.mde / se) == pytest.approx(0.8, abs=1e-6)
         # supported <=> the interval clears the margin <=> p < 2.5% (up to the simulation's resolution)
         if abs(v.ci_low - 0.01) > 1e-3:
             assert (v.verdict == SUPPORTED) == (v.ci_low > 0.01) == (v.p_value < 0.025)
@@ -57,6 +60,6 @@ def test_skew_robust_seeds_needed_is_the_smallest_count_whose_mde_fits():
     sd, gap = np.std([0.3, 0.1, 0.5, 0.2, 0.4], ddof=1), 0.3
 
     def mde(k):
-        return (_crit(k, 0.025) + stats.t.ppf(0.8, k - 1)) * sd / math.sqrt(k)
+        return verdict._mde_factor(k, 0.025, 0.8, "superiority", "exponential") * sd / math.sqrt(k)
 
     assert n is not None and mde(n) <= gap < mde(n - 1)

@@ -99,15 +99,14 @@ def test_mde_is_the_formula_and_has_about_the_stated_power(n):
     d = rng.normal(0.0, 2.0, n)
     v = decide(Rule("m", "t", "c", "greater"), list(d), [0.0] * n)
     sd = np.std(d, ddof=1)
-    expected = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
-    assert v.mde == pytest.approx(expected, rel=1e-12)
-    # Exact power of the one-sided t-test at a true effect of one MDE (noncentral t): close to 80%.
+    # Exact power of the one-sided t-test at a true effect of one MDE (noncentral t): 80% by construction.
     lam = v.mde / (sd / math.sqrt(n))
     power = stats.nct.sf(stats.t.ppf(0.975, n - 1), n - 1, lam)
-    assert 0.75 < power < 0.81
+    assert power == pytest.approx(0.8, abs=1e-6)
     assert "MDE" in v.what_would_change_it() and str(n) in v.what_would_change_it()
     eq = decide(Rule("m", "t", "c", "within", margin=1.0, kind="equivalence"), list(d), [0.0] * n)
-    assert eq.mde == pytest.approx((stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.9, n - 1)) * sd / math.sqrt(n))
+    # equivalence: the near one-sided test at margin - MDE has the stated power
+    assert stats.nct.sf(stats.t.ppf(0.975, n - 1), n - 1, eq.mde / (sd / math.sqrt(n))) == pytest.approx(0.8, abs=1e-6)
 
 
 def test_zero_spread_is_inconclusive_not_a_zero_width_interval():
@@ -190,7 +189,7 @@ def test_seeds_needed_is_the_smallest_n_whose_mde_reaches_the_observed_effect():
     sd = d.std(ddof=1)
 
     def mde(n):
-        return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+        return verdict._mde_factor(n, 0.025, 0.8, "superiority", None) * sd / math.sqrt(n)
 
     assert mde(v.seeds_needed) <= 0.175 < mde(v.seeds_needed - 1)
     assert f"about {v.seeds_needed} seeds" in v.what_would_change_it()

@@ -2,16 +2,20 @@
 
 A claim's *protocol* at a level is everything declared before its runs: its rules (metric, arms, kind, direction,
 margin, confidence, confirmatory flag), the configuration of that level (arms, budgets, learning rates, grids), the
-verdict seeds, and a digest of the code that turns runs into a verdict (the claim's own file and the shared claim
-machinery: ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py``), and the
+verdict seeds, and a digest of the code that makes the runs and turns them into a verdict (the claim's own file, the
+shared claim machinery ``claims/base.py``, ``claims/_common.py``, ``verdict.py``, ``tuning.py``, ``probes.py`` and
+the training procedure ``train.py``, ``models.py``, ``data.py``; each as its parse tree without docstrings, so
+reformatting, comments and docstrings do not change it, any change in what the code does does), and the
 declared rule of the learning-rate search (how a censored grid is extended: cap and hard bounds). Its SHA-256
 over canonical JSON is the claim's ``protocol_hash``.
 
 *Fresh seeds.* Exploratory runs use verdict seeds ``0 .. n-1``. A registration declares the seed block of the
 confirmatory run, ``first_seed .. first_seed + n - 1`` with ``first_seed`` in ``[100, 1000)`` (tuning seeds start
-at 1000), by default just above every block registered before for that claim and level; the run then uses them
-(``normlab claims --first-seed N``). A claim is confirmatory only when its run used exactly the registered seeds, so
-results that existed before the registration (other seeds) can never be relabelled confirmatory by it.
+at 1000), by default on the next hundred clear of the block registered before for that claim and level (blocks
+100.., 200.., 300..: a later run of more seeds from the registered first seed, e.g. ``--seeds 10`` over a 5-seed
+block, stays inside its hundred, so the next registration never reuses seeds already run); the run then uses them
+(``normlab claims --first-seed N --seeds n``). A claim is confirmatory only when its run used exactly the registered
+seeds, so results that existed before the registration (other seeds) can never be relabelled confirmatory by it.
 
 The registry ``claims/PROTOCOLS.json`` (committed in the repository) holds the hashes that were *preregistered*:
 written only by an explicit :func:`register` (``python -m normlab.lab.protocol --register``), never during a run.
@@ -27,6 +31,7 @@ At report time :func:`status` compares a claim's current hash with the registere
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import sys
@@ -45,8 +50,28 @@ EXPLORATORY = "exploratory"
 _FORMAT = 1
 _PARTS = ("rules", "config", "search", "n_seeds", "seeds", "code")
 FRESH_SEEDS = (100, 1000)  # where registered (confirmatory) seed blocks live: above exploratory, below tuning seeds
+BLOCK_STRIDE = 100  # default blocks start at multiples of this, clear of every seed of the block registered before
 # The code that turns runs into a verdict, besides the claim's own file (paths relative to normlab/lab).
-_MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py")
+# The training procedure modules (what a run does: model, data, training loop) are part of it too.
+_MACHINERY = ("claims/base.py", "claims/_common.py", "verdict.py", "tuning.py", "probes.py", "train.py", "models.py",
+              "data.py")
+
+
+def _normalized_source(src: bytes, name: str) -> bytes:
+    """The code of a module with formatting, comments and docstrings removed: ``ast.dump`` of its parse tree with
+    every docstring dropped, so only a change in what the code does changes the protocol hash. A file that does
+    not parse is hashed as its raw bytes (it cannot run either)."""
+    try:
+        tree = ast.parse(src, filename=name)
+    except SyntaxError:
+        return src
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=True, include_attributes=False).encode()
 
 
 def _digest(obj: Any) -> str:
@@ -55,19 +80,20 @@ def _digest(obj: Any) -> str:
 
 
 def _code_digest(claim) -> str:
-    """SHA-256 of the source of the module defining the claim's ``run`` plus the shared claim machinery."""
+    """SHA-256 of the normalized source (:func:`_normalized_source`) of the module defining the claim's ``run`` plus
+    the shared claim machinery and training procedure (:data:`_MACHINERY`)."""
     module = sys.modules.get(getattr(claim.run, "__module__", "") or "")
     path = getattr(module, "__file__", None)
     h = hashlib.sha256()
     if path and Path(path).is_file():
-        h.update(Path(path).read_bytes())
+        h.update(_normalized_source(Path(path).read_bytes(), str(path)))
     else:
         h.update(b"unavailable")
     lab = Path(__file__).resolve().parent
     for rel in _MACHINERY:
         f = lab / rel
         h.update(rel.encode())
-        h.update(f.read_bytes() if f.is_file() else b"absent")
+        h.update(_normalized_source(f.read_bytes(), rel) if f.is_file() else b"absent")
     return h.hexdigest()
 
 
@@ -122,13 +148,16 @@ def load_registry(path: str | Path | None = None) -> dict[str, Any]:
 
 def _fresh_block(entry: Mapping[str, Any] | None, n_seeds: int, first_seed: int | None) -> list[int]:
     lo, hi = FRESH_SEEDS
-    if first_seed is None:  # just above the block registered before (each registration gets seeds never used)
-        first_seed = max([lo, *[s + 1 for s in (entry or {}).get("seeds", [])]])
+    if first_seed is None:
+        # the next hundred above the block registered before, not its next seed: runs with more seeds from the
+        # registered first seed (exploratory) use the seeds just above it, which a new block must not reuse
+        prev = (entry or {}).get("seeds", [])
+        first_seed = lo if not prev else (max(prev) // BLOCK_STRIDE + 1) * BLOCK_STRIDE
     block = list(range(int(first_seed), int(first_seed) + int(n_seeds)))
     if block[0] < lo or block[-1] >= hi:
         raise ValueError(f"--first-seed: a registered seed block must lie in [{lo}, {hi}) (below: exploratory seeds, "
                          f"from {hi}: tuning seeds), got {block[0]}..{block[-1]}")
-    used = set((entry or {}).get("seeds", []))
+    used = set((entry or {}).get("seeds", [])) | set((entry or {}).get("earlier_seeds", []))
     if used & set(block):
         raise ValueError(f"--first-seed: seeds {sorted(used & set(block))} were registered before; a new registration "
                          f"needs fresh seeds")
@@ -140,10 +169,11 @@ def register(claims: Sequence, level: str, n_seeds: int, path: str | Path | None
     """Record the current protocol hash of each claim at ``level`` with ``n_seeds`` fresh seeds in the registry.
 
     This is the preregistration: run it (and commit the file) *before* the confirmatory run, never after looking
-    at that run's results. The seeds are a block in :data:`FRESH_SEEDS` starting at ``first_seed`` (default: just
-    above the claim's previously registered block); the confirmatory run must use them (``normlab claims
-    --first-seed``). Other claims and levels in the file are kept. Returns the updated registry. Raises ValueError
-    for a block outside :data:`FRESH_SEEDS` or overlapping a block registered before.
+    at that run's results. The seeds are a block in :data:`FRESH_SEEDS` starting at ``first_seed`` (default: the
+    next multiple of :data:`BLOCK_STRIDE` above the claim's previously registered block); the confirmatory run
+    must use them (``normlab claims --first-seed X --seeds N``). Other claims and levels in the file are kept.
+    Returns the updated registry. Raises ValueError for a block outside :data:`FRESH_SEEDS` or overlapping any
+    block registered before.
     """
     reg = load_registry(path)
     reg["format"] = _FORMAT
@@ -151,8 +181,12 @@ def register(claims: Sequence, level: str, n_seeds: int, path: str | Path | None
     blocks = {c.id: _fresh_block(reg["protocols"].get(c.id, {}).get(level), n_seeds, first_seed) for c in claims}
     for c in claims:
         proto = protocol(c, level, blocks[c.id])
+        old = reg["protocols"].get(c.id, {}).get(level) or {}
         entry = {"hash": protocol_hash(proto), "parts": _part_digests(proto), "n_seeds": int(n_seeds),
                  "seeds": blocks[c.id], "registered": stamp}
+        earlier = sorted({*old.get("earlier_seeds", []), *old.get("seeds", [])})
+        if earlier:  # every block registered before, so none is ever registered again
+            entry["earlier_seeds"] = earlier
         if note:
             entry["note"] = note
         reg["protocols"].setdefault(c.id, {})[level] = entry
@@ -183,11 +217,13 @@ def status(claim, level: str, seeds: int | Sequence[int],
         parts = entry.get("parts", {})
         now = _part_digests(proto)
         changed = [k for k in _PARTS if parts.get(k) != now[k]]
+        reg_seeds = entry.get("seeds") or []
+        rerun = (f"rerun with --first-seed {reg_seeds[0]} --seeds {len(reg_seeds)}" if reg_seeds else
+                 "register again")
         what = {"rules": "the rules or margins", "config": "the configuration (arms, budgets)",
                 "search": "the learning-rate search rule (grid extension cap or bounds)",
-                "n_seeds": f"the seed count (registered {entry.get('n_seeds')}, run {n_seeds})",
-                "seeds": f"the seeds (registered {_span(entry.get('seeds', []))}, run {_span(proto['seeds'])}; "
-                         f"rerun with --first-seed {(entry.get('seeds') or ['?'])[0]})",
+                "n_seeds": f"the seed count (registered {entry.get('n_seeds')}, run {n_seeds}; {rerun})",
+                "seeds": f"the seeds (registered {_span(reg_seeds)}, run {_span(proto['seeds'])}; {rerun})",
                 "code": "the claim's code"}
         listed = ", ".join(what[k] for k in changed) or "the protocol"
         st, why = EXPLORATORY, (f"{listed} changed since the protocol was preregistered on "
@@ -250,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seed count of the confirmatory run (default: the "
                     "level's default)")
     ap.add_argument("--first-seed", type=int, default=None, help="first seed of the confirmatory run's fresh block "
-                    "(default: just above the block registered before, from 100)")
+                    "(default: the next hundred above the block registered before: 100, 200, ...)")
     ap.add_argument("--only", nargs="*", default=None, help="claim ids (default: all)")
     ap.add_argument("--registry", default=None, help=f"registry file (default: {REGISTRY})")
     args = ap.parse_args(argv)

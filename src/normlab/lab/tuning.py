@@ -97,7 +97,7 @@ class Search:
     (``(low, high)``: no added rate lies outside them; the declared grid itself must lie inside; None:
     :data:`LR_BOUNDS` widened to contain the grid).
 
-    Raises ValueError naming the field for an empty or non-positive grid, an unknown criterion, a seed below
+    Raises ValueError naming the field for an empty, one-rate or non-positive grid, an unknown criterion, a seed below
     :data:`TUNING_SEED_BASE`, a fraction outside (0, 1), a negative ``extend`` or bounds not containing the grid.
     """
 
@@ -115,6 +115,11 @@ class Search:
         bad_rate = any(not (math.isfinite(g) and g > 0) for g in self.grid)
         if not self.grid or bad_rate or len(set(self.grid)) != len(self.grid):
             raise ValueError(f"Search: grid must be distinct finite rates > 0, got {self.grid!r}")
+        if len(self.grid) < 2:
+            # one rate has no grid step: the choice is at both edges and cannot be extended, so "not censored"
+            # would be a claim the search cannot make
+            raise ValueError(f"Search: grid must hold at least 2 rates (a one-rate grid cannot tell whether its "
+                             f"rate is censored on either side), got {self.grid!r}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"Search: criterion must be one of {sorted(CRITERIA)}, got {self.criterion!r}")
         if not self.seeds or min(self.seeds) < TUNING_SEED_BASE or len(set(self.seeds)) != len(self.seeds):

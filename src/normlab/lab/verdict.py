@@ -27,14 +27,18 @@ symmetric heavy-tailed ones, but not valid for skewed ones: differences shaped l
 (skewness 2) against the rule give 11% false "supported" at 5 seeds. So ``c_{1-a, n}`` and every p-value are the
 more conservative of Student's and those of the t statistic of ``n`` exponential-shaped differences skewed against
 the rule (:data:`ROBUST_SHAPE`, simulated once per n with a fixed seed): at most ~2.5% false "supported" for
-every shape up to that skewness, at the price of a wider interval at few seeds (c = 6.46 instead of 2.78 at 5
+every shape up to that skewness, at the price of a wider interval at few seeds (c = 6.44 instead of 2.78 at 5
 seeds, 4.13 instead of 2.26 at 10). ``ROBUST_SHAPE = None`` restores Student's t. :func:`calibrate` measures it
 by simulation through the same code, shapes beyond the class included. (The percentile bootstrap used before
 is [min, max] at 3 seeds: it says "supported" 12% of the time with no effect at all.)
 
-``MDE`` (minimum detectable effect) = (c_{1-a, n} + t_{power, n-1}) * SD / sqrt(n): how far beyond the margin a
-true effect must lie to be supported with probability ``power`` (80%) at this seed count and observed spread; for
-equivalence the true difference must lie inside +-(margin - MDE), with t_{(1+power)/2} in place of t_{power}.
+``MDE`` (minimum detectable effect) = nc * SD / sqrt(n), with nc the noncentrality at which the test with the
+critical value actually used rejects with probability ``power`` (80%) for normal differences:
+``nct.sf(c_{1-a, n}, n - 1, nc) = power`` (noncentral t): how far beyond the margin a true effect must lie to be
+supported with that power at this seed count and observed spread (a sum c + t_{power} of Student's quantiles,
+used before, gave 69-76% power under the skew-robust c). For equivalence the true difference must lie inside
++-(margin - MDE), the same root for the near one-sided test of TOST. The reference distribution is simulated at
+every seed count (fewer simulations above 30 seeds, never below 50,000), so c falls steadily with n.
 ``d_z`` = effect / SD is the standardized paired effect (Cohen's d for paired samples).
 
 A claim's *confirmatory* rules (its primary rule and the secondary rules declared ``confirmatory=True``) form a
@@ -73,7 +77,7 @@ STATISTICS = {
     "95% CI": "paired t-interval: effect -/+ c x SD / sqrt(n), with SD the standard deviation of the d_s (n-1 "
               "denominator), n the number of seeds and c the skew-robust critical value: the larger of Student's "
               "t(0.975, n-1) and the 97.5% point of the t statistic of n exponential-shaped (skewed) differences "
-              "(6.46 at 5 seeds, 4.13 at 10), so the interval holds for skewed seed-to-seed differences too",
+              "(6.44 at 5 seeds, 4.14 at 10), so the interval holds for skewed seed-to-seed differences too",
     "p": "one-sided p-value of the rule's t statistic, the larger of Student's and the skewed (exponential-shaped) "
          "reference's (for equivalence the larger of the two TOST p-values); supported needs p below 2.5% after "
          "Holm's adjustment",
@@ -81,10 +85,11 @@ STATISTICS = {
             "smallest p is multiplied by m, the next by m-1, ... (kept monotone), so that the chance of any false "
             "'supported' among them stays at 2.5%",
     "margin": "the smallest effect worth reporting, declared with the rule before running (metric units)",
-    "MDE": "minimum detectable effect: (c + t(0.8, n-1)) x SD / sqrt(n) with c the critical value of the 95% CI, "
-           "how far beyond the margin a "
+    "MDE": "minimum detectable effect: nc x SD / sqrt(n), with nc the noncentrality at which a noncentral t with "
+           "n-1 degrees of freedom exceeds c (the critical value of the 95% CI) with probability 80%: how far beyond "
+           "the margin a "
            "true effect must lie to be supported with 80% power at this seed count and spread (in a claim's Holm "
-           "family of m confirmatory rules, at the strictest level 2.5%/m; for equivalence, with t(0.9, n-1), the "
+           "family of m confirmatory rules, at the strictest level 2.5%/m; for equivalence the "
            "true difference must lie inside plus/minus (margin - MDE))",
     "d_z": "standardized paired effect (Cohen's d_z): effect / SD of the paired differences; 0.2 small, 0.5 medium, "
            "0.8 large by Cohen's convention",
@@ -326,23 +331,33 @@ def _t():
 #: statistic of ``n`` draws of this shape in the adverse direction (simulated once per ``n``, fixed seed): exact
 #: for it and conservative for the normal, symmetric heavy-tailed and less skewed shapes (see :func:`calibrate`).
 ROBUST_SHAPE: str | None = "exponential"
-_REF_SIMS = 200_000  # simulated t statistics per seed count (the reference distribution's resolution: 5e-6)
-# Above this seed count (only the "seeds needed" hint goes there): a one-term Edgeworth expansion of the t
-# statistic's tail (Hall 1987) instead of a simulation
-_REF_MAX_N = 30
+_REF_SIMS = 200_000  # simulated t statistics per seed count up to _REF_FULL_N (resolution 5e-6)
+# Above _REF_FULL_N seeds (the "seeds needed" hint goes up to 1000) fewer simulations keep the cost of one seed
+# count near 20M draws (~0.5 s) while leaving >= 50_000 of them: >= 250 in the tail at the strictest Holm level
+# used (2.5% / 10), enough for the quantile. Simulated at every n: an asymptotic (Edgeworth) formula used before
+# above 30 seeds was not conservative (c fell from 2.85 at 30 seeds to 2.40 at 31; 4.3% false "supported").
+_REF_FULL_N = 30
+_REF_DRAWS = 20_000_000
+_REF_MIN_SIMS = 50_000
 _REF_SEED = 20221201
-_SKEW = {"exponential": 2.0}
+
+
+def _ref_sims(n: int) -> int:
+    return _REF_SIMS if n <= _REF_FULL_N else max(_REF_MIN_SIMS, min(_REF_SIMS, _REF_DRAWS // n))
 
 
 @lru_cache(maxsize=64)
 def _reference_t(n: int, shape: str) -> np.ndarray:
     """Sorted t statistics (H0 true) of ``n`` draws of ``shape`` centred and mirrored to negative skew (the one that
     inflates the upper tail, i.e. false "supported" of a "greater" rule)."""
+    if shape != "exponential":
+        raise ValueError(f"verdict: ROBUST_SHAPE must be 'exponential' or None, got {shape!r}")
     rng = np.random.default_rng(_REF_SEED + n)
-    out = np.empty(_REF_SIMS)
+    sims = _ref_sims(n)
+    out = np.empty(sims)
     chunk = max(1, 4_000_000 // n)
-    for i in range(0, _REF_SIMS, chunk):
-        k = min(chunk, _REF_SIMS - i)
+    for i in range(0, sims, chunk):
+        k = min(chunk, sims - i)
         d = 1.0 - rng.exponential(size=(k, n))  # mean 0, skewness -2
         out[i:i + k] = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
     out.sort()
@@ -351,20 +366,14 @@ def _reference_t(n: int, shape: str) -> np.ndarray:
 
 def _sf(x: np.ndarray, n: int) -> np.ndarray:
     """P(T >= x) for the t statistic of ``n`` paired differences: the larger of Student's and the least favourable
-    shape's (:data:`ROBUST_SHAPE`)."""
+    shape's (:data:`ROBUST_SHAPE`, simulated at every ``n``)."""
     x = np.asarray(x, dtype=np.float64)
     p = _t().sf(x, n - 1)
     if ROBUST_SHAPE is None:
         return p
-    if n <= _REF_MAX_N:
-        ref = _reference_t(n, ROBUST_SHAPE)
-        count = ref.size - np.searchsorted(ref, np.nan_to_num(x, nan=np.inf), side="left")
-        q = (count + 1.0) / (ref.size + 1.0)  # never 0: the simulation's resolution
-    else:
-        from scipy import stats
-
-        g = _SKEW[ROBUST_SHAPE]
-        q = stats.norm.sf(x) + g / 6.0 * (2 * x * x + 1) * stats.norm.pdf(x) / math.sqrt(n)
+    ref = _reference_t(n, ROBUST_SHAPE)
+    count = ref.size - np.searchsorted(ref, np.nan_to_num(x, nan=np.inf), side="left")
+    q = (count + 1.0) / (ref.size + 1.0)  # never 0: the simulation's resolution
     return np.where(np.isnan(x), np.nan, np.minimum(1.0, np.maximum(p, q)))
 
 
@@ -378,11 +387,7 @@ def _crit_for(n: int, a: float, shape: str | None) -> float:
     c = float(_t().ppf(1.0 - a, n - 1))
     if shape is None:
         return c
-    if n <= _REF_MAX_N:
-        return max(c, float(np.quantile(_reference_t(n, shape), 1.0 - a)))
-    from scipy.optimize import brentq
-
-    return max(c, float(brentq(lambda x: float(_sf(np.array([x]), n)[0]) - a, c, c + 50.0)))
+    return max(c, float(np.quantile(_reference_t(n, shape), 1.0 - a)))
 
 
 def _analyse(rule: Rule, d: np.ndarray) -> dict[str, np.ndarray]:
@@ -430,12 +435,30 @@ def _holm_adjust(p: np.ndarray) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _mde_factor(n: int, alpha: float, power: float, kind: str, shape: str | None) -> float:
+    """MDE / (SD / sqrt(n)): the noncentrality ``nc`` at which the test with the critical value actually used
+    (:func:`_crit_for`) rejects with probability ``power`` for normal differences, i.e. the root of
+    ``nct.sf(c, n - 1, nc) = power``. For equivalence (TOST) the same root for the near one-sided test at a true
+    difference of margin - MDE (the far test, margin + (margin - MDE) away, is neglected: its miss is below
+    1 - power only when margin >= MDE, which is also when the statement is made)."""
+    from scipy import optimize, stats
+
+    c = _crit_for(n, alpha, shape)
+
+    def miss(nc: float) -> float:
+        return float(stats.nct.sf(c, n - 1, nc)) - power
+
+    hi = c + 10.0
+    while miss(hi) < 0:
+        hi *= 2.0
+    return float(optimize.brentq(miss, 0.0, hi, xtol=1e-10))
+
+
 def _mde(rule: Rule, sd: float, n: int, alpha: float) -> float | None:
     if n < 2 or not sd > 0:
         return None
-    t = _t()
-    q_power = (1.0 + rule.power) / 2.0 if rule.kind == "equivalence" else rule.power
-    return float((_crit(n, alpha) + t.ppf(q_power, n - 1)) * sd / math.sqrt(n))
+    return _mde_factor(n, alpha, rule.power, rule.kind, ROBUST_SHAPE) * sd / math.sqrt(n)
 
 
 def _seeds_needed(rule: Rule, mean: float, sd: float, alpha: float, limit: int = 1000) -> int | None:
@@ -448,15 +471,17 @@ def _seeds_needed(rule: Rule, mean: float, sd: float, alpha: float, limit: int =
         gap = sign * mean - (rule.margin if rule.kind == "superiority" else -rule.margin)
     if not (gap > 0 and sd > 0):
         return None
-    t = _t()
-    q_power = (1.0 + rule.power) / 2.0 if rule.kind == "equivalence" else rule.power
 
     def mde(n: int) -> float:
-        return float((_crit(n, alpha) + t.ppf(q_power, n - 1)) * sd / math.sqrt(n))
+        return _mde_factor(n, alpha, rule.power, rule.kind, ROBUST_SHAPE) * sd / math.sqrt(n)
 
-    if mde(limit) > gap:
-        return None
-    lo, hi = 2, limit  # the MDE falls with n: the smallest n with mde(n) <= gap, by bisection
+    # the MDE falls with n: double up to the first n with mde(n) <= gap (large seed counts, whose reference
+    # distributions cost the most to simulate, only when needed), then bisect below it
+    lo, hi = 2, 2
+    while mde(hi) > gap:
+        if hi >= limit:
+            return None
+        lo, hi = hi + 1, min(2 * hi, limit)
     while lo < hi:
         mid = (lo + hi) // 2
         if mde(mid) <= gap:

@@ -4,6 +4,14 @@ A 4-hidden-layer ReLU MLP (He init) with and without BN, plain SGD, a fixed step
 largest learning rate whose run reaches the target validation accuracy without diverging, found by bisection in
 log10 above the largest stable rate of a declared grid (:func:`normlab.lab.tuning.bisect_stable_lr`), so seeds
 can differ by less than a grid step (log10 units).
+
+*Censored seeds.* A seed stable at no rate tried (after the grid's extension below) or still stable at the largest
+rate tried is censored: only a bound of its largest stable rate is known. It enters the verdict as the bound of the
+evaluated range (the smallest or the largest rate tried) and is flagged per seed in the arm's tuning record
+(``censored_seeds``), the seed table's trail and the notes. Censoring in the direction that favours the rule (BN
+stable at no rate tried: its true value lies lower; no BN still stable at the largest rate: its true value lies
+higher) makes the bound overstate the predicted gain, so then :data:`CENSORED_FAVOURS_RULE` marks the run and
+the claim's interpretation says the verdict cannot stand as "supported".
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 from typing import Any
 
 from ..train import TrainConfig
-from ..tuning import bisect_stable_lr
+from ..tuning import bisect_stable_lr, stable_lr_censored
 from ..verdict import Rule
 from . import _common as C
 from .base import Claim, Context, Figure, Outcome, Quote, Table
@@ -33,6 +41,23 @@ def _ok(result) -> bool:
     return result.diverged_step is None and float(result.evals[-1]["val_acc"]) >= TARGET
 
 
+#: Per arm, the censoring side whose bound overstates "bn above none" (the rule's direction).
+CENSORED_FAVOURS_RULE = {"bn": "below", "none": "above"}
+
+
+def censored_values(rates: list[float], trails: list[list[tuple[float, bool]]]) -> tuple[list[float], list]:
+    """Per config: the value entered in the verdict (log10 of the largest stable rate; for a censored config the
+    bound of the evaluated range: the smallest rate tried when none was stable, the largest when it was still
+    stable) and the censoring side ("below"/"above"/None, :func:`~normlab.lab.tuning.stable_lr_censored`)."""
+    sides = stable_lr_censored(trails)
+    values = []
+    for rate, trail, side in zip(rates, trails, sides):
+        tried = [r for r, _ in trail]
+        bound = min(tried) if side == "below" else max(tried) if side == "above" else rate
+        values.append(math.log10(bound))
+    return values, sides
+
+
 def run(ctx: Context) -> Outcome:
     cfg = ctx.config
     units: list[dict[str, Any]] = [{"arm": arm, "seed": s} for s in ctx.seeds for arm in ARMS]
@@ -40,8 +65,11 @@ def run(ctx: Context) -> Outcome:
     rates, trails = bisect_stable_lr(ctx, [_config(u["arm"], u["seed"], grid[0], cfg) for u in units], _ok, grid,
                                      cfg["rounds"])
     out = Outcome()
-    for u, rate in zip(units, rates):
-        out.add(PRIMARY, u["arm"], u["seed"], math.log10(rate))
+    values, sides = censored_values(rates, trails)
+    for u, value in zip(units, values):
+        out.add(PRIMARY, u["arm"], u["seed"], value)
+    censored = {a: {str(u["seed"]): side for u, side in zip(units, sides) if u["arm"] == a and side} for a in ARMS}
+    favouring = {a: [s for s, side in censored[a].items() if side == CENSORED_FAVOURS_RULE[a]] for a in ARMS}
     width = max(math.log10(b / a) for a, b in zip(grid, grid[1:])) / 2 ** cfg["rounds"]
     # results.json's arms[]: the rate this claim reports per arm is its largest stable one (geometric mean over
     # seeds), and the search that found it is the per-seed bisection.
@@ -51,7 +79,11 @@ def run(ctx: Context) -> Outcome:
                                "rounds": cfg["rounds"], "resolution_decades": width,
                                "criterion": f"no divergence and final validation accuracy >= {TARGET}",
                                "per_seed": {str(u["seed"]): [[r, f] for r, f in t]
-                                            for u, t in zip(units, trails) if u["arm"] == a}},
+                                            for u, t in zip(units, trails) if u["arm"] == a},
+                               "censored": bool(censored[a]),
+                               "censored_side": ("/".join(sorted(set(censored[a].values()))) or None),
+                               "censored_seeds": censored[a],
+                               "censored_favours_rule": favouring[a]},
                     "init": "he"} for a in ARMS}
     fig, (ax,) = C.new_figure(1, width=6.0)
     for i, arm in enumerate(ARMS):
@@ -67,12 +99,20 @@ def run(ctx: Context) -> Outcome:
                               "without diverging; bottom: did not). Dashed: the geometric mean over seeds of the "
                               "largest stable rate.", fig))
     out.tables.append(C.seed_table(out, (PRIMARY,)))
-    out.tables.append(Table("Bisection trails (rate: stable?)", ("arm", "seed", "trail"),
-                            tuple((u["arm"], str(u["seed"]), ", ".join(f"{r:.3g}:{'y' if f else 'n'}" for r, f in t))
-                                  for u, t in zip(units, trails))))
+    out.tables.append(Table("Bisection trails (rate: stable?)", ("arm", "seed", "trail", "censored"),
+                            tuple((u["arm"], str(u["seed"]), ", ".join(f"{r:.3g}:{'y' if f else 'n'}" for r, f in t),
+                                   side or "")
+                                  for u, t, side in zip(units, trails, sides))))
     out.notes.append(f"bisection resolution: {width:.3f} decades (grid {grid}, then {cfg['rounds']} bisection rounds); "
-                     f"a value {math.log10(grid[0]) - 0.5:.2f} means no grid rate worked, "
-                     f"{math.log10(grid[-1]):.2f} that the largest did (censored)")
+                     "a censored seed (stable at no rate tried, or still stable at the largest one, after the grid's "
+                     "extension) enters as the bound of the evaluated range and is flagged in the trail table")
+    for a in ARMS:
+        if censored[a]:
+            out.notes.append(f"arm {a}: censored seeds {censored[a]} (value = bound of the rates tried)")
+    if any(favouring.values()):
+        out.notes.append("CENSORED IN THE RULE'S FAVOUR: " + "; ".join(
+            f"{a} seeds {favouring[a]} censored {CENSORED_FAVOURS_RULE[a]}" for a in ARMS if favouring[a])
+            + ": their bounds overstate BN's gain, so a 'supported' verdict cannot stand (read as inconclusive)")
     b, n = (10 ** C.mean(out.metrics[PRIMARY][a]) for a in ARMS)
     out.measured = f"largest rate reaching {TARGET:.0%}: BN ~{b:.3g} vs none ~{n:.3g} (geometric mean over seeds)"
     return out
@@ -105,7 +145,11 @@ CLAIM = Claim(
     # bisection resolves 0.125 decade.
     rule=Rule(metric=PRIMARY, treatment="bn", control="none", direction="greater", margin=0.25, unit=" decades"),
     interpretation=("The bisection assumes a run is stable at every rate between the largest stable grid rate and "
-                    "its bisected boundary; the trail of every seed is in the tables."),
+                    "its bisected boundary; the trail of every seed is in the tables. A seed censored (stable at no "
+                    "rate tried after the grid's extension, or still stable at the largest) enters as the bound of "
+                    "the rates tried and is flagged; censoring in the rule's favour (BN stable at none, or no BN "
+                    "still stable at the largest) means the bound overstates BN's gain: the notes then say so and a "
+                    "'supported' verdict is to be read as inconclusive."),
     configs={"tiny": _cfg([0.1, 3.0], 1, 10), "quick": _cfg([0.01, 0.1, 1.0, 10.0], 3, 300),
              "full": _cfg([0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], 4, 800)},
     run=run,
