@@ -28,14 +28,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..executors import ExecutorUnavailable, Tally, execute
 from ..store import DB_NAME, Store, code_version
 from ..train import RunResult, TrainConfig
-from ..verdict import NOT_RUN, Rule, Verdict, decide, holm, not_run
+from ..verdict import INCONCLUSIVE, NOT_RUN, SUPPORTED, Rule, Verdict, decide, holm, not_run
 
 __all__ = ["Quote", "Claim", "Context", "Outcome", "Figure", "Table", "ClaimResult", "LEVELS", "run_claim",
            "MissingDependency", "code_version"]
@@ -86,6 +86,9 @@ class Outcome:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     not_run: dict[str, str] = field(default_factory=dict)
+    # metric -> reason: its measurements are bounds that favour the rule (e.g. censored values), so a rule on it may
+    # be refuted but never "supported" (such a verdict is reported as inconclusive with the reason)
+    inconclusive: dict[str, str] = field(default_factory=dict)
     arms: dict[str, dict] = field(default_factory=dict)  # arm -> {"lr", "tuning", "init"}: what each arm ran with
 
     def add(self, metric: str, arm: str, seed: int, value: float) -> None:
@@ -214,6 +217,15 @@ def _verdict_for(rule: Rule, outcome: Outcome) -> Verdict:
     return decide(rule, arms[rule.treatment], arms[rule.control])
 
 
+def _bounded(v: Verdict, outcome: Outcome) -> Verdict:
+    """A "supported" verdict on a metric the claim marked as bounds in the rule's favour, made inconclusive (after
+    Holm, which re-decides from the differences)."""
+    metric = v.rule.metric if v.rule is not None else None
+    if v.verdict == SUPPORTED and metric in outcome.inconclusive:
+        return replace(v, verdict=INCONCLUSIVE, reason=f"would be supported, but {outcome.inconclusive[metric]}")
+    return v
+
+
 def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *, executor: Any = None,
               store: Store | None = None, log: Callable[[str], None] = lambda s: None, progress: Any = "none",
               tally: Tally | None = None) -> ClaimResult:
@@ -243,6 +255,7 @@ def run_claim(claim: Claim, level: str, seeds: Sequence[int], out_dir: Path, *, 
         verdict = _verdict_for(claim.rule, outcome)
         secondary = [_verdict_for(r, outcome) for r in claim.secondary]
         verdict, secondary = holm(verdict, secondary)  # the log line and the report agree on the family
+        verdict, secondary = _bounded(verdict, outcome), [_bounded(v, outcome) for v in secondary]
     return ClaimResult(claim, level, list(ctx.seeds), outcome, verdict, secondary, seconds,
                        ctx.reused, ctx.computed, error)
 

@@ -113,6 +113,8 @@ def run(ctx: Context) -> Outcome:
         out.notes.append("CENSORED IN THE RULE'S FAVOUR: " + "; ".join(
             f"{a} seeds {favouring[a]} censored {CENSORED_FAVOURS_RULE[a]}" for a in ARMS if favouring[a])
             + ": their bounds overstate BN's gain, so a 'supported' verdict cannot stand (read as inconclusive)")
+        out.inconclusive[PRIMARY] = ("seeds censored in the rule's favour enter as bounds that overstate BN's gain: "
+                                     + "; ".join(f"{a} {favouring[a]}" for a in ARMS if favouring[a]))
     b, n = (10 ** C.mean(out.metrics[PRIMARY][a]) for a in ARMS)
     out.measured = f"largest rate reaching {TARGET:.0%}: BN ~{b:.3g} vs none ~{n:.3g} (geometric mean over seeds)"
     return out
