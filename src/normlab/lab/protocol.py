@@ -299,8 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if n < 1:
             raise ValueError(f"--seeds must be a positive integer, got {n}")
         if not args.register:
-            for c in claims:
-                s = status(c, args.level, n, load_registry(args.registry))
+            reg = load_registry(args.registry)
+            for c in claims:  # the seeds `normlab claims` would use by default: the registered block, if any
+                seeds = default_seeds(c, args.level, args.seeds, DEFAULT_SEEDS[args.level], reg)
+                s = status(c, args.level, seeds, reg)
                 print(f"{c.id:24s} {s['status']:13s} {s['protocol_hash'][:12]}  {s['status_reason']}")
             return 0
         reg = register(claims, args.level, n, args.registry, first_seed=args.first_seed)
