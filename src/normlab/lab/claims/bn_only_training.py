@@ -118,6 +118,6 @@ CLAIM = Claim(
                     "same number of randomly chosen weights by 2 points. Beating the frozen network (chance) is a "
                     "secondary rule; the output-only probe shows how much random features alone give."),
     configs={"tiny": _cfg(6, 3, [1e-3, 1e-2], 4, 1), "quick": _cfg(500, 50, [1e-3, 1e-2, 1e-1], 250, 2),
-             "full": _cfg(2000, 100, [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 1000, 3)},
+             "full": _cfg(1000, 100, [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 500, 2)},
     run=run,
 )

@@ -117,7 +117,7 @@ CLAIM = Claim(
                     "stay exploratory until a rerun on fresh seeds)."),
     configs={"tiny": _cfg(101, 4, 2, [1e-4, 1e-3], 2, 1, width=8, shallow=3),
              "quick": _cfg(101, 120, 40, [1e-5, 1e-4, 1e-3, 1e-2, 3e-2], 50, 1),
-             "full": _cfg(110, 1000, 100, [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], 300, 2, width=32)},
+             "full": _cfg(110, 500, 50, [1e-5, 1e-4, 1e-3, 1e-2, 3e-2], 200, 2, width=32)},
     run=run,
     order=24,
 )

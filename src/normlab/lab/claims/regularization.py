@@ -126,6 +126,6 @@ CLAIM = Claim(
                     "LN arms); the loss gap is an exploratory secondary. If BN beats no norm but not the noise-free "
                     "BN or LN, its benefit here is normalization, not mini-batch noise."),
     configs={"tiny": _cfg(10, 5, [1e-3, 3e-3], 4, 1), "quick": _cfg(600, 100, [3e-4, 1e-3, 3e-3], 300, 2),
-             "full": _cfg(2500, 100, [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 1000, 3)},
+             "full": _cfg(1500, 100, [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 600, 2)},
     run=run,
 )

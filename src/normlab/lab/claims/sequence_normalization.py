@@ -125,7 +125,7 @@ CLAIM = Claim(
                     "stay exploratory until a rerun on fresh seeds)."),
     configs={"tiny": _cfg(4, 2, [1e-3, 3e-3], 2, 1, hidden=8),
              "quick": _cfg(200, 100, [1e-3, 3e-3, 1e-2, 3e-2], 100, 1),
-             "full": _cfg(1500, 250, [3e-4, 1e-3, 3e-3, 1e-2, 3e-2], 500, 2)},
+             "full": _cfg(800, 200, [3e-4, 1e-3, 3e-3, 1e-2, 3e-2], 300, 2)},
     run=run,
     order=26,
 )

@@ -139,6 +139,6 @@ CLAIM = Claim(
                     "exploratory: each alternative beats BN at the smallest batch size."),
     configs={"tiny": _cfg([2, 16], 6, [1e-3, 3e-3], 4, 1),
              "quick": _cfg([2, 8, 32, 128], 250, [3e-4, 1e-3, 3e-3], 150, 1),
-             "full": _cfg([2, 4, 8, 16, 32, 128], 800, [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], 400, 2)},
+             "full": _cfg([2, 4, 8, 16, 32, 128], 500, [3e-4, 1e-3, 3e-3, 1e-2], 250, 2)},
     run=run,
 )

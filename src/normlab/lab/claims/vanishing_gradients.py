@@ -160,6 +160,6 @@ CLAIM = Claim(
                     "then BN has nothing to solve here and the rules say 'not supported' or inconclusive, not "
                     "that BN harms. Yang et al. 2019 predict BN's own gradients explode with depth at init."),
     configs={"tiny": _cfg([3, 6], 6, 3, [0.01, 0.1], 4, 1), "quick": _cfg([5, 20], 200, 20, [0.01, 0.1, 1.0], 100, 1),
-             "full": _cfg([5, 10, 20, 40], 1000, 50, [0.003, 0.01, 0.03, 0.1, 0.3, 1.0], 300, 2)},
+             "full": _cfg([5, 10, 20, 40], 500, 50, [0.003, 0.01, 0.03, 0.1, 0.3, 1.0], 200, 2)},
     run=run,
 )
