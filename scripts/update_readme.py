@@ -1,10 +1,11 @@
 """Rewrite the README's generated blocks from the commands that produce them, so no figure is typed by hand.
 
-    python scripts/update_readme.py [--only claims-table,bench-table,bench-models,scale-out] [--python .venv/bin/python]
+    python scripts/update_readme.py [--only claims-table,claims-table-full,bench-table,bench-models,scale-out] [--python .venv/bin/python]
 
 Each block sits between ``<!-- BEGIN name ... -->`` and ``<!-- END name -->``; its content is replaced by the
-output of the block's command (a Markdown table, or a report in a code block), preceded by the command itself and the date. The claims command
-reuses stored runs (instant after `make demo`); the benchmark command runs the benchmark.
+output of the block's command (a Markdown table, or a report in a code block), preceded by the command itself and the date. The claims commands
+reuse stored runs (instant after `make demo`, and after `normlab claims --full --out full-report` for the full table
+and the scale-out estimate); the benchmark commands run the benchmark.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = {
     "claims-table": (["-m", "normlab.cli", "claims", "--quick", "--out", "claims-report", "--print-table", "--quiet"],
                      "table"),
+    "claims-table-full": (["-m", "normlab.cli", "claims", "--full", "--out", "full-report", "--print-table", "--quiet"],
+                          "table"),
     "bench-table": (["-m", "normlab.cli", "bench", "--json", "bench_kernels.json"], "text"),
     "bench-models": (["-m", "normlab.cli", "bench", "--models", "--reps", "9"], "text"),
-    "scale-out": (["benchmarks/scale_out.py", "--estimate-db", "claims-report"], "text"),
+    "scale-out": (["benchmarks/scale_out.py", "--estimate-db", "full-report"], "text"),
 }
 PROGRESS = ("  timing", "wrote ")
 
