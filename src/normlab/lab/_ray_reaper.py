@@ -139,6 +139,7 @@ def main(argv: list[str]) -> int:
     fd = sys.stdin.fileno()
     known: dict[int, int] = {}
     buf = b""
+    first = True
     while True:
         ready, _, _ = select.select([fd], [], [], POLL)
         if ready:
@@ -153,6 +154,13 @@ def main(argv: list[str]) -> int:
         below = _below(driver, table)
         below.pop(me, None)
         known.update(below)
+        if first:  # the driver waits for this before starting Ray: nothing it starts escapes the first look
+            first = False
+            try:
+                os.write(sys.stdout.fileno(), b"r")
+                sys.stdout.close()
+            except OSError:
+                pass
     lines = [line.strip() for line in buf.split(b"\n")]
     session = lines[0] if len(lines) > 1 and lines[0] != b"bye" else b""
     if b"bye" not in lines:  # the driver did not close the pipe itself: it is dying; let it finish (its fds

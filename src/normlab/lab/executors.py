@@ -14,7 +14,10 @@ filesystem and a killed driver leaves whole runs or nothing: rerunning the same 
 - :class:`RayExecutor`: one Ray task per unit on ``ray.init(address=...)`` (an existing cluster) or, without an
   address, on a local Ray instance with ``num_cpus=jobs``; results come back to the driver. Ray is the optional
   extra ``normlab[cluster]``; every node needs the same normlab (a worker whose code digest differs from the
-  driver's refuses the unit).
+  driver's refuses the unit). An address where nothing accepts a connection fails at once
+  (:class:`ExecutorUnavailable` naming --address) instead of waiting out Ray's minutes of retries. A local
+  instance dies with its driver, even a SIGKILLed one: a small reaper process (:mod:`._ray_reaper`, Linux) ends
+  the Ray processes that would otherwise stay as orphans (the raylet's agents and workers).
 
 ``alone=True`` runs the units one after another in the driver (for units that measure time: no neighbour on the
 other core). Progress over units: a tqdm bar with an ETA when stdout is a terminal, else plain lines at most every
@@ -400,8 +403,10 @@ def _ray_unit(config, threads: int, driver_code: str):
 
 class RayExecutor:
     """One Ray task per unit. ``address``: an existing cluster (``ray.init(address=...)``, e.g. "auto" or
-    "ray://host:10001"); None starts a local Ray instance with ``num_cpus=jobs``. If Ray is already initialized in
-    this process it is used as it is (and left running). Raises :class:`MissingExtra` when Ray is not installed."""
+    "ray://host:10001"); None starts a local Ray instance with ``num_cpus=jobs``, watched by a reaper process
+    that ends it when this process dies. If Ray is already initialized in this process it is used as it is (and
+    left running). Raises :class:`MissingExtra` when Ray is not installed, :class:`ExecutorUnavailable` (at
+    construction, within ~10 s) when nothing accepts a connection at ``address``."""
 
     name = "ray"
 
@@ -587,10 +592,14 @@ def _start_reaper():
     from . import _ray_reaper
 
     try:
-        return subprocess.Popen([sys.executable, "-I", _ray_reaper.__file__, str(os.getpid())],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+        reaper = subprocess.Popen([sys.executable, "-I", _ray_reaper.__file__, str(os.getpid())],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     except OSError:  # no reaper is a leak on a crash, not a reason to refuse the run
         return None
+    assert reaper.stdout is not None
+    reaper.stdout.read(1)  # it has taken its first look at this process's tree (b"" if it died: no reaper then)
+    reaper.stdout.close()
+    return reaper
 
 
 def _tell_reaper(reaper, ray) -> None:
