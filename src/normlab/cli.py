@@ -259,7 +259,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, out=args.out)
         check_data(spec, download=args.download)
         make_executor(args.executor, jobs=args.jobs or 1, address=args.address)  # Ray installed? before any run
-    except (SpecError, ValueError, MissingExtra) as e:
+    except (SpecError, ValueError, MissingExtra, ExecutorUnavailable) as e:
         return _fail("run", str(e))
     if args.dry_run:
         print(f"{spec.name}: {len(spec.runs)} runs -> {spec.db_path}")

@@ -40,7 +40,11 @@ def test_batch_norm_kinds_carry_statistics_affine_and_options(spec):
         old, new = model[i], converted[i]
         assert isinstance(new, nlnn.BatchNormBase) and not new.training
         assert torch.equal(new.weight, old.weight) and torch.equal(new.bias, old.bias)
-        assert new.eps == old.eps and new.momentum == old.momentum
+        if i == 1:  # eps and momentum set by the user: carried over
+            assert new.eps == old.eps and new.momentum == old.momentum
+        else:  # left at BatchNorm's defaults: the new kind's own defaults (test_kind_convert_carried_options.py)
+            default = nlnn.make_norm(spec, 8)
+            assert new.eps == default.eps and new.momentum == default.momentum
         if spec != "mabn":
             assert torch.equal(new.running_var, old.running_var)
         else:  # MABN keeps the uncentred second moment E[x^2] = var + mean^2 and a zero mean

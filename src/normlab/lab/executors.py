@@ -14,7 +14,10 @@ filesystem and a killed driver leaves whole runs or nothing: rerunning the same 
 - :class:`RayExecutor`: one Ray task per unit on ``ray.init(address=...)`` (an existing cluster) or, without an
   address, on a local Ray instance with ``num_cpus=jobs``; results come back to the driver. Ray is the optional
   extra ``normlab[cluster]``; every node needs the same normlab (a worker whose code digest differs from the
-  driver's refuses the unit).
+  driver's refuses the unit). An address where nothing accepts a connection fails at once
+  (:class:`ExecutorUnavailable` naming --address) instead of waiting out Ray's minutes of retries. A local
+  instance dies with its driver, even a SIGKILLed one: a small reaper process (:mod:`._ray_reaper`, Linux) ends
+  the Ray processes that would otherwise stay as orphans (the raylet's agents and workers).
 
 ``alone=True`` runs the units one after another in the driver (for units that measure time: no neighbour on the
 other core). Progress over units: a tqdm bar with an ETA when stdout is a terminal, else plain lines at most every
@@ -23,11 +26,13 @@ other core). Progress over units: a tqdm bar with an ETA when stdout is a termin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -398,8 +403,10 @@ def _ray_unit(config, threads: int, driver_code: str):
 
 class RayExecutor:
     """One Ray task per unit. ``address``: an existing cluster (``ray.init(address=...)``, e.g. "auto" or
-    "ray://host:10001"); None starts a local Ray instance with ``num_cpus=jobs``. If Ray is already initialized in
-    this process it is used as it is (and left running). Raises :class:`MissingExtra` when Ray is not installed."""
+    "ray://host:10001"); None starts a local Ray instance with ``num_cpus=jobs``, watched by a reaper process
+    that ends it when this process dies. If Ray is already initialized in this process it is used as it is (and
+    left running). Raises :class:`MissingExtra` when Ray is not installed, :class:`ExecutorUnavailable` (at
+    construction, within ~10 s) when nothing accepts a connection at ``address``."""
 
     name = "ray"
 
@@ -414,6 +421,9 @@ class RayExecutor:
         self.jobs, self.address, self.threads = jobs, address, threads or 1
         self.owns = False
         self._remote: Any = None  # ray.remote(...)(_ray_unit) once _start ran (a ray RemoteFunction)
+        self._reaper: Any = None  # the _ray_reaper process watching a local instance this executor started
+        if address and not ray.is_initialized():
+            _probe_address(address)
 
     def __enter__(self) -> RayExecutor:
         return self
@@ -431,13 +441,21 @@ class RayExecutor:
             kw = dict(include_dashboard=False, log_to_driver=False)
             try:
                 if self.address:
-                    ray.init(address=self.address, logging_level=logging.WARNING, **kw)
+                    _probe_address(self.address)  # again: the cluster may have gone since __init__
+                    with _held_stderr():  # Ray's C++ client logs each failed attempt; our one line replaces them
+                        ray.init(address=self.address, logging_level=logging.WARNING, **kw)
                 else:  # a private instance of this command: Ray's start-up notes (auth token...) are noise here
+                    self._reaper = _start_reaper()  # before ray.init: it records every process Ray starts
                     ray.init(num_cpus=self.jobs, logging_level=logging.ERROR, **kw)
+                    _tell_reaper(self._reaper, ray)
+            except ExecutorUnavailable:
+                self._stop_reaper()
+                raise
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-                where = f"the Ray cluster at --address {self.address}" if self.address else "a local Ray instance"
-                raise ExecutorUnavailable(f"cannot start {where}: {type(exc).__name__}: {exc}".splitlines()[0]
-                                          ) from None
+                self._stop_reaper()
+                what = (f"--address {self.address}: expected a running Ray cluster there, but Ray could not "
+                        f"connect to it" if self.address else "cannot start a local Ray instance")
+                raise ExecutorUnavailable(f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
             self.owns = True
         self._remote = ray.remote(num_cpus=1)(_ray_unit)
 
@@ -478,8 +496,125 @@ class RayExecutor:
     def close(self) -> None:
         if self.owns and self.ray.is_initialized():
             self.ray.shutdown()
+        self._stop_reaper()
         self.owns = False
         self._remote = None
+
+    def _stop_reaper(self) -> None:
+        """End of the pipe: the reaper ends what of the instance outlived ``ray.shutdown()``, then exits."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is None:
+            return
+        try:
+            reaper.stdin.write(b"bye\n")  # a deliberate close, not a death: leave the driver's own tree alone
+            reaper.stdin.close()
+            reaper.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - best effort: a reaper that hangs is killed, it holds nothing
+            reaper.kill()
+            reaper.wait()
+
+
+def _probe_address(address: str, timeout: float = 10.0) -> None:
+    """Fail within ``timeout`` seconds when nothing accepts a connection at a Ray ``address``.
+
+    ``ray.init(address=...)`` retries a missing cluster for many minutes (20 attempts of ~35 s in Ray 2.x), so a
+    mistyped --address would look like a hang. "host:port" and "ray://host:port" are probed as given; "auto" as
+    Ray resolves it (RAY_ADDRESS or the last ``ray start``), or not at all when Ray finds none (then ``ray.init``
+    fails at once with its own message), like "local". Raises :class:`ExecutorUnavailable` naming --address,
+    what was expected and what happened. A listener that is not Ray still meets Ray's own connect window."""
+    import socket
+
+    if address == "local":
+        return
+    target: str | None = address.removeprefix("ray://")
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - Ray's resolution failed or moved: ray.init reports it
+            return
+        if target is None:
+            return
+    assert target is not None
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExecutorUnavailable(f"--address {address!r}: expected a Ray cluster address host:port, "
+                                  f"ray://host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        what = (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError)
+                else exc.strerror or str(exc) or type(exc).__name__)
+        raise ExecutorUnavailable(
+            f"--address {address}: expected a running Ray cluster there (the head's port from `ray start --head`, "
+            f"or ray://host:10001 for Ray Client), but connecting to {host}:{port} failed: {what}") from None
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what is written to file descriptor 2 (also by C++ code) inside the block: written out if the block
+    succeeds, dropped if it raises (the caller's one-line error says it all)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+
+
+def _start_reaper():
+    """The watcher that ends this driver's local Ray instance when the driver dies (Linux), or None."""
+    import subprocess
+
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
+        return None
+    from . import _ray_reaper
+
+    try:
+        reaper = subprocess.Popen([sys.executable, "-I", _ray_reaper.__file__, str(os.getpid())],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    except OSError:  # no reaper is a leak on a crash, not a reason to refuse the run
+        return None
+    assert reaper.stdout is not None
+    reaper.stdout.read(1)  # it has taken its first look at this process's tree (b"" if it died: no reaper then)
+    reaper.stdout.close()
+    return reaper
+
+
+def _tell_reaper(reaper, ray) -> None:
+    """Send the session name, so the reaper also finds a worker Ray starts in its last moments."""
+    if reaper is None:
+        return
+    try:
+        reaper.stdin.write(ray.get_runtime_context().get_session_name().encode() + b"\n")
+        reaper.stdin.flush()
+    except Exception:  # noqa: BLE001 - the recorded tree is enough without the name
+        try:
+            reaper.stdin.write(b"\n")  # an empty name keeps the line protocol (name, then maybe "bye")
+            reaper.stdin.flush()
+        except OSError:
+            pass
 
 
 def make_executor(executor: str = "local", *, jobs: int = 1, address: str | None = None,

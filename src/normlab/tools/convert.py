@@ -2,8 +2,13 @@
 
 ``convert_norm`` replaces layers by ``normlab.nn.make_norm(spec, C)`` layers and carries over what keeps its
 meaning: the per-channel affine parameters (gamma, beta), the running statistics when both layers keep them
-(BN -> batch renorm, ghost BN, another BN class), and ``eps``, ``momentum`` and the channel ``axis`` when the new
-class takes them. Everything else starts as the new class initializes it.
+(BN -> batch renorm, ghost BN, another BN class) and the channel ``axis``. Everything else starts as the new class
+initializes it -- with one exception, the options a user chose: ``eps`` (of any layer) and ``momentum`` (of a
+batch norm) are carried over when the old layer's value differs from its own class's default and the new class
+takes the option; a value left at the old class's default gives the new class's default. So a default
+``torch.nn.BatchNorm2d`` converted to ``"bln"`` gets BLN's own eps=1e-3 and momentum=None (the paper's), to
+``"mabn"`` MABN's momentum 0.02, to ``"rms"`` RMSNorm's eps; a ``BatchNorm2d(eps=1e-3, momentum=0.05)`` keeps
+1e-3 and 0.05 in every kind that takes them. Keywords given to ``convert_norm`` win over both.
 
 MABN (``"mabn"``) keeps the uncentred second moment as its running variance and a zero running mean, so a centred
 layer's statistics are carried over as ``running_var = var + mean^2``, ``running_mean = 0``. A torch-convention
@@ -45,13 +50,33 @@ def _num_channels(name: str, norm: nn.Module) -> int:
     )
 
 
+_NO_DEFAULT = object()
+
+
+def _class_default(cls: type, name: str):
+    """The default of constructor option ``name`` of ``cls``, or _NO_DEFAULT when it has none we can read."""
+    try:
+        param = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return _NO_DEFAULT
+    return _NO_DEFAULT if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _chosen(old: nn.Module, name: str) -> bool:
+    """Did the user set ``old.<name>`` (a value other than its class's default, or a class whose default is
+    unreadable)? A default value carries no intent: the new class's own default is what the user expects."""
+    default = _class_default(type(old), name)
+    return default is _NO_DEFAULT or getattr(old, name) != default
+
+
 def _carried_options(old: nn.Module, new_cls: type[nn.Module]) -> dict:
-    """Constructor options of ``old`` that keep their meaning in ``new_cls`` and that it accepts."""
+    """Constructor options of ``old`` that keep their meaning in ``new_cls``, that it accepts and (eps, momentum)
+    that the user chose; see the module docstring."""
     accepted = inspect.signature(new_cls.__init__).parameters
     options = {}
-    if "eps" in accepted and isinstance(getattr(old, "eps", None), float):
+    if "eps" in accepted and isinstance(getattr(old, "eps", None), float) and _chosen(old, "eps"):
         options["eps"] = old.eps
-    if "momentum" in accepted and is_batch_norm(old):
+    if "momentum" in accepted and is_batch_norm(old) and _chosen(old, "momentum"):
         options["momentum"] = old.momentum
     if "axis" in accepted and isinstance(getattr(old, "axis", None), int):
         options["axis"] = old.axis
@@ -94,7 +119,10 @@ def convert_norm(
     ``where(name, module)`` picks the layers (default: every batch norm, torch's and normlab's); ``kw`` goes to
     every new layer's constructor and wins over the carried-over ``eps``/``momentum``/``axis``. Affine parameters
     and running statistics are copied where both layers have them with the same shape; dtype, device and training
-    mode follow the old layer.
+    mode follow the old layer. ``eps`` and ``momentum`` carry over only where the old layer's value is not its
+    class's default (the user chose it) and the new class takes them; otherwise the new layer keeps its own
+    default, e.g. ``"bln"`` its paper's eps=1e-3 and momentum=None, ``"mabn"`` momentum=0.02 (see the module
+    docstring). The channel ``axis`` always carries over.
     ``inplace=False`` converts a deep copy (a model that is itself a norm layer is returned converted). Every new
     layer is built before anything is replaced, so an error (bad spec, a layer make_norm cannot build, e.g.
     ``gn:32`` for 48 channels) leaves the model unchanged.

@@ -26,6 +26,10 @@ On request (``stats``) also, per layer:
   running_var_c)|`` with the per-channel unbiased variance of its input: 0 when the running variance matches the
   variance the layer sees (Li et al. 2019's "variance shift" between training and inference).
 
+A statistic that is not finite (NaN or inf: a non-finite activation or gradient, an overflow) is recorded as it
+is, and the first one of each watched layer raises a ``RuntimeWarning`` naming the layer, the statistic(s) and
+the step; later ones of that layer are recorded silently.
+
 A step is one forward call of the root model in training mode; every ``every``-th step is sampled (steps
 0, every, 2 * every, ...). Eval-mode forward calls are neither counted nor recorded. Hooks exist only inside the
 ``with`` block, and outside sampled steps they return at once. Two ways to measure outside the training stream:
@@ -37,6 +41,8 @@ backward passes (a probe's own) from the training-step count and the records.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -144,6 +150,7 @@ class ActivationRecorder:
         self._handles: list = []
         self._modules = {n: named[n] for n in names}
         self._gen = torch.Generator().manual_seed(seed)
+        self._warned: set[str] = set()  # layers whose first non-finite statistic was reported
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
@@ -166,6 +173,7 @@ class ActivationRecorder:
             if self.grads and x.requires_grad:
                 def on_grad(grad: Tensor, rec: LayerRecord = rec) -> None:
                     rec.grad_norm = float(torch.linalg.vector_norm(grad.detach().float()))
+                    self._warn_non_finite(rec, ("grad_norm",))
 
                 x.register_hook(on_grad)
 
@@ -196,7 +204,22 @@ class ActivationRecorder:
             rec.unit_percentiles = torch.quantile(per_unit.float(), q, dim=1).T.tolist()
         if "variance_shift" in self.stats:
             rec.variance_shift = _variance_shift(self._modules[name], x)
+        self._warn_non_finite(rec, _SUMMARY_FIELDS)
         return rec
+
+    def _warn_non_finite(self, rec: LayerRecord, fields: tuple[str, ...]) -> None:
+        """Warn once per layer when a statistic of ``rec`` is NaN or inf (the record itself stays as it is)."""
+        if rec.layer in self._warned:
+            return
+        bad = [f for f in fields if not _finite(getattr(rec, f))]
+        if bad:
+            self._warned.add(rec.layer)
+            warnings.warn(
+                f"ActivationRecorder: layer {rec.layer!r} recorded a non-finite {', '.join(bad)} at step {rec.step} "
+                f"(a NaN or inf input or gradient); recorded as is, and this layer's later non-finite statistics "
+                f"are not reported again",
+                RuntimeWarning, stacklevel=2,
+            )
 
     def _watch_weight(self, name: str):
         def hook(grad: Tensor) -> None:
@@ -205,6 +228,7 @@ class ActivationRecorder:
             rec = self._latest.get(name)
             if rec is not None and rec.step == self.step:
                 rec.weight_grad_norm = float(torch.linalg.vector_norm(grad.detach().float()))
+                self._warn_non_finite(rec, ("weight_grad_norm",))
 
         return hook
 
@@ -299,6 +323,18 @@ class ActivationRecorder:
     def rows(self) -> list[dict]:
         """Every record as a plain dict (for a table, a DataFrame or the lab's store)."""
         return [asdict(r) for r in self.records]
+
+
+_SUMMARY_FIELDS = ("mean", "std", "p15", "p50", "p85", "dead_fraction", "unit_percentiles", "variance_shift")
+
+
+def _finite(value) -> bool:
+    """None (not computed) counts as finite; a list (unit percentiles) is finite when all its numbers are."""
+    if value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return math.isfinite(value)
 
 
 def _variance_shift(module: nn.Module, x: Tensor) -> float | None:

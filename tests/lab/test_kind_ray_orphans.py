@@ -1,0 +1,122 @@
+"""Kind: processes that outlive the driver of a local Ray instance. Ray's GCS and raylet die with a SIGKILLed
+driver, but the raylet's children (dashboard and runtime-env agents, workers) stayed as orphans for minutes.
+normlab's reaper (normlab.lab._ray_reaper) ends them. The reaper is tested on a stand-in process tree first
+(no Ray: an orphan that ignores SIGTERM), then once on a real local Ray instance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _procs import _stat, alive, descendants, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc (Linux)")
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+ENV = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+# A stand-in driver: starts the reaper as RayExecutor does, then a child and an orphan that ignore SIGTERM (the
+# orphan's parent exits at once, like the raylet's agents once the raylet is gone), prints the pids, and either
+# sleeps (to be killed) or closes the reaper on purpose ("bye") and keeps its own child. Both name the session in
+# their command line (as Ray's workers do): the reaper finds them whatever its looks saw, so the test does not
+# depend on timing; the looks themselves are tested on real Ray below, whose agents do not name the session.
+STANDIN = r"""
+import os, subprocess, sys, time
+from normlab.lab.executors import _start_reaper
+reaper = _start_reaper()
+session = "session_standin_%d" % os.getpid()
+reaper.stdin.write(session.encode() + b"\n"); reaper.stdin.flush()
+stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)", session]
+child = subprocess.Popen(stubborn, stdout=subprocess.PIPE)
+child.stdout.readline()
+mid = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE); p.stdout.readline(); print(p.pid, flush=True)", *stubborn], stdout=subprocess.PIPE)
+orphan = int(mid.stdout.readline()); mid.wait()
+print(reaper.pid, child.pid, orphan, flush=True)
+if sys.argv[1] == "close":
+    reaper.stdin.write(b"bye\n"); reaper.stdin.close(); reaper.wait(timeout=60)
+    print("closed", flush=True)
+time.sleep(600)
+"""
+
+
+def _start_standin(mode: str):
+    proc = subprocess.Popen([sys.executable, "-c", STANDIN, mode], stdout=subprocess.PIPE, text=True, env=ENV)
+    reaper, child, orphan = (int(x) for x in proc.stdout.readline().split())
+    return proc, reaper, child, orphan
+
+
+def _cleanup(proc, pids) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pid in alive(pids):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_kind_ray_orphans_end_when_the_driver_is_killed():
+    proc, reaper, child, orphan = _start_standin("sleep")
+    family = {reaper, child, orphan} | descendants(proc.pid)
+    try:
+        assert _stat(orphan)[2] != proc.pid and orphan not in descendants(proc.pid)  # a real orphan already
+        proc.kill()  # SIGKILL: no Python cleanup runs in the driver
+        proc.wait()
+        assert wait_for(lambda: not alive(family), 30.0), alive(family)  # SIGTERM ignored: SIGKILL after GRACE
+    finally:
+        _cleanup(proc, family)
+
+
+def test_kind_ray_orphans_deliberate_close_leaves_the_driver_tree_alone():
+    proc, reaper, child, orphan = _start_standin("close")
+    try:
+        assert proc.stdout.readline().strip() == "closed"
+        assert not alive({reaper, orphan})  # the orphan (outside the driver's tree) ended, the reaper exited
+        assert alive({child}) == {child} and child in descendants(proc.pid)  # the driver's own child: untouched
+    finally:
+        _cleanup(proc, {reaper, child, orphan})
+
+
+RAY_DRIVER = r"""
+import time
+import ray
+from normlab.lab.executors import RayExecutor
+ex = RayExecutor(jobs=1)
+ex._start()
+@ray.remote(num_cpus=1)
+def busy():
+    time.sleep(600)
+ref = busy.remote()
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_kind_ray_orphans_of_a_killed_local_ray_driver():
+    pytest.importorskip("ray", reason="Ray is the optional extra normlab[cluster]")
+    proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER], stdout=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    family: set[int] = set()
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        assert wait_for(lambda: any(_cmdline(p).startswith(b"ray::busy") for p in descendants(proc.pid)), 120.0)
+        family = descendants(proc.pid)
+        names = {(_stat(p) or ("",))[0] for p in family}
+        assert "raylet" in names and any(n.startswith("ray::") for n in names), names  # agents and the task
+        proc.kill()
+        proc.wait()
+        assert wait_for(lambda: not alive(family), 60.0), [(p, _stat(p)) for p in alive(family)]
+    finally:
+        _cleanup(proc, family)
