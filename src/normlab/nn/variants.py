@@ -66,10 +66,8 @@ class BatchRenorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        if not r_max >= 1.0:
-            raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
-        if not d_max >= 0.0:
-            raise ValueError(f"{name}: d_max must be >= 0, got {d_max}")
+        _validate.check_at_least(r_max, name, "r_max", 1)
+        _validate.check_at_least(d_max, name, "d_max", 0)
         for what, v in (("warmup_steps", warmup_steps), ("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
             _validate.check_non_negative_int(v, name, what)
         super().__init__(num_features, *args, **kwargs)
@@ -286,8 +284,7 @@ class MovingAverageBatchNorm(BatchNormBase):
         _validate.check_positive_int(buffer_size, name, "buffer_size")
         _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
         _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
-        if not r_max >= 1.0:
-            raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
+        _validate.check_at_least(r_max, name, "r_max", 1)
         super().__init__(num_features, eps, momentum, *args, **kwargs)
         self.buffer_size, self.warmup_iters = buffer_size, warmup_iters
         self.renorm_warmup_iters, self.r_max = renorm_warmup_iters, float(r_max)
