@@ -128,6 +128,9 @@ class GhostBatchNorm(BatchNormBase):
     batch.
     """
 
+    # plain_batch_moments stays True: the only calls handed to BatchNormBase's path (one virtual batch, or eval)
+    # are plain BatchNorm; several virtual batches take this class's own path below
+
     @extends_constructor
     def __init__(self, num_features: int, virtual_batch_size: int, *args, **kwargs) -> None:
         _validate.check_positive_int(virtual_batch_size, type(self).__name__, "virtual_batch_size")
@@ -264,7 +267,7 @@ class MovingAverageBatchNorm(BatchNormBase):
     syncable = False
     not_syncable_because = "moving averages are per process"
     centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
-
+    plain_batch_moments = False  # moving averages of E[x^2] over the last batches
     requires_running_stats = True
 
     @extends_constructor
@@ -356,6 +359,7 @@ class BatchLayerNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # defined at batch size 1 (x_b's weight is then -1e-4 and x_b = 0)
+    plain_batch_moments = False  # batch statistics mixed with each sample's layer statistics
     MIX_OFFSET = 1e-4
     train_batch_size: Tensor
 
