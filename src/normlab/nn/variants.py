@@ -184,7 +184,7 @@ class GhostBatchNorm(BatchNormBase):
         parts = [_stats.moments(chunk, dims) for chunk in chunks]
         out = torch.cat(
             [
-                _stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
+                kernels.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
                 for ch, m in zip(chunks, parts)
             ],
             dim=0,
