@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate, kernels
-from .alternatives import layer_norm
 from .batchnorm import BatchNormBase, extends_constructor
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
@@ -421,6 +420,6 @@ class BatchLayerNorm(BatchNormBase):
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = kernels.normalize(x, mean, var, None, None, self.eps, axis=axis)
-        # alternatives.layer_norm: torch's layer_norm with exact higher-order derivatives
-        x_f = layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
+        # kernels.layer_norm: torch's layer_norm with exact higher-order derivatives
+        x_f = kernels.layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
         return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)
