@@ -35,6 +35,12 @@ def check_non_negative_int(value, name: str, what: str) -> None:
     _check_int(value, name, what, 0, "non-negative", False)
 
 
+def check_at_least(value: float, name: str, what: str, minimum: int) -> None:
+    """``value >= minimum`` (a NaN fails too), e.g. batch renorm's clipping limits ``r_max >= 1``, ``d_max >= 0``."""
+    if not value >= minimum:
+        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value}")
+
+
 def check_rank(x: Tensor, name: str, ranks: tuple[int, ...]) -> None:
     if x.ndim not in ranks:
         want = " or ".join(f"{r}D" for r in ranks)

@@ -388,49 +388,30 @@ def test_fn_registry_spec_and_half_input():
 
 
 # ------------------------------------------------------------------------------------------- synchronized
-def _load_fn_worker():
+def _load_sync_worker():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("_fn_sync_worker", Path(__file__).parent / "_fn_sync_worker.py")
+    spec = importlib.util.spec_from_file_location("_sync_worker", Path(__file__).parent / "_sync_worker.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-fn_worker = _load_fn_worker()
+sync_worker = _load_sync_worker()
+fn_worker = sync_worker.SUITES["fn"]
 
 
 @pytest.fixture(scope="module")
 def fn_two_process_results(tmp_path_factory):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import normlab
-
-    tmp = tmp_path_factory.mktemp("fn_sync")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(normlab.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    script = str(Path(__file__).parent / "_fn_sync_worker.py")
-    procs = [
-        subprocess.Popen([sys.executable, script, str(r), "2", str(tmp / "store"), str(tmp / f"rank{r}.pt")],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+    return sync_worker.spawn("fn", tmp_path_factory.mktemp("fn_sync"))
 
 
 @pytest.mark.parametrize("name", list(fn_worker.CASES))
 def test_fn_and_ran_synchronized_over_two_gloo_processes_equal_one_process(name, fn_two_process_results):
     # the batch moments are pooled over the processes (the family's batch_moments hook): outputs, input gradients,
     # summed parameter gradients and the estimate/running averages equal one process on the whole batch
-    w = fn_worker.worker
+    w = fn_worker
     single = w.run(name, w.build(name), 0, w.N)
     ranks = [res[name] for res in fn_two_process_results]
     for step in range(w.STEPS):

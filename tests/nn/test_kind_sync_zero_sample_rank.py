@@ -4,9 +4,6 @@ returns an empty output with correct (zero) gradients, and both processes hold t
 equal to one process on the concatenated batch. A pooled count of 1 raises on every process (no hang)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,35 +12,16 @@ import torch
 import normlab
 
 HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("_sync_zero_worker", HERE / "_sync_zero_worker.py")
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
+_spec = importlib.util.spec_from_file_location("_sync_worker", HERE / "_sync_worker.py")
+sync_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sync_worker)
+worker = sync_worker.SUITES["zero"]
 
 
 @pytest.fixture(scope="module", params=["native", "fast"] if normlab.kernels.numba_available() else ["native"])
 def results(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"sync_zero_{request.param}")
-    env = dict(os.environ)
-    src = str(Path(normlab.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["NORMLAB_KERNELS"] = request.param
-    procs = [
-        subprocess.Popen([sys.executable, str(HERE / "_sync_zero_worker.py"), str(r), str(tmp / "store"),
-                          str(tmp / f"rank{r}.pt")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("a process of the group hung (did one raise before pooling?)")
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log
-    return request.param, [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+    return request.param, sync_worker.spawn("zero", tmp, {"NORMLAB_KERNELS": request.param})
 
 
 @pytest.mark.parametrize("name", list(worker.CASES))

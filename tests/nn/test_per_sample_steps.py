@@ -1,5 +1,5 @@
 """Issue 15, item 1: LayerNorm, RMSNorm, GroupNorm and InstanceNorm are layouts (normalized dims, groups, centred)
-over one per-sample forward, ``alternatives.sample_norm``: statistics (``_stats.moments``) -> ``_stats.standardize``
+over one per-sample forward, ``kernels.sample_norm``: statistics (``_stats.moments``) -> ``_stats.standardize``
 -> affine, with torch's fused kernels as declared dispatch targets that compute the same steps.
 
 Checked here: every per-sample layer's forward goes through ``sample_norm`` with its declared layout; each fused
@@ -18,18 +18,18 @@ F64 = torch.float64
 
 # (layer, input shape, layout it must declare, centred, fused kernel)
 CASES = [
-    (lambda: LayerNorm(5), (2, 3, 5), A.SampleLayout((5,)), True, "layer_norm"),
-    (lambda: LayerNorm((3, 5)), (2, 3, 5), A.SampleLayout((3, 5)), True, "layer_norm"),
-    (lambda: LayerNorm(3, axis=1), (2, 3, 4, 2), A.SampleLayout(axis=1, groups=1), True, "layer_norm"),
-    (lambda: LayerNorm(3, axis=-1), (2, 4, 3), A.SampleLayout(axis=2, groups=1), True, "layer_norm"),
-    (lambda: RMSNorm(5), (2, 3, 5), A.SampleLayout((5,)), False, "rms_norm"),
-    (lambda: RMSNorm(3, eps=1e-4, axis=1), (2, 3, 4), A.SampleLayout(axis=1, groups=1), False, "rms_norm"),
-    (lambda: GroupNorm(2, 6), (2, 6, 4), A.SampleLayout(axis=1, groups=2), True, "group_norm"),
-    (lambda: GroupNorm(3, 6, axis=-1), (2, 4, 4, 6), A.SampleLayout(axis=3, groups=3), True, "group_norm"),
-    (lambda: InstanceNorm(3, affine=True), (2, 3, 5), A.SampleLayout(axis=1, groups=3), True, "instance_norm"),
+    (lambda: LayerNorm(5), (2, 3, 5), kernels.SampleLayout((5,)), True, "layer_norm"),
+    (lambda: LayerNorm((3, 5)), (2, 3, 5), kernels.SampleLayout((3, 5)), True, "layer_norm"),
+    (lambda: LayerNorm(3, axis=1), (2, 3, 4, 2), kernels.SampleLayout(axis=1, groups=1), True, "layer_norm"),
+    (lambda: LayerNorm(3, axis=-1), (2, 4, 3), kernels.SampleLayout(axis=2, groups=1), True, "layer_norm"),
+    (lambda: RMSNorm(5), (2, 3, 5), kernels.SampleLayout((5,)), False, "rms_norm"),
+    (lambda: RMSNorm(3, eps=1e-4, axis=1), (2, 3, 4), kernels.SampleLayout(axis=1, groups=1), False, "rms_norm"),
+    (lambda: GroupNorm(2, 6), (2, 6, 4), kernels.SampleLayout(axis=1, groups=2), True, "group_norm"),
+    (lambda: GroupNorm(3, 6, axis=-1), (2, 4, 4, 6), kernels.SampleLayout(axis=3, groups=3), True, "group_norm"),
+    (lambda: InstanceNorm(3, affine=True), (2, 3, 5), kernels.SampleLayout(axis=1, groups=3), True, "instance_norm"),
     (lambda: InstanceNorm2d(4, affine=True, track_running_stats=True), (2, 4, 3, 3),
-     A.SampleLayout(axis=1, groups=4), True, "instance_norm"),
-    (lambda: InstanceNorm(3, affine=True, axis=-1), (2, 5, 3), A.SampleLayout(axis=2, groups=3), True,
+     kernels.SampleLayout(axis=1, groups=4), True, "instance_norm"),
+    (lambda: InstanceNorm(3, affine=True, axis=-1), (2, 5, 3), kernels.SampleLayout(axis=2, groups=3), True,
      "instance_norm"),
 ]
 IDS = ["ln", "ln-2d", "ln-axis1", "ln-axis-1", "rms", "rms-axis", "gn", "gn-last", "in", "in2d-track", "in-last"]
@@ -47,7 +47,7 @@ def _randomize(layer):
 def test_every_per_sample_norm_forward_goes_through_sample_norm(monkeypatch, build, shape, layout, centred, fused):
     layer = _randomize(build().double().train())
     calls = []
-    real = A.sample_norm
+    real = kernels.sample_norm
 
     def spy(x, got_layout, weight, bias, eps, **kw):
         calls.append((got_layout, kw))
@@ -56,13 +56,13 @@ def test_every_per_sample_norm_forward_goes_through_sample_norm(monkeypatch, bui
 
     x = torch.randn(*shape, dtype=F64)
     want = layer(x)
-    monkeypatch.setattr(A, "sample_norm", spy)
+    monkeypatch.setattr(kernels, "sample_norm", spy)
     torch.testing.assert_close(layer(x), want, rtol=0, atol=0)
     assert calls == [(layout, {"centred": centred, "fused": fused})]
     assert layer.centred is centred and layer.fused == fused
     # and the forward is those declarations over the steps: the fused kernel off, the same result
-    monkeypatch.setattr(A, "sample_norm", real)
-    steps = A.sample_norm(x, layout, layer.weight, layer.bias, layer.eps, centred=centred, fused=None)
+    monkeypatch.setattr(kernels, "sample_norm", real)
+    steps = kernels.sample_norm(x, layout, layer.weight, layer.bias, layer.eps, centred=centred, fused=None)
     torch.testing.assert_close(steps, want, rtol=1e-12, atol=1e-12)
 
 
@@ -75,7 +75,7 @@ def test_fused_targets_compute_the_steps_values_and_gradients(build, shape, layo
     params = [p for p in (layer.weight, layer.bias) if p is not None]
     outs = []
     for which in (fused, None):
-        y = A.sample_norm(x, layout, layer.weight, layer.bias, layer.eps, centred=centred, fused=which)
+        y = kernels.sample_norm(x, layout, layer.weight, layer.bias, layer.eps, centred=centred, fused=which)
         outs.append((y, torch.autograd.grad(y, [x, *params], dy)))
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
     torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
@@ -94,33 +94,33 @@ def test_steps_match_the_float64_reference_for_every_layout():
     w45, b45 = torch.randn(4, 5, generator=g, dtype=F64), torch.randn(4, 5, generator=g, dtype=F64)
     xn = x.numpy()
     # LayerNorm, torch's mode over the trailing (4, 5)
-    got = A.sample_steps(x, A.SampleLayout((4, 5)), w45, b45, 1e-5)
+    got = kernels.sample_steps(x, kernels.SampleLayout((4, 5)), w45, b45, 1e-5)
     want, _ = reference.layer_norm_forward(xn, w45.numpy(), b45.numpy(), 1e-5, 2)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
     # GroupNorm, groups 1 (feature-map LayerNorm), 3 and 6 (InstanceNorm)
     for groups in (1, 3, 6):
-        got = A.sample_steps(x, A.SampleLayout(axis=1, groups=groups), w6, b6, 1e-5)
+        got = kernels.sample_steps(x, kernels.SampleLayout(axis=1, groups=groups), w6, b6, 1e-5)
         want, _ = reference.group_norm_forward(xn, groups, w6.numpy(), b6.numpy(), 1e-5)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
     want, _ = reference.instance_norm_forward(xn, w6.numpy(), b6.numpy(), 1e-5)
-    got = A.sample_steps(x, A.SampleLayout(axis=1, groups=6), w6, b6, 1e-5)
+    got = kernels.sample_steps(x, kernels.SampleLayout(axis=1, groups=6), w6, b6, 1e-5)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
     # the channel axis elsewhere: the same numbers, moved
-    got = A.sample_steps(x.movedim(1, -1), A.SampleLayout(axis=3, groups=3), w6, b6, 1e-5)
+    got = kernels.sample_steps(x.movedim(1, -1), kernels.SampleLayout(axis=3, groups=3), w6, b6, 1e-5)
     want, _ = reference.group_norm_forward(xn, 3, w6.numpy(), b6.numpy(), 1e-5)
     np.testing.assert_allclose(got.movedim(-1, 1).numpy(), want, rtol=1e-10, atol=1e-10)
     # RMSNorm (not centred): x / sqrt(mean(x^2) + eps) * gamma, trailing and per-sample with per-channel gamma
-    got = A.sample_steps(x, A.SampleLayout((4, 5)), w45, None, 1e-6, centred=False)
+    got = kernels.sample_steps(x, kernels.SampleLayout((4, 5)), w45, None, 1e-6, centred=False)
     np.testing.assert_allclose(got.numpy(), _rms_formula(xn, (2, 3), 1e-6) * w45.numpy(), rtol=1e-10, atol=1e-10)
-    got = A.sample_steps(x, A.SampleLayout(axis=1, groups=1), w6, None, 1e-6, centred=False)
+    got = kernels.sample_steps(x, kernels.SampleLayout(axis=1, groups=1), w6, None, 1e-6, centred=False)
     want = _rms_formula(xn, (1, 2, 3), 1e-6) * w6.numpy().reshape(1, 6, 1, 1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("layout, centred, pshape", [
-    (A.SampleLayout((4,)), True, (4,)), (A.SampleLayout((4,)), False, (4,)),
-    (A.SampleLayout(axis=1, groups=1), True, (3,)), (A.SampleLayout(axis=1, groups=3), True, (3,)),
-    (A.SampleLayout(axis=2, groups=1), False, (4,)),
+    (kernels.SampleLayout((4,)), True, (4,)), (kernels.SampleLayout((4,)), False, (4,)),
+    (kernels.SampleLayout(axis=1, groups=1), True, (3,)), (kernels.SampleLayout(axis=1, groups=3), True, (3,)),
+    (kernels.SampleLayout(axis=2, groups=1), False, (4,)),
 ], ids=["ln", "rms", "ln-axis", "in", "rms-axis-last"])
 def test_steps_derivatives_are_exact_gradcheck_and_gradgradcheck(layout, centred, pshape):
     g = torch.Generator().manual_seed(3)
@@ -130,7 +130,7 @@ def test_steps_derivatives_are_exact_gradcheck_and_gradgradcheck(layout, centred
     inputs = (x, w) if b is None else (x, w, b)
 
     def f(*args):
-        return A.sample_steps(args[0], layout, args[1], args[2] if len(args) > 2 else None, 1e-3, centred)
+        return kernels.sample_steps(args[0], layout, args[1], args[2] if len(args) > 2 else None, 1e-3, centred)
 
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
@@ -169,7 +169,7 @@ def test_registered_per_sample_norms_equal_their_steps_on_both_kernel_paths(back
     layout = layer.layout(x, 1)
     with kernels.backend(backend):
         got = layer(x)
-    steps = A.sample_steps(x, layout, layer.weight, layer.bias, layer.eps, layer.centred)
+    steps = kernels.sample_steps(x, layout, layer.weight, layer.bias, layer.eps, layer.centred)
     torch.testing.assert_close(got, steps, rtol=1e-12, atol=1e-12)
 
 
@@ -178,5 +178,5 @@ def test_every_per_sample_norm_is_a_per_sample_norm_declaring_a_known_fused_kern
                                                                                    fused):
     layer = build()
     assert isinstance(layer, A.PerSampleNorm)
-    assert layer.fused in A.FUSED
+    assert layer.fused in kernels.sample.FUSED
     assert layer.layout(torch.randn(*shape), None if layout.trailing is not None else layout.axis) == layout

@@ -1,41 +1,23 @@
 """Two processes on gloo (localhost, file store) against one process on the concatenated batch."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import normlab
 from normlab.nn import BatchNorm, MovingAverageBatchNorm, convert_sync_batchnorm
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("_sync_worker", HERE / "_sync_worker.py")
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
+sync_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sync_worker)
+worker = sync_worker.SUITES["steps"]
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sync")
-    env = dict(os.environ)
-    src = str(Path(normlab.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "_sync_worker.py"), str(r), "2", str(tmp / "store"), str(tmp / f"rank{r}.pt")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+    return sync_worker.spawn("steps", tmp_path_factory.mktemp("sync"))
 
 
 @pytest.mark.parametrize("name", list(worker.CASES))

@@ -12,6 +12,9 @@ The functions below take the same arguments as :mod:`normlab._stats` (``moments`
 ``groups``/``act``/``negative_slope``, and choose the kernels or torch's native operators through :mod:`.dispatch`
 (``NORMLAB_KERNELS=auto|fast|native``, :func:`set_backend`, :func:`backend`). Both paths return the same values
 to rounding; the tests check that.
+
+The per-sample norms (LayerNorm, RMSNorm, GroupNorm, InstanceNorm) take their step here too, :func:`sample_norm`
+(:mod:`.sample`): torch's fused kernels or the composed steps, chosen here and nowhere else.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .dispatch import (
     supported,
     use_fast,
 )
+from .sample import SampleLayout, layer_norm, sample_norm, sample_steps
 
 __all__ = [
     "AUTO_MIN_NUMEL",
@@ -42,15 +46,19 @@ __all__ = [
     "BUFFER_CACHE_ENV_VAR",
     "BACKENDS",
     "ACTIVATIONS",
+    "SampleLayout",
     "backend",
     "batch_norm_train",
     "cache_info",
     "empty_cache",
     "get_backend",
+    "layer_norm",
     "layout_of",
     "moments",
     "normalize",
     "numba_available",
+    "sample_norm",
+    "sample_steps",
     "set_backend",
     "supported",
     "use_fast",

@@ -433,32 +433,32 @@ def _is_eager() -> bool:
     return not torch.compiler.is_compiling() and _python_dispatch._get_current_dispatch_mode() is None
 
 
-class _EagerTrain(torch.autograd.Function):
-    # old-style forward(ctx, ...): the setup_context style re-inspects signatures on every call (~50 us here)
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _train_impl(*inputs)
-        _train_setup(ctx, inputs, output)
-        ctx.eager = True
-        ctx.set_materialize_grads(False)  # no zero gradients built for the statistics outputs
-        return output
+def _eager_lane(name: str, impl, setup, backward_, *, materialize_grads: bool = True) -> type[torch.autograd.Function]:
+    """A ``torch.autograd.Function`` running ``impl`` with the registered op's ``setup`` and ``backward``: one
+    definition for both ops' eager lanes. ``materialize_grads=False`` builds no zero gradients for outputs that
+    received none (the training op's statistics outputs)."""
 
-    @staticmethod
-    def backward(ctx, *grads):  # first order on the kernels; a graph of the backward through the composite
-        return _train_backward(ctx, *grads)
+    class Lane(torch.autograd.Function):
+        # old-style forward(ctx, ...): the setup_context style re-inspects signatures on every call (~50 us here)
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = impl(*inputs)
+            setup(ctx, inputs, output)
+            ctx.eager = True
+            if not materialize_grads:
+                ctx.set_materialize_grads(False)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):  # first order on the kernels; a graph of the backward through the composite
+            return backward_(ctx, *grads)
+
+    Lane.__name__ = Lane.__qualname__ = name
+    return Lane
 
 
-class _EagerApply(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _apply_impl(*inputs)
-        _apply_setup(ctx, inputs, output)
-        ctx.eager = True
-        return output
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _apply_backward(ctx, dy)
+_EagerTrain = _eager_lane("_EagerTrain", _train_impl, _train_setup, _train_backward, materialize_grads=False)
+_EagerApply = _eager_lane("_EagerApply", _apply_impl, _apply_setup, _apply_backward)
 
 
 def train(x: Tensor, weight: Tensor, bias: Tensor, eps: float, axis: int, groups: int, act: int,

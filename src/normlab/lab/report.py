@@ -290,7 +290,7 @@ def _markdown(results, meta, images) -> str:
                f"```json\n{json.dumps(dict(c.configs[r.level]), indent=1)}\n```",
                f"Verdict {seed_reason(c, r.level, r.seeds, registry)}; {r.seconds:.1f} s; units computed "
                f"{r.computed}, reused {r.reused}.", ""]
-    md += _corrections_markdown(meta) + _coverage_markdown(meta)
+    md += _section(meta, "corrections", _corrections_markdown) + _section(meta, "coverage", _coverage_markdown)
     return "\n".join(md)
 
 
@@ -500,7 +500,7 @@ def _html(results, meta, images) -> str:
                      f"<pre>{esc(json.dumps(dict(c.configs[r.level]), indent=1))}</pre>"
                      f'<p class="meta seeds">Verdict {esc(seed_reason(c, r.level, r.seeds, registry))}; '
                      f"{r.seconds:.1f} s; units computed {r.computed}, reused {r.reused}.</p></section>")
-    parts += _corrections_html(meta) + _coverage_html(meta)
+    parts += _section(meta, "corrections", _corrections_html) + _section(meta, "coverage", _coverage_html)
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -589,10 +589,14 @@ def _coverage_counts(meta) -> str:
                 f"{k} ({n})" for k, n in meta["coverage_planned"].items()) + "."))
 
 
-def _corrections_markdown(meta) -> list[str]:
-    items = meta.get("corrections") or []
-    if not items:
-        return []
+def _section(meta, key: str, render) -> list[str]:
+    """``render(rows, meta)`` for the run's ``meta[key]`` rows (corrections, coverage), or nothing when it has none
+    (a report of a subset of claims, or an older store): one rule for both sections in both formats."""
+    rows = meta.get(key) or []
+    return render(rows, meta) if rows else []
+
+
+def _corrections_markdown(items, meta) -> list[str]:
     md = ['<a id="corrections"></a>', "", "## Corrections: what the articles get wrong", "", _CORRECTIONS_INTRO, ""]
     for i, c in enumerate(items, 1):
         md += [f"### C{i}. `{c['id']}`: {c['title']}", ""]
@@ -609,10 +613,7 @@ def _corrections_markdown(meta) -> list[str]:
     return md
 
 
-def _coverage_markdown(meta) -> list[str]:
-    rows = meta.get("coverage") or []
-    if not rows:
-        return []
+def _coverage_markdown(rows, meta) -> list[str]:
     md = ['<a id="coverage"></a>', "", "## Coverage: every testable sentence of the articles", "", _COVERAGE_INTRO,
           "", _coverage_counts(meta), "", "| article | line | sentence | answered by |", "|---|---|---|---|"]
     for r in rows:
@@ -621,11 +622,8 @@ def _coverage_markdown(meta) -> list[str]:
     return md + [""]
 
 
-def _corrections_html(meta) -> list[str]:
+def _corrections_html(items, meta) -> list[str]:
     esc = html.escape
-    items = meta.get("corrections") or []
-    if not items:
-        return []
     parts = ['<section id="corrections"><h2>Corrections: what the articles get wrong</h2>',
              f"<p>{esc(_CORRECTIONS_INTRO)}</p>"]
     for i, c in enumerate(items, 1):
@@ -649,11 +647,8 @@ def _corrections_html(meta) -> list[str]:
     return parts
 
 
-def _coverage_html(meta) -> list[str]:
+def _coverage_html(rows, meta) -> list[str]:
     esc = html.escape
-    rows = meta.get("coverage") or []
-    if not rows:
-        return []
     parts = ['<section id="coverage"><h2>Coverage: every testable sentence of the articles</h2>',
              f"<p>{esc(_COVERAGE_INTRO)}</p><p>{esc(_coverage_counts(meta))}</p>",
              '<table class="coverage"><thead><tr><th>Article</th><th>Line</th><th>Sentence</th><th>Answered by</th>'

@@ -4,12 +4,13 @@ None of these uses batch statistics, so they behave the same in training and eva
 share BatchNorm's vocabulary (``num_features``, ``axis`` = the channel axis, per-channel affine) and otherwise
 take torch's constructor arguments.
 
-One forward for all four (:func:`sample_norm`): statistics (``_stats.moments``, centred or not) over a declared
-:class:`SampleLayout` -> ``_stats.standardize`` -> affine. A layer (:class:`PerSampleNorm`) declares only what
-differs: its layout (torch's trailing dims, or G groups of channels on ``axis``: LayerNorm's feature-map mode is
-G = 1, GroupNorm G, InstanceNorm G = C), whether it is ``centred`` (RMSNorm is not) and which of torch's fused
-kernels (``fused``, a key of :data:`FUSED`) computes those steps faster; :func:`sample_steps` is the same forward
-composed from the step API (the fused kernels' exact higher-order derivatives and torch.func path use it).
+One forward for all four, the step :func:`normlab.kernels.sample_norm`: statistics (``_stats.moments``, centred or
+not) over a declared :class:`~normlab.kernels.SampleLayout` -> ``_stats.standardize`` -> affine. A layer
+(:class:`PerSampleNorm`) declares only what differs: its layout (torch's trailing dims, or G groups of channels on
+``axis``: LayerNorm's feature-map mode is G = 1, GroupNorm G, InstanceNorm G = C), whether it is ``centred``
+(RMSNorm is not) and which of torch's fused kernels (``fused``, a key of :data:`normlab.kernels.sample.FUSED`)
+computes those steps faster. The choice between that kernel and the composed steps is the step API's
+(:mod:`normlab.kernels.sample`), not the layer's.
 
 For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, group g):
 
@@ -26,66 +27,20 @@ For an input with batch axis 0 and channel axis ``c`` (per sample n, channel k, 
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, _validate, kernels
+from ..kernels import SampleLayout
 from .batchnorm import NormLayer, RunningStatsNorm, reset_affine
 
 __all__ = [
     "LayerNorm", "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-    "PerSampleNorm", "SampleLayout", "sample_norm", "sample_steps",
+    "PerSampleNorm",
 ]
-
-
-def _layer_norm_composite(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
-    return sample_steps(x, SampleLayout(tuple(shape)), weight, bias, eps)
-
-
-class _LayerNorm(torch.autograd.Function):
-    """torch's fused layer norm forward and first-order backward; a graph of the backward (create_graph=True)
-    differentiates the composite instead, whose derivatives are exact at every order."""
-
-    @staticmethod
-    def forward(ctx, x, shape, weight, bias, eps):
-        y, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.shape, ctx.eps = shape, eps
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            shape, eps = ctx.shape, ctx.eps
-            dx, dw, db = kernels.native.double_backward_grads(
-                lambda a, w, b: _layer_norm_composite(a, shape, w, b, eps), (x, weight, bias), (n[0], n[2], n[3]), dy)
-            return dx, None, dw, db, None
-        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-            dy, x, ctx.shape, mean, rstd, weight, bias, [n[0], n[2] and weight is not None, n[3] and bias is not None])
-        return dx if n[0] else None, None, dw if n[2] else None, db if n[3] else None, None
-
-
-def layer_norm(x: Tensor, shape: tuple, weight, bias, eps: float) -> Tensor:
-    """``torch.nn.functional.layer_norm`` with exact derivatives of every order (torch's double backward treats
-    the saved statistics as constants and is wrong from the third order on)."""
-    if (
-        torch.is_grad_enabled() and kernels.native.plain(x) and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and (
-            x.requires_grad
-            or (weight is not None and weight.requires_grad)
-            or (bias is not None and bias.requires_grad)
-        )
-    ):
-        return _LayerNorm.apply(x, tuple(shape), weight, bias, eps)
-    if not kernels.native.plain(x) and torch.is_grad_enabled():  # torch.func transforms: the composite
-        return _layer_norm_composite(x, tuple(shape), weight, bias, eps)
-    return TF.layer_norm(x, shape, weight, bias, eps)
 
 
 def _check_eps(eps, name: str) -> None:
@@ -93,98 +48,12 @@ def _check_eps(eps, name: str) -> None:
         raise ValueError(f"{name}: eps must be positive, got {eps}")
 
 
-# -- the per-sample steps: what a layer declares, the steps, and torch's fused kernels as dispatch targets --------
-class SampleLayout(NamedTuple):
-    """What one call of a per-sample norm takes its statistics over, as the layer declares it.
-
-    ``trailing`` (torch's LayerNorm/RMSNorm mode): statistics per sample over these trailing dims, elementwise affine
-    of that shape. Otherwise ``groups`` of channels on ``axis``: statistics per (sample, group) over the group's
-    C/G channels and every dim but the batch dim 0, per-channel affine. ``groups=1`` is the feature-map LayerNorm
-    (= ``GroupNorm(1, C)``), ``groups=C`` InstanceNorm.
-    """
-
-    trailing: tuple[int, ...] | None = None
-    axis: int = 1
-    groups: int = 1
-
-
-def _elementwise_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    if weight is not None:
-        y = y * weight.to(y.dtype)
-    return y + bias.to(y.dtype) if bias is not None else y
-
-
-def sample_steps(x: Tensor, layout: SampleLayout, weight: Tensor | None, bias: Tensor | None, eps: float | None,
-                 centred: bool = True) -> Tensor:
-    """A per-sample norm from the step API: ``_stats.moments`` (centred or not) over ``layout``'s dims ->
-    ``_stats.standardize`` -> the affine. Differentiable operators only, so its derivatives are exact at every order
-    and it runs under torch.func transforms; it is also what torch's fused kernels compute (:func:`sample_norm`)."""
-    if eps is None:  # torch's RMSNorm default
-        eps = torch.finfo(x.dtype).eps
-    if layout.trailing is not None:
-        dims = tuple(range(x.ndim - len(layout.trailing), x.ndim))
-        y = _stats.standardize(x, _stats.moments(x, dims, keepdim=True, centred=centred), eps)
-        return _elementwise_affine(y, weight, bias)
-    xm = x.movedim(layout.axis, 1)
-    xg = xm.reshape(xm.shape[0], layout.groups, -1)
-    y = _stats.standardize(xg, _stats.moments(xg, (2,), keepdim=True, centred=centred), eps)
-    return _stats.affine(y.reshape(xm.shape).movedim(1, layout.axis), weight, bias, axis=layout.axis)
-
-
-def _fused_layer_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
-    if layout.trailing is not None:
-        return layer_norm(x, layout.trailing, weight, bias, eps)
-    return _stats.affine(layer_norm(x, tuple(x.shape[1:]), None, None, eps), weight, bias, axis=layout.axis)
-
-
-def _fused_rms_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
-    if layout.trailing is not None:
-        return TF.rms_norm(x, layout.trailing, weight, eps)
-    return _stats.affine(TF.rms_norm(x, tuple(x.shape[1:]), None, eps), weight, bias, axis=layout.axis)
-
-
-def _fused_group_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
-    return TF.group_norm(x.movedim(layout.axis, 1), layout.groups, weight, bias, eps).movedim(1, layout.axis)
-
-
-def _fused_instance_norm(x: Tensor, layout: SampleLayout, weight, bias, eps) -> Tensor:
-    # torch's instance_norm (its batch_norm on (1, N*C, ...)) has a wrong third derivative: exact_orders keeps its
-    # first-order gradients and differentiates the steps when a graph of the backward is requested
-    per_channel = SampleLayout(axis=1, groups=layout.groups)
-    y = kernels.native.exact_orders(
-        lambda a, w, b: TF.instance_norm(a, None, None, w, b, True, 0.0, eps),
-        lambda a, w, b: sample_steps(a, per_channel, w, b, eps), x.movedim(layout.axis, 1), weight, bias,
-    )
-    return y.movedim(1, layout.axis)
-
-
-#: torch's fused kernels, each computing :func:`sample_steps` for the layouts of the layers that name it (faster
-#: than the composed steps; see the README's design notes for the timings)
-FUSED = {
-    "layer_norm": _fused_layer_norm, "rms_norm": _fused_rms_norm, "group_norm": _fused_group_norm,
-    "instance_norm": _fused_instance_norm,
-}
-
-
-def sample_norm(x: Tensor, layout: SampleLayout, weight: Tensor | None, bias: Tensor | None, eps: float | None, *,
-                centred: bool = True, fused: str | None = None) -> Tensor:
-    """The one forward of the per-sample norms: statistics over ``layout`` -> normalize -> affine, on torch's fused
-    kernel ``fused`` (a key of :data:`FUSED`) when the layer names one, else on the step API (:func:`sample_steps`).
-    An empty input gives torch's empty output, in the graph of ``x`` and the parameters (gradients 0)."""
-    if x.numel() == 0:
-        if layout.trailing is not None:
-            return _elementwise_affine(x * 0, weight, bias)
-        return _stats.affine(x * 0, weight, bias, axis=layout.axis)
-    if fused is None:
-        return sample_steps(x, layout, weight, bias, eps, centred)
-    return FUSED[fused](x, layout, weight, bias, eps)
-
-
+# -- the layers: each declares its layout; the forward is kernels.sample_norm over it ---------------------------
 class PerSampleNorm(NormLayer):
     """The base of the per-sample norms: a subclass declares what differs — ``centred`` (RMSNorm is not),
-    ``fused`` (which of torch's fused kernels computes its steps, :data:`FUSED`), the parameters it owns and, per
-    call, :meth:`check` (the layer's input rules and errors) and :meth:`layout` (normalized dims, groups, affine
-    axis) — and its forward is :func:`sample_norm` over them."""
+    ``fused`` (which of torch's fused kernels computes its steps, :data:`normlab.kernels.sample.FUSED`), the
+    parameters it owns and, per call, :meth:`check` (the layer's input rules and errors) and :meth:`layout`
+    (normalized dims, groups, affine axis) — and its forward is :func:`normlab.kernels.sample_norm` over them."""
 
     centred = True
     fused: str | None = None
@@ -219,8 +88,8 @@ class PerSampleNorm(NormLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.check(x)
-        return sample_norm(x, self.layout(x, c), self.weight, self.bias, self.eps, centred=self.centred,
-                           fused=self.fused)
+        return kernels.sample_norm(x, self.layout(x, c), self.weight, self.bias, self.eps, centred=self.centred,
+                                   fused=self.fused)
 
 
 class _SampleNorm(PerSampleNorm):
@@ -467,7 +336,8 @@ class InstanceNorm(RunningStatsNorm, PerSampleNorm):
             y = TF.instance_norm(xm, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, eps)
             return y.movedim(1, c)
         # the per-sample steps, one group per channel (torch's fused instance_norm computes them)
-        y = sample_norm(x, self.layout(x, c), self.weight, self.bias, eps, centred=self.centred, fused=self.fused)
+        y = kernels.sample_norm(x, self.layout(x, c), self.weight, self.bias, eps, centred=self.centred,
+                                fused=self.fused)
         if track:
             self._track(xm)
         return y

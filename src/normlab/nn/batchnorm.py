@@ -185,6 +185,11 @@ class BatchNormBase(RunningStatsNorm):
     centred = True
     #: whether the layer is only defined with running statistics (track_running_stats=False raises at construction)
     requires_running_stats = False
+    #: whether the batch statistics this class normalizes with are the plain per-channel moments of the batch
+    #: (:meth:`batch_moments` as defined here), so that, unsynchronized, functional.batch_norm and the fused
+    #: kernels compute exactly its forward. A class whose statistics differ (per time step, moving averages of
+    #: E[x^2], mixed with layer statistics, compositional, or an overridden ``batch_moments``) declares False.
+    plain_batch_moments = True
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
 
@@ -332,9 +337,9 @@ class BatchNormBase(RunningStatsNorm):
         return pooled
 
     def _local_plain_moments(self) -> bool:
-        """Whether :meth:`batch_moments` is the base one without synchronization (then functional.batch_norm, with
-        its fast paths, computes exactly this layer's forward)."""
-        return not self.sync_statistics and type(self).batch_moments is BatchNormBase.batch_moments
+        """Whether the class declares plain batch moments (:attr:`plain_batch_moments`) and the layer is not
+        synchronized (then functional.batch_norm, with its fast paths, computes exactly this layer's forward)."""
+        return self.plain_batch_moments and not self.sync_statistics
 
     def update_running(self, stats: _stats.Moments) -> None:
         """Fold one batch's statistics into the running buffers (momentum, or the cumulative average for

@@ -86,6 +86,7 @@ class FullNormalization(BatchNormBase):
     """
 
     requires_running_stats = True
+    plain_batch_moments = False  # compositional statistics (running moments mixed with the batch's)
 
     @extends_constructor
     def __init__(self, num_features: int, *args, warmup: bool = True, running_var_unbiased: bool = False,

@@ -161,6 +161,8 @@ class TimeStepBatchNorm(BatchNormBase):
     ``(max_steps,)`` (each step's own count, for ``momentum=None``).
     """
 
+    plain_batch_moments = False  # statistics per time step
+
     @extends_constructor
     def __init__(
         self,

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from .. import _stats, _validate, kernels
-from .alternatives import layer_norm
 from .batchnorm import BatchNormBase, extends_constructor
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "MovingAverageBatchNorm", "BatchLayerNorm"]
@@ -66,10 +65,8 @@ class BatchRenorm(BatchNormBase):
         **kwargs,
     ) -> None:
         name = type(self).__name__
-        if not r_max >= 1.0:
-            raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
-        if not d_max >= 0.0:
-            raise ValueError(f"{name}: d_max must be >= 0, got {d_max}")
+        _validate.check_at_least(r_max, name, "r_max", 1)
+        _validate.check_at_least(d_max, name, "d_max", 0)
         for what, v in (("warmup_steps", warmup_steps), ("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
             _validate.check_non_negative_int(v, name, what)
         super().__init__(num_features, *args, **kwargs)
@@ -130,6 +127,9 @@ class GhostBatchNorm(BatchNormBase):
     batch.
     """
 
+    # plain_batch_moments stays True: the only calls handed to BatchNormBase's path (one virtual batch, or eval)
+    # are plain BatchNorm; several virtual batches take this class's own path below
+
     @extends_constructor
     def __init__(self, num_features: int, virtual_batch_size: int, *args, **kwargs) -> None:
         _validate.check_positive_int(virtual_batch_size, type(self).__name__, "virtual_batch_size")
@@ -183,7 +183,7 @@ class GhostBatchNorm(BatchNormBase):
         parts = [_stats.moments(chunk, dims) for chunk in chunks]
         out = torch.cat(
             [
-                _stats.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
+                kernels.normalize(ch, m.mean, m.var, self.weight, self.bias, self.eps, axis=axis)
                 for ch, m in zip(chunks, parts)
             ],
             dim=0,
@@ -266,7 +266,7 @@ class MovingAverageBatchNorm(BatchNormBase):
     syncable = False
     not_syncable_because = "moving averages are per process"
     centred = False  # running_var is the second moment E[x^2]; running_mean stays 0
-
+    plain_batch_moments = False  # moving averages of E[x^2] over the last batches
     requires_running_stats = True
 
     @extends_constructor
@@ -286,8 +286,7 @@ class MovingAverageBatchNorm(BatchNormBase):
         _validate.check_positive_int(buffer_size, name, "buffer_size")
         _validate.check_non_negative_int(warmup_iters, name, "warmup_iters")
         _validate.check_non_negative_int(renorm_warmup_iters, name, "renorm_warmup_iters")
-        if not r_max >= 1.0:
-            raise ValueError(f"{name}: r_max must be >= 1, got {r_max}")
+        _validate.check_at_least(r_max, name, "r_max", 1)
         super().__init__(num_features, eps, momentum, *args, **kwargs)
         self.buffer_size, self.warmup_iters = buffer_size, warmup_iters
         self.renorm_warmup_iters, self.r_max = renorm_warmup_iters, float(r_max)
@@ -359,6 +358,7 @@ class BatchLayerNorm(BatchNormBase):
     """
 
     _needs_batch_variance = False  # defined at batch size 1 (x_b's weight is then -1e-4 and x_b = 0)
+    plain_batch_moments = False  # batch statistics mixed with each sample's layer statistics
     MIX_OFFSET = 1e-4
     train_batch_size: Tensor
 
@@ -420,6 +420,6 @@ class BatchLayerNorm(BatchNormBase):
         if self.scale_by_sqrt_features:
             w_f, w_b = w_f / math.sqrt(self.num_features), w_b / math.sqrt(self.num_features)
         x_b = kernels.normalize(x, mean, var, None, None, self.eps, axis=axis)
-        # alternatives.layer_norm: torch's layer_norm with exact higher-order derivatives
-        x_f = layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
+        # kernels.layer_norm: torch's layer_norm with exact higher-order derivatives
+        x_f = kernels.layer_norm(x.movedim(axis, -1), (self.num_features,), None, None, self.eps).movedim(-1, axis)
         return _stats.affine(w_f * x_f + w_b * x_b, self.weight, self.bias, axis=axis)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 from torch import fx, nn
@@ -96,6 +98,12 @@ def module_use_counts(model: nn.Module) -> dict[int, int]:
     return counts
 
 
+def graph_call_counts(graph: fx.Graph) -> dict[str, int]:
+    """How many times a traced forward calls each submodule (by dotted path): a module called twice cannot be
+    rewritten for one of its calls only."""
+    return dict(Counter(str(node.target) for node in graph.nodes if node.op == "call_module"))
+
+
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule registered as ``name`` (dotted path) by ``new``."""
     parent_name, _, child = name.rpartition(".")
@@ -142,3 +150,51 @@ def trace_or_note(tracer: fx.Tracer, module: nn.Module, prefix: str, report: Any
         return None
     report.traced.append(prefix)
     return graph
+
+
+@dataclass
+class RewriteReport:
+    """What a model rewrite (:class:`~normlab.tools.FoldReport`, :class:`~normlab.tools.FuseReport`) did with each
+    batch-norm layer: the part both share.
+
+    ``skipped``: ``(norm name, reason)``; ``traced``: modules whose data flow was read with ``torch.fx`` (``""`` is
+    the whole model); ``untraced``: ``(module name, error)`` for modules that did not trace. A subclass names its
+    tool, its verb and the field of the norms it rewrote (``class FoldReport(RewriteReport, tool="fold",
+    verb="folded", done_field="folded")``) and writes their lines (:meth:`_done_lines`).
+    """
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
+
+    tool: ClassVar[str] = ""
+    verb: ClassVar[str] = ""
+    done_field: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, tool: str, verb: str, done_field: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.tool, cls.verb, cls.done_field = tool, verb, done_field
+
+    def _done(self) -> list:
+        return getattr(self, self.done_field)
+
+    def _done_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def _more_lines(self) -> list[str]:
+        """Lines between the skipped norms and the untraced modules (none unless the tool says more)."""
+        return []
+
+    @property
+    def num_norms(self) -> int:
+        return len(self._done()) + len(self.skipped)
+
+    def __str__(self) -> str:
+        if not self.num_norms:
+            return f"{self.tool}: the model has no batch-norm layer (torch.nn.BatchNorm*d or normlab.nn.BatchNormBase)"
+        lines = [f"{self.tool}: {len(self._done())} of {self.num_norms} batch-norm layers {self.verb}"]
+        lines += self._done_lines()
+        lines += [f"  skipped {norm or '<model>'}: {reason}" for norm, reason in self.skipped]
+        lines += self._more_lines()
+        lines += [f"  not traceable with torch.fx: {name or '<model>'} ({err})" for name, err in self.untraced]
+        return "\n".join(lines)

@@ -37,8 +37,10 @@ from .. import reference
 from ..nn.act import NormAct
 from ._common import (
     BatchNormLike,
+    RewriteReport,
     as_batch_norm,
     eval_uses_running_stats,
+    graph_call_counts,
     is_batch_norm,
     is_norm,
     join_path,
@@ -126,7 +128,7 @@ def fold_into(
 
 # -- the plan ----------------------------------------------------------------------------------------------------
 @dataclass
-class FoldReport:
+class FoldReport(RewriteReport, tool="fold", verb="folded", done_field="folded"):
     """What :func:`fold_batchnorm` folds and why it leaves the rest.
 
     ``folded``: ``(layer name, norm name)`` pairs; ``skipped``: ``(norm name, reason)``; ``traced``: modules whose
@@ -135,22 +137,9 @@ class FoldReport:
     """
 
     folded: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    traced: list[str] = field(default_factory=list)
-    untraced: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def num_norms(self) -> int:
-        return len(self.folded) + len(self.skipped)
-
-    def __str__(self) -> str:
-        if not self.num_norms:
-            return "fold: the model has no batch-norm layer (torch.nn.BatchNorm*d or normlab.nn.BatchNormBase)"
-        lines = [f"fold: {len(self.folded)} of {self.num_norms} batch-norm layers folded"]
-        lines += [f"  folded  {norm or '<model>'} into {layer}" for layer, norm in self.folded]
-        lines += [f"  skipped {norm or '<model>'}: {reason}" for norm, reason in self.skipped]
-        lines += [f"  not traceable with torch.fx: {name or '<model>'} ({err})" for name, err in self.untraced]
-        return "\n".join(lines)
+    def _done_lines(self) -> list[str]:
+        return [f"  folded  {norm or '<model>'} into {layer}" for layer, norm in self.folded]
 
 
 class LeafTracer(fx.Tracer):
@@ -360,10 +349,7 @@ def _describe(node: object) -> str:
 def _plan_graph(
     graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict, seen: dict
 ) -> None:
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    calls = graph_call_counts(graph)
     for node in graph.nodes:
         target = str(node.target)  # a call_module node's target is the module's dotted path
         wrapped = wrapped_norm(root.get_submodule(target)) if node.op == "call_module" else None

@@ -42,7 +42,15 @@ from torch.nn import functional as TF
 
 from ..nn.act import NormAct, NormAddAct
 from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from ._common import is_batch_norm, join_path, module_use_counts, set_submodule, trace_or_note
+from ._common import (
+    RewriteReport,
+    graph_call_counts,
+    is_batch_norm,
+    join_path,
+    module_use_counts,
+    set_submodule,
+    trace_or_note,
+)
 
 __all__ = ["FuseReport", "plan_fuse_norm_act", "fuse_norm_act"]
 
@@ -97,7 +105,7 @@ class _Pair:
 
 
 @dataclass
-class FuseReport:
+class FuseReport(RewriteReport, tool="fuse_norm_act", verb="fused with their activation", done_field="fused"):
     """What :func:`fuse_norm_act` fuses and why it leaves the rest.
 
     ``fused``: ``(norm name, activation)`` pairs (the activation as a module name or ``"relu() in <module>"``);
@@ -106,25 +114,14 @@ class FuseReport:
     """
 
     fused: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
-    traced: list[str] = field(default_factory=list)
-    untraced: list[tuple[str, str]] = field(default_factory=list)
     pairs: list[_Pair] = field(default_factory=list, repr=False)
 
-    @property
-    def num_norms(self) -> int:
-        return len(self.fused) + len(self.skipped)
+    def _done_lines(self) -> list[str]:
+        return [f"  fused   {norm or '<model>'} + {act}" for norm, act in self.fused]
 
-    def __str__(self) -> str:
-        if not self.num_norms:
-            return "fuse_norm_act: the model has no batch-norm layer (torch.nn.BatchNorm*d or normlab.nn.BatchNormBase)"
-        lines = [f"fuse_norm_act: {len(self.fused)} of {self.num_norms} batch-norm layers fused with their activation"]
-        lines += [f"  fused   {norm or '<model>'} + {act}" for norm, act in self.fused]
-        lines += [f"  skipped {norm or '<model>'}: {reason}" for norm, reason in self.skipped]
-        lines += [f"  forward rewritten (torch.fx GraphModule): {name or '<model>'}" for name in self.rewritten]
-        lines += [f"  not traceable with torch.fx: {name or '<model>'} ({err})" for name, err in self.untraced]
-        return "\n".join(lines)
+    def _more_lines(self) -> list[str]:
+        return [f"  forward rewritten (torch.fx GraphModule): {name or '<model>'}" for name in self.rewritten]
 
 
 # -- what pairs ---------------------------------------------------------------------------------------------------
@@ -240,10 +237,7 @@ def _rewrite_problem(model: nn.Module, owner: str, graphs: list) -> str | None:
 def _plan_graph(
     graph: fx.Graph, root: nn.Module, prefix: str, counts: dict[int, int], decisions: dict, graphs: list
 ) -> None:
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = graph_call_counts(graph)
     for node in graph.nodes:
         if node.op != "call_module" or not is_batch_norm(root.get_submodule(node.target)):
             continue

@@ -188,6 +188,164 @@ class _BadBatch(ValueError):
     """A batch recalibrate refuses (named with its index by the caller)."""
 
 
+def _norms_to_recalibrate(model: nn.Module, num_batches: int | None, average: str) -> list[tuple[str, nn.Module]]:
+    """Check recalibrate's arguments and return ``(name, layer)`` for every batch norm of ``model`` with running
+    statistics. Raises TypeError for a model that is not an ``nn.Module``, ValueError for a bad ``num_batches`` or
+    ``average``, for ``average="batches"`` over synchronized layers, and for a model without such a layer."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
+    if average not in ("pooled", "batches"):
+        raise ValueError(f"recalibrate: average must be 'pooled' or 'batches', got {average!r}")
+    bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
+    if num_batches is not None and bad_count:
+        raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
+    norms = [(name, m) for name, m in model.named_modules() if is_batch_norm(m) and has_running_stats(m)]
+    if average == "batches":
+        synced = [name for name, m in norms if _synchronized(m)]
+        if synced:
+            raise ValueError(f"recalibrate: average='batches' does not pool over processes; {synced} are synchronized "
+                             "layers (use average='pooled')")
+    if not norms:
+        raise ValueError(
+            "recalibrate: the model has no batch norm with running statistics (torch.nn.BatchNorm*d, SyncBatchNorm "
+            "or normlab.nn.BatchNormBase with track_running_stats=True)"
+        )
+    return norms
+
+
+class _Populations:
+    """The population statistics being gathered: one accumulator per layer, or per layer and time step for
+    per-step layers (``_PooledMoments`` or, for ``average="batches"``, ``_BatchAverage``). :meth:`record` is the
+    forward pre-hook that feeds them; ``reached`` names the batch norm the current batch reached last (to say
+    where a failing batch failed)."""
+
+    def __init__(self, norms: list[tuple[str, nn.Module]], average: str) -> None:
+        self.average = average
+        self.acc: dict[int, Any] = {id(m): ({} if _per_step(m) else self.new(m)) for _, m in norms}
+        self.names = {id(m): name or "<model>" for name, m in norms}
+        self.reached = ""
+
+    def new(self, m: nn.Module) -> _PooledMoments | _BatchAverage:
+        if self.average == "batches":
+            return _BatchAverage(getattr(m, "running_var_unbiased", True) and _centred(m))
+        return _PooledMoments()
+
+    def record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Add one call's input (its valid positions; per step for per-step layers). Raises ``_BadBatch`` for a
+        non-finite value, which would silently turn the population statistics into NaN."""
+        self.reached = self.names[id(module)]
+        if _per_step(module):
+            for t, xt, axis in _step_inputs(module, args, kwargs):
+                self.acc[id(module)].setdefault(t, self.new(module)).add(xt, axis)
+            return
+        x, mask = _statistics_input(module, args, kwargs)
+        if x is not None:
+            finite = torch.isfinite(x) if x.is_floating_point() else None
+            if mask is not None and finite is not None:
+                finite = finite | ~mask  # padded positions never enter the statistics
+            if finite is not None and not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise _BadBatch(f"the input of batch norm {self.names[id(module)]!r} holds {bad} non-finite value(s) "
+                                f"of {x.numel()}")
+            self.acc[id(module)].add(x, norm_axis(module), mask)
+
+
+def _feed(model: nn.Module, norms: list[tuple[str, nn.Module]], populations: _Populations, batches: Iterable,
+          num_batches: int | None, forward: Callable[[nn.Module, Any], Any], progress: bool) -> None:
+    """Run the batches through ``model`` under ``torch.no_grad()``, every batch norm normalizing with batch
+    statistics (as in training) while :meth:`_Populations.record` reads its input. Afterwards, also on error, the
+    layers' ``training`` flags and every buffer of the model are put back: the passes run the model as it is, so
+    any layer may touch its buffers (num_batches_tracked, running averages, MABN's histories, other stateful
+    layers). Raises ValueError (running statistics unchanged) for a bad or failing batch, or too few batches."""
+    total = num_batches
+    if total is None and isinstance(batches, Sized):
+        total = len(batches)
+    saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    modes = [(m, m.training) for _, m in norms]
+    handles = []
+    try:
+        for _, m in norms:
+            m.train()  # batch statistics normalize, as in training
+            handles.append(m.register_forward_pre_hook(populations.record, with_kwargs=True))
+        seen = 0
+        with torch.no_grad():
+            for batch in _progress(batches, total, progress):
+                if num_batches is not None and seen >= num_batches:
+                    break
+                try:
+                    forward(model, batch)
+                except _BadBatch as exc:
+                    raise ValueError(f"recalibrate: batch {seen}: {exc}; running statistics unchanged") from None
+                except Exception as exc:  # the model's own error, told with where it happened
+                    if str(exc).startswith("recalibrate:"):
+                        raise  # already ours (a batch it cannot feed)
+                    reached = populations.reached
+                    where = f" (last batch norm reached: {reached!r})" if reached else ""
+                    raise ValueError(f"recalibrate: batch {seen} failed in the model{where}: "
+                                     f"{type(exc).__name__}: {exc}; running statistics unchanged") from exc
+                populations.reached = ""
+                seen += 1
+        if seen == 0:
+            raise ValueError("recalibrate: batches yielded no batch; running statistics unchanged")
+        if num_batches is not None and seen < num_batches:
+            raise ValueError(
+                f"recalibrate: asked for num_batches={num_batches} but batches held only {seen}; "
+                f"running statistics unchanged"
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.train(training)
+        with torch.no_grad():
+            buffers = dict(model.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+
+
+def _write(m: nn.Module, acc, running_mean: Tensor, running_var: Tensor) -> bool:
+    """Copy one population into running_mean/running_var (views of the layer's buffers); False if empty."""
+    if acc.stats is None or not bool(acc.seen().any()):
+        return False
+    seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
+    unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
+    mean, var, second = acc.result(unbiased)
+    if not _centred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
+        running_var.copy_(torch.where(seen, second, running_var.to(second.dtype)))
+        return True
+    running_mean.copy_(torch.where(seen, mean, running_mean.to(mean.dtype)))
+    running_var.copy_(torch.where(seen, var, running_var.to(var.dtype)))
+    return True
+
+
+def _write_populations(norms: list[tuple[str, nn.Module]], populations: _Populations) -> tuple[list[str], list[str]]:
+    """Write every layer's population into its running statistics (pooled over the processes first for a
+    synchronized layer, identical on every process); return the layers no batch reached and, for per-step
+    layers, the steps no batch reached (they keep their statistics)."""
+    missed: list[str] = []
+    missed_steps: list[str] = []
+    with torch.no_grad():
+        for name, m in norms:
+            acc, bn = populations.acc[id(m)], as_batch_norm(m)
+            if _per_step(m):
+                max_steps = int(getattr(m, "max_steps"))  # noqa: B009 (TimeStepBatchNorm's public max_steps)
+                if _synchronized(m):  # per-step layers pool over processes too
+                    for t in range(max_steps):
+                        acc.setdefault(t, _PooledMoments()).pool_processes(m, bn.num_features)
+                done = [t for t, a in sorted(acc.items()) if _write(m, a, bn.running_mean[t], bn.running_var[t])]
+                if not done:
+                    missed.append(name or type(m).__name__)
+                elif len(done) < max_steps:
+                    left = sorted(set(range(max_steps)) - set(done))
+                    missed_steps.append(f"{name or type(m).__name__} (steps {left})")
+                continue
+            if _synchronized(m):  # population statistics of every process's shard, identical on every process
+                acc.pool_processes(m, bn.num_features)
+            if not _write(m, acc, bn.running_mean, bn.running_var):
+                missed.append(name)
+    return missed, missed_steps
+
+
 def recalibrate(
     model: nn.Module,
     batches: Iterable,
@@ -216,135 +374,10 @@ def recalibrate(
     plain average of the per-batch estimates, Cooijmans et al.'s recurrent-BN inference statistics; not for
     synchronized layers). Raises ValueError for a bad argument or when no batch arrives.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"recalibrate: expected a torch.nn.Module, got {type(model).__name__}")
-    if average not in ("pooled", "batches"):
-        raise ValueError(f"recalibrate: average must be 'pooled' or 'batches', got {average!r}")
-    bad_count = not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1
-    if num_batches is not None and bad_count:
-        raise ValueError(f"recalibrate: num_batches must be a positive int or None (all batches), got {num_batches!r}")
-    norms = [(name, m) for name, m in model.named_modules() if is_batch_norm(m) and has_running_stats(m)]
-    if average == "batches":
-        synced = [name for name, m in norms if _synchronized(m)]
-        if synced:
-            raise ValueError(f"recalibrate: average='batches' does not pool over processes; {synced} are synchronized "
-                             "layers (use average='pooled')")
-    if not norms:
-        raise ValueError(
-            "recalibrate: the model has no batch norm with running statistics (torch.nn.BatchNorm*d, SyncBatchNorm "
-            "or normlab.nn.BatchNormBase with track_running_stats=True)"
-        )
-    forward = forward or _default_forward
-    total = num_batches
-    if total is None and isinstance(batches, Sized):
-        total = len(batches)
-
-    # The passes run the model as it is (training mode where it is in training mode), so any layer may touch its
-    # buffers (num_batches_tracked, running averages, MABN's histories, other stateful layers): every buffer of the
-    # model is put back afterwards, and only then are the new statistics written.
-    saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    modes = [(m, m.training) for _, m in norms]
-
-    def accumulator(m: nn.Module):
-        if average == "batches":
-            return _BatchAverage(getattr(m, "running_var_unbiased", True) and _centred(m))
-        return _PooledMoments()
-
-    # one accumulator per layer, or per layer and time step for per-step layers
-    pooled = {id(m): ({} if _per_step(m) else accumulator(m)) for _, m in norms}
-    handles = []
-    names = {id(m): name or "<model>" for name, m in norms}
-    reached = [""]  # the batch norm the current batch reached last: named when the batch fails
-
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        reached[0] = names[id(module)]
-        if _per_step(module):
-            for t, xt, axis in _step_inputs(module, args, kwargs):
-                pooled[id(module)].setdefault(t, accumulator(module)).add(xt, axis)
-            return
-        x, mask = _statistics_input(module, args, kwargs)
-        if x is not None:
-            finite = torch.isfinite(x) if x.is_floating_point() else None
-            if mask is not None and finite is not None:
-                finite = finite | ~mask  # padded positions never enter the statistics
-            if finite is not None and not bool(finite.all()):
-                # a NaN or inf would silently turn the population statistics into NaN
-                bad = int((~finite).sum())
-                raise _BadBatch(f"the input of batch norm {names[id(module)]!r} holds {bad} non-finite value(s) of "
-                                f"{x.numel()}")
-            pooled[id(module)].add(x, norm_axis(module), mask)
-
-    try:
-        for _, m in norms:
-            m.train()  # batch statistics normalize, as in training
-            handles.append(m.register_forward_pre_hook(record, with_kwargs=True))
-        seen = 0
-        with torch.no_grad():
-            for batch in _progress(batches, total, progress):
-                if num_batches is not None and seen >= num_batches:
-                    break
-                try:
-                    forward(model, batch)
-                except _BadBatch as exc:
-                    raise ValueError(f"recalibrate: batch {seen}: {exc}; running statistics unchanged") from None
-                except Exception as exc:  # the model's own error, told with where it happened
-                    if str(exc).startswith("recalibrate:"):
-                        raise  # already ours (a batch it cannot feed)
-                    where = f" (last batch norm reached: {reached[0]!r})" if reached[0] else ""
-                    raise ValueError(f"recalibrate: batch {seen} failed in the model{where}: "
-                                     f"{type(exc).__name__}: {exc}; running statistics unchanged") from exc
-                reached[0] = ""
-                seen += 1
-        if seen == 0:
-            raise ValueError("recalibrate: batches yielded no batch; running statistics unchanged")
-        if num_batches is not None and seen < num_batches:
-            raise ValueError(
-                f"recalibrate: asked for num_batches={num_batches} but batches held only {seen}; "
-                f"running statistics unchanged"
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m, training in modes:
-            m.train(training)
-        with torch.no_grad():
-            buffers = dict(model.named_buffers())
-            for name, value in saved_buffers.items():
-                buffers[name].copy_(value)
-    missed, missed_steps = [], []
-
-    def write(m: nn.Module, acc, running_mean: Tensor, running_var: Tensor) -> bool:
-        """Copy one population into running_mean/running_var (views of the layer's buffers); False if empty."""
-        if acc.stats is None or not bool(acc.seen().any()):
-            return False
-        seen = acc.seen()  # a channel no valid value reached (all masked) keeps its statistics
-        unbiased = getattr(m, "running_var_unbiased", True)  # torch's layers keep the unbiased variance
-        mean, var, second = acc.result(unbiased)
-        if not _centred(m):  # MABN: running_var is the second moment E[x^2], running_mean stays 0
-            running_var.copy_(torch.where(seen, second, running_var.to(second.dtype)))
-            return True
-        running_mean.copy_(torch.where(seen, mean, running_mean.to(mean.dtype)))
-        running_var.copy_(torch.where(seen, var, running_var.to(var.dtype)))
-        return True
-
-    with torch.no_grad():
-        for name, m in norms:
-            acc = pooled[id(m)]
-            if _per_step(m):
-                if _synchronized(m):  # per-step layers pool over processes too
-                    for t in range(m.max_steps):
-                        acc.setdefault(t, _PooledMoments()).pool_processes(m, m.num_features)
-                done = [t for t, a in sorted(acc.items()) if write(m, a, m.running_mean[t], m.running_var[t])]
-                if not done:
-                    missed.append(name or type(m).__name__)
-                elif len(done) < m.max_steps:
-                    left = sorted(set(range(m.max_steps)) - set(done))
-                    missed_steps.append(f"{name or type(m).__name__} (steps {left})")
-                continue
-            if _synchronized(m):  # population statistics of every process's shard, identical on every process
-                acc.pool_processes(m, m.num_features)
-            if not write(m, acc, m.running_mean, m.running_var):
-                missed.append(name)
+    norms = _norms_to_recalibrate(model, num_batches, average)
+    populations = _Populations(norms, average)
+    _feed(model, norms, populations, batches, num_batches, forward or _default_forward, progress)
+    missed, missed_steps = _write_populations(norms, populations)
     if missed:
         warnings.warn(
             f"recalibrate: no batch reached {', '.join(missed)}; their statistics are unchanged", stacklevel=2
