@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -52,6 +53,19 @@ AUTO_TABLE: dict[str, int | None] = {
     CHANNELS_LAST: AUTO_MIN_NUMEL_CHANNELS_LAST,
     ROWS: AUTO_MIN_NUMEL_ROWS,
 }
+#: The "auto" decision for a training forward that no backward can follow (grad mode off, or nothing among the
+#: input, weight and bias requires a gradient: inference in train mode, ``normlab bench``'s "fwd" column), per layout.
+#: Without a backward the channels-last kernels lose their edge: their forward is a statistics sweep then an apply
+#: sweep over row blocks (3 tensor passes, the statistics sweep compute-bound on per-channel partial sums: measured
+#: by ``benchmarks/cl_forward_passes.py``), while torch's channels-last forward runs close to its passes; the
+#: training step gains 2-3x from the fused backward, the forward alone measured 0.65-0.75x torch at 32x64x56x56 and
+#: 64x64x56x56 channels-last (and 0.2-0.5x at smaller sizes, rows included). Channel-first tensors keep the
+#: kernels: one fused pass per channel, 2.6-4.5x torch's forward at those sizes.
+AUTO_TABLE_FORWARD_ONLY: dict[str, int | None] = {
+    CHANNEL_FIRST: AUTO_MIN_NUMEL,
+    CHANNELS_LAST: None,
+    ROWS: None,
+}
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _override: str | None = None
@@ -59,7 +73,7 @@ _numba_available: bool | None = None
 # The environment variable is read at each call (tests and users may change it between calls), with the public
 # os.environ.get (~0.6 us); parsing it is cached on its raw value, so a call costs that lookup, not a
 # strip/lower/check (this runs on every layer call).
-_env_raw: str | None = None
+_env_raw: str | bytes | None = None
 _env_value: str = "auto"
 
 
@@ -87,14 +101,29 @@ def _numba_missing_hint() -> str:
             f"(`normlab bench` says why the kernels are off)")
 
 
+# os.environ.get costs ~0.5 us a call (key encoding, Mapping.get, value decoding), a tenth of torch's whole
+# batch_norm on a small tensor: the variable is read from os.environ's own dict of encoded values (what .get reads,
+# without the encoding), while os.environ is still that mapping; anything else falls back to .get.
+_ENVIRON = os.environ
+_ENV_DATA: dict | None = getattr(_ENVIRON, "_data", None)
+try:
+    _ENV_KEY: object = _ENVIRON.encodekey(ENV_VAR)
+except AttributeError:  # pragma: no cover - an os.environ without the CPython internals
+    _ENV_DATA = None
+    _ENV_KEY = ENV_VAR
+
+
 def get_backend() -> str:
     """The current setting: ``"auto"``, ``"fast"`` or ``"native"``."""
     global _env_raw, _env_value
     if _override is not None:
         return _override
-    raw = os.environ.get(ENV_VAR)
-    if raw != _env_raw:
-        value = "auto" if raw is None else (raw.strip().lower() or "auto")
+    env = os.environ
+    raw = _ENV_DATA.get(_ENV_KEY) if env is _ENVIRON and _ENV_DATA is not None else env.get(ENV_VAR)
+    if raw != _env_raw:  # raw as stored (encoded), decoded only when it changed
+        # POSIX stores bytes, decoded as os.environ decodes them; Windows stores str
+        text = raw.decode(sys.getfilesystemencoding(), "surrogateescape") if isinstance(raw, bytes) else raw
+        value = "auto" if text is None else (text.strip().lower() or "auto")
         _env_value = _check(value, f"environment variable {ENV_VAR}")
         _env_raw = raw
     return _env_value
@@ -128,6 +157,7 @@ def backend(name: str) -> Iterator[None]:
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _functorch_level = torch._C._functorch.maybe_current_level
+_is_compiling = torch.compiler.is_compiling  # (one attribute lookup less per call; torch.compile sees the function)
 
 
 def plain(x: Tensor) -> bool:
@@ -135,7 +165,7 @@ def plain(x: Tensor) -> bool:
     subclass, not wrapped, and no vmap/grad/jacrev active (inside one, the parameters or statistics may be wrapped
     even when ``x`` is not; wrapped tensors have no storage, so neither NumPy nor a data pointer can read them).
     Otherwise the call takes the pure-torch path. Under torch.compile the graph sees the ops instead."""
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return True
     return type(x) in _PLAIN_TYPES and _functorch_level() is None and not _is_functorch_wrapped(x)
 
@@ -166,16 +196,42 @@ def layout_of(x: Tensor, axis: int | None) -> str:
     return CHANNEL_FIRST
 
 
-def auto_min_numel(x: Tensor, axis: int | None) -> int | None:
-    """The size from which "auto" sends ``x`` to the kernels (``None``: never), from :data:`AUTO_TABLE`."""
-    return AUTO_TABLE[layout_of(x, axis)]
+def auto_min_numel(x: Tensor, axis: int | None, *, backward: bool = True) -> int | None:
+    """The size from which "auto" sends ``x`` to the kernels (``None``: never): from :data:`AUTO_TABLE`, or from
+    :data:`AUTO_TABLE_FORWARD_ONLY` for a training forward no backward can follow (``backward=False``)."""
+    return (AUTO_TABLE if backward else AUTO_TABLE_FORWARD_ONLY)[layout_of(x, axis)]
 
 
-_SMALLEST = min(v for v in AUTO_TABLE.values() if v is not None)
+def backward_follows(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> bool:
+    """Whether a backward can follow a call on ``x`` with ``weight``/``bias``: grad mode is on and one of them
+    requires a gradient (the ``backward`` argument of :func:`use_fast`)."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    )
 
 
-def use_fast(x: Tensor, axis: int | None = None) -> bool:
-    """Whether a call on ``x`` (channel ``axis``, if known) takes the kernels under the current setting."""
+def use_fast_train(x: Tensor, axis: int, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """:func:`use_fast` for a training forward with ``weight`` and ``bias``: whether a backward can follow is read
+    (:func:`backward_follows`) only when the size makes the decision tables matter (this runs on every layer call)."""
+    name = get_backend()
+    if name == "native" or (name == "auto" and x.numel() < _SMALLEST):
+        return False
+    return use_fast(x, axis, backward=backward_follows(x, weight, bias))
+
+
+def _smallest() -> int:
+    """The least size any row of the decision tables sends to the kernels (below it "auto" needs no layout)."""
+    sizes = [v for t in (AUTO_TABLE, AUTO_TABLE_FORWARD_ONLY) for v in t.values() if v is not None]
+    return min(sizes) if sizes else 1 << 62
+
+
+_SMALLEST = _smallest()
+
+
+def use_fast(x: Tensor, axis: int | None = None, *, backward: bool = True) -> bool:
+    """Whether a call on ``x`` (channel ``axis``, if known) takes the kernels under the current setting.
+    ``backward=False`` says that the call is a training forward no backward can follow (see
+    :func:`backward_follows`): "auto" then decides from :data:`AUTO_TABLE_FORWARD_ONLY`."""
     name = get_backend()
     if name == "native" or (name == "auto" and x.numel() < _SMALLEST) or not supported(x):
         return False  # the size test first: it is the cheap and the usual reason to step aside
@@ -184,5 +240,5 @@ def use_fast(x: Tensor, axis: int | None = None) -> bool:
         return False
     if name == "fast":
         return True
-    least = auto_min_numel(x, axis)
+    least = auto_min_numel(x, axis, backward=backward)
     return least is not None and x.numel() >= least
