@@ -54,10 +54,10 @@ def batch_norm(
     C = ``input.shape[axis]``. Raises ``TypeError`` for a non-float input and ``ValueError`` for a wrong shape, a
     missing running statistic in eval mode, or one value per channel in training.
     """
-    c = _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name)
     return _batch_norm(
-        input, c, running_mean, running_var, weight, bias, training, momentum, eps, running_var_unbiased,
-        num_batches_tracked, name,
+        input, _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name),
+        running_mean, running_var, weight, bias, training, momentum, eps, running_var_unbiased, num_batches_tracked,
+        name,
     )
 
 

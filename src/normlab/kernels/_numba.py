@@ -634,8 +634,6 @@ def mc_backward(dy, x, mask, groups, mean, scale, shift, coupling, act, slope, y
                     out[c] = k1[c] * drow[c] + k2[c] * (row[c] - mh[c]) + k3[c]
 
 
-
-
 @intrinsic
 def _address(typingctx, address):
     """An integer address (``Tensor.data_ptr()``) as a pointer ``numba.carray`` can view."""

@@ -10,8 +10,10 @@ variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
 * ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least the size that
   :data:`AUTO_TABLE` gives for the tensor's layout (:func:`layout_of`: channel-first, channels-last, or rows (N, C));
   below it, calling into numba costs more than torch's whole kernel (crossovers measured per layout by
-  ``benchmarks/crossover.py``); normalization with fixed statistics (eval mode) stays on torch's fused operator,
-  which already runs at copy speed.
+  ``benchmarks/crossover.py``); a training forward that no backward can follow (:func:`backward_follows`: grad
+  mode off, or nothing requires a gradient) decides from :data:`AUTO_TABLE_FORWARD_ONLY` instead, where the
+  channels-last and (N, C) kernels never win (``benchmarks/cl_forward_passes.py``); normalization with fixed
+  statistics (eval mode) stays on torch's fused operator, which already runs at copy speed.
 """
 
 from __future__ import annotations

@@ -139,9 +139,10 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
             else _exceeds(mean1, invstd1)
         ):
             y, xs, rm, rv = _shifted(xm, w, b, eps, mean1, invstd1, rm, rv, f, running is not None)
-    node = y.grad_fn
-    if node is not None and not graphing:
-        node.register_hook(_exact_orders_hook(xs, w, eps))
+    if not graphing:  # (torch.compile does not trace grad_fn; its graph keeps torch's derivatives)
+        node = y.grad_fn
+        if node is not None:
+            node.register_hook(_exact_orders_hook(xs, w, eps))
     if c != 1:
         y = _channel_back(y, x, c)
     if running is not None or not stats:
