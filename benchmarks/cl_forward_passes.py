@@ -3,14 +3,15 @@ passes, the numbers behind ``dispatch.AUTO_TABLE_FORWARD_ONLY``.
 
 For NCHW and channels-last float32 inputs it times, interleaved in the same rounds (medians):
 
-* ``copy``        — ``x.clone()``, 2 passes (read x, write y): the unit;
-* ``torch fwd``   — torch's training forward (``torch.batch_norm``, statistics then normalize);
-* ``torch eval``  — torch's normalize alone (fixed statistics, 2 passes of work);
+* ``copy``        — ``x`` copied into an existing tensor, 2 passes (read x, write y): the unit;
+* ``torch fwd``   — torch's training forward (``torch.batch_norm``, statistics then normalize; a fresh output);
+* ``torch eval``  — torch's normalize alone (fixed statistics, 2 passes of work; a fresh output);
 * ``kernel fwd``  — normlab's training forward on the kernels (``kernels.batch_norm_train``, backend ``fast``);
 * ``k stats``     — the kernels' statistics sweep alone (channels-last: ``mc_moments``, 1 pass of reads);
 * ``k apply``     — the kernels' apply sweep alone (channels-last: ``mc_apply``, 2 passes).
 
-and prints each as time and as passes (time / copy time x 2). A step at copy speed per pass is memory-bound; above
+and prints each as time and as passes (time / copy time x 2), from the medians and from the minima (under load
+the minimum is the least disturbed round). A step at copy speed per pass is memory-bound; above
 it, it is bound by its arithmetic or its access pattern.
 
     python benchmarks/cl_forward_passes.py [--reps 15] [--threads 1] [--shapes 32x64x56x56,64x64x56x56]
@@ -41,13 +42,14 @@ def candidates(x: torch.Tensor) -> dict:
     mean, var, count = (np.empty((1, p.c)) for _ in range(3))
     scale, shift = np.ones((1, p.c)), np.zeros((1, p.c))
     none = np.empty((0,) * xv.ndim, dtype=xv.dtype)
+    copy_to = torch.empty_like(x)
 
     def kernel_fwd():
         with kernels.backend("fast"), torch.no_grad():
             return kernels.batch_norm_train(x, w, b, 1e-5)[0]
 
     out = {
-        "copy": lambda: x.clone(),
+        "copy": lambda: copy_to.copy_(x),  # into an existing tensor: a fresh one would add its page faults
         "torch fwd": lambda: torch.batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5, False),
         "torch eval": lambda: torch.batch_norm(x, w, b, rm, rv, False, 0.1, 1e-5, False),
         "kernel fwd": kernel_fwd,
@@ -72,16 +74,17 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
-    print(f"threads torch={torch.get_num_threads()}; medians of {args.reps} interleaved rounds; "
-          f"passes = time / copy x 2")
+    print(f"threads torch={torch.get_num_threads()}; {args.reps} interleaved rounds; passes = time / copy x 2")
     for spec in args.shapes.split(","):
         shape = tuple(int(s) for s in spec.split("x"))
         for name, fmt in (("NCHW", torch.contiguous_format), ("CL", torch.channels_last)):
             x = torch.randn(shape).contiguous(memory_format=fmt)
             t = interleaved(candidates(x), reps=args.reps, warmup=2)
-            copy = t["copy"].median
-            print(f"{spec} {name:4s} " + "  ".join(
-                f"{k} {v.median * 1e3:.2f} ms ({2 * v.median / copy:.1f})" for k, v in t.items()), flush=True)
+            for stat in ("median", "min"):
+                copy = getattr(t["copy"], stat)
+                print(f"{spec} {name:4s} {stat:6s} " + "  ".join(
+                    f"{k} {getattr(v, stat) * 1e3:.2f} ms ({2 * getattr(v, stat) / copy:.1f})" for k, v in t.items()),
+                    flush=True)
     return 0
 
 

@@ -40,8 +40,9 @@ _SHIFT_DTYPES = (torch.float32,)
 
 def torch_kernel_ok(x: Tensor) -> bool:
     """Whether torch's fused CPU batch_norm serves the native path for ``x`` (float32/64, CPU, rank >= 2, not empty,
-    an ordinary tensor: the shift check reads the statistics through NumPy, which a torch.func-wrapped tensor or a
-    tensor subclass cannot give; those take the composite of _stats, plain torch operators)."""
+    an ordinary tensor: the shift check reads the statistics' memory (by address, or through NumPy), which a
+    torch.func-wrapped tensor or a tensor subclass does not have; those take the composite of _stats, plain torch
+    operators)."""
     return x.dtype in _KERNEL_DTYPES and x.is_cpu and x.ndim >= 2 and x.numel() > 0 and plain(x)
 
 
