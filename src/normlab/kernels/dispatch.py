@@ -57,12 +57,15 @@ AUTO_TABLE: dict[str, int | None] = {
 }
 #: The "auto" decision for a training forward that no backward can follow (grad mode off, or nothing among the
 #: input, weight and bias requires a gradient: inference in train mode, ``normlab bench``'s "fwd" column), per layout.
-#: Without a backward the channels-last kernels lose their edge: their forward is a statistics sweep then an apply
-#: sweep over row blocks (3 tensor passes, the statistics sweep compute-bound on per-channel partial sums: measured
-#: by ``benchmarks/cl_forward_passes.py``), while torch's channels-last forward runs close to its passes; the
-#: training step gains 2-3x from the fused backward, the forward alone measured 0.65-0.75x torch at 32x64x56x56 and
-#: 64x64x56x56 channels-last (and 0.2-0.5x at smaller sizes, rows included). Channel-first tensors keep the
-#: kernels: one fused pass per channel, 2.6-4.5x torch's forward at those sizes.
+#: Without a backward the channels-last and (N, C) kernels lose their edge. Their forward is a statistics sweep then
+#: an apply sweep over row blocks, and the statistics sweep is compute-bound (per-channel partial sums loaded and
+#: stored for every value): measured with ``benchmarks/cl_forward_passes.py`` (1 thread, minima, in units of a
+#: copy's 2 passes), 32x64x56x56 channels-last: the sweep alone 3.3 passes where one read is 1, the apply 2.4, the
+#: kernels' forward 7.0, torch's whole training forward 4.6; (16384, 256) rows: 3.9, 1.9, 7.4 against torch's 4.0.
+#: The training step gains 2-3x from the fused backward; the forward alone measured 0.65-0.75x torch at 32x64x56x56
+#: and 64x64x56x56 channels-last on a quiet machine (0.2-0.5x at smaller sizes, rows included). Channel-first
+#: tensors keep the kernels: one fused pass per channel (4.9 passes against torch's 18.6 at 32x64x56x56), 2.6-4.5x
+#: torch's forward at those sizes.
 AUTO_TABLE_FORWARD_ONLY: dict[str, int | None] = {
     CHANNEL_FIRST: AUTO_MIN_NUMEL,
     CHANNELS_LAST: None,
