@@ -102,10 +102,21 @@ def _composite(t, w, b, eps=1e-5):
     return (t - m) / torch.sqrt(((t - m) ** 2).mean(0, keepdim=True) + eps) * w + b
 
 
+HOOKS = ["prehook", "posthook"]  # torch's _current_autograd_node available (the usual way), or not (the fallback)
+
+
+@pytest.fixture(params=HOOKS)
+def hooks(request, monkeypatch):
+    if request.param == "posthook":
+        monkeypatch.setattr(kernels.native, "_current_node", None)
+    return request.param
+
+
 @pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
-def test_third_order_exact_through_the_hook_on_a_temporary_input(monkeypatch, shifted):
-    """The hook holds the node's input weakly: a temporary (here 2 * t, freed after the forward) is still found,
-    on the plain branch and on the redo on x - mean (forced in float64)."""
+def test_third_order_exact_through_the_hook_on_a_temporary_input(monkeypatch, hooks, shifted):
+    """The hooks find the node's input, a temporary here (2 * t, freed after the forward: the fallback holds it
+    weakly, the usual way reads it from the node), on the plain branch and on the redo on x - mean (forced in
+    float64); twice on a retained graph gives the same."""
     if shifted:
         monkeypatch.setattr(kernels.native, "_SHIFT_DTYPES", (torch.float32, torch.float64))
         monkeypatch.setattr(kernels.native, "SHIFT_RATIO", -1.0)
@@ -121,10 +132,40 @@ def test_third_order_exact_through_the_hook_on_a_temporary_input(monkeypatch, sh
     def composite(t):
         return (_composite(2 * t, w, b) ** 3 * c).sum()
 
-    assert _third(ours, x) == pytest.approx(_third(composite, x), rel=1e-9, abs=1e-9)
+    want = _third(composite, x)
+    assert _third(ours, x) == pytest.approx(want, rel=1e-9, abs=1e-9)
+    t = x.clone().requires_grad_()
+    with kernels.backend("native"):
+        y = F.batch_norm(2 * t, None, None, w, b, training=True)
+    g = torch.Generator().manual_seed(1)
+    u, v = (torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2))
+    seconds = []
+    for _ in range(2):  # create_graph twice over the same retained graph
+        g1, = torch.autograd.grad((y ** 3 * c).sum(), t, create_graph=True)
+        g2, = torch.autograd.grad((g1 * u).sum(), t, create_graph=True)
+        seconds.append(torch.autograd.grad((g2 * v).sum(), t, retain_graph=True)[0])
+    comp = torch.autograd.grad((torch.autograd.grad((torch.autograd.grad(composite(t), t, create_graph=True)[0] * u)
+                                                    .sum(), t, create_graph=True)[0] * v).sum(), t)[0]
+    for got in seconds:
+        torch.testing.assert_close(got, comp, rtol=1e-9, atol=1e-9)
 
 
-def test_the_hook_keeps_no_input_alive_after_the_backward():
+def test_users_hook_on_the_output_still_runs_once(hooks):
+    """Our hook lives in the output's own hook dict: a hook the user adds later runs once, after ours, and its
+    change to the gradient takes effect (as on any tensor)."""
+    x = torch.randn(16, 4, requires_grad=True)
+    with kernels.backend("native"):
+        y = F.batch_norm(x, None, None, training=True)
+    seen = []
+    y.register_hook(lambda g: seen.append(1) or g * 2)
+    dy = torch.randn(16, 4)
+    got, = torch.autograd.grad(y, x, dy)
+    want, = torch.autograd.grad(torch.nn.functional.batch_norm(x, None, None, training=True), x, 2 * dy)
+    assert seen == [1]
+    torch.testing.assert_close(got, want)
+
+
+def test_the_hook_keeps_no_input_alive_after_the_backward(hooks):
     """torch's node frees its saved input after the backward; the graph object may live on (the output kept), and
     the hook must not keep the input with it (every layer's activations for one more step)."""
     x = torch.randn(64, 8, requires_grad=True)

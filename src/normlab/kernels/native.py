@@ -11,6 +11,7 @@ tensors, half types, an unsupported layout), kept as accurate as the kernels.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -113,9 +114,9 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
 
     Derivatives: first-order gradients are torch's own backward operator (no Python on the way). torch's double
     backward treats the saved mean and inverse std as constants, so the third derivative of its output is wrong
-    (measured: 0.97 where finite differences give 0.25): a hook on the operator's autograd node replaces its
+    (measured: 0.97 where finite differences give 0.25): hooks on the operator's autograd node replace its
     gradients, when a graph of the backward is requested (``create_graph=True``), by those of the composite of
-    differentiable operators (:mod:`normlab._stats`), exact at every order (see :func:`_exact_orders_hook`).
+    differentiable operators (:mod:`normlab._stats`), exact at every order (see :func:`_exact_orders_prehook`).
 
     Returns ``(y, mean, biased var)``; ``mean``/``var`` are None when ``running`` was updated or without ``stats``.
     """
@@ -143,7 +144,13 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
     if not graphing:  # (torch.compile does not trace grad_fn; its graph keeps torch's derivatives)
         node = y.grad_fn
         if node is not None:
-            node.register_hook(_exact_orders_hook(xs, w, eps))
+            if _current_node is not None:
+                # a tensor pre hook through a dict of our own: registered in C++ (~0.3 us, where a node's post
+                # hook costs ~1.2 us of Python), and it costs one Python call in the backward
+                y._backward_hooks = OrderedDict(_HOOKS)  # torch's type: Tensor.register_hook adds to it
+                node._register_hook_dict(y)
+            else:
+                node.register_hook(_exact_orders_hook(xs, w, eps))
     if c != 1:
         y = _channel_back(y, x, c)
     if running is not None or not stats:
@@ -176,16 +183,56 @@ def _shifted(xm: Tensor, w, b, eps: float, mean1: Tensor, invstd1: Tensor, rm, r
     return y, xs, rm, rv
 
 
+#: The autograd node being run by the engine (torch's own accessor, used by torch.autograd.graph), or None without it.
+_current_node = getattr(torch._C, "_current_autograd_node", None)
+#: The key of :func:`_exact_orders_prehook` in an output's ``_backward_hooks`` (a user's hooks added later through
+#: ``Tensor.register_hook`` go into the same dict under integer ids and run after it, as on any tensor).
+_HOOK_KEY = "normlab.exact_orders"
+
+
+def _exact_orders_prehook(grad: Tensor) -> None:
+    """A hook on the output of ``torch.native_batch_norm`` (the cheap way to be called in its backward): when the
+    backward builds a graph (``create_graph=True``: grad mode is on inside it), it gives the node being run (torch's
+    NativeBatchNormBackward0) the post hook :func:`_exact_orders_posthook`, once, before the node runs; otherwise it
+    does nothing. No state: the post hook reads what it needs from the node's saved tensors."""
+    if torch.is_grad_enabled():
+        node = _current_node()  # type: ignore[misc]  # set whenever this hook can run
+        if node is not None and _HOOK_KEY not in node.metadata:
+            node.metadata[_HOOK_KEY] = True
+            node.register_hook(_exact_orders_posthook)
+
+
+_exact_orders_prehook.__torch_unserializable__ = True  # type: ignore[attr-defined]  # torch.save: no warning
+_HOOKS = ((_HOOK_KEY, _exact_orders_prehook),)
+
+
+def _exact_orders_posthook(grad_inputs: tuple, grad_outputs: tuple):
+    """The node's gradients for its input, weight and bias replaced, while a graph of the backward is built, by the
+    composite's (:func:`composite_train` on the node's saved input and weight, channels on dim 1), differentiated
+    as a graph: exact at every order. A later backward without a graph keeps torch's."""
+    if not torch.is_grad_enabled():
+        return None
+    node = _current_node()  # type: ignore[misc]
+    x, w, eps = node._saved_input, node._saved_weight, node._saved_eps
+    return _composite_grads(x, w, eps, grad_inputs, grad_outputs[0])
+
+
+def _composite_grads(x: Tensor, w, eps: float, grad_inputs: tuple, dy: Tensor) -> tuple:
+    """:func:`double_backward_grads` of the composite for the node inputs (x, weight, bias) whose gradients exist.
+    The bias needs no value: the output depends on it additively, so its gradient (the sum of ``dy``, as a graph)
+    never reads it; a zero stand-in takes its place."""
+    needs = tuple(g is not None for g in grad_inputs)
+    b = x.new_zeros(x.shape[1]).requires_grad_() if needs[2] else None
+    return double_backward_grads(lambda a, ww, bb: composite_train(a, ww, bb, eps, 1), (x, w, b), needs, dy)
+
+
 def _exact_orders_hook(xs: Tensor, w, eps: float):
-    """A post hook for the autograd node of ``torch.native_batch_norm(xs, w, b, ...)`` (channels on dim 1): when
-    the backward is building a graph (``create_graph=True``: grad mode is on inside it), the node's gradients for
-    its input, weight and bias are replaced by the composite's (:func:`composite_train`), differentiated as a graph,
-    so every order is exact; otherwise torch's own gradients stand and the hook costs one Python call.
+    """Without torch's ``_current_autograd_node``: :func:`_exact_orders_posthook` for the node of
+    ``torch.native_batch_norm(xs, w, b, ...)`` (channels on dim 1), registered with the call (~1.2 us of Python).
 
     ``xs`` is held through a weak reference: the node saves it (so it is alive whenever the node can run) and a
     strong reference would keep every layer's input alive as long as the graph object, after the backward freed
-    the node's saved tensors. The bias needs no reference: the output depends on it additively, so its gradient
-    (the sum of the output's gradient, as a graph) never reads its value; a zero stand-in takes its place."""
+    the node's saved tensors."""
     ref = weakref.ref(xs)
 
     def hook(grad_inputs: tuple, grad_outputs: tuple):
@@ -195,10 +242,7 @@ def _exact_orders_hook(xs: Tensor, w, eps: float):
         if x is None:  # the node saves its input: unreachable while the node can run
             raise RuntimeError("normlab batch_norm: the input of a training-mode batch norm was freed before its "
                                "double backward (create_graph=True)")
-        needs = tuple(g is not None for g in grad_inputs)
-        b = x.new_zeros(x.shape[1]).requires_grad_() if needs[2] else None
-        return double_backward_grads(lambda a, ww, bb: composite_train(a, ww, bb, eps, 1), (x, w, b), needs,
-                                     grad_outputs[0])
+        return _composite_grads(x, w, eps, grad_inputs, grad_outputs[0])
 
     return hook
 
