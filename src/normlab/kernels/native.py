@@ -11,7 +11,6 @@ tensors, half types, an unsupported layout), kept as accurate as the kernels.
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -116,7 +115,7 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
     backward treats the saved mean and inverse std as constants, so the third derivative of its output is wrong
     (measured: 0.97 where finite differences give 0.25): hooks on the operator's autograd node replace its
     gradients, when a graph of the backward is requested (``create_graph=True``), by those of the composite of
-    differentiable operators (:mod:`normlab._stats`), exact at every order (see :func:`_exact_orders_prehook`).
+    differentiable operators (:mod:`normlab._stats`), exact at every order (see :func:`_exact_orders_hook`).
 
     Returns ``(y, mean, biased var)``; ``mean``/``var`` are None when ``running`` was updated or without ``stats``.
     """
@@ -144,13 +143,9 @@ def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | No
     if not graphing:  # (torch.compile does not trace grad_fn; its graph keeps torch's derivatives)
         node = y.grad_fn
         if node is not None:
-            if _current_node is not None:
-                # a tensor pre hook through a dict of our own: registered in C++ (~0.3 us, where a node's post
-                # hook costs ~1.2 us of Python), and it costs one Python call in the backward
-                y._backward_hooks = OrderedDict(_HOOKS)  # torch's type: Tensor.register_hook adds to it
-                node._register_hook_dict(y)
-            else:
-                node.register_hook(_exact_orders_hook(xs, w, eps))
+            # a post hook on torch's node through the public Node.register_hook (~1 us of Python per call);
+            # torch's private per-tensor hook dict would be cheaper but is another project's internal
+            node.register_hook(_exact_orders_hook(xs, w, eps))
     if c != 1:
         y = _channel_back(y, x, c)
     if running is not None or not stats:
@@ -183,40 +178,6 @@ def _shifted(xm: Tensor, w, b, eps: float, mean1: Tensor, invstd1: Tensor, rm, r
     return y, xs, rm, rv
 
 
-#: The autograd node being run by the engine (torch's own accessor, used by torch.autograd.graph), or None without it.
-_current_node = getattr(torch._C, "_current_autograd_node", None)
-#: The key of :func:`_exact_orders_prehook` in an output's ``_backward_hooks`` (a user's hooks added later through
-#: ``Tensor.register_hook`` go into the same dict under integer ids and run after it, as on any tensor).
-_HOOK_KEY = "normlab.exact_orders"
-
-
-def _exact_orders_prehook(grad: Tensor) -> None:
-    """A hook on the output of ``torch.native_batch_norm`` (the cheap way to be called in its backward): when the
-    backward builds a graph (``create_graph=True``: grad mode is on inside it), it gives the node being run (torch's
-    NativeBatchNormBackward0) the post hook :func:`_exact_orders_posthook`, once, before the node runs; otherwise it
-    does nothing. No state: the post hook reads what it needs from the node's saved tensors."""
-    if torch.is_grad_enabled():
-        node = _current_node()  # type: ignore[misc]  # set whenever this hook can run
-        if node is not None and _HOOK_KEY not in node.metadata:
-            node.metadata[_HOOK_KEY] = True
-            node.register_hook(_exact_orders_posthook)
-
-
-_exact_orders_prehook.__torch_unserializable__ = True  # type: ignore[attr-defined]  # torch.save: no warning
-_HOOKS = ((_HOOK_KEY, _exact_orders_prehook),)
-
-
-def _exact_orders_posthook(grad_inputs: tuple, grad_outputs: tuple):
-    """The node's gradients for its input, weight and bias replaced, while a graph of the backward is built, by the
-    composite's (:func:`composite_train` on the node's saved input and weight, channels on dim 1), differentiated
-    as a graph: exact at every order. A later backward without a graph keeps torch's."""
-    if not torch.is_grad_enabled():
-        return None
-    node = _current_node()  # type: ignore[misc]
-    x, w, eps = node._saved_input, node._saved_weight, node._saved_eps
-    return _composite_grads(x, w, eps, grad_inputs, grad_outputs[0])
-
-
 def _composite_grads(x: Tensor, w, eps: float, grad_inputs: tuple, dy: Tensor) -> tuple:
     """:func:`double_backward_grads` of the composite for the node inputs (x, weight, bias) whose gradients exist.
     The bias needs no value: the output depends on it additively, so its gradient (the sum of ``dy``, as a graph)
@@ -227,8 +188,10 @@ def _composite_grads(x: Tensor, w, eps: float, grad_inputs: tuple, dy: Tensor) -
 
 
 def _exact_orders_hook(xs: Tensor, w, eps: float):
-    """Without torch's ``_current_autograd_node``: :func:`_exact_orders_posthook` for the node of
-    ``torch.native_batch_norm(xs, w, b, ...)`` (channels on dim 1), registered with the call (~1.2 us of Python).
+    """A post hook for the node of ``torch.native_batch_norm(xs, w, b, ...)`` (channels on dim 1), registered with
+    the call: while a graph of the backward is built (``create_graph=True``: grad mode is on inside it), the node's
+    gradients for its input, weight and bias are replaced by the composite's (:func:`composite_train`),
+    differentiated as a graph, exact at every order; a backward without a graph keeps torch's.
 
     ``xs`` is held through a weak reference: the node saves it (so it is alive whenever the node can run) and a
     strong reference would keep every layer's input alive as long as the graph object, after the backward freed
