@@ -8,12 +8,17 @@ estimator. All arithmetic goes through :mod:`normlab._stats`, or through the sam
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import _stats, _validate, kernels
 from ._stats import momentum_factor  # public here since 0.x; the one definition lives with track
+from .kernels.dispatch import plain, use_fast_train
+from .kernels.native import torch_train
 
 __all__ = ["batch_norm", "momentum_factor"]
+
+_TORCH_KERNEL_DTYPES = (torch.float32, torch.float64)  # torch's fused CPU operator (the native path's), see _batch_norm
 
 
 def batch_norm(
@@ -49,10 +54,10 @@ def batch_norm(
     C = ``input.shape[axis]``. Raises ``TypeError`` for a non-float input and ``ValueError`` for a wrong shape, a
     missing running statistic in eval mode, or one value per channel in training.
     """
-    c = _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name)
     return _batch_norm(
-        input, c, running_mean, running_var, weight, bias, training, momentum, eps, running_var_unbiased,
-        num_batches_tracked, name,
+        input, _checked_axis(input, running_mean, running_var, weight, bias, training, axis, check_finite, name),
+        running_mean, running_var, weight, bias, training, momentum, eps, running_var_unbiased, num_batches_tracked,
+        name,
     )
 
 
@@ -114,18 +119,25 @@ def _batch_norm(
         # an empty batch (torch's behaviour): an empty output in the graph of the input and the parameters; no
         # running statistic and no counter changes (there is nothing to average, no batch to count)
         return _stats.affine(input * 0, weight, bias, axis=c)
-    if running_mean is None:
-        return kernels.batch_norm_train(input, weight, bias, eps, axis=c)[0]
-    if momentum is not None and (
-        running_var_unbiased and running_mean.dtype == input.dtype and running_var.dtype == input.dtype
-        and kernels.native.torch_kernel_ok(input) and not kernels.use_fast(input, c)
+    dtype = input.dtype
+    if (
+        (running_mean is None or type(momentum) is float and running_var_unbiased
+         and running_mean.dtype == dtype and running_var.dtype == dtype)
+        and dtype in _TORCH_KERNEL_DTYPES and input.is_cpu and plain(input)  # (rank >= 2, not empty: checked)
+        and not use_fast_train(input, c, weight, bias)
     ):
-        # torch's fused operator updates the running buffers itself (unbiased variance, torch's momentum)
-        factor = momentum_factor(momentum, None, name)
-        out = kernels.native.torch_train(input, weight, bias, eps, c, (running_mean, running_var, factor))[0]
+        # torch's fused operator, as torch.nn.BatchNorm runs it (its autograd node, no Python in the backward); it
+        # updates the running buffers itself (unbiased variance, torch's momentum)
+        if running_mean is None:
+            return torch_train(input, weight, bias, eps, c, None, stats=False)[0]
+        if not 0.0 <= momentum <= 1.0:
+            momentum_factor(momentum, None, name)  # raises naming the layer, before anything changes
+        out = torch_train(input, weight, bias, eps, c, (running_mean, running_var, momentum))[0]
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
         return out
+    if running_mean is None:
+        return kernels.batch_norm_train(input, weight, bias, eps, axis=c)[0]
     out, stats = kernels.batch_norm_train(input, weight, bias, eps, axis=c)
     _stats.track(running_mean, running_var, num_batches_tracked, stats, momentum=momentum,
                  running_var_unbiased=running_var_unbiased, name=name)

@@ -10,8 +10,10 @@ variable ``NORMLAB_KERNELS`` (read at each call), then ``"auto"``.
 * ``"auto"``: ``"fast"`` where it wins: as ``"fast"``, and only for tensors of at least the size that
   :data:`AUTO_TABLE` gives for the tensor's layout (:func:`layout_of`: channel-first, channels-last, or rows (N, C));
   below it, calling into numba costs more than torch's whole kernel (crossovers measured per layout by
-  ``benchmarks/crossover.py``); normalization with fixed statistics (eval mode) stays on torch's fused operator,
-  which already runs at copy speed.
+  ``benchmarks/crossover.py``); a training forward that no backward can follow (:func:`backward_follows`: grad
+  mode off, or nothing requires a gradient) decides from :data:`AUTO_TABLE_FORWARD_ONLY` instead, where the
+  channels-last and (N, C) kernels never win (``benchmarks/cl_forward_passes.py``); normalization with fixed
+  statistics (eval mode) stays on torch's fused operator, which already runs at copy speed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ AUTO_TABLE: dict[str, int | None] = {
     CHANNELS_LAST: AUTO_MIN_NUMEL_CHANNELS_LAST,
     ROWS: AUTO_MIN_NUMEL_ROWS,
 }
+#: The "auto" decision for a training forward that no backward can follow (grad mode off, or nothing among the
+#: input, weight and bias requires a gradient: inference in train mode, ``normlab bench``'s "fwd" column), per layout.
+#: Without a backward the channels-last and (N, C) kernels lose their edge. Their forward is a statistics sweep then
+#: an apply sweep over row blocks, and the statistics sweep is compute-bound (per-channel partial sums loaded and
+#: stored for every value): measured with ``benchmarks/cl_forward_passes.py`` (1 thread, minima, in units of a
+#: copy's 2 passes), 32x64x56x56 channels-last: the sweep alone 3.3 passes where one read is 1, the apply 2.4, the
+#: kernels' forward 7.0, torch's whole training forward 4.6; (16384, 256) rows: 3.9, 1.9, 7.4 against torch's 4.0.
+#: The training step gains 2-3x from the fused backward; the forward alone measured 0.65-0.75x torch at 32x64x56x56
+#: and 64x64x56x56 channels-last on a quiet machine (0.2-0.5x at smaller sizes, rows included). Channel-first
+#: tensors keep the kernels: one fused pass per channel (4.9 passes against torch's 18.6 at 32x64x56x56), 2.6-4.5x
+#: torch's forward at those sizes.
+AUTO_TABLE_FORWARD_ONLY: dict[str, int | None] = {
+    CHANNEL_FIRST: AUTO_MIN_NUMEL,
+    CHANNELS_LAST: None,
+    ROWS: None,
+}
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _override: str | None = None
@@ -59,7 +77,7 @@ _numba_available: bool | None = None
 # The environment variable is read at each call (tests and users may change it between calls), with the public
 # os.environ.get (~0.6 us); parsing it is cached on its raw value, so a call costs that lookup, not a
 # strip/lower/check (this runs on every layer call).
-_env_raw: str | None = None
+_env_raw: str | bytes | None = None
 _env_value: str = "auto"
 
 
@@ -92,8 +110,8 @@ def get_backend() -> str:
     global _env_raw, _env_value
     if _override is not None:
         return _override
-    raw = os.environ.get(ENV_VAR)
-    if raw != _env_raw:
+    raw = os.environ.get(ENV_VAR)  # (os.environ's private dict would save ~0.4 us; not ours to read)
+    if raw != _env_raw:  # parsed only when it changed
         value = "auto" if raw is None else (raw.strip().lower() or "auto")
         _env_value = _check(value, f"environment variable {ENV_VAR}")
         _env_raw = raw
@@ -128,6 +146,7 @@ def backend(name: str) -> Iterator[None]:
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _functorch_level = torch._C._functorch.maybe_current_level
+_is_compiling = torch.compiler.is_compiling  # (one attribute lookup less per call; torch.compile sees the function)
 
 
 def plain(x: Tensor) -> bool:
@@ -135,7 +154,7 @@ def plain(x: Tensor) -> bool:
     subclass, not wrapped, and no vmap/grad/jacrev active (inside one, the parameters or statistics may be wrapped
     even when ``x`` is not; wrapped tensors have no storage, so neither NumPy nor a data pointer can read them).
     Otherwise the call takes the pure-torch path. Under torch.compile the graph sees the ops instead."""
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return True
     return type(x) in _PLAIN_TYPES and _functorch_level() is None and not _is_functorch_wrapped(x)
 
@@ -166,16 +185,42 @@ def layout_of(x: Tensor, axis: int | None) -> str:
     return CHANNEL_FIRST
 
 
-def auto_min_numel(x: Tensor, axis: int | None) -> int | None:
-    """The size from which "auto" sends ``x`` to the kernels (``None``: never), from :data:`AUTO_TABLE`."""
-    return AUTO_TABLE[layout_of(x, axis)]
+def auto_min_numel(x: Tensor, axis: int | None, *, backward: bool = True) -> int | None:
+    """The size from which "auto" sends ``x`` to the kernels (``None``: never): from :data:`AUTO_TABLE`, or from
+    :data:`AUTO_TABLE_FORWARD_ONLY` for a training forward no backward can follow (``backward=False``)."""
+    return (AUTO_TABLE if backward else AUTO_TABLE_FORWARD_ONLY)[layout_of(x, axis)]
 
 
-_SMALLEST = min(v for v in AUTO_TABLE.values() if v is not None)
+def backward_follows(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> bool:
+    """Whether a backward can follow a call on ``x`` with ``weight``/``bias``: grad mode is on and one of them
+    requires a gradient (the ``backward`` argument of :func:`use_fast`)."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    )
 
 
-def use_fast(x: Tensor, axis: int | None = None) -> bool:
-    """Whether a call on ``x`` (channel ``axis``, if known) takes the kernels under the current setting."""
+def use_fast_train(x: Tensor, axis: int, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """:func:`use_fast` for a training forward with ``weight`` and ``bias``: whether a backward can follow is read
+    (:func:`backward_follows`) only when the size makes the decision tables matter (this runs on every layer call)."""
+    name = get_backend()
+    if name == "native" or (name == "auto" and x.numel() < _SMALLEST):
+        return False
+    return use_fast(x, axis, backward=backward_follows(x, weight, bias))
+
+
+def _smallest() -> int:
+    """The least size any row of the decision tables sends to the kernels (below it "auto" needs no layout)."""
+    sizes = [v for t in (AUTO_TABLE, AUTO_TABLE_FORWARD_ONLY) for v in t.values() if v is not None]
+    return min(sizes) if sizes else 1 << 62
+
+
+_SMALLEST = _smallest()
+
+
+def use_fast(x: Tensor, axis: int | None = None, *, backward: bool = True) -> bool:
+    """Whether a call on ``x`` (channel ``axis``, if known) takes the kernels under the current setting.
+    ``backward=False`` says that the call is a training forward no backward can follow (see
+    :func:`backward_follows`): "auto" then decides from :data:`AUTO_TABLE_FORWARD_ONLY`."""
     name = get_backend()
     if name == "native" or (name == "auto" and x.numel() < _SMALLEST) or not supported(x):
         return False  # the size test first: it is the cheap and the usual reason to step aside
@@ -184,5 +229,5 @@ def use_fast(x: Tensor, axis: int | None = None) -> bool:
         return False
     if name == "fast":
         return True
-    least = auto_min_numel(x, axis)
+    least = auto_min_numel(x, axis, backward=backward)
     return least is not None and x.numel() >= least

@@ -10,7 +10,6 @@ tensors, half types, an unsupported layout), kept as accurate as the kernels.
 
 from __future__ import annotations
 
-import threading
 import weakref
 
 import numpy as np
@@ -41,10 +40,17 @@ _SHIFT_DTYPES = (torch.float32,)
 
 def torch_kernel_ok(x: Tensor) -> bool:
     """Whether torch's fused CPU batch_norm serves the native path for ``x`` (float32/64, CPU, rank >= 2, not empty,
-    an ordinary tensor: the shift check reads the statistics through NumPy, which a torch.func-wrapped tensor or a
-    tensor subclass cannot give; those take the composite of _stats, plain torch operators)."""
-    return ((x.dtype is torch.float32 or x.dtype is torch.float64) and x.is_cpu and x.ndim >= 2 and x.numel() > 0
-            and plain(x))
+    an ordinary tensor: the shift check reads the statistics' memory (by address, or through NumPy), which a
+    torch.func-wrapped tensor or a tensor subclass does not have; those take the composite of _stats, plain torch
+    operators)."""
+    return x.dtype in _KERNEL_DTYPES and x.is_cpu and x.ndim >= 2 and x.numel() > 0 and plain(x)
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_is_compiling = torch.compiler.is_compiling
+# torch.jit.is_tracing without its is_scripting test (two Python calls); only reached outside torch.compile, whose
+# tracer stops at _is_compiling() first
+_is_tracing = torch._C._is_tracing
 
 
 def _channel_second(x: Tensor, c: int) -> Tensor:
@@ -65,62 +71,143 @@ def _channel_back(y: Tensor, x: Tensor, c: int) -> Tensor:
     return y.movedim(1, c)
 
 
-_scratch = threading.local()
-
-
-_exceeds_kernel = None
-
-
-def _exceeds(mean: np.ndarray, invstd: np.ndarray, work: np.ndarray | None) -> bool:
-    """max |mean * invstd| > SHIFT_RATIO: one numba call (~1 us) when the kernels are installed, else NumPy."""
-    global _exceeds_kernel
-    if _exceeds_kernel is None and numba_available():
-        from ._numba import exceeds_ratio  # loaded from numba's on-disk cache, once
-
-        _exceeds_kernel = exceeds_ratio
-    if _exceeds_kernel is not None:
-        return bool(_exceeds_kernel(mean, invstd, SHIFT_RATIO))
-    prod = np.multiply(mean, invstd, out=work)
+def _exceeds(mean: Tensor, invstd: Tensor) -> bool:
+    """max |mean * invstd| > SHIFT_RATIO over the channels, for the operator's statistics outputs (contiguous, no
+    gradient): one numba call on their addresses (~0.2 us, :data:`_EXCEEDS_AT`) when the kernels are installed, else
+    NumPy."""
+    kernel = _exceeds_kernel(mean.dtype)
+    if kernel is not None:
+        return kernel(mean.data_ptr(), invstd.data_ptr(), mean.shape[0], SHIFT_RATIO)
+    prod = np.multiply(mean.numpy(), invstd.numpy())
     return bool(np.abs(prod, out=prod).max() > SHIFT_RATIO)
 
 
-def _stat_vectors(C: int, dtype: torch.dtype) -> tuple:
-    """This thread's reusable (mean, invstd) tensors of C values on NumPy arrays, plus a NumPy work vector (only
-    for calls without autograd, which keeps no reference to them)."""
-    cache = getattr(_scratch, "vectors", None)
-    if cache is None:
-        cache = _scratch.vectors = {}
-    hit = cache.get((C, dtype))
-    if hit is None:
-        if len(cache) >= 64:
-            cache.clear()
-        arrays = [np.empty(C, dtype=np.float32 if dtype is torch.float32 else np.float64) for _ in range(3)]
-        hit = cache[(C, dtype)] = (torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]), *arrays)
-    return hit
+#: dtype -> the numba check on addresses (``_numba.exceeds_ratio_at_*``), loaded on first use; empty without numba.
+_EXCEEDS_AT: dict = {}
+_exceeds_loaded = False
 
 
-def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | None):
-    """:func:`_torch_train` with exact derivatives of every order when a gradient is wanted.
+def _exceeds_kernel(dtype: torch.dtype):
+    global _exceeds_loaded
+    if not _exceeds_loaded:
+        if numba_available():
+            from ._numba import exceeds_ratio_at_f32, exceeds_ratio_at_f64  # from numba's on-disk cache, once
 
-    torch's native_batch_norm double backward treats its saved mean and inverse std as constants, so the third
-    derivative of its output is wrong (measured: 0.97 where finite differences give 0.25). With a gradient wanted
-    (eager mode), the call goes through :class:`_TorchTrain`: torch's own backward operator for first-order
-    gradients, and the composite of differentiable operators (:mod:`normlab._stats`) when a graph of the backward
-    is requested (``create_graph=True``, double backward), whose derivatives are exact at every order.
+            _EXCEEDS_AT.update({torch.float32: exceeds_ratio_at_f32, torch.float64: exceeds_ratio_at_f64})
+        _exceeds_loaded = True
+    return _EXCEEDS_AT.get(dtype)
+
+
+def torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | None, *, stats: bool = True):
+    """Training-mode batch norm on torch's fused CPU operator (``torch.native_batch_norm``, the operator
+    ``torch.nn.BatchNorm2d`` runs, with torch's own autograd node), kept accurate in float32 by shift invariance.
+
+    Batch norm in training mode is invariant to a per-channel shift: BN(x - k) = BN(x) for any constant k, with
+    the same Jacobian, so the gradient of BN(x - k) with k detached is the gradient of BN(x). torch's float32
+    kernel is accurate when |mean| / std is small; when the first call shows a larger ratio (> SHIFT_RATIO), it
+    is redone on x - k with k = that call's (detached) mean, whose own mean is then small, and the statistics are
+    k + the shifted call's. ``running = (running_mean, running_var, momentum)`` (the input's dtype, unbiased
+    running variance) are updated in place by the kernel itself (and corrected after a redo); else, with
+    ``stats``, the statistics come back through zero buffers updated with momentum 1 (exact copies, the variance
+    unbiased and computed by the kernel from centred values, not recovered from 1/sqrt(var + eps)).
+
+    Derivatives: first-order gradients are torch's own backward operator (no Python on the way). torch's double
+    backward treats the saved mean and inverse std as constants, so the third derivative of its output is wrong
+    (measured: 0.97 where finite differences give 0.25): hooks on the operator's autograd node replace its
+    gradients, when a graph of the backward is requested (``create_graph=True``), by those of the composite of
+    differentiable operators (:mod:`normlab._stats`), exact at every order (see :func:`_exact_orders_hook`).
+
+    Returns ``(y, mean, biased var)``; ``mean``/``var`` are None when ``running`` was updated or without ``stats``.
     """
-    if (
-        torch.is_grad_enabled()
-        and (
-            x.requires_grad
-            or (weight is not None and weight.requires_grad)
-            or (bias is not None and bias.requires_grad)
-        )
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-    ):
-        box: list = []
-        y = _TorchTrain.apply(x, weight, bias, eps, c, running, box)
-        return y, box[0], box[1]
-    return _torch_train(x, weight, bias, eps, c, running)[:3]
+    xm = x if c == 1 else _channel_second(x, c)
+    dtype = x.dtype
+    w = weight if weight is None or weight.dtype == dtype else weight.to(dtype)
+    b = bias if bias is None or bias.dtype == dtype else bias.to(dtype)
+    if running is not None:
+        rm, rv, f = running
+    elif stats:
+        rm, rv, f = x.new_zeros(xm.shape[1]), x.new_zeros(xm.shape[1]), 1.0
+    else:
+        rm = rv = None
+        f = 0.0
+    y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
+    xs = xm
+    graphing = _is_compiling() or _is_tracing()  # no data-dependent branch in a graph, no hook on its nodes
+    if dtype in _SHIFT_DTYPES:
+        kernel = _EXCEEDS_AT.get(dtype)  # (the common case inline: this runs on every small training step)
+        if graphing or (
+            kernel(mean1.data_ptr(), invstd1.data_ptr(), mean1.shape[0], SHIFT_RATIO) if kernel is not None
+            else _exceeds(mean1, invstd1)
+        ):
+            y, xs, rm, rv = _shifted(xm, w, b, eps, mean1, invstd1, rm, rv, f, running is not None)
+    if not graphing:  # (torch.compile does not trace grad_fn; its graph keeps torch's derivatives)
+        node = y.grad_fn
+        if node is not None:
+            # a post hook on torch's node through the public Node.register_hook (~1 us of Python per call);
+            # torch's private per-tensor hook dict would be cheaper but is another project's internal
+            node.register_hook(_exact_orders_hook(xs, w, eps))
+    if c != 1:
+        y = _channel_back(y, x, c)
+    if running is not None or not stats:
+        return y, None, None
+    n = xm.numel() // xm.shape[1]
+    return y, rm, rv * ((n - 1) / n)  # not in place: the operator saved rv for its backward
+
+
+def _shifted(xm: Tensor, w, b, eps: float, mean1: Tensor, invstd1: Tensor, rm, rv, f: float, running: bool):
+    """The redo of :func:`torch_train` on ``xm - mean1``: ``(y, its input, running mean, running var)``, the running
+    buffers moved to the shifted call's statistics (in place when ``running``, else the stats' zero buffers)."""
+    C = xm.shape[1]
+    shape = [1] * xm.ndim
+    shape[1] = C
+    xs = xm - mean1.reshape(shape)  # the operator's statistics are outputs without gradient (nothing to detach)
+    if rm is None:
+        return torch.native_batch_norm(xs, w, b, None, None, True, 0.0, eps)[0], xs, rm, rv
+    rm2, rv2 = xm.new_zeros(C), xm.new_zeros(C)
+    y = torch.native_batch_norm(xs, w, b, rm2, rv2, True, 1.0, eps)[0]
+    with torch.no_grad():
+        if not running:
+            return y, xs, rm + rm2, rv2  # mean = k + the shifted mean; the variance is the shifted call's
+        # the first call put momentum * (mean1, var1) into the buffers: move them to the shifted call's k + rm2 and
+        # rv2 (var1, unbiased, recovered from invstd1 as the kernel computed it, to ~1e-7 * (var1 + eps): a
+        # negligible error even where var << eps)
+        n = xm.numel() // C
+        var1 = (invstd1.double().pow(-2) - eps).mul_(n / max(n - 1, 1)).to(xm.dtype)
+        rm.add_(rm2, alpha=f)
+        rv.add_(rv2 - var1, alpha=f)
+    return y, xs, rm, rv
+
+
+def _composite_grads(x: Tensor, w, eps: float, grad_inputs: tuple, dy: Tensor) -> tuple:
+    """:func:`double_backward_grads` of the composite for the node inputs (x, weight, bias) whose gradients exist.
+    The bias needs no value: the output depends on it additively, so its gradient (the sum of ``dy``, as a graph)
+    never reads it; a zero stand-in takes its place."""
+    needs = tuple(g is not None for g in grad_inputs)
+    b = x.new_zeros(x.shape[1]).requires_grad_() if needs[2] else None
+    return double_backward_grads(lambda a, ww, bb: composite_train(a, ww, bb, eps, 1), (x, w, b), needs, dy)
+
+
+def _exact_orders_hook(xs: Tensor, w, eps: float):
+    """A post hook for the node of ``torch.native_batch_norm(xs, w, b, ...)`` (channels on dim 1), registered with
+    the call: while a graph of the backward is built (``create_graph=True``: grad mode is on inside it), the node's
+    gradients for its input, weight and bias are replaced by the composite's (:func:`composite_train`),
+    differentiated as a graph, exact at every order; a backward without a graph keeps torch's.
+
+    ``xs`` is held through a weak reference: the node saves it (so it is alive whenever the node can run) and a
+    strong reference would keep every layer's input alive as long as the graph object, after the backward freed
+    the node's saved tensors."""
+    ref = weakref.ref(xs)
+
+    def hook(grad_inputs: tuple, grad_outputs: tuple):
+        if not torch.is_grad_enabled():
+            return None
+        x = ref()
+        if x is None:  # the node saves its input: unreachable while the node can run
+            raise RuntimeError("normlab batch_norm: the input of a training-mode batch norm was freed before its "
+                               "double backward (create_graph=True)")
+        return _composite_grads(x, w, eps, grad_inputs, grad_outputs[0])
+
+    return hook
 
 
 def composite_train(x: Tensor, weight, bias, eps: float, c: int) -> Tensor:
@@ -145,111 +232,6 @@ def double_backward_grads(forward, inputs: tuple, needs: tuple, dy: Tensor) -> t
     return tuple(
         next(grads) if n and isinstance(t, Tensor) and t.requires_grad else None for t, n in zip(inputs, needs)
     )
-
-
-class _TorchTrain(torch.autograd.Function):
-    # old-style forward(ctx, ...): the setup_context style re-inspects signatures on every call
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, c, running, box):
-        y, mean, var, xs, save_mean, save_invstd = _torch_train(x, weight, bias, eps, c, running, saving=True)
-        box.extend((mean, var))
-        ctx.save_for_backward(x, weight, bias, xs, save_mean, save_invstd)
-        ctx.eps, ctx.c = eps, c
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, xs, save_mean, save_invstd = ctx.saved_tensors
-        eps, c = ctx.eps, ctx.c
-        needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: a graph of the backward, exact at every order
-            grads = double_backward_grads(
-                lambda a, w, b: composite_train(a, w, b, eps, c), (x, weight, bias), needs, dy
-            )
-            return (*grads, None, None, None, None)
-        w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
-        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
-            _channel_second_like(dy, x, c), xs, w, None, None, save_mean, save_invstd, True, eps,
-            [needs[0], needs[1] and weight is not None, needs[2] and bias is not None],
-        )
-        dx = _channel_back(dx, x, c) if needs[0] else None
-        return dx, dw if needs[1] else None, db if needs[2] else None, None, None, None, None
-
-
-def _channel_second_like(t: Tensor, x: Tensor, c: int) -> Tensor:
-    """``t`` (shaped as ``x``) laid out as :func:`_channel_second` lays out ``x``."""
-    if c == 1:
-        return t
-    if c == x.ndim - 1 and x.is_contiguous():
-        return t.reshape(-1, x.shape[c])
-    return t.movedim(c, 1)
-
-
-def _torch_train(x: Tensor, weight, bias, eps: float, c: int, running: tuple | None, *, saving: bool = False):
-    """Training-mode batch norm on torch's fused CPU operator, kept accurate in float32 by shift invariance.
-
-    Batch norm in training mode is invariant to a per-channel shift: BN(x - k) = BN(x) for any constant k, with
-    the same Jacobian, so the gradient of BN(x - k) with k detached is the gradient of BN(x). torch's float32
-    kernel is accurate when |mean| / std is small; when the first call shows a larger ratio (> SHIFT_RATIO), it
-    is redone on x - k with k = that call's (detached) mean, whose own mean is then small, and the statistics are
-    k + the shifted call's. ``running = (running_mean, running_var, momentum)`` (the input's dtype, unbiased
-    running variance) are updated in place by the kernel itself (and corrected after a redo); else the
-    statistics come back through zero buffers updated with momentum 1 (exact copies, the variance unbiased and
-    computed by the kernel from centred values, not recovered from 1/sqrt(var + eps)).
-    Returns ``(y, mean, biased var, xs, save_mean, save_invstd)`` (``mean``/``var`` None when ``running`` was
-    updated); the last three are the final operator call's input and saved statistics, for its backward
-    (``saving=True`` keeps them out of the reusable scratch vectors).
-    """
-    xm = _channel_second(x, c)
-    C = xm.shape[1]
-    n = xm.numel() // C
-    w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
-    b = bias.to(x.dtype) if bias is not None and bias.dtype != x.dtype else bias
-    if running is None:
-        rm, rv, f = x.new_zeros(C), x.new_zeros(C), 1.0
-    else:
-        rm, rv, f = running
-    shift = False
-    if x.dtype not in _SHIFT_DTYPES:
-        y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
-    elif torch.jit.is_tracing() or torch.compiler.is_compiling():  # no data-dependent branch in a graph
-        y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
-        shift = True
-    elif not torch.is_grad_enabled() and not saving:
-        # forward only: the statistics go to this thread's NumPy-backed vectors (out=), so the check is three
-        # NumPy calls (~2 us) instead of two operators and a sync (~8 us, a third of torch's call at 32x128)
-        mean1, invstd1, mean_np, invstd_np, work = _stat_vectors(C, x.dtype)
-        y = torch.empty_like(xm)
-        torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps, out=(y, mean1, invstd1))
-        shift = _exceeds(mean_np, invstd_np, work)
-    else:
-        y, mean1, invstd1 = torch.native_batch_norm(xm, w, b, rm, rv, True, f, eps)
-        # the statistics outputs carry no gradient, so NumPy can read them (two NumPy calls, no torch operator)
-        m_np, i_np = mean1.detach().numpy(), invstd1.detach().numpy()
-        shift = _exceeds(m_np, i_np, None)
-    xs, save_mean, save_invstd = xm, mean1, invstd1
-    if shift:
-        k = mean1  # the operator's statistics are outputs without gradient (nothing to detach)
-        shape = [1] * xm.ndim
-        shape[1] = C
-        rm2, rv2 = x.new_zeros(C), x.new_zeros(C)
-        xs = xm - k.reshape(shape)
-        y, save_mean, save_invstd = torch.native_batch_norm(xs, w, b, rm2, rv2, True, 1.0, eps)
-        with torch.no_grad():
-            if running is None:
-                rm, rv = rm + rm2, rv2  # mean = k + the shifted mean; the variance is the shifted call's
-            else:
-                # the first call put momentum * (mean1, var1) into the buffers: move them to the shifted call's
-                # k + rm2 and rv2 (var1, unbiased, recovered from invstd1 as the kernel computed it, to
-                # ~1e-7 * (var1 + eps): a negligible error even where var << eps)
-                var1 = (invstd1.double().pow(-2) - eps).mul_(n / max(n - 1, 1)).to(x.dtype)
-                rm.add_(rm2, alpha=f)
-                rv.add_(rv2 - var1, alpha=f)  # not in place: rv2 is saved for backward
-    y = _channel_back(y, x, c)
-    if running is not None:
-        return y, None, None, xs, save_mean, save_invstd
-    # not in place: the operator saved rv for its backward
-    return y, rm, rv * ((n - 1) / n), xs, save_mean, save_invstd
 
 
 # Eval-mode verdicts of _eval_needs_shift, per statistics tensor: a layer's running buffers do not change between
