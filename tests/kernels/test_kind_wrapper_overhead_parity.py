@@ -279,3 +279,36 @@ def test_environment_read_follows_a_replaced_os_environ(monkeypatch):
     finally:
         monkeypatch.undo()
         dispatch._override = previous
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fused_train_entry_follows_the_forward_only_table(monkeypatch, groups):
+    """kernels.batch_norm_train (variants, NormAct) decides as the plain layer: a channels-last training forward
+    under no_grad at the crossover size takes torch's operators, with a gradient wanted the kernels; the result equals
+    the float64 reference either way."""
+    n = dispatch.AUTO_TABLE["channels_last"]
+    x = (torch.randn((n // (16 * 32 * 32), 16, 32, 32), generator=torch.Generator().manual_seed(3)) * 2 + 1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    taken = []
+    real = kernels._ops
+
+    def spy():
+        taken.append(1)
+        return real()
+
+    monkeypatch.setattr(kernels, "_ops", spy)
+    w, b = torch.ones(16), torch.zeros(16)
+    with kernels.backend("auto"):
+        with torch.no_grad():
+            y, stats = kernels.batch_norm_train(x, w, b, 1e-5, axis=1, groups=groups)
+        assert taken == []
+        y2, _ = kernels.batch_norm_train(x, w.requires_grad_(), b, 1e-5, axis=1, groups=groups)
+        assert taken == [1]
+    xs = x.double().numpy()
+    if groups == 1:
+        y_ref, _ = ref.batch_norm_forward(xs)
+    else:
+        y_ref = np.concatenate([ref.batch_norm_forward(part)[0] for part in np.split(xs, groups)])
+    # float32 over 2^16-2^17 values per channel: torch's operator is accurate to ~1.5e-5 relative here
+    np.testing.assert_allclose(y.double().numpy(), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y2.detach().double().numpy(), y_ref, rtol=1e-4, atol=1e-4)

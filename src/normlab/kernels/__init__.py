@@ -37,6 +37,7 @@ from .dispatch import (
     set_backend,
     supported,
     use_fast,
+    use_fast_train,
 )
 from .sample import SampleLayout, layer_norm, sample_norm, sample_steps
 
@@ -240,7 +241,12 @@ def batch_norm_train(
                          f"broadcastable to the input's shape {tuple(x.shape)}, got {mask.dtype} of shape "
                          f"{tuple(mask.shape)}")
     count: Tensor | None = None
-    if use_fast(x, c):
+    # a training forward no backward can follow decides from the forward-only table (channels-last: torch's),
+    # except what only the kernels compute (virtual batches with a mask or renorm)
+    fast = use_fast_train(x, c, weight, bias)
+    if not fast and groups != 1 and (mask is not None or renorm is not None):
+        fast = use_fast(x, c)
+    if fast:
         w = weight.to(x.dtype) if weight is not None else x.new_ones(C)
         b = bias.to(x.dtype) if bias is not None else x.new_zeros(C)
         table = None
