@@ -76,7 +76,9 @@ def test_kind_ray_orphans_deliberate_close_leaves_the_driver_tree_alone():
     proc, reaper, child, orphan = _start_standin("close")
     try:
         assert proc.stdout.readline().strip() == "closed"
-        assert not alive({reaper, orphan})  # the orphan (outside the driver's tree) ended, the reaper exited
+        # the orphan (outside the driver's tree) was SIGKILLed before the reaper exited; under load it may take a
+        # moment to stop running
+        assert wait_for(lambda: not alive({reaper, orphan}), 30.0), alive({reaper, orphan})
         assert alive({child}) == {child} and child in descendants(proc.pid)  # the driver's own child: untouched
     finally:
         _cleanup(proc, {reaper, child, orphan})
@@ -120,3 +122,36 @@ def test_kind_ray_orphans_of_a_killed_local_ray_driver():
         assert wait_for(lambda: not alive(family), 60.0), [(p, _stat(p)) for p in alive(family)]
     finally:
         _cleanup(proc, family)
+
+
+# A stand-in driver killed with its whole process group: a terminal hangup (SIGHUP), `timeout` or `kill -- -PGID`
+# (SIGTERM) reach every process of the group, the reaper too unless it left the group. The stubborn process runs
+# in a session of its own (a process that left the group, as a daemonized agent), ignores SIGTERM and SIGHUP and
+# names the session in its command line, so the reaper finds it whatever its looks saw.
+GROUP_STANDIN = r"""
+import os, subprocess, sys, time
+from normlab.lab.executors import _start_reaper
+reaper = _start_reaper()
+session = "session_group_%d" % os.getpid()
+reaper.stdin.write(session.encode() + b"\n"); reaper.stdin.flush()
+code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGHUP, "
+        "signal.SIG_IGN); print(1, flush=True); time.sleep(600)")
+stubborn = subprocess.Popen([sys.executable, "-c", code, session], stdout=subprocess.PIPE, start_new_session=True)
+stubborn.stdout.readline()
+print(reaper.pid, stubborn.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_kind_ray_orphans_end_when_the_driver_group_is_signalled(sig):
+    proc = subprocess.Popen([sys.executable, "-c", GROUP_STANDIN], stdout=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)  # its own group: the signal below reaches nothing of pytest's
+    reaper, stubborn = (int(x) for x in proc.stdout.readline().split())
+    try:
+        os.killpg(proc.pid, sig)  # the driver's whole process group, as a hangup or `timeout` sends it
+        proc.wait()
+        assert wait_for(lambda: not alive({stubborn}), 30.0), "the reaper died with the driver's group"
+        assert wait_for(lambda: not alive({reaper}), 30.0)
+    finally:
+        _cleanup(proc, {reaper, stubborn})

@@ -12,8 +12,9 @@ because the driver died, even by SIGKILL (then it first waits for the driver to 
 recorded process, and each process of this user whose command line names this Ray session (a worker started
 after the last look), that is not below a living driver: SIGTERM, then SIGKILL after ``GRACE`` seconds. A pid is
 signalled only while its start time matches the recorded one (a reused pid is never hit), and only this driver's
-tree or this session qualify, so no other Ray instance (another user's or another command's) is touched. SIGINT
-is ignored: Ctrl-C belongs to the driver, which shuts its instance down itself. This process outlives the
+tree or this session qualify, so no other Ray instance (another user's or another command's) is touched. It runs
+in a session of its own (a signal to the driver's process group -- terminal hangup, ``timeout`` -- must not end it
+with the driver), and ignores SIGINT: Ctrl-C belongs to the driver, which shuts its instance down itself. This process outlives the
 driver by at most ~``GRACE`` seconds plus one ``POLL``.
 """
 

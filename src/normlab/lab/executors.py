@@ -592,8 +592,11 @@ def _start_reaper():
     from . import _ray_reaper
 
     try:
+        # a session of its own: a signal to the driver's whole group (terminal hangup, `timeout`, kill -- -PGID)
+        # must not end the reaper together with the driver it outlives on purpose
         reaper = subprocess.Popen([sys.executable, "-I", _ray_reaper.__file__, str(os.getpid())],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                  start_new_session=True)
     except OSError:  # no reaper is a leak on a crash, not a reason to refuse the run
         return None
     assert reaper.stdout is not None
