@@ -155,3 +155,45 @@ def test_kind_ray_orphans_end_when_the_driver_group_is_signalled(sig):
         assert wait_for(lambda: not alive({reaper}), 30.0)
     finally:
         _cleanup(proc, {reaper, stubborn})
+
+
+# A stand-in driver that forked a child (a DataLoader worker, a multiprocessing "fork" pool) before closing: the
+# child holds a copy of the pipe to the reaper, so the pipe does not end with the driver's "bye". The reaper must
+# act on "bye" itself, not wait for the end of a pipe that another process keeps open.
+FORKED_STANDIN = r"""
+import os, subprocess, sys, time
+from normlab.lab.executors import _start_reaper
+reaper = _start_reaper()
+session = "session_forked_%d" % os.getpid()
+reaper.stdin.write(session.encode() + b"\n"); reaper.stdin.flush()
+forked = os.fork()
+if forked == 0:  # holds the reaper's pipe (inherited), does nothing else
+    time.sleep(600)
+    os._exit(0)
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)"
+mid = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:], "
+                        "stdout=subprocess.PIPE); p.stdout.readline(); print(p.pid, flush=True)", sys.executable,
+                        "-c", code, session], stdout=subprocess.PIPE)
+orphan = int(mid.stdout.readline()); mid.wait()
+print(reaper.pid, forked, orphan, flush=True)
+reaper.stdin.write(b"bye\n"); reaper.stdin.close()
+try:
+    reaper.wait(timeout=60)
+    print("closed", flush=True)
+except subprocess.TimeoutExpired:
+    print("reaper still waiting", flush=True)
+time.sleep(600)
+"""
+
+
+def test_kind_ray_orphans_deliberate_close_while_a_forked_child_holds_the_pipe():
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_STANDIN], stdout=subprocess.PIPE, text=True, env=ENV)
+    reaper, forked, orphan = (int(x) for x in proc.stdout.readline().split())
+    try:
+        # The bound of this test: a reaper waiting for the end of the pipe waits as long as the forked child lives
+        # (here 600 s) and the stand-in reports it after 60 s; one acting on "bye" ends after GRACE.
+        assert proc.stdout.readline().strip() == "closed"
+        assert wait_for(lambda: not alive({orphan}), 30.0), "the orphan outlived the deliberate close"
+        assert alive({forked}) == {forked}  # the driver's own (forked) child: untouched
+    finally:
+        _cleanup(proc, {reaper, forked, orphan})
