@@ -10,8 +10,8 @@ ignore SIGTERM. So while the driver lives, this process records every descendant
 time, every ``POLL`` seconds). When its stdin says ``bye`` (``ray.shutdown()`` done; the line itself counts, as
 a child the driver forked may still hold the pipe), or ends without it because the driver died, even by SIGKILL
 (then it first waits for the driver to stop running) -- it ends each recorded process, and each process of this
-user whose command line names this Ray session (a worker started after the last look), that is not below a
-living driver: SIGTERM, then SIGKILL after ``GRACE`` seconds. A pid is signalled only while its start time
+user started with this Ray session's ``--session-name`` (a worker started after the last look), that is not
+below a living driver: SIGTERM, then SIGKILL after ``GRACE`` seconds. A pid is signalled only while its start time
 matches the recorded one (a reused pid is never hit), and only this driver's tree or this session qualify, so no
 other Ray instance (another user's or another command's) is touched. It runs in a session of its own (a signal to
 the driver's process group -- terminal hangup, ``timeout`` -- must not end it with the driver) and ignores SIGINT:
@@ -68,11 +68,16 @@ def _below(root: int, table: dict[int, tuple[int, int, str]]) -> dict[int, int]:
 
 
 def _names_session(pid: int, session: bytes) -> bool:
+    """Whether ``pid`` was started as a process of this Ray session: Ray gives each of its processes the argument
+    ``--session-name=<name>`` (or ``--session-name <name>``). Merely mentioning the name (``tail -f
+    /tmp/ray/<session>/logs/raylet.out``) does not count."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return session in f.read()
+            args = f.read().split(b"\0")
     except OSError:
         return False
+    return b"--session-name=" + session in args or any(
+        a == b"--session-name" and b == session for a, b in zip(args, args[1:]))
 
 
 def _living(pid: int, start: int) -> bool:
