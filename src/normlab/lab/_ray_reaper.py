@@ -7,14 +7,16 @@ Ray session name (sent once ``ray.init`` returned), a later line ``bye`` means t
 Why: Ray's GCS and raylet die with the driver (PR_SET_PDEATHSIG), but the raylet's own children (dashboard agent,
 runtime-env agent, workers) are then orphans that stay for minutes -- the agents block on the dead GCS and
 ignore SIGTERM. So while the driver lives, this process records every descendant of the driver (pid and start
-time, every ``POLL`` seconds). When its stdin ends -- after ``bye`` (``ray.shutdown()`` done), or without it
-because the driver died, even by SIGKILL (then it first waits for the driver to stop running) -- it ends each
-recorded process, and each process of this user whose command line names this Ray session (a worker started
-after the last look), that is not below a living driver: SIGTERM, then SIGKILL after ``GRACE`` seconds. A pid is
-signalled only while its start time matches the recorded one (a reused pid is never hit), and only this driver's
-tree or this session qualify, so no other Ray instance (another user's or another command's) is touched. SIGINT
-is ignored: Ctrl-C belongs to the driver, which shuts its instance down itself. This process outlives the
-driver by at most ~``GRACE`` seconds plus one ``POLL``.
+time, every ``POLL`` seconds). When its stdin says ``bye`` (``ray.shutdown()`` done; the line itself counts, as
+a child the driver forked may still hold the pipe), or ends without it because the driver died, even by SIGKILL
+(then it first waits for the driver to stop running) -- it ends each recorded process, and each process of this
+user started with this Ray session's ``--session-name`` (a worker started after the last look), that is not
+below a living driver: SIGTERM, then SIGKILL after ``GRACE`` seconds. A pid is signalled only while its start time
+matches the recorded one (a reused pid is never hit), and only this driver's tree or this session qualify, so no
+other Ray instance (another user's or another command's) is touched. It runs in a session of its own (a signal to
+the driver's process group -- terminal hangup, ``timeout`` -- must not end it with the driver) and ignores SIGINT:
+Ctrl-C belongs to the driver, which shuts its instance down itself. This process outlives the driver by at most
+~``GRACE`` seconds plus one ``POLL``.
 """
 
 from __future__ import annotations
@@ -66,11 +68,16 @@ def _below(root: int, table: dict[int, tuple[int, int, str]]) -> dict[int, int]:
 
 
 def _names_session(pid: int, session: bytes) -> bool:
+    """Whether ``pid`` was started as a process of this Ray session: Ray gives each of its processes the argument
+    ``--session-name=<name>`` (or ``--session-name <name>``). Merely mentioning the name (``tail -f
+    /tmp/ray/<session>/logs/raylet.out``) does not count."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return session in f.read()
+            args = f.read().split(b"\0")
     except OSError:
         return False
+    return b"--session-name=" + session in args or any(
+        a == b"--session-name" and b == session for a, b in zip(args, args[1:]))
 
 
 def _living(pid: int, start: int) -> bool:
@@ -147,6 +154,8 @@ def main(argv: list[str]) -> int:
             if not chunk:
                 break
             buf += chunk
+            if b"bye" in buf.split(b"\n")[:-1]:  # a complete "bye" line: the driver closes on purpose; a process
+                break  # it forked may keep the pipe open, so do not wait for the pipe's end
         table = _table()
         d = table.get(driver)
         if d is None or d[1] != driver_start:

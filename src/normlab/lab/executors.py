@@ -520,10 +520,9 @@ def _probe_address(address: str, timeout: float = 10.0) -> None:
     ``ray.init(address=...)`` retries a missing cluster for many minutes (20 attempts of ~35 s in Ray 2.x), so a
     mistyped --address would look like a hang. "host:port" and "ray://host:port" are probed as given; "auto" as
     Ray resolves it (RAY_ADDRESS or the last ``ray start``), or not at all when Ray finds none (then ``ray.init``
-    fails at once with its own message), like "local". Raises :class:`ExecutorUnavailable` naming --address,
-    what was expected and what happened. A listener that is not Ray still meets Ray's own connect window."""
-    import socket
-
+    fails at once with its own message), like "local". ``timeout`` bounds the whole probe, the name lookup
+    included. Raises :class:`ExecutorUnavailable` naming --address, what was expected and what happened. A
+    listener that is not Ray still meets Ray's own connect window."""
     if address == "local":
         return
     target: str | None = address.removeprefix("ray://")
@@ -543,14 +542,53 @@ def _probe_address(address: str, timeout: float = 10.0) -> None:
         raise ExecutorUnavailable(f"--address {address!r}: expected a Ray cluster address host:port, "
                                   f"ray://host:port or auto")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        _connect_within(host, int(port), timeout)
     except OSError as exc:
         what = (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError)
                 else exc.strerror or str(exc) or type(exc).__name__)
         raise ExecutorUnavailable(
             f"--address {address}: expected a running Ray cluster there (the head's port from `ray start --head`, "
             f"or ray://host:10001 for Ray Client), but connecting to {host}:{port} failed: {what}") from None
+
+
+def _connect_within(host: str, port: int, timeout: float) -> None:
+    """Open and close one TCP connection to ``host:port`` within ``timeout`` seconds in all: the name lookup too
+    (``getaddrinfo`` has no timeout of its own; it runs in a daemon thread, abandoned when it takes too long) and
+    every address the name resolves to together (``socket.create_connection`` would spend ``timeout`` on each).
+    Raises the first address's OSError, or TimeoutError when the time ran out."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    found: list = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    resolver = threading.Thread(target=lookup, name="normlab-address-lookup", daemon=True)
+    resolver.start()
+    resolver.join(timeout)
+    if not found:
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    first: OSError | None = None
+    for family, kind, proto, _, sockaddr in found[0]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise first or TimeoutError(f"no answer within {timeout:g} s")
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+            return
+        except OSError as exc:
+            first = first or exc
+        finally:
+            sock.close()
+    raise first or OSError(f"{host} resolved to no address")
 
 
 @contextlib.contextmanager
@@ -592,8 +630,11 @@ def _start_reaper():
     from . import _ray_reaper
 
     try:
+        # a session of its own: a signal to the driver's whole group (terminal hangup, `timeout`, kill -- -PGID)
+        # must not end the reaper together with the driver it outlives on purpose
         reaper = subprocess.Popen([sys.executable, "-I", _ray_reaper.__file__, str(os.getpid())],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                  start_new_session=True)
     except OSError:  # no reaper is a leak on a crash, not a reason to refuse the run
         return None
     assert reaper.stdout is not None

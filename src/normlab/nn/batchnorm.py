@@ -188,10 +188,18 @@ class BatchNormBase(RunningStatsNorm):
     #: whether the batch statistics this class normalizes with are the plain per-channel moments of the batch
     #: (:meth:`batch_moments` as defined here), so that, unsynchronized, functional.batch_norm and the fused
     #: kernels compute exactly its forward. A class whose statistics differ (per time step, moving averages of
-    #: E[x^2], mixed with layer statistics, compositional, or an overridden ``batch_moments``) declares False.
+    #: E[x^2], mixed with layer statistics, compositional) declares False; a class that overrides ``batch_moments``
+    #: is False unless it declares True itself.
     plain_batch_moments = True
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # a class bringing its own batch_moments without saying that they are still the plain ones: not plain, so
+        # its batch_moments is the one used (the fused paths would silently replace it)
+        if "batch_moments" in vars(cls) and "plain_batch_moments" not in vars(cls):
+            cls.plain_batch_moments = False
 
     def __init__(
         self,

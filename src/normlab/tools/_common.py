@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
 
 import torch
@@ -152,7 +151,6 @@ def trace_or_note(tracer: fx.Tracer, module: nn.Module, prefix: str, report: Any
     return graph
 
 
-@dataclass
 class RewriteReport:
     """What a model rewrite (:class:`~normlab.tools.FoldReport`, :class:`~normlab.tools.FuseReport`) did with each
     batch-norm layer: the part both share.
@@ -160,12 +158,14 @@ class RewriteReport:
     ``skipped``: ``(norm name, reason)``; ``traced``: modules whose data flow was read with ``torch.fx`` (``""`` is
     the whole model); ``untraced``: ``(module name, error)`` for modules that did not trace. A subclass names its
     tool, its verb and the field of the norms it rewrote (``class FoldReport(RewriteReport, tool="fold",
-    verb="folded", done_field="folded")``) and writes their lines (:meth:`_done_lines`).
+    verb="folded", done_field="folded")``) and writes their lines (:meth:`_done_lines`). The subclass (a dataclass)
+    declares these fields itself, in its own order: this base is no dataclass, so it adds no field in front of the
+    subclass's (positional construction, ``repr``, ``astuple`` keep the reports' own field order).
     """
 
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    traced: list[str] = field(default_factory=list)
-    untraced: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]]
+    traced: list[str]
+    untraced: list[tuple[str, str]]
 
     tool: ClassVar[str] = ""
     verb: ClassVar[str] = ""

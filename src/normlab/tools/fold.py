@@ -137,6 +137,9 @@ class FoldReport(RewriteReport, tool="fold", verb="folded", done_field="folded")
     """
 
     folded: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
 
     def _done_lines(self) -> list[str]:
         return [f"  folded  {norm or '<model>'} into {layer}" for layer, norm in self.folded]

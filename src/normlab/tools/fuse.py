@@ -114,7 +114,10 @@ class FuseReport(RewriteReport, tool="fuse_norm_act", verb="fused with their act
     """
 
     fused: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
     pairs: list[_Pair] = field(default_factory=list, repr=False)
 
     def _done_lines(self) -> list[str]:
