@@ -60,6 +60,18 @@ def _unit_times(db: Path) -> list[tuple[str, float]]:
         return [(r.claim or r.sweep, float(r.wall_time)) for r in store.runs()]
 
 
+def _span(db: Path) -> float | None:
+    """Seconds from the first stored unit's start to the last one's end (the run's wall time when one command
+    filled the store in one go), from the units' creation times and durations; None without them."""
+    from normlab.lab.store import open_store
+    from normlab.lab.sweep import find_db
+
+    with open_store(find_db(db, command="scale_out.py")) as store:
+        marks = [(float(r.created) - float(r.wall_time), float(r.created)) for r in store.runs()
+                 if getattr(r, "created", None) is not None]
+    return max(e for _, e in marks) - min(s for s, _ in marks) if marks else None
+
+
 def estimate(times: list[tuple[str, float]], cores: list[int], efficiency: float) -> dict:
     """Wall time of running ``times`` (claim, unit seconds) on N cores: max(total / (N * efficiency), longest)."""
     secs = [t for _, t in times]
@@ -121,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"): {est['units']} units of {est['claims']} claim(s), {est['unit_seconds_total']:.1f} "
                       f"unit-seconds (median {est['unit_seconds_median']:.2f} s, longest "
                       f"{est['unit_seconds_max']:.2f} s), parallel efficiency {eff:.2f} (measured above)")
+                span = _span(source) if args.estimate_db else None
+                if span:
+                    print(f"  the stored units span {span:.0f} s of wall time (first start to last end): "
+                          f"{est['unit_seconds_total'] / span:.2f} units ran at once on average")
                 for n, w in est["wall_seconds"].items():
                     print(f"  {n:>5} cores: {w:8.1f} s  (= max({est['unit_seconds_total']:.1f} / ({n} x {eff:.2f}), "
                           f"{est['unit_seconds_max']:.2f}))")
