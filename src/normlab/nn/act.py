@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import _stats, kernels
-from .batchnorm import BatchNorm, BatchNormBase
+from .batchnorm import BatchNorm
 from .registry import make_norm
 
 __all__ = ["NormAct", "NormAddAct", "ACTIVATIONS"]
@@ -194,6 +194,11 @@ class NormAct(nn.Module):
             raise TypeError(f"NormAct: norm must be an nn.Module or a make_norm spec string, got {type(norm).__name__}")
         elif norm_kwargs:
             raise ValueError(f"NormAct: keyword arguments {sorted(norm_kwargs)} only apply when norm is a spec string")
+        elif num_features is not None:
+            # NormAct(bn, "leaky_relu") would otherwise take the activation as num_features and silently run ReLU
+            raise ValueError(f"NormAct: num_features only applies when norm is a spec string (the module "
+                             f"{type(norm).__name__} has its own), got {num_features!r}; pass the activation by "
+                             f"keyword: activation=...")
         if inplace_abn:
             if activation not in INVERTIBLE:
                 raise ValueError(
@@ -205,7 +210,7 @@ class NormAct(nn.Module):
                 raise ValueError(f"NormAct: inplace_abn=True needs negative_slope > 0, got {negative_slope}")
             if activation == "elu" and not alpha > 0:
                 raise ValueError(f"NormAct: inplace_abn=True needs alpha > 0 for elu, got {alpha}")
-            if not isinstance(norm, BatchNorm) or type(norm)._normalize is not BatchNormBase._normalize:
+            if not isinstance(norm, BatchNorm) or not norm.fuses_activation:
                 raise ValueError(
                     f"NormAct: inplace_abn=True supports plain BatchNorm layers, got {type(norm).__name__}; use "
                     f"inplace_abn=False for the other norms"
@@ -244,9 +249,7 @@ class NormAct(nn.Module):
         bn = self.norm
         if (
             not isinstance(bn, BatchNorm)
-            or type(bn).forward is not BatchNormBase.forward
-            or type(bn)._normalize is not BatchNormBase._normalize
-            or type(bn).update_running is not BatchNormBase.update_running
+            or not bn.fuses_activation  # the class's own step (a declared capability)
             or not bn._local_plain_moments()  # not synchronized, the base batch_moments
             or not bn._needs_batch_variance
             or not bn.uses_batch_stats()

@@ -160,6 +160,10 @@ class RunningStatsNorm(NormLayer):
         return s + (f", axis={self.axis}" if self.axis != 1 else "")
 
 
+#: The methods whose definition in a subclass makes it not :attr:`BatchNormBase.fuses_activation` by default.
+_OWN_STEP = ("forward", "_normalize", "update_running", "batch_moments")
+
+
 class BatchNormBase(RunningStatsNorm):
     """Parameters, buffers, state_dict layout and input checks shared by every batch-statistic layer.
 
@@ -189,8 +193,12 @@ class BatchNormBase(RunningStatsNorm):
     #: (:meth:`batch_moments` as defined here), so that, unsynchronized, functional.batch_norm and the fused
     #: kernels compute exactly its forward. A class whose statistics differ (per time step, moving averages of
     #: E[x^2], mixed with layer statistics, compositional) declares False; a class that overrides ``batch_moments``
-    #: is False unless it declares True itself.
+    #: or ``update_running`` is False unless it declares True itself.
     plain_batch_moments = True
+    #: Whether ``act(self(x))`` may run as one fused kernel pass (:class:`normlab.nn.NormAct`,
+    #: :func:`normlab.tools.fuse_norm_act`): the class's training forward is the plain batch-norm step. A subclass
+    #: defining ``forward``, ``_normalize``, ``update_running`` or ``batch_moments`` is not, unless it declares this.
+    fuses_activation = True
     # Training needs more than one value per channel (a batch variance); BatchLayerNorm works at batch size 1.
     _needs_batch_variance = True
 
@@ -198,8 +206,12 @@ class BatchNormBase(RunningStatsNorm):
         super().__init_subclass__(**kwargs)
         # a class bringing its own batch_moments without saying that they are still the plain ones: not plain, so
         # its batch_moments is the one used (the fused paths would silently replace it)
-        if "batch_moments" in vars(cls) and "plain_batch_moments" not in vars(cls):
+        # (or its own update_running: functional.batch_norm would track the statistics without calling it)
+        if "plain_batch_moments" not in vars(cls) and ("batch_moments" in vars(cls) or "update_running" in vars(cls)):
             cls.plain_batch_moments = False
+        # the same for the fused norm + activation pass: a class with its own step is not fused unless it says so
+        if "fuses_activation" not in vars(cls) and any(m in vars(cls) for m in _OWN_STEP):
+            cls.fuses_activation = False
 
     def __init__(
         self,
