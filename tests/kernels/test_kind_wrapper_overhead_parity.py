@@ -256,7 +256,7 @@ def test_training_forward_without_backward_follows_the_forward_only_table(monkey
         assert len(calls) == (1 if cl else 0)
         assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         y_ref, cache = ref.batch_norm_forward(x.double().numpy())
-        np.testing.assert_allclose(y.double().numpy(), y_ref, atol=2e-5)
+        np.testing.assert_allclose(y.double().numpy(), y_ref, rtol=1e-4, atol=1e-4)  # torch float32, 2^17 values a channel
         m = x.numel() // 64
         np.testing.assert_allclose(layer.running_mean.double().numpy(), 0.1 * cache.mean.reshape(-1), rtol=1e-5)
         np.testing.assert_allclose(layer.running_var.double().numpy(),

@@ -34,9 +34,10 @@ ENV_VAR = "NORMLAB_KERNELS"
 AUTO_MIN_NUMEL = 1 << 18
 #: The same for tensors whose channel axis is innermost in memory (channels-last, (N, C), (N, L, C)): their kernels
 #: take a statistics sweep and an apply sweep over row blocks rather than one fused pass per channel, and torch's
-#: channels-last kernel is already efficient; measured crossover between 1.6 M (32x256x14x14: 0.8x torch on the
-#: kernels, 0.95x native) and 6.4 M values (32x64x56x56: 1.1-1.7x torch on the kernels).
-AUTO_MIN_NUMEL_CHANNELS_LAST = 1 << 22
+#: channels-last kernel is already efficient. Measured crossover between 6.4 M (32x64x56x56: the kernels 1.6x torch
+#: in one quiet `normlab bench` run, 0.84x and 0.80x in two others, torch's own time moving 3.7-9.1 ms between runs)
+#: and 12.8 M values (64x64x56x56: 2.1-2.9x torch in all three); earlier runs put 1.6 M at 0.8x.
+AUTO_MIN_NUMEL_CHANNELS_LAST = 1 << 23
 #: The same for 2-D (N, C) inputs (BatchNorm1d after a Linear layer). Their kernel is the channels-last one, and
 #: torch's 2-D path is its channels-last kernel too, so the crossover is at least as high; an MLP's (256, 1024)
 #: (0.26 M values) measured at 0.2x torch on the kernels (fwd+bwd, under load) while torch's operator through
