@@ -39,29 +39,20 @@ def test_capability_is_declared_per_class():
 
 
 @pytest.mark.parametrize("setting", ["fast", "native"])
-def test_own_update_running_still_runs_under_normact(setting):
+@pytest.mark.parametrize("cls, var_scale", [(NoTracking, 1), (DoubledVariance, 4)], ids=["update_running", "moments"])
+def test_own_step_still_runs_under_normact(setting, cls, var_scale):
+    """NormAct over a class with its own step equals act(its forward): its own update_running (never tracks) or its
+    own batch_moments (variance x 4) is used, against the float64 formula."""
     x = torch.randn(64, 8, 32, 32, dtype=torch.float64)
-    act = nlnn.NormAct(NoTracking(8, dtype=torch.float64), activation="relu")
+    act = nlnn.NormAct(cls(8, dtype=torch.float64), activation="relu")
     with kernels.backend(setting):
         y = act(x)
-    assert torch.equal(act.norm.running_mean, torch.zeros(8, dtype=torch.float64))
-    assert torch.equal(act.norm.running_var, torch.ones(8, dtype=torch.float64))
+    if cls is NoTracking:
+        assert torch.equal(act.norm.running_mean, torch.zeros(8, dtype=torch.float64))
+        assert torch.equal(act.norm.running_var, torch.ones(8, dtype=torch.float64))
     xs = x.numpy()
     mean = xs.mean(axis=(0, 2, 3), keepdims=True)
-    var = xs.var(axis=(0, 2, 3), keepdims=True)
-    want = np.maximum((xs - mean) / np.sqrt(var + 1e-5), 0)
-    np.testing.assert_allclose(y.detach().numpy(), want, atol=1e-10)
-
-
-@pytest.mark.parametrize("setting", ["fast", "native"])
-def test_own_batch_moments_are_used_under_normact(setting):
-    x = torch.randn(64, 8, 32, 32, dtype=torch.float64)
-    act = nlnn.NormAct(DoubledVariance(8, dtype=torch.float64), activation="relu")
-    with kernels.backend(setting):
-        y = act(x)
-    xs = x.numpy()
-    mean = xs.mean(axis=(0, 2, 3), keepdims=True)
-    var = 4 * xs.var(axis=(0, 2, 3), keepdims=True)
+    var = var_scale * xs.var(axis=(0, 2, 3), keepdims=True)
     np.testing.assert_allclose(y.detach().numpy(), np.maximum((xs - mean) / np.sqrt(var + 1e-5), 0), atol=1e-10)
 
 
