@@ -18,7 +18,7 @@ from normlab.nn import act as act_module
 HAVE_NUMBA = kernels.numba_available()
 BACKENDS = ["native", "auto"] + (["fast"] if HAVE_NUMBA else [])
 SMALL = (4, 3, 5, 5)  # below kernels.AUTO_MIN_NUMEL: "auto" keeps it native
-LARGE = (8, 4, 96, 96)  # 294 912 values, above kernels.AUTO_MIN_NUMEL: "auto" sends it to the kernels
+LARGE = (8, 4, 128, 128)  # 524 288 values, at kernels.AUTO_MIN_NUMEL: "auto" sends it to the kernels
 assert np.prod(SMALL) < kernels.AUTO_MIN_NUMEL <= np.prod(LARGE)
 
 

@@ -28,10 +28,14 @@ from torch import Tensor
 
 BACKENDS = ("auto", "fast", "native")
 ENV_VAR = "NORMLAB_KERNELS"
-#: Smallest tensor (values) the "auto" setting sends to the training kernels. Measured on a 2-core machine,
-#: training forward+backward against torch eager: 8x512x7x7 (0.2 M values) 0.6x on the kernels vs 0.9x native;
-#: 16x32x28x28 (0.4 M) 0.98x vs 0.91x; 64x16x28x28, 16x64x28x28, 32x128x14x14 (0.8 M) 1.04-1.52x vs 0.96-1.02x.
-AUTO_MIN_NUMEL = 1 << 18
+#: Smallest tensor (values) the "auto" setting sends to the training kernels (channel-first layouts). Measured with
+#: ``python benchmarks/crossover.py --layouts channel_first`` (training forward+backward, kernels vs torch's operator,
+#: interleaved) over five channel x spatial shapes (64x8x8, 32x16x16, 16x32x32, 64x14x14, 16x28x28: ResNet-20's
+#: and the lab CNN's) on a quiet 2-core machine: at 2^18 values the kernels ran at 0.94x (64x8x8) to 1.19x torch's
+#: operator, from 2^19 on at 1.20-1.87x in every shape (the layer itself, with its running statistics: 0.83-1.04x
+#: at 2^18, 1.07-1.95x from 2^19, two runs). Short rows (8x8) cross over latest: the kernels pay a cost per row of
+#: the spatial plane, and ~0.14 ms of Python per forward+backward. (It was 2^18, measured on 14x14 and 28x28 only.)
+AUTO_MIN_NUMEL = 1 << 19
 #: The same for tensors whose channel axis is innermost in memory (channels-last, (N, C), (N, L, C)): their kernels
 #: take a statistics sweep and an apply sweep over row blocks rather than one fused pass per channel, and torch's
 #: channels-last kernel is already efficient. Measured crossover between 6.4 M (32x64x56x56: the kernels 1.6x torch
