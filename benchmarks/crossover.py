@@ -1,13 +1,14 @@
 """Where the numba kernels start to beat torch's operator, per layout: the numbers behind dispatch.AUTO_TABLE.
 
-For each layout of the decision table (``channel_first``: NCHW at five channel x spatial shapes, 64x8x8 to
-16x32x32, the layout's crossover being its worst shape's; ``channels_last``: (N, 64, 14, 14) with NHWC strides; ``rows``: (N, C) as after a Linear layer; and (N, L, C) with ``axis=-1``, which dispatch files
-under ``channels_last``) and a geometric ladder of sizes (2^15 .. 2^24 values, x2 steps), it times a training
-forward+backward of ``normlab.kernels.batch_norm_train`` forced onto the kernels (``fast``) and onto torch's
-operator (``native``), interleaved in the same rounds (:func:`normlab.bench.harness.interleaved`), and prints the
-ratio native / fast (> 1: the kernels are faster). The crossover of a layout is the smallest size of the ladder
-from which the ratio stays >= 1.05 at every larger size ("never slower": below it, dispatch keeps torch's
-operator); ``-`` when no such size exists (the table's ``None``).
+For each layout of the decision table (``channel_first``: NCHW at five channel x spatial shapes, 64x8x8 to 16x32x32,
+the layout's crossover being its worst shape's; ``channels_last``: (N, 64, 14, 14) with NHWC strides; ``rows``: (N,
+C) as after a Linear layer; and (N, L, C) with ``axis=-1``, which dispatch files under ``channels_last``) and a
+geometric ladder of sizes (2^15 .. 2^24 values, x2 steps), it times a training forward+backward of
+``normlab.kernels.batch_norm_train`` forced onto the kernels (``fast``) and onto torch's operator (``native``),
+interleaved in the same rounds (:func:`normlab.bench.harness.interleaved`), and prints the ratio native / fast (> 1:
+the kernels are faster). The crossover of a layout is the smallest size of the ladder from which the ratio stays >=
+1.05 at every larger size ("never slower": below it, dispatch keeps torch's operator); ``-`` when no such size
+exists (the table's ``None``).
 
     python benchmarks/crossover.py [--reps 15] [--dtype float32] [--max-log2 24] [--layouts channel_first,...]
                                     [--json PATH]
@@ -26,6 +27,7 @@ import torch
 
 from normlab import kernels
 from normlab.bench.harness import interleaved
+
 
 def _nchw(c: int, h: int):
     """(N, c, h, h) holding about n values."""
