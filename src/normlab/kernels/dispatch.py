@@ -229,10 +229,9 @@ def use_fast(x: Tensor, axis: int | None = None, *, backward: bool = True) -> bo
     name = get_backend()
     if name == "native" or (name == "auto" and x.numel() < _SMALLEST) or not supported(x):
         return False  # the size test first: it is the cheap and the usual reason to step aside
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
-        return False
-    if name == "fast":
-        return True
-    least = auto_min_numel(x, axis, backward=backward)
-    return least is not None and x.numel() >= least
+    if name == "auto":  # the table before the tracing checks: torch.onnx.is_in_onnx_export costs ~3 us a call
+        least = auto_min_numel(x, axis, backward=backward)
+        if least is None or x.numel() < least:
+            return False
+    # TorchScript tracing and the ONNX exporter need torch's standard operators (no ONNX symbol for ours)
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
