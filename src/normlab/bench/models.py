@@ -83,7 +83,9 @@ class ModelCase:
         """1 / (1 - share of the torch step in BN + activation + residual add): the speed-up over torch a fused layer
         costing nothing would give (``None`` when the step was not profiled)."""
         share = self.fusable_share.get("torch")
-        return None if share is None else 1 / (1 - share)
+        if share is None:
+            return None
+        return 1 / (1 - share) if share < 1 else float("inf")
 
     def as_dict(self) -> dict:
         return {
