@@ -25,8 +25,34 @@ def test_bench_models_smoke_structure():
         assert set(c.bn_share) == set(bench_models.VARIANTS) and all(0 < s < 1 for s in c.bn_share.values())
         d = c.as_dict()
         assert d["batch"] == 4 and set(d["speedup_vs_torch"]) == set(bench_models.VARIANTS)
+        # the limit: BN + its activation + the residual add, of the torch step; what a free fused layer would give
+        assert set(c.fusable_share) == set(bench_models.VARIANTS)
+        share = c.fusable_share["torch"]
+        assert c.bn_share["torch"] < share < 1
+        assert c.free_speedup() == pytest.approx(1 / (1 - share)) and c.free_speedup() > 1
+        assert d["bn_act_add_share"]["torch"] == share and d["free_speedup"] == pytest.approx(1 / (1 - share))
     table = bench_models.format_models_table(cases)
-    assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "BN% torch"))
+    assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "BN% torch", "BN+act+add % torch",
+                                          "free x"))
+    for c, row in zip(cases, table.splitlines()[-3:]):
+        assert row.split()[-2:] == [f"{100 * c.fusable_share['torch']:.1f}%", f"{c.free_speedup():.2f}"]
+
+
+@pytest.mark.parametrize(("name", "calls"), [("cnn", 2), ("resnet20", 10), ("mlp", 3)])
+def test_fusable_share_counts_the_activations_and_residual_adds(name, calls):
+    # torch variant: cnn/mlp one ReLU module per BN; tiny ResNet: the stem's ReLU module, and per block (3) the
+    # torch.relu after norm1, the residual add (norm2's output + shortcut) and the torch.relu after the add
+    models = bench_models.build_variants(name, size=TINY[name])
+    shape = bench_models.MODELS[name][2]
+    x, y = torch.randn((4,) + shape), torch.randint(0, 10, (4,))
+    shares = bench_models.profile_shares(models["torch"], bench_models._train_step(models["torch"], x, y), steps=2)
+    assert shares["act_add_calls"] == calls and shares["act_add_backward_calls"] == calls
+    assert 0 < shares["norm"] < shares["norm_act_add"] < 1
+    # the fused model does those inside its norm layers: nothing left outside them to count
+    fused = bench_models.profile_shares(models["fused"], bench_models._train_step(models["fused"], x, y), steps=1)
+    assert fused["act_add_calls"] == 0 and fused["norm_act_add"] == fused["norm"]
+    with pytest.raises(ValueError, match="profile steps must be >= 1"):
+        bench_models.profile_shares(models["torch"], bench_models._train_step(models["torch"], x, y), steps=0)
 
 
 @pytest.mark.parametrize("name", list(bench_models.MODELS))
@@ -89,3 +115,4 @@ def test_bench_models_main_prints_table_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [m["model"] for m in data["models"]] == ["mlp"] and data["models"][0]["fused_pairs"] == 3
     assert set(data["models"][0]["bn_share"]) == {"torch", "normlab", "fused"}
+    assert 0 < data["models"][0]["bn_act_add_share"]["torch"] < 1 and data["models"][0]["free_speedup"] > 1

@@ -105,7 +105,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     names = [s.strip() for s in args.shapes.split(",") if s.strip()] if args.shapes else \
         (bench_kernels.QUICK if args.quick else None)
-    known = [n for n, _, _ in bench_kernels.GRID]
+    known = [n for n, *_ in bench_kernels.GRID]
     unknown = [n for n in names or () if n not in known]
     if unknown or (args.shapes and not names):  # before the environment line and any timing
         return _fail("bench", f"--shapes: unknown shape {(unknown or [args.shapes])[0]!r}; expected some of {known}")
@@ -496,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time normlab's BatchNorm kernels against torch (table + JSON)")
     p.add_argument("--reps", type=_positive_int, default=15, help="timed rounds per case (median reported)")
     p.add_argument("--quick", action="store_true", help="a 5-shape subset of the grid")
-    p.add_argument("--shapes", default="", help="comma-separated grid names, e.g. '32x64x56x56,256x128'")
+    p.add_argument("--shapes", default="", help="comma-separated grid names, e.g. '32x64x56x56,256x128 f64' "
+                                                  "(' CL': channels-last, ' f64': float64)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     p.add_argument("--json", default="bench_kernels.json", help="where to write the results")
     p.add_argument("--no-train-step", action="store_true", help="skip the lab cnn end-to-end training step")

@@ -22,8 +22,21 @@ def test_bench_cli_writes_table_and_json(tmp_path, capsys):
     for case in data["cases"]:
         assert set(case["timings"]) >= {"normlab", "normlab-fast", "normlab-native", "torch", "composite", "copy"}
         assert all(t["reps"] == 2 and t["median_ms"] > 0 for t in case["timings"].values())
+    # the roof: the fastest copy over both modes' rounds (not a row's median), passes x that; its rate in GB/s
+    best = min(case["timings"]["copy"]["min_ms"] for case in data["cases"])
+    for case in data["cases"]:
         copies = 1 if case["mode"] == "fwd" else 2.5
-        assert case["roofline_ms"] == pytest.approx(case["timings"]["copy"]["median_ms"] * copies)
+        assert case["dtype"] == "float32" and case["copy_best_ms"] == pytest.approx(best)
+        assert case["roofline_ms"] == pytest.approx(best * copies)
+        assert case["copy_gbps"] == pytest.approx(2 * 32 * 128 * 4 / (best / 1e3) / 1e9)
+
+
+def test_bench_cli_takes_f64_names(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shapes", "256x128 f64", "--reps", "1", "--no-train-step", "--json", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("256x128 f64")]
+    assert len(rows) == 2 and all(r.split()[2] == "float64" for r in rows)
+    assert {c["dtype"] for c in json.loads(out.read_text())["cases"]} == {"float64"}
 
 
 def test_bench_unknown_shape_names_the_choices(capsys):

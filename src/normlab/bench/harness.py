@@ -11,7 +11,7 @@ import gc
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -26,6 +26,15 @@ class Timing:
     q3: float
     min: float
     reps: int
+
+    @classmethod
+    def from_samples(cls, seconds: Sequence[float]) -> Timing:
+        """The summary of per-call times in seconds (at least one); raises ``ValueError`` for none."""
+        ts = list(seconds)
+        if not ts:
+            raise ValueError("bench: a Timing needs at least one sample")
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        return cls(statistics.median(ts), q[0], q[2], min(ts), len(ts))
 
     def as_dict(self) -> dict:
         return {"median_ms": self.median * 1e3, "q1_ms": self.q1 * 1e3, "q3_ms": self.q3 * 1e3,
@@ -56,11 +65,7 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, reps: int, wa
     finally:
         if gc_was_enabled:
             gc.enable()
-    out = {}
-    for name, ts in samples.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-        out[name] = Timing(statistics.median(ts), q[0], q[2], min(ts), len(ts))
-    return out
+    return {name: Timing.from_samples(ts) for name, ts in samples.items()}
 
 
 def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:

@@ -1,7 +1,7 @@
 """The BatchNorm kernel benchmark behind ``normlab bench`` and ``benchmarks/bench_kernels.py``.
 
-For each shape of the grid (NCHW, channels-last, 2-D), float32, it times a training-mode forward and a
-forward+backward of:
+For each case of the grid (NCHW, channels-last, 2-D; float32, and float64 for the names ending in ``f64``) it times
+a training-mode forward and a forward+backward of:
 
 * ``normlab``        — :func:`normlab.functional.batch_norm` as dispatched (``auto``: what users get);
 * ``normlab-fast``   — the same, forced onto the numba kernels;
@@ -12,8 +12,10 @@ forward+backward of:
 * ``ghost4``/``masked``/``renorm`` — normlab's ghost batch norm (4 virtual batches), masked batch norm (10% of
   positions padded) and batch renormalization on the fused kernel, for the "variants within 1.2x of BN" target;
 
-and a copy of the same tensor as the memory roofline: a copy is 2 tensor passes, so the forward's roofline
-(read x, write y) is one copy and the training step's (also read dy and x, write dx) is 2.5 copies.
+and a copy of the same tensor (``copy_`` into a preallocated one) for the memory roofline. The roofline is a property
+of the machine, so it is measured as STREAM measures bandwidth: the best (fastest) copy of that shape over every round
+of both modes, shown as a rate (a copy moves 2 x numel x itemsize bytes). A copy is 2 tensor passes, so the
+forward's roofline (read x, write y) is one best copy and the training step's (also read dy and x, write dx) 2.5.
 
 All running-statistics updates are included (the torch call gets running buffers too). Ratios are medians of
 the same interleaved rounds (see :mod:`.harness`).
@@ -35,19 +37,26 @@ from .. import kernels
 from ..kernels import BUFFER_CACHE_ENV_VAR
 from .harness import Timing, interleaved, with_torch_batchnorm
 
-GRID = [
-    ("32x64x56x56", (32, 64, 56, 56), "nchw"),
-    ("64x64x56x56", (64, 64, 56, 56), "nchw"),
-    ("32x256x14x14", (32, 256, 14, 14), "nchw"),
-    ("8x512x7x7", (8, 512, 7, 7), "nchw"),
-    ("32x64x56x56 CL", (32, 64, 56, 56), "channels_last"),
-    ("64x64x56x56 CL", (64, 64, 56, 56), "channels_last"),
-    ("32x256x14x14 CL", (32, 256, 14, 14), "channels_last"),
-    ("8x512x7x7 CL", (8, 512, 7, 7), "channels_last"),
-    ("256x128", (256, 128), "nchw"),
-    ("32x128", (32, 128), "nchw"),
+#: (name, shape, layout, dtype): float32 everywhere, float64 on NCHW large and small, channels-last and (N, C), the
+#: dispatch's float64 promise (within 5% of torch at every shape and layout, float32 and float64)
+GRID: list[tuple[str, tuple[int, ...], str, torch.dtype]] = [
+    ("32x64x56x56", (32, 64, 56, 56), "nchw", torch.float32),
+    ("64x64x56x56", (64, 64, 56, 56), "nchw", torch.float32),
+    ("32x256x14x14", (32, 256, 14, 14), "nchw", torch.float32),
+    ("8x512x7x7", (8, 512, 7, 7), "nchw", torch.float32),
+    ("32x64x56x56 CL", (32, 64, 56, 56), "channels_last", torch.float32),
+    ("64x64x56x56 CL", (64, 64, 56, 56), "channels_last", torch.float32),
+    ("32x256x14x14 CL", (32, 256, 14, 14), "channels_last", torch.float32),
+    ("8x512x7x7 CL", (8, 512, 7, 7), "channels_last", torch.float32),
+    ("256x128", (256, 128), "nchw", torch.float32),
+    ("32x128", (32, 128), "nchw", torch.float32),
+    ("32x64x56x56 f64", (32, 64, 56, 56), "nchw", torch.float64),
+    ("32x256x14x14 f64", (32, 256, 14, 14), "nchw", torch.float64),
+    ("8x512x7x7 CL f64", (8, 512, 7, 7), "channels_last", torch.float64),
+    ("256x128 f64", (256, 128), "nchw", torch.float64),
 ]
-QUICK = ["32x64x56x56", "32x256x14x14", "32x64x56x56 CL", "256x128", "32x128"]
+#: NCHW on the kernels (large, and small in float64), channels-last and 2-D below their crossover
+QUICK = ["32x64x56x56", "32x256x14x14", "32x64x56x56 CL", "256x128", "32x256x14x14 f64"]
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -88,22 +97,39 @@ class Case:
     layout: str
     mode: str
     timings: dict[str, Timing]
+    dtype: str = "float32"
+    #: seconds of the fastest copy of this shape over the rounds of every mode timed (:func:`share_best_copy`);
+    #: ``None``: this case's own fastest copy
+    best_copy: float | None = None
 
     def ratio(self, a: str, b: str) -> float | None:
         if a not in self.timings or b not in self.timings:
             return None
         return self.timings[b].median / self.timings[a].median  # > 1: a is faster than b
 
+    def copy_seconds(self) -> float:
+        """The fastest copy of this shape (s): over both modes once :func:`share_best_copy` ran, else this case's."""
+        return self.best_copy if self.best_copy is not None else self.timings["copy"].min
+
+    def copy_gbps(self) -> float:
+        """The best copy rate (GB/s, 1e9 bytes): a copy reads and writes the tensor, 2 x numel x itemsize bytes."""
+        numel = 1
+        for n in self.shape:
+            numel *= n
+        return 2 * numel * getattr(torch, self.dtype).itemsize / self.copy_seconds() / 1e9
+
     def roofline(self) -> float:
+        """Seconds of the memory roofline: passes x the fastest copy (fwd 1 copy = 2 passes, fwd+bwd 2.5 = 5)."""
         passes = 1.0 if self.mode == "fwd" else 2.5
-        return self.timings["copy"].median * passes
+        return self.copy_seconds() * passes
 
     def as_dict(self) -> dict:
         return {
-            "shape": list(self.shape), "layout": self.layout, "mode": self.mode,
+            "shape": list(self.shape), "layout": self.layout, "mode": self.mode, "dtype": self.dtype,
             "timings": {k: t.as_dict() for k, t in self.timings.items()},
             "speedup_vs_torch": self.ratio("normlab", "torch"),
             "fast_speedup_vs_torch": self.ratio("normlab-fast", "torch"),
+            "copy_best_ms": self.copy_seconds() * 1e3, "copy_gbps": self.copy_gbps(),
             "roofline_ms": self.roofline() * 1e3,
             "normlab_over_roofline": self.timings["normlab"].median / self.roofline(),
         }
@@ -111,6 +137,16 @@ class Case:
     def fast_ratio_text(self) -> str:
         r = self.ratio("normlab-fast", "torch")
         return f"{r:>8.2f}" if r is not None else f"{'-':>8}"
+
+
+def share_best_copy(cases: list[Case]) -> None:
+    """Give every case the fastest copy of its grid name over all its cases (both modes): the machine's best rate for
+    that shape, as STREAM reports, so the roofline does not move with the load of one mode's rounds."""
+    best: dict[str, float] = {}
+    for c in cases:
+        best[c.name] = min(best.get(c.name, float("inf")), c.timings["copy"].min)
+    for c in cases:
+        c.best_copy = best[c.name]
 
 
 def _composite(x: torch.Tensor, w, b, eps: float) -> torch.Tensor:
@@ -139,15 +175,22 @@ def _buffer_cache(on: bool):
             os.environ[BUFFER_CACHE_ENV_VAR] = previous
 
 
-def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool) -> dict[str, Callable[[], object]]:
+def case_tensors(shape, layout: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input x and output gradient dy of a case (seeded; ``dtype``, ``layout``), as the candidates see them."""
     torch.manual_seed(0)
-    C = shape[1]
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape).contiguous(memory_format=fmt)
-    dy = torch.randn(shape).contiguous(memory_format=fmt)
-    w = torch.ones(C, requires_grad=True)
-    b = torch.zeros(C, requires_grad=True)
-    buffers = {name: (torch.zeros(C), torch.ones(C)) for name in ("nl", "torch", "compile")}
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt)
+    dy = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt)
+    return x, dy
+
+
+def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool,
+                dtype: torch.dtype = torch.float32) -> dict[str, Callable[[], object]]:
+    C = shape[1]
+    x, dy = case_tensors(shape, layout, dtype)
+    w = torch.ones(C, dtype=dtype, requires_grad=True)
+    b = torch.zeros(C, dtype=dtype, requires_grad=True)
+    buffers = {name: (torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype)) for name in ("nl", "torch", "compile")}
     backward = mode == "fwd+bwd"
     xg = x.detach().clone().requires_grad_(backward)
     params = (xg, w, b) if backward else ()
@@ -187,7 +230,7 @@ def _candidates(shape, layout: str, mode: str, *, compile_: bool, variants: bool
         mshape = list(shape)
         mshape[1] = 1
         mask = torch.rand(mshape, generator=torch.Generator().manual_seed(1)) > 0.1
-        ref_mean, ref_std = torch.zeros(C), torch.ones(C)
+        ref_mean, ref_std = torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype)
 
         def masked():
             with kernels.backend("fast"):
@@ -212,47 +255,57 @@ def run_grid(
     names: list[str] | None = None, *, reps: int = 15, modes=MODES, compile_: bool = False, variants: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[Case]:
-    """Time every (shape, mode) of the grid; ``names`` picks shapes by their grid name."""
-    table = {n: (shape, layout) for n, shape, layout in GRID}
+    """Time every (shape, mode) of the grid; ``names`` picks cases by their grid name (ValueError for an unknown one).
+
+    Each case's roofline is the fastest copy of its shape over the rounds of all ``modes`` (:func:`share_best_copy`).
+    """
+    table = {n: (shape, layout, dtype) for n, shape, layout, dtype in GRID}
     names = list(table) if names is None else names
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"normlab bench: unknown shape {unknown[0]!r}; expected one of {list(table)}")
     cases = []
     for name in names:
-        shape, layout = table[name]
+        shape, layout, dtype = table[name]
         for mode in modes:
             if progress:
                 progress(f"{name} {mode}")
-            cands = _candidates(shape, layout, mode, compile_=compile_, variants=variants and len(shape) == 4)
-            cases.append(Case(name, shape, layout, mode, interleaved(cands, reps=reps, warmup=2)))
+            cands = _candidates(shape, layout, mode, compile_=compile_, variants=variants and len(shape) == 4,
+                                dtype=dtype)
+            cases.append(Case(name, shape, layout, mode, interleaved(cands, reps=reps, warmup=2),
+                              dtype=str(dtype).removeprefix("torch.")))
+    share_best_copy(cases)
     return cases
 
 
 VARIANTS = ["ghost4", "masked", "renorm"]
 COLUMNS = ["normlab", "normlab-fast", "normlab-native", "fast-nocache", "torch", "composite", "compile", "ghost4",
            "masked", "renorm", "copy"]
+HEADER_LINES = [
+    "medians in ms, dtype per row; 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
+    "'copy' = median x.copy_ of this row's rounds; 'GB/s' = the shape's best copy rate: 2 x numel x itemsize bytes /",
+    "the fastest copy over every round of both modes (a machine property: STREAM's best rate),",
+    "'/roof' = normlab median / (passes x that fastest copy) (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
+    "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
+]
 
 
 def format_table(cases: list[Case]) -> str:
-    """Medians (ms) per candidate, then torch/normlab (speed-up, > 1 is faster) and normlab/roofline."""
+    """Medians (ms) per candidate, the best copy rate, then torch/normlab (speed-up, > 1 is faster) and
+    normlab/roofline."""
     cols = [c for c in COLUMNS if any(c in k.timings for k in cases)]
     variants = [v for v in VARIANTS if v in cols]
-    head = (f"{'shape':<17}{'mode':<9}" + "".join(f"{c:>15}" for c in cols) + f"{'x torch':>9}{'fast x':>8}{'/roof':>7}"
-            + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
+    head = (f"{'shape':<19}{'dtype':<9}{'mode':<9}" + "".join(f"{c:>15}" for c in cols)
+            + f"{'GB/s':>8}{'x torch':>9}{'fast x':>8}{'/roof':>8}" + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
     reason = kernels_off_reason()
     lines = [reason] if reason else []
-    lines += ["medians in ms (float32); 'x torch' = torch / normlab (dispatched), 'fast x' = torch / normlab-fast,",
-             "'/roof' = normlab / roofline (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
-             "'<variant>/bn' = variant / normlab-fast (same kernels); "
-             "'fast-nocache' = normlab-fast without the buffer cache",
-             head, "-" * len(head)]
+    lines += HEADER_LINES + [head, "-" * len(head)]
     for k in cases:
-        row = f"{k.name:<17}{k.mode:<9}"
+        row = f"{k.name:<19}{k.dtype:<9}{k.mode:<9}"
         for c in cols:
             row += f"{k.timings[c].median * 1e3:>15.3f}" if c in k.timings else f"{'':>15}"
-        row += f"{k.ratio('normlab', 'torch'):>9.2f}{k.fast_ratio_text()}"
-        row += f"{k.timings['normlab'].median / k.roofline():>7.2f}"
+        row += f"{k.copy_gbps():>8.1f}{k.ratio('normlab', 'torch'):>9.2f}{k.fast_ratio_text()}"
+        row += f" {k.timings['normlab'].median / k.roofline():>7.2f}"
         for v in variants:
             r = k.ratio("normlab-fast", v)
             row += f"{r:>10.2f}" if r is not None else f"{'':>10}"
