@@ -95,6 +95,20 @@ def _mask(mask: Tensor | None, xs: Tensor, axis: int, p: _layout.Plan) -> np.nda
     return _layout.mask_view(mask, xs, axis, p) if mask is not None else _layout.empty_mask(p)
 
 
+def _arr(t: Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """A CPU tensor's values as NumPy of ``shape``, without a copy when they already are (float32/float64; other
+    dtypes are cast to float64)."""
+    t = t.detach()
+    a = t.numpy() if t.dtype in _NUMPY_DTYPE else t.to(torch.float64).numpy()
+    return a.reshape(shape)
+
+
+def _from(a: np.ndarray, like: Tensor) -> Tensor:
+    """``a`` (already in ``like``'s dtype when it is float32/float64) as a tensor of ``like``'s dtype."""
+    t = torch.from_numpy(a)
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
 def _to(a: np.ndarray, like: Tensor) -> Tensor:
     return torch.from_numpy(a.astype(_NUMPY_DTYPE[like.dtype], copy=False))
 
@@ -351,18 +365,21 @@ def _train_backward_impl(
     dx = _buffer_cache.empty_like(xs)
     ys = _layout.like(y, xs) if y is not None else None
     dres = _buffer_cache.empty_like(xs) if y is not None else x.new_empty((0,))
-    mu, v, n = _gc(mean, groups, p.c), _gc(var, groups, p.c), _gc(count, groups, p.c)
-    r, d = _np64(rd)
-    w, b = _vec(weight), _vec(bias)
-    rs = 1.0 / np.sqrt(v + eps)
-    inv_n = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
-    coupling = np.stack([inv_n, inv_n * rs * rs])
+    G, C = groups, p.c
+    mu, scale, shift, rs = np.empty((G, C)), np.empty((G, C)), np.empty((G, C)), np.empty((G, C))
+    coupling = np.empty((2, G, C))
+    # the forward's outputs as they are (input dtype, (G, C)): one kernel call derives every coefficient
+    _k().train_backward_coefficients(_arr(mean, (G, C)), _arr(var, (G, C)), _arr(count, (G, C)),
+                                     _arr(rd, (2, G, C)), _arr(weight, (C,)), _arr(bias, (C,)), float(eps),
+                                     mu, scale, shift, coupling, rs)
     s_dy, s_dyx = _backward_kernel(
-        p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups, mu, w * r * rs, w * d + b,
+        p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups, mu, scale, shift,
         coupling, act, slope, _layout.view(dx, p), None if ys is None else _layout.view(ys, p),
         None if ys is None else _layout.view(dres, p))
-    dweight = (r * rs * s_dyx + d * s_dy).sum(0)
-    return dx, _to(dweight, x), _to(s_dy.sum(0), x), dres
+    dtype = _NUMPY_DTYPE.get(x.dtype, np.float64)
+    dweight, dbias = np.empty(C, dtype), np.empty(C, dtype)
+    _k().train_parameter_grads(_arr(rd, (2, G, C)), rs, s_dy, s_dyx, dweight, dbias)
+    return dx, _from(dweight, x), _from(dbias, x), dres
 
 
 @torch.library.custom_op("normlab::batch_norm_train_backward", mutates_args=())
