@@ -10,6 +10,7 @@ from normlab import kernels
 from normlab.bench import kernels as bench_kernels
 from normlab.bench import models as bench_models
 from normlab.kernels import dispatch
+from normlab.nn import BatchNorm2d, NormAct
 
 TINY = {"cnn": {"channels": (4, 8)}, "resnet20": {"widths": (4, 8, 8), "blocks_per_stage": 1}, "mlp": {"width": 16}}
 
@@ -21,38 +22,40 @@ def test_bench_models_smoke_structure():
     # (NormAddAct) fuse; the two downsampling shortcuts' BNs feed the same add and stay apart
     assert [(c.fused_pairs, c.residual_pairs, c.norms) for c in cases] == [(2, 0, 2), (7, 3, 9), (3, 0, 3)]
     for c in cases:
-        assert set(c.timings) == set(bench_models.VARIANTS) and all(t.reps == 1 for t in c.timings.values())
+        assert set(c.timings) == {*bench_models.VARIANTS, bench_models.FREE}
+        assert all(t.reps == 1 for t in c.timings.values())
         assert set(c.bn_share) == set(bench_models.VARIANTS) and all(0 < s < 1 for s in c.bn_share.values())
         d = c.as_dict()
-        assert d["batch"] == 4 and set(d["speedup_vs_torch"]) == set(bench_models.VARIANTS)
-        # the limit: BN + its activation + the residual add, of the torch step; what a free fused layer would give
-        assert set(c.fusable_share) == set(bench_models.VARIANTS)
-        share = c.fusable_share["torch"]
-        assert c.bn_share["torch"] < share < 1
-        assert c.free_speedup() == pytest.approx(1 / (1 - share)) and c.free_speedup() > 1
-        assert d["bn_act_add_share"]["torch"] == share and d["free_speedup"] == pytest.approx(1 / (1 - share))
+        assert d["batch"] == 4 and set(d["speedup_vs_torch"]) == {*bench_models.VARIANTS, bench_models.FREE}
+        assert d["speedup_vs_torch"]["free"] == pytest.approx(c.ratio("free"))
     table = bench_models.format_models_table(cases)
-    assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "BN% torch", "BN+act+add % torch",
-                                          "free x"))
-    for c, row in zip(cases, table.splitlines()[-3:]):
-        assert row.split()[-2:] == [f"{100 * c.fusable_share['torch']:.1f}%", f"{c.free_speedup():.2f}"]
+    assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "free x", "BN% torch"))
+    row = next(line for line in table.splitlines() if line.startswith("resnet20"))
+    assert f"{cases[1].ratio('fused'):.2f} {cases[1].ratio('free'):>7.2f}" in row
 
 
-@pytest.mark.parametrize(("name", "calls"), [("cnn", 2), ("resnet20", 10), ("mlp", 3)])
-def test_fusable_share_counts_the_activations_and_residual_adds(name, calls):
-    # torch variant: cnn/mlp one ReLU module per BN; tiny ResNet: the stem's ReLU module, and per block (3) the
-    # torch.relu after norm1, the residual add (norm2's output + shortcut) and the torch.relu after the add
+@pytest.mark.parametrize("name", list(bench_models.MODELS))
+def test_free_norms_leaves_no_norm_layer_and_keeps_the_rest(name):
     models = bench_models.build_variants(name, size=TINY[name])
-    shape = bench_models.MODELS[name][2]
-    x, y = torch.randn((4,) + shape), torch.randint(0, 10, (4,))
-    shares = bench_models.profile_shares(models["torch"], bench_models._train_step(models["torch"], x, y), steps=2)
-    assert shares["act_add_calls"] == calls and shares["act_add_backward_calls"] == calls
-    assert 0 < shares["norm"] < shares["norm_act_add"] < 1
-    # the fused model does those inside its norm layers: nothing left outside them to count
-    fused = bench_models.profile_shares(models["fused"], bench_models._train_step(models["fused"], x, y), steps=1)
-    assert fused["act_add_calls"] == 0 and fused["norm_act_add"] == fused["norm"]
-    with pytest.raises(ValueError, match="profile steps must be >= 1"):
-        bench_models.profile_shares(models["torch"], bench_models._train_step(models["torch"], x, y), steps=0)
+    free = bench_models.free_norms(models["fused"])
+    assert not any(isinstance(m, NormAct) or bench_models.is_batch_norm(m) for m in free.modules())
+    assert any(isinstance(m, NormAct) for m in models["fused"].modules())  # a copy: the fused model is untouched
+    fused_norms = [m for m in models["fused"].modules() if isinstance(m, NormAct)
+                   or (bench_models.is_batch_norm(m) and not any(m is n.norm for n in models["fused"].modules()
+                                                                 if isinstance(n, NormAct)))]
+    assert sum(isinstance(m, bench_models._FreeNorm) for m in free.modules()) == len(fused_norms)
+    x = torch.randn((3,) + bench_models.MODELS[name][2])
+    free(x).sum().backward()  # trains: every remaining parameter gets a gradient
+    assert all(p.grad is not None for p in free.parameters())
+
+
+def test_free_norm_is_the_identity_plus_the_residual():
+    free = bench_models._FreeNorm()
+    x, r = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert free(x) is x
+    torch.testing.assert_close(free(x, r), x + r)
+    seq = bench_models.free_norms(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), NormAct(BatchNorm2d(3), activation="relu")))
+    torch.testing.assert_close(seq(x), seq[0](x))  # BN and its fused ReLU both gone
 
 
 @pytest.mark.parametrize("name", list(bench_models.MODELS))
@@ -115,4 +118,3 @@ def test_bench_models_main_prints_table_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [m["model"] for m in data["models"]] == ["mlp"] and data["models"][0]["fused_pairs"] == 3
     assert set(data["models"][0]["bn_share"]) == {"torch", "normlab", "fused"}
-    assert 0 < data["models"][0]["bn_act_add_share"]["torch"] < 1 and data["models"][0]["free_speedup"] > 1

@@ -17,19 +17,15 @@ Variants, the same initial weights:
   residual ends of the ResNet's blocks (BN -> add(shortcut) -> ReLU) as NormAddAct (19 of ResNet-20's 21 BNs; the
   two downsampling shortcuts' BNs feed the same add and stay apart).
 
+The limit, measured the same way: ``free``, the fused model with every norm layer made free (a NormAct or bare BN
+returns its input, a NormAddAct only adds the residual: what remains is everything a norm layer cannot remove),
+trained with learning rate 0 (the optimizer's arithmetic is the same, and without normalization the weights must not
+move). ``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing.
+
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
 forwards (a NormAct's includes its activation, a NormAddAct's also the residual add) plus the backward of the
 autograd node that made each one's output (timed by hooks on that node), over the time of whole profiled steps.
-
-What fusion could at most win is measured on the torch variant in the same profiled steps: the share of its step in
-the BN modules plus what a fused layer also replaces, forward and backward: each ReLU/LeakyReLU applied to a BN's
-output (module or function), each add taking a BN's output as an operand (the residual add; the lab's models have no
-other) and the ReLU applied to that add's output. Those calls are found in the forward by a
-``torch.overrides.TorchFunctionMode`` (public API) that watches relu/leaky_relu/add calls, and their backward by hooks
-on the autograd node each one made, as for the BN modules. Not counted: the gradient accumulation where a block's
-input feeds both branches (a fused block keeps it). ``free x`` = 1 / (1 - that share) is the speed-up over torch a
-fused layer costing nothing would give.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..nn.act import NormAct, NormAddAct
 from ..tools._common import is_batch_norm
@@ -54,10 +49,10 @@ MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
     "mlp": ("mlp", {"depth": 3, "width": 1024}, (784,), 256),
 }
 VARIANTS = ("torch", "normlab", "fused")
+#: the limit: the fused model with free norm layers (see the module docstring); timed with the variants
+FREE = "free"
 _RANGE = "normlab_bench::norm"
 _RANGE_BACKWARD = "normlab_bench::norm_backward"
-_RANGE_FOLLOW = "normlab_bench::act_add"
-_RANGE_FOLLOW_BACKWARD = "normlab_bench::act_add_backward"
 _STEP = "normlab_bench::step"
 
 
@@ -69,8 +64,6 @@ class ModelCase:
     batch: int
     timings: dict[str, Timing]
     bn_share: dict[str, float] = field(default_factory=dict)
-    #: per variant: share of the step in its norm layers plus the activations/residual adds that follow them
-    fusable_share: dict[str, float] = field(default_factory=dict)
     fused_pairs: int = 0
     norms: int = 0
     residual_pairs: int = 0
@@ -79,19 +72,10 @@ class ModelCase:
         """``b``'s median step over ``a``'s (> 1: ``a`` is faster)."""
         return self.timings[b].median / self.timings[a].median
 
-    def free_speedup(self) -> float | None:
-        """1 / (1 - share of the torch step in BN + activation + residual add): the speed-up over torch a fused layer
-        costing nothing would give (``None`` when the step was not profiled)."""
-        share = self.fusable_share.get("torch")
-        if share is None:
-            return None
-        return 1 / (1 - share) if share < 1 else float("inf")
-
     def as_dict(self) -> dict:
         return {
             "model": self.name, "batch": self.batch, "timings": {k: t.as_dict() for k, t in self.timings.items()},
             "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
-            "bn_act_add_share": dict(self.fusable_share), "free_speedup": self.free_speedup(),
             "fused_pairs": self.fused_pairs, "residual_pairs": self.residual_pairs, "norms": self.norms,
         }
 
@@ -109,8 +93,27 @@ def build_variants(name: str, *, size: dict | None = None) -> dict[str, nn.Modul
     return {"torch": torch_model, "normlab": normlab_model, "fused": fuse_norm_act(normlab_model)}
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+class _FreeNorm(nn.Module):
+    """A norm layer that costs nothing: the input (plus the residual, for a NormAddAct's place)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return x if residual is None else x + residual
+
+
+def free_norms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every NormAct/NormAddAct and bare batch norm replaced by :class:`_FreeNorm`."""
+    import copy
+
+    free = copy.deepcopy(model)
+    for parent in list(free.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, NormAct) or is_batch_norm(child):
+                setattr(parent, name, _FreeNorm())
+    return free
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.01) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -125,53 +128,6 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, NormAct) or (is_batch_norm(m) and id(m) not in inside)]
 
 
-#: the calls a fused layer replaces after a BN: activations applied to a BN's output, adds taking one (as operand)
-_ACTIVATIONS = frozenset({torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, nn.functional.relu,
-                          nn.functional.relu_, nn.functional.leaky_relu, nn.functional.leaky_relu_})
-_ADDS = frozenset({torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
-                   torch.Tensor.__iadd__})
-
-
-class _AfterNorm(TorchFunctionMode):
-    """Puts a profiler range around each activation of a norm layer's output, each add with a norm layer's output
-    as an operand, and the activation of such an add's output; hooks the backward of the node each one made."""
-
-    def __init__(self, norm_outputs: dict[int, torch.Tensor], on_node: Callable[[object, str], None],
-                 in_norm: list) -> None:
-        super().__init__()
-        self.marked = norm_outputs  # id -> tensor: BN outputs and their adds' outputs (kept alive: ids stay unique)
-        self.on_node = on_node
-        self.in_norm = in_norm  # non-empty inside a norm module's forward, whose range already counts its calls
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        from torch.autograd.profiler import record_function
-
-        kwargs = kwargs or {}
-        is_add = func in _ADDS
-        if self.in_norm or not (is_add or func in _ACTIVATIONS) or not any(
-                isinstance(a, torch.Tensor) and id(a) in self.marked for a in (*args, *kwargs.values())):
-            return func(*args, **kwargs)
-        with record_function(_RANGE_FOLLOW):
-            out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor):
-            if is_add:  # the activation after the residual add is the fused layer's too
-                self.marked[id(out)] = out
-            if out.grad_fn is not None:
-                self.on_node(out.grad_fn, _RANGE_FOLLOW_BACKWARD)
-        return out
-
-
-def profile_shares(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> dict[str, float]:
-    """Shares of a training step (torch.profiler, CPU time over whole steps), forward and backward:
-
-    ``norm``: in the norm layers (see :func:`bn_share`); ``norm_act_add``: in them plus the ReLU/LeakyReLU applied to
-    a norm layer's output, the adds taking one as an operand (the residual add) and the activation of such an add
-    (what a fused layer replaces); ``act_add_calls``/``act_add_backward_calls``: how many of those forward calls and
-    backward nodes were timed per step. Needs ``steps >= 1``.
-    """
-    return _profile(model, step, steps=steps, followers=True)
-
-
 def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
     """Fraction of a training step spent in the norm layers, forward and backward (torch.profiler, CPU time).
 
@@ -181,86 +137,48 @@ def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> f
     events to the forward range by autograd sequence number miscounts: operators that create no node report the
     *next* node's number, which can be the following convolution's.)
     """
-    return _profile(model, step, steps=steps, followers=False)["norm"]
-
-
-def _profile(model: nn.Module, step: Callable[[], None], *, steps: int, followers: bool) -> dict[str, float]:
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    if steps < 1:
-        raise ValueError(f"normlab bench --models: profile steps must be >= 1, got {steps}")
     open_ranges: list = []
     open_backward: list = []
-    norm_outputs: dict[int, torch.Tensor] = {}
 
     def enter(module, args):
         rf = record_function(_RANGE)
         rf.__enter__()
         open_ranges.append(rf)
 
-    def on_node(node, name: str) -> None:
-        def backward_enter(grad_outputs):
-            rf = record_function(name)
-            rf.__enter__()
-            open_backward.append(rf)
+    def backward_enter(grad_outputs):
+        rf = record_function(_RANGE_BACKWARD)
+        rf.__enter__()
+        open_backward.append(rf)
 
-        def backward_leave(grad_inputs, grad_outputs):
-            if open_backward:
-                open_backward.pop().__exit__(None, None, None)
-
-        node.register_prehook(backward_enter)
-        node.register_hook(backward_leave)
+    def backward_leave(grad_inputs, grad_outputs):
+        if open_backward:
+            open_backward.pop().__exit__(None, None, None)
 
     def leave(module, args, output):
         open_ranges.pop().__exit__(None, None, None)
-        if isinstance(output, torch.Tensor):
-            if followers and not isinstance(module, NormAct):  # a NormAct's output is past its activation already
-                norm_outputs[id(output)] = output
-            if output.grad_fn is not None:
-                on_node(output.grad_fn, _RANGE_BACKWARD)
-
-    mode = _AfterNorm(norm_outputs, on_node, open_ranges)
-    active: list[_AfterNorm] = []
-
-    def forward_starts(module, args):  # the mode watches the model's forward only (not the loss or the optimizer)
-        norm_outputs.clear()  # a new step: the last one's tensors are gone (and their ids may come back)
-        mode.__enter__()
-        active.append(mode)
-
-    def forward_ends(module, args, output):
-        if active:
-            active.pop().__exit__(None, None, None)
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            node.register_prehook(backward_enter)
+            node.register_hook(backward_leave)
 
     handles = []
     for m in _norm_modules(model):
         handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
-    if followers:
-        handles += [model.register_forward_pre_hook(forward_starts), model.register_forward_hook(forward_ends)]
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 with record_function(_STEP):
                     step()
     finally:
-        while active:  # the forward raised between its hooks
-            active.pop().__exit__(None, None, None)
         for h in handles:
             h.remove()
-        norm_outputs.clear()
     events = prof.events()
-
-    def cpu(*names: str) -> float:
-        return sum(ev.cpu_time_total for ev in events if ev.name in names)
-
-    total = cpu(_STEP)
-    norm = cpu(_RANGE, _RANGE_BACKWARD)
-    out = {"norm": norm / total if total > 0 else float("nan")}
-    if followers:
-        out["norm_act_add"] = (norm + cpu(_RANGE_FOLLOW, _RANGE_FOLLOW_BACKWARD)) / total if total > 0 else float("nan")
-        out["act_add_calls"] = sum(ev.name == _RANGE_FOLLOW for ev in events) / steps
-        out["act_add_backward_calls"] = sum(ev.name == _RANGE_FOLLOW_BACKWARD for ev in events) / steps
-    return out
+    inside = sum(ev.cpu_time_total for ev in events if ev.name in (_RANGE, _RANGE_BACKWARD))
+    total = sum(ev.cpu_time_total for ev in events if ev.name == _STEP)
+    return inside / total if total > 0 else float("nan")
 
 
 def _checked(names: list[str] | None, reps: int) -> list[str]:
@@ -294,15 +212,14 @@ def run_models_bench(
         x = torch.randn((bs,) + shape, generator=gen)
         y = torch.randint(0, 10, (bs,), generator=gen)
         steps = {v: _train_step(models[v], x, y) for v in VARIANTS}
+        steps[FREE] = _train_step(free_norms(models["fused"]), x, y, lr=0.0)
         timings = interleaved(steps, reps=reps, warmup=warmup)
         fused = models["fused"]
         case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
                          norms=sum(is_batch_norm(m) for m in models["torch"].modules()),
                          residual_pairs=sum(isinstance(m, NormAddAct) for m in fused.modules()))
         if profile_steps:
-            shares = {v: profile_shares(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
-            case.bn_share = {v: s["norm"] for v, s in shares.items()}
-            case.fusable_share = {v: s["norm_act_add"] for v, s in shares.items()}
+            case.bn_share = {v: bn_share(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
         cases.append(case)
     return cases
 
@@ -317,21 +234,18 @@ def format_models_table(cases: list[ModelCase]) -> str:
         "training step (forward, loss, backward, SGD step), medians in ms; 'x torch' = torch-BN step / this step",
         "(> 1: faster); 'BN %' = share of the step in the norm layers (torch.profiler; 'fused': BN + activation)",
         "'fused' = BNs fused / BNs (r: of them with the residual add, BN -> add -> ReLU)",
-        "'BN+act+add % torch' = share of the torch-BN step, forward and backward, in its BN modules, the ReLU or",
-        "LeakyReLU applied to a BN's output, the adds taking a BN's output (residual add) and the ReLU after such an",
-        "add (torch.profiler); 'free x' = 1 / (1 - that share): the speed-up over torch of a fused layer that costs 0",
+        "'free x' = torch-BN step / the step of the fused model with free norm layers (each returns its input, plus",
+        "the residual where it had one; learning rate 0): what a norm layer costing nothing would give (same rounds)",
     ]
     head = (f"{'model':<10}{'batch':>6}{'fused':>12}" + "".join(f"{v:>10}" for v in VARIANTS)
-            + f"{'normlab x':>11}{'fused x':>9}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS)
-            + f"{'BN+act+add % torch':>20}{'free x':>8}")
+            + f"{'normlab x':>11}{'fused x':>9}{'free x':>8}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS))
     lines += [head, "-" * len(head)]
     for c in cases:
         row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms} r{c.residual_pairs}':>12}"
         row += "".join(f"{c.timings[v].median * 1e3:>10.2f}" for v in VARIANTS)
         row += f"{c.ratio('normlab'):>11.2f}{c.ratio('fused'):>9.2f}"
+        row += f"{c.ratio(FREE):>8.2f}" if FREE in c.timings else f"{'':>8}"
         row += "".join(f"{100 * c.bn_share[v]:>13.1f}%" if v in c.bn_share else f"{'':>14}" for v in VARIANTS)
-        free = c.free_speedup()
-        row += (f"{100 * c.fusable_share['torch']:>19.1f}%{free:>8.2f}" if free is not None else f"{'':>28}")
         lines.append(row)
     return "\n".join(lines)
 
