@@ -28,6 +28,8 @@ def test_bench_models_smoke_structure():
         d = c.as_dict()
         assert d["batch"] == 4 and set(d["speedup_vs_torch"]) == {*bench_models.VARIANTS, bench_models.FREE}
         assert d["speedup_vs_torch"]["free"] == pytest.approx(c.ratio("free"))
+        assert set(c.faults) == {*bench_models.VARIANTS, bench_models.FREE}
+        assert all(n is None or n >= 0 for n in c.faults.values()) and d["page_faults_per_step"] == c.faults
     table = bench_models.format_models_table(cases)
     assert all(name in table for name in ("cnn", "resnet20", "mlp", "fused x", "free x", "BN% torch"))
     row = next(line for line in table.splitlines() if line.startswith("resnet20"))
@@ -118,3 +120,18 @@ def test_bench_models_main_prints_table_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [m["model"] for m in data["models"]] == ["mlp"] and data["models"][0]["fused_pairs"] == 3
     assert set(data["models"][0]["bn_share"]) == {"torch", "normlab", "fused"}
+
+
+def test_page_faults_counts_the_first_touch_of_fresh_pages():
+    resource = pytest.importorskip("resource")  # the counter is Unix's getrusage
+    assert resource is not None
+    import mmap
+
+    def touch_fresh_pages():  # an anonymous mapping: every page faults on its first write
+        m = mmap.mmap(-1, 256 * mmap.PAGESIZE)
+        for i in range(0, len(m), mmap.PAGESIZE):
+            m[i] = 1
+        m.close()
+
+    assert bench_models.page_faults(touch_fresh_pages) >= 256
+    assert bench_models.page_faults(lambda: None) < 256

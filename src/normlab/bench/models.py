@@ -64,6 +64,8 @@ class ModelCase:
     batch: int
     timings: dict[str, Timing]
     bn_share: dict[str, float] = field(default_factory=dict)
+    #: per variant (and ``free``): median minor page faults per step (None where the platform cannot count them)
+    faults: dict[str, float | None] = field(default_factory=dict)
     fused_pairs: int = 0
     norms: int = 0
     residual_pairs: int = 0
@@ -76,6 +78,7 @@ class ModelCase:
         return {
             "model": self.name, "batch": self.batch, "timings": {k: t.as_dict() for k, t in self.timings.items()},
             "speedup_vs_torch": {k: self.ratio(k) for k in self.timings}, "bn_share": dict(self.bn_share),
+            "page_faults_per_step": dict(self.faults),
             "fused_pairs": self.fused_pairs, "residual_pairs": self.residual_pairs, "norms": self.norms,
         }
 
@@ -126,6 +129,25 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
     """The modules whose time counts as BN's: NormActs (norm and activation) and bare batch norms outside them."""
     inside = {id(m.norm) for m in model.modules() if isinstance(m, NormAct)}
     return [m for m in model.modules() if isinstance(m, NormAct) or (is_batch_norm(m) and id(m) not in inside)]
+
+
+def page_faults(step: Callable[[], None], *, steps: int = 3) -> float | None:
+    """Median minor page faults of one call of ``step`` (``getrusage``; None where the platform has no counter).
+
+    Why it is in the table: torch's CPU allocator hands large tensors to the C library, which maps fresh pages for
+    them (and unmaps them on free) depending on its adaptive thresholds, so a step's cost includes first-touch faults
+    whose number depends on the sizes and order of its allocations; fusion and normlab's buffer cache change both.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    counts = []
+    for _ in range(steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(sorted(counts)[len(counts) // 2])
 
 
 def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
@@ -218,6 +240,7 @@ def run_models_bench(
         case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
                          norms=sum(is_batch_norm(m) for m in models["torch"].modules()),
                          residual_pairs=sum(isinstance(m, NormAddAct) for m in fused.modules()))
+        case.faults = {v: page_faults(f) for v, f in steps.items()}
         if profile_steps:
             case.bn_share = {v: bn_share(models[v], steps[v], steps=profile_steps) for v in VARIANTS}
         cases.append(case)
@@ -236,9 +259,11 @@ def format_models_table(cases: list[ModelCase]) -> str:
         "'fused' = BNs fused / BNs (r: of them with the residual add, BN -> add -> ReLU)",
         "'free x' = torch-BN step / the step of the fused model with free norm layers (each returns its input, plus",
         "the residual where it had one; learning rate 0): what a norm layer costing nothing would give (same rounds)",
+        "'faults' = minor page faults per step (median of 3, getrusage): torch, normlab, fused, free",
     ]
     head = (f"{'model':<10}{'batch':>6}{'fused':>12}" + "".join(f"{v:>10}" for v in VARIANTS)
-            + f"{'normlab x':>11}{'fused x':>9}{'free x':>8}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS))
+            + f"{'normlab x':>11}{'fused x':>9}{'free x':>8}" + "".join(f"{'BN% ' + v:>14}" for v in VARIANTS)
+            + f"{'faults':>30}")
     lines += [head, "-" * len(head)]
     for c in cases:
         row = f"{c.name:<10}{c.batch:>6}{f'{c.fused_pairs}/{c.norms} r{c.residual_pairs}':>12}"
@@ -246,6 +271,8 @@ def format_models_table(cases: list[ModelCase]) -> str:
         row += f"{c.ratio('normlab'):>11.2f}{c.ratio('fused'):>9.2f}"
         row += f"{c.ratio(FREE):>8.2f}" if FREE in c.timings else f"{'':>8}"
         row += "".join(f"{100 * c.bn_share[v]:>13.1f}%" if v in c.bn_share else f"{'':>14}" for v in VARIANTS)
+        counts = [c.faults.get(v) for v in (*VARIANTS, FREE)]
+        row += f"{' / '.join('-' if n is None else f'{n:.0f}' for n in counts):>30}" if c.faults else ""
         lines.append(row)
     return "\n".join(lines)
 
