@@ -53,4 +53,9 @@ def test_train_step_rows():
     rows = train_step_cases(batch_sizes=(4,), reps=1, image=(1, 8, 8), channels=(4, 4))
     assert rows[0]["batch_size"] == 4 and rows[0]["first_bn_values"] == 4 * 4 * 8 * 8
     assert rows[0]["auto_ms"] > 0 and rows[0]["native_ms"] > 0
-    assert "speed-up" in format_train_steps(rows)
+    faults = rows[0]["page_faults_per_step"]
+    assert set(faults) == {"auto", "native", "torch"} and all(n is None or n >= 0 for n in faults.values())
+    table = format_train_steps(rows)
+    assert "speed-up" in table and "faults" in table
+    counts = " / ".join("-" if faults[k] is None else f"{faults[k]:.0f}" for k in ("auto", "native", "torch"))
+    assert table.splitlines()[-1].endswith(counts)

@@ -347,6 +347,7 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
     as dispatched (``auto``), with normlab forced onto torch operators (``native``), and with
     ``torch.nn.BatchNorm2d`` in its place (``torch``), interleaved; medians in ms."""
     from ..lab.models import build_model
+    from .models import page_faults
 
     out = []
     for bs in batch_sizes:
@@ -367,18 +368,23 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
                     opt.step()
             steps[setting] = step
         t = interleaved(steps, reps=reps, warmup=2)
+        faults = {k: page_faults(f) for k, f in steps.items()}
         bn_values = bs * channels[0] * image[1] * image[2]
         out.append({"batch_size": bs, "first_bn_values": bn_values, "auto_ms": t["auto"].median * 1e3,
                     "native_ms": t["native"].median * 1e3, "torch_ms": t["torch"].median * 1e3,
-                    "speedup": t["torch"].median / t["auto"].median})
+                    "speedup": t["torch"].median / t["auto"].median, "page_faults_per_step": faults})
     return out
 
 
 def format_train_steps(rows: list[dict]) -> str:
     lines = ["lab cnn training step (conv16-BN-ReLU-pool-conv32-BN-ReLU-pool, 1x28x28), medians in ms;",
-             "'speed-up' = torch.nn.BatchNorm2d model / normlab model (auto):",
-             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'torch BN':>10}{'speed-up':>10}"]
+             "'speed-up' = torch.nn.BatchNorm2d model / normlab model (auto); 'faults' = minor page faults per step",
+             "(median of 3, getrusage) for auto / native / torch BN:",
+             f"{'batch':>7}{'1st BN values':>15}{'auto':>10}{'native':>10}{'torch BN':>10}{'speed-up':>10}"
+             f"{'faults':>26}"]
     for r in rows:
+        f = r.get("page_faults_per_step") or {}
+        counts = " / ".join("-" if f.get(k) is None else f"{f[k]:.0f}" for k in ("auto", "native", "torch"))
         lines.append(f"{r['batch_size']:>7}{r['first_bn_values']:>15}{r['auto_ms']:>10.2f}{r['native_ms']:>10.2f}"
-                     f"{r['torch_ms']:>10.2f}{r['speedup']:>10.2f}")
+                     f"{r['torch_ms']:>10.2f}{r['speedup']:>10.2f}{counts:>26}")
     return "\n".join(lines)
