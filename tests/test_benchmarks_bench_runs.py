@@ -1,0 +1,47 @@
+"""benchmarks/bench_runs.py judges several `normlab bench --json` runs together (medians over runs, the rows below
+the margin); the figures are never asserted, the arithmetic and the errors are."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_runs.py"
+
+
+@pytest.fixture(scope="module")
+def bench_runs():
+    spec = importlib.util.spec_from_file_location("bench_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp_path, name, ratios):
+    cases = [{"name": n, "mode": m, "speedup_vs_torch": x, "normlab_over_roofline": 2 * x} for (n, m), x in ratios]
+    path = tmp_path / name
+    path.write_text(json.dumps({"cases": cases}))
+    return str(path)
+
+
+def test_medians_over_runs_and_the_rows_below_the_margin(bench_runs, tmp_path, capsys):
+    paths = [_run(tmp_path, f"r{i}.json", [(("32x128", "fwd"), a), (("8x512x7x7", "fwd+bwd"), b)])
+             for i, (a, b) in enumerate([(0.90, 1.2), (0.99, 0.80), (0.93, 1.00)])]
+    rows = bench_runs.summarize([bench_runs.load(p) for p in paths])
+    assert [r["x_torch_median"] for r in rows] == [0.93, 1.0] and [r["miss"] for r in rows] == [True, False]
+    assert rows[0]["roof_median"] == pytest.approx(1.86)
+    assert bench_runs.main(paths) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "below 0.95: 32x128 fwd"
+
+
+def test_bad_runs_are_one_line_exit_2(bench_runs, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert bench_runs.main([str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    a = _run(tmp_path, "a.json", [(("32x128", "fwd"), 1.0)])
+    b = _run(tmp_path, "b.json", [(("256x128", "fwd"), 1.0)])
+    assert bench_runs.main([a, b]) == 2
+    assert "no (shape, mode) case in common" in capsys.readouterr().err
