@@ -81,3 +81,22 @@ def with_torch_batchnorm(model: nn.Module, cls: type[nn.Module] = nn.BatchNorm2d
                 new.load_state_dict(child.state_dict())
                 setattr(module, child_name, new.train(child.training))
     return model
+
+
+def page_faults(step: Callable[[], None], *, steps: int = 3) -> float | None:
+    """Median minor page faults of one call of ``step`` (``getrusage``; None where the platform has no counter).
+
+    Why it is in the table: torch's CPU allocator hands large tensors to the C library, which maps fresh pages for
+    them (and unmaps them on free) depending on its adaptive thresholds, so a step's cost includes first-touch faults
+    whose number depends on the sizes and order of its allocations; fusion and normlab's buffer cache change both.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    counts = []
+    for _ in range(steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(sorted(counts)[len(counts) // 2])

@@ -35,7 +35,7 @@ import torch
 from .. import functional as F
 from .. import kernels
 from ..kernels import BUFFER_CACHE_ENV_VAR
-from .harness import Timing, interleaved, with_torch_batchnorm
+from .harness import Timing, interleaved, page_faults, with_torch_batchnorm
 
 #: (name, shape, layout, dtype): float32 everywhere, float64 on NCHW large and small, channels-last and (N, C), the
 #: dispatch's float64 promise (within 5% of torch at every shape and layout, float32 and float64)
@@ -347,7 +347,6 @@ def train_step_cases(batch_sizes=(64, 256), *, reps: int = 10, image=(1, 28, 28)
     as dispatched (``auto``), with normlab forced onto torch operators (``native``), and with
     ``torch.nn.BatchNorm2d`` in its place (``torch``), interleaved; medians in ms."""
     from ..lab.models import build_model
-    from .models import page_faults
 
     out = []
     for bs in batch_sizes:

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..nn.act import NormAct, NormAddAct
 from ..tools._common import is_batch_norm
-from .harness import Timing, interleaved, with_torch_batchnorm
+from .harness import Timing, interleaved, page_faults, with_torch_batchnorm
 
 #: name -> (builder options, input shape, default batch)
 MODELS: dict[str, tuple[str, dict, tuple[int, ...], int]] = {
@@ -129,25 +129,6 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
     """The modules whose time counts as BN's: NormActs (norm and activation) and bare batch norms outside them."""
     inside = {id(m.norm) for m in model.modules() if isinstance(m, NormAct)}
     return [m for m in model.modules() if isinstance(m, NormAct) or (is_batch_norm(m) and id(m) not in inside)]
-
-
-def page_faults(step: Callable[[], None], *, steps: int = 3) -> float | None:
-    """Median minor page faults of one call of ``step`` (``getrusage``; None where the platform has no counter).
-
-    Why it is in the table: torch's CPU allocator hands large tensors to the C library, which maps fresh pages for
-    them (and unmaps them on free) depending on its adaptive thresholds, so a step's cost includes first-touch faults
-    whose number depends on the sizes and order of its allocations; fusion and normlab's buffer cache change both.
-    """
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    counts = []
-    for _ in range(steps):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        step()
-        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return float(sorted(counts)[len(counts) // 2])
 
 
 def bn_share(model: nn.Module, step: Callable[[], None], *, steps: int = 3) -> float:
