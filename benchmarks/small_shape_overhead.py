@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -37,8 +38,17 @@ SHAPES = ["32x128", "256x128", "8x512x7x7", "8x512x7x7 CL", "32x256x14x14 CL"]
 
 
 def parse(name: str) -> tuple[tuple[int, ...], bool]:
-    dims, _, layout = name.partition(" ")
-    return tuple(int(d) for d in dims.split("x")), layout == "CL"
+    """``"NxC"``, ``"NxCxL"``, ``"NxCxHxW"`` or ``"NxCxHxW CL"`` (channels-last) -> (shape, channels_last); raises
+    ``ValueError`` naming the name for anything else (this script times float32 only: no ``f64`` names)."""
+    dims, _, layout = name.strip().partition(" ")
+    try:
+        shape = tuple(int(d) for d in dims.split("x"))
+    except ValueError:
+        shape = ()
+    if not 2 <= len(shape) <= 4 or min(shape) < 1 or layout.strip() not in ("", "CL") \
+            or (layout.strip() == "CL" and len(shape) != 4):
+        raise ValueError(f"--shapes: expected 'NxC', 'NxCxL', 'NxCxHxW' or 'NxCxHxW CL' (float32), got {name!r}")
+    return shape, layout.strip() == "CL"
 
 
 def candidates(shape: tuple[int, ...], channels_last: bool) -> dict[str, Callable[[], object]]:
@@ -105,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--shapes", nargs="*", default=SHAPES)
     args = parser.parse_args(argv)
+    try:
+        shapes = [(name, parse(name)) for name in args.shapes]  # every name checked before any timing
+    except ValueError as e:
+        print(f"small_shape_overhead: {e}", file=sys.stderr)
+        return 2
     print(f"training forward (grad enabled), us per call, medians of {args.rounds} interleaved rounds of "
           f"{args.calls} calls; torch {torch.__version__}, {torch.get_num_threads()} threads")
     head = ["operator", "+ hook", "+ check", "native path", "functional", "normlab", "torch"]
     print(f"{'shape':<18}" + "".join(f"{h:>13}" for h in head) + f"{'torch/normlab':>15}")
-    for name in args.shapes:
-        m = measure(candidates(*parse(name)), args.calls, args.rounds)
+    for name, (shape, channels_last) in shapes:
+        m = measure(candidates(shape, channels_last), args.calls, args.rounds)
         print(f"{name:<18}" + "".join(f"{m[h]:>13.2f}" for h in head) + f"{m['torch'] / m['normlab']:>15.3f}")
         steps = [(h, m[h] - m[p]) for p, h in zip(head, head[1:-1])]
         print(f"{'':<18}normlab over the operator: " + ", ".join(f"{h} {d:+.2f}" for h, d in steps)

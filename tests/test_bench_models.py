@@ -10,6 +10,7 @@ from normlab import kernels
 from normlab.bench import harness
 from normlab.bench import kernels as bench_kernels
 from normlab.bench import models as bench_models
+from normlab.bench.harness import Timing
 from normlab.kernels import dispatch
 from normlab.nn import BatchNorm2d, NormAct
 
@@ -136,3 +137,43 @@ def test_page_faults_counts_the_first_touch_of_fresh_pages():
 
     assert harness.page_faults(touch_fresh_pages) >= 256
     assert harness.page_faults(lambda: None) < 256
+
+
+class _SharedNorms(torch.nn.Module):
+    """One NormAct held by two attributes, one BN held twice (bare and inside a nested Sequential)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.a = self.b = NormAct(BatchNorm2d(3), activation="relu")
+        bn = BatchNorm2d(3)
+        self.bn = bn
+        self.inner = torch.nn.Sequential(torch.nn.Sequential(bn))
+
+    def forward(self, x):
+        return self.inner(self.bn(self.b(self.a(self.conv(x)))))
+
+
+def test_kind_shared_module_free_norms_replaces_every_place_a_norm_is_held():
+    """Regression: free_norms walked named_children, which lists a module held by two attributes once, so the
+    second place kept a NormAct (its inner BN made free, its ReLU still applied) in the 'free' model."""
+    model = _SharedNorms()
+    free = bench_models.free_norms(model)
+    assert not any(isinstance(m, NormAct) or bench_models.is_batch_norm(m) for m in free.modules())
+    assert isinstance(free.a, bench_models._FreeNorm) and isinstance(free.b, bench_models._FreeNorm)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(free(x), free.conv(x))  # every norm (and its fused ReLU) gone
+    assert isinstance(model.b, NormAct) and bench_models.is_batch_norm(model.bn)  # the original is untouched
+    assert isinstance(bench_models.free_norms(BatchNorm2d(3)), bench_models._FreeNorm)  # a norm as the model
+
+
+def test_kind_missing_platform_counter_page_faults_is_none(monkeypatch):
+    """Without the resource module (Windows) page_faults is None and the table shows '-', not an ImportError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "resource", None)  # import now raises ImportError
+    assert harness.page_faults(lambda: None) is None
+    t = {v: Timing.from_samples([1e-3]) for v in (*bench_models.VARIANTS, bench_models.FREE)}
+    case = bench_models.ModelCase("cnn", 4, t, faults={v: None for v in t})
+    assert bench_models.format_models_table([case]).splitlines()[-1].endswith("- / - / - / -")
+    assert case.as_dict()["page_faults_per_step"] == {v: None for v in t}

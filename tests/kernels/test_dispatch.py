@@ -257,6 +257,59 @@ def test_jit_tracing_takes_native_path():
     torch.testing.assert_close(traced(x), layer(x))
 
 
+def _at_each_row():
+    """(tensor, channel axis) at the "auto" threshold of every layout row: the calls "auto" sends to the kernels."""
+    t = dispatch.AUTO_TABLE
+    return [(torch.empty(2, 4, t["channel_first"] // 8), 1),
+            (torch.empty(2, t["channels_last"] // 8, 4), -1),
+            (torch.empty(t["rows"] // 4, 4), 1)]
+
+
+@needs_numba
+@pytest.mark.parametrize("backend", ["fast", "auto"])
+def test_tracing_takes_torch_ops_at_every_size(backend):
+    """The tracing check comes after the "auto" table (it is the slower test): above every row's threshold, and with
+    "fast" at every size, a TorchScript trace still gets False, where the same calls outside it get True."""
+    cases = _at_each_row() + [(torch.empty(2, 3, 4, 4), 1)]
+    seen = []
+
+    def probe(t):
+        seen.extend(kernels.use_fast(x, axis, backward=b) for x, axis in cases for b in (True, False))
+        return t * 2
+
+    with kernels.backend(backend):
+        outside = [kernels.use_fast(x, axis) for x, axis in cases[:3]]
+        torch.jit.trace(probe, torch.ones(1), check_trace=False)  # (the check reruns probe untraced)
+        layer = BatchNorm2d(4).train()  # a training forward at the channel-first threshold: torch's operators
+        traced = torch.jit.trace(layer, torch.randn(2, 4, dispatch.AUTO_MIN_NUMEL // 64, 8))
+    assert outside == [True, True, True]
+    assert seen and not any(seen)
+    assert "normlab::" not in str(traced.graph)
+
+
+@needs_numba
+@pytest.mark.parametrize("backend", ["fast", "auto"])
+def test_onnx_export_takes_torch_ops_above_the_threshold(backend):
+    """torch.onnx.export (TorchScript exporter) has no symbol for normlab's ops: use_fast is False inside it."""
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    cases = _at_each_row()
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, t):
+            seen.extend(kernels.use_fast(x, axis) for x, axis in cases)
+            return t * 2
+
+    with kernels.backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        assert all(kernels.use_fast(x, axis) for x, axis in cases)
+        torch.onnx.export(Probe(), (torch.ones(3),), io.BytesIO(), dynamo=False)
+    assert len(seen) == len(cases) and not any(seen)
+
+
 @needs_numba
 @pytest.mark.parametrize("mode", ["fast", "native"])
 @pytest.mark.parametrize("training", [True, False])

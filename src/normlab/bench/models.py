@@ -104,14 +104,23 @@ class _FreeNorm(nn.Module):
 
 
 def free_norms(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every NormAct/NormAddAct and bare batch norm replaced by :class:`_FreeNorm`."""
+    """A copy of ``model`` with every NormAct/NormAddAct and bare batch norm replaced by :class:`_FreeNorm` (at every
+    place it is held: a norm module shared by two attributes is replaced at both; a NormAct's inner norm goes with it).
+    """
     import copy
 
     free = copy.deepcopy(model)
-    for parent in list(free.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, NormAct) or is_batch_norm(child):
-                setattr(parent, name, _FreeNorm())
+    if isinstance(free, NormAct) or is_batch_norm(free):
+        return _FreeNorm()
+    # every path, duplicates included (named_children/modules list a shared module once), outermost first
+    replaced: list[str] = []
+    for path, child in list(free.named_modules(remove_duplicate=False)):
+        if not path or any(path.startswith(p + ".") for p in replaced):
+            continue  # the root, or inside a norm already replaced
+        if isinstance(child, NormAct) or is_batch_norm(child):
+            parent, _, name = path.rpartition(".")
+            setattr(free.get_submodule(parent), name, _FreeNorm())
+            replaced.append(path)
     return free
 
 
