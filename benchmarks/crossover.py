@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {', '.join(LAYOUTS)}")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
+    if args.reps < 1 or not 15 <= args.max_log2 <= 30:
+        print(f"crossover: expected --reps >= 1 and --max-log2 in 15..30 (the ladder starts at 2^15), got "
+              f"{args.reps} and {args.max_log2}", file=sys.stderr)
+        return 2
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
     unknown = [s for s in layouts if s not in LAYOUTS]
     if unknown or not layouts:

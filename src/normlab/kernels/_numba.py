@@ -25,7 +25,9 @@ Argument conventions (one signature per kernel, so numba compiles one specializa
 splits the outermost dim into virtual batches (ghost batch norm); ``mask`` is a uint8 array over positions
 (``(N, S)`` or ``(M,)``) or an empty array for "no mask" (masked-out outputs and gradients are 0); ``act`` is 0
 (identity), 1 (ReLU) or 2 (LeakyReLU with ``slope``); ``res``/``yo``/``dres`` are the residual epilogue's
-arrays (``y = act(bn(x) + res)``), empty when there is none; per-(group, channel) arrays are float64 ``(G, C)``.
+arrays (``y = act(bn(x) + res)``), empty when there is none; per-(group, channel) arrays are float64 ``(G, C)``,
+except the inputs of ``train_backward_coefficients``/``train_parameter_grads``: the forward's outputs, the weight
+and the bias as they are, C-contiguous in the input's dtype (the caller casts), converted to float64 inside.
 """
 
 from __future__ import annotations

@@ -95,12 +95,14 @@ def _mask(mask: Tensor | None, xs: Tensor, axis: int, p: _layout.Plan) -> np.nda
     return _layout.mask_view(mask, xs, axis, p) if mask is not None else _layout.empty_mask(p)
 
 
-def _arr(t: Tensor, shape: tuple[int, ...]) -> np.ndarray:
-    """A CPU tensor's values as NumPy of ``shape``, without a copy when they already are (float32/float64; other
-    dtypes are cast to float64)."""
+def _arr(t: Tensor, shape: tuple[int, ...], like: Tensor) -> np.ndarray:
+    """A CPU tensor's values as a C-contiguous NumPy array of ``shape`` in ``like``'s dtype (float32/float64),
+    without a copy when they already are: one array type per input dtype, so numba compiles one specialization
+    of each kernel per dtype (a strided, expanded or other-dtype weight is copied, not compiled for)."""
     t = t.detach()
-    a = t.numpy() if t.dtype in _NUMPY_DTYPE else t.to(torch.float64).numpy()
-    return a.reshape(shape)
+    if t.dtype != like.dtype:
+        t = t.to(like.dtype)
+    return np.ascontiguousarray(t.numpy().reshape(shape))
 
 
 def _from(a: np.ndarray, like: Tensor) -> Tensor:
@@ -369,8 +371,8 @@ def _train_backward_impl(
     mu, scale, shift, rs = np.empty((G, C)), np.empty((G, C)), np.empty((G, C)), np.empty((G, C))
     coupling = np.empty((2, G, C))
     # the forward's outputs as they are (input dtype, (G, C)): one kernel call derives every coefficient
-    _k().train_backward_coefficients(_arr(mean, (G, C)), _arr(var, (G, C)), _arr(count, (G, C)),
-                                     _arr(rd, (2, G, C)), _arr(weight, (C,)), _arr(bias, (C,)), float(eps),
+    _k().train_backward_coefficients(_arr(mean, (G, C), x), _arr(var, (G, C), x), _arr(count, (G, C), x),
+                                     _arr(rd, (2, G, C), x), _arr(weight, (C,), x), _arr(bias, (C,), x), float(eps),
                                      mu, scale, shift, coupling, rs)
     s_dy, s_dyx = _backward_kernel(
         p, _layout.view(dys, p), _layout.view(xs, p), _mask(mask, xs, axis, p), groups, mu, scale, shift,
@@ -378,7 +380,7 @@ def _train_backward_impl(
         None if ys is None else _layout.view(dres, p))
     dtype = _NUMPY_DTYPE.get(x.dtype, np.float64)
     dweight, dbias = np.empty(C, dtype), np.empty(C, dtype)
-    _k().train_parameter_grads(_arr(rd, (2, G, C)), rs, s_dy, s_dyx, dweight, dbias)
+    _k().train_parameter_grads(_arr(rd, (2, G, C), x), rs, s_dy, s_dyx, dweight, dbias)
     return dx, _from(dweight, x), _from(dbias, x), dres
 
 
