@@ -20,7 +20,8 @@ Variants, the same initial weights:
 The limit, measured the same way: ``free``, the fused model with every norm layer made free (a NormAct or bare BN
 returns its input, a NormAddAct only adds the residual: what remains is everything a norm layer cannot remove),
 trained with learning rate 0 (the optimizer's arithmetic per parameter is the same, and without normalization the
-weights must not move; the norms' own weight and bias, a few values per channel, are gone from the update). ``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing.
+weights must not move; the norms' own weight and bias, a few values per channel, are gone from the update).
+``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing.
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
