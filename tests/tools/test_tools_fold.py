@@ -310,7 +310,7 @@ def test_no_batch_norm_raises_and_leaves_model():
         fold_batchnorm(model, inplace=True)
     assert_state_equal(model, before)
     assert "no batch-norm layer" in str(plan_fold(model))
-    with pytest.raises(TypeError, match="plan_fold: expected a torch.nn.Module, got list"):
+    with pytest.raises(TypeError, match="fold_batchnorm: expected a torch.nn.Module, got list"):
         fold_batchnorm([nn.BatchNorm2d(3)])
 
 

@@ -520,6 +520,8 @@ def fold_batchnorm(
     Norms that cannot fold are skipped with a warning listing the reasons, or, with ``strict=True``, make it raise
     ``ValueError``. A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
     """
+    if not isinstance(model, nn.Module):  # named here, not as the plan it calls
+        raise TypeError(f"fold_batchnorm: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):  # fold_batchnorm(model, x): a tensor's truth would decide inplace
         raise TypeError(f"fold_batchnorm: inplace must be True or False, got {type(inplace).__name__} (an example "
                         f"input goes to example_input=); model unchanged")

@@ -554,6 +554,8 @@ def fuse_norm_act(model: nn.Module, inplace: bool = False, *, strict: bool = Fal
     Pairs that cannot fuse are skipped (listed by the plan), or with ``strict=True`` make it raise ``ValueError``.
     A model without any batch norm raises ``ValueError``. On any error the model is unchanged.
     """
+    if not isinstance(model, nn.Module):  # named here, not as the plan it calls
+        raise TypeError(f"fuse_norm_act: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):  # fuse_norm_act(model, x): a tensor's truth would decide inplace
         raise TypeError(f"fuse_norm_act: inplace must be True or False, got {type(inplace).__name__}; model "
                         f"unchanged")
