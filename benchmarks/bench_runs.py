@@ -24,7 +24,10 @@ def load(path: str) -> dict[tuple[str, str], dict]:
         with open(path) as fh:
             cases = json.load(fh)["cases"]
         return {(c["name"], c["mode"]): c for c in cases}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise ValueError(f"bench_runs: {path}: expected the JSON of `normlab bench --json`, missing the key {exc}") \
+            from None
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"bench_runs: {path}: expected the JSON of `normlab bench --json`, got {exc}") from None
 
 
@@ -62,7 +65,8 @@ def format_summary(rows: list[dict], n_runs: int, margin: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="JSON files written by `normlab bench --json`")
-    parser.add_argument("--margin", type=float, default=0.95)
+    parser.add_argument("--margin", type=float, default=0.95,
+                        help="a row misses when its median 'x torch' is below this (default 0.95: within 5%%)")
     args = parser.parse_args(argv)
     try:
         rows = summarize([load(p) for p in args.runs], args.margin)

@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .kernels import environment
 
-    parser = argparse.ArgumentParser(prog="python -m normlab.bench.models", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, on one line
+    parser = argparse.ArgumentParser(prog="python -m normlab.bench.models", description=summary)
     parser.add_argument("--reps", type=int, default=10, help="timed rounds per model (median reported)")
     parser.add_argument("--models", default="", help=f"comma-separated subset of {','.join(MODELS)}")
     parser.add_argument("--batch", type=int, default=None, help="override every model's batch size")
