@@ -1,21 +1,14 @@
 """benchmarks/bench_runs.py judges several `normlab bench --json` runs together (medians over runs, the rows below
 the margin); the figures are never asserted, the arithmetic and the errors are."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_runs.py"
-
 
 @pytest.fixture(scope="module")
-def bench_runs():
-    spec = importlib.util.spec_from_file_location("bench_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_runs(load_benchmark):
+    return load_benchmark("bench_runs")
 
 
 def _run(tmp_path, name, ratios):

@@ -3,20 +3,12 @@ and printed it under the f64 name; 'abc' or a rank it has no layer for ended in 
 it before any timing with one line naming --shapes (exit 2); a good name still runs (the script reads normlab's
 internals, which must not move without it)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_shape_overhead.py"
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("small_shape_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_benchmark):
+    return load_benchmark("small_shape_overhead")
 
 
 @pytest.mark.parametrize("name", ["256x128 f64", "abc", "2x3x4x5x6", "32x128 CL", "0x4", "8x4x5x5 cl"])
