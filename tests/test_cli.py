@@ -200,13 +200,13 @@ def test_kind_cli_ray_missing_names_the_extra(spec, tmp_path, monkeypatch, capsy
 
 
 def test_kind_cli_ctrl_c_during_claims(tmp_path):
-    from _procs import alive, count_runs, default_sigint, descendants, wait_for
+    from _procs import alive, count_runs, default_signals, descendants, wait_for
 
     out_dir = tmp_path / "report"
     cmd = [sys.executable, "-m", "normlab.cli", "claims", "--quick", "--seeds", "1", "--only", "careless-init",
            "--jobs", "2", "--out", str(out_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=os.environ, preexec_fn=default_sigint)
+                            env=os.environ, preexec_fn=default_signals)
     try:
         assert wait_for(lambda: count_runs(out_dir / "normlab.sqlite") >= 1, 300), "no unit was stored"
         family = descendants(proc.pid)

@@ -74,10 +74,13 @@ def count_runs(db: Path) -> int:
         return 0
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` of a driver a test will Ctrl-C: SIGINT back to its default disposition. A test run started
-    in the background (``make test &``, nohup, some CI runners) inherits SIGINT *ignored*, and a Python child that
-    starts with SIGINT ignored never raises KeyboardInterrupt, so the Ctrl-C under test would be lost."""
+def default_signals() -> None:
+    """``preexec_fn`` of a process a test will signal: SIGINT, SIGTERM and SIGHUP back to their default
+    dispositions. A test run started in the background inherits some of them *ignored* (``make test &`` and some CI
+    runners: SIGINT; ``nohup``: SIGHUP), exec keeps an ignored disposition, and a Python child that starts with
+    SIGINT ignored never raises KeyboardInterrupt -- so the Ctrl-C, hangup or SIGTERM under test would be lost and
+    the test would wait for a process that never ends."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)

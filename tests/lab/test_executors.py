@@ -210,10 +210,10 @@ def _driver(tmp_path: Path, steps: int) -> tuple[subprocess.Popen, Path]:
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.format(steps=steps))
     cmd = [sys.executable, "-m", "normlab.cli", "run", str(spec), "--jobs", "2", "--threads", "1"]
-    from _procs import default_sigint
+    from _procs import default_signals
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=os.environ, preexec_fn=default_sigint)
+                            env=os.environ, preexec_fn=default_signals)
     return proc, tmp_path / "normlab-runs" / DB_NAME
 
 

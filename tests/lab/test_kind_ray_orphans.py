@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _procs import _stat, alive, descendants, wait_for
+from _procs import _stat, alive, default_signals, descendants, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc (Linux)")
 
@@ -148,11 +148,12 @@ time.sleep(600)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_kind_ray_orphans_end_when_the_driver_group_is_signalled(sig):
     proc = subprocess.Popen([sys.executable, "-c", GROUP_STANDIN], stdout=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)  # its own group: the signal below reaches nothing of pytest's
+                            start_new_session=True,  # its own group: the signal below reaches nothing of pytest's
+                            preexec_fn=default_signals)  # a driver that dies of the signal, even under nohup
     reaper, stubborn = (int(x) for x in proc.stdout.readline().split())
     try:
         os.killpg(proc.pid, sig)  # the driver's whole process group, as a hangup or `timeout` sends it
-        proc.wait()
+        proc.wait(timeout=30)  # a failure, not a hang, if the stand-in outlives the signal
         assert wait_for(lambda: not alive({stubborn}), 30.0), "the reaper died with the driver's group"
         assert wait_for(lambda: not alive({reaper}), 30.0)
     finally:
