@@ -1,5 +1,6 @@
 """Several `normlab bench --json` runs judged together: per (shape, mode), the median over runs of 'x torch'
-(torch / normlab as dispatched) and of '/roof', and the rows whose median misses "within 5% of torch or faster".
+(torch / normlab as dispatched), of '/roof' and of '/roofm' (the roofline over the best copy, and over the rows' own
+median copy), and the rows whose median misses "within 5% of torch or faster".
 
 Issue #16 judges "never slower than torch" on medians of interleaved rounds over three runs; one run's ratio at a
 small shape moves by +-5% on a 2-core machine, so a single table decides nothing there.
@@ -43,20 +44,23 @@ def summarize(runs: list[dict[tuple[str, str], dict]], margin: float = 0.95) -> 
     for key in common:
         xs = [r[key]["speedup_vs_torch"] for r in runs]
         roofs = [r[key]["normlab_over_roofline"] for r in runs]
+        # older JSON has no same-rounds figure: NaN, printed as such
+        roofm = [r[key].get("normlab_over_roofline_same_rounds", float("nan")) for r in runs]
         med = statistics.median(xs)
         out.append({"name": key[0], "mode": key[1], "x_torch": xs, "x_torch_median": med,
-                    "roof_median": statistics.median(roofs), "miss": med < margin})
+                    "roof_median": statistics.median(roofs), "roofm": roofm, "miss": med < margin})
     return out
 
 
 def format_summary(rows: list[dict], n_runs: int, margin: float) -> str:
     lines = [f"{n_runs} runs; 'x torch' = torch / normlab (dispatched) per run and its median; '/roof' median; "
-             f"'<' marks a median below {margin}",
-             f"{'shape':<19}{'mode':<9}{'x torch per run':>24}{'median':>8}{'/roof':>7}"]
+             f"'/roofm' per run; '<' marks a median below {margin}",
+             f"{'shape':<19}{'mode':<9}{'x torch per run':>24}{'median':>8}{'/roof':>7}{'/roofm per run':>24}"]
     for r in rows:
         per_run = " ".join(f"{x:.2f}" for x in r["x_torch"])
+        roofm = " ".join(f"{x:.2f}" for x in r["roofm"])
         lines.append(f"{r['name']:<19}{r['mode']:<9}{per_run:>24}{r['x_torch_median']:>8.2f}{r['roof_median']:>7.2f}"
-                     + ("  <" if r["miss"] else ""))
+                     f"{roofm:>24}" + ("  <" if r["miss"] else ""))
     misses = [f"{r['name']} {r['mode']}" for r in rows if r["miss"]]
     lines.append(f"below {margin}: " + (", ".join(misses) if misses else "none"))
     return "\n".join(lines)

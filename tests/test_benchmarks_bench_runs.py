@@ -12,7 +12,8 @@ def bench_runs(load_benchmark):
 
 
 def _run(tmp_path, name, ratios):
-    cases = [{"name": n, "mode": m, "speedup_vs_torch": x, "normlab_over_roofline": 2 * x} for (n, m), x in ratios]
+    cases = [{"name": n, "mode": m, "speedup_vs_torch": x, "normlab_over_roofline": 2 * x,
+              "normlab_over_roofline_same_rounds": 1.5 * x} for (n, m), x in ratios]
     path = tmp_path / name
     path.write_text(json.dumps({"cases": cases}))
     return str(path)
@@ -24,9 +25,19 @@ def test_medians_over_runs_and_the_rows_below_the_margin(bench_runs, tmp_path, c
     rows = bench_runs.summarize([bench_runs.load(p) for p in paths])
     assert [r["x_torch_median"] for r in rows] == [0.93, 1.0] and [r["miss"] for r in rows] == [True, False]
     assert rows[0]["roof_median"] == pytest.approx(1.86)
+    assert rows[0]["roofm"] == pytest.approx([1.35, 1.485, 1.395])  # per run, in the runs' order
     assert bench_runs.main(paths) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "below 0.95: 32x128 fwd"
+    assert out.splitlines()[2].split()[-4:] == [f"{1.5 * x:.2f}" for x in (0.90, 0.99, 0.93)] + ["<"]  # a miss row
+
+
+def test_runs_written_before_the_same_rounds_roof_read_as_nan(bench_runs, tmp_path, capsys):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"cases": [{"name": "32x128", "mode": "fwd", "speedup_vs_torch": 1.0,
+                                           "normlab_over_roofline": 2.0}]}))
+    assert bench_runs.main([str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[-1] == "nan"
 
 
 def test_bad_runs_are_one_line_exit_2(bench_runs, tmp_path, capsys):

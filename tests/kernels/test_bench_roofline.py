@@ -53,3 +53,20 @@ def test_copy_gbps_is_two_passes_of_the_tensor_over_the_best_copy():
     row = next(line for line in lines if line.startswith("32x8 ")).split()
     assert row[1] == "float32" and row[5] == "0.002" and row[6] == "2.0"
     assert "float64" in next(line for line in lines if line.startswith("4x8 f64"))
+
+
+def test_same_rounds_roof_divides_by_the_rows_median_copy():
+    # the fwd+bwd row's copies: median 2 ms, best 0.5 ms; normlab median 5 ms. The best-copy roof is 5 / (2.5 x 0.5),
+    # the same-rounds one 5 / (2.5 x 2): a host whose copies all ran slower moves the second figure far less
+    fwd = _case("32x8", (32, 8), "fwd", [3e-3, 1e-3, 5e-3])
+    bwd = _case("32x8", (32, 8), "fwd+bwd", [2e-3, 4e-3, 0.5e-3])
+    share_best_copy([fwd, bwd])
+    assert bwd.over_roofline_same_rounds() == pytest.approx(5e-3 / (2.5 * 2e-3))
+    assert fwd.over_roofline_same_rounds() == pytest.approx(5e-3 / (1.0 * 3e-3))  # fwd: one copy, its own median
+    assert bwd.as_dict()["normlab_over_roofline_same_rounds"] == pytest.approx(1.0)
+    assert bwd.as_dict()["normlab_over_roofline"] == pytest.approx(4.0)
+    lines = format_table([fwd, bwd]).splitlines()
+    head = next(line for line in lines if line.startswith("shape"))
+    assert head.split()[-2:] == ["/roof", "/roofm"]
+    assert next(line for line in lines if line.startswith("32x8 ") and "fwd+bwd" in line).split()[-2:] == ["4.00",
+                                                                                                            "1.00"]

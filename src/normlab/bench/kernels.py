@@ -16,6 +16,9 @@ and a copy of the same tensor (``copy_`` into a preallocated one) for the memory
 of the machine, so it is measured as STREAM measures bandwidth: the best (fastest) copy of that shape over every round
 of both modes, shown as a rate (a copy moves 2 x numel x itemsize bytes). A copy is 2 tensor passes, so the
 forward's roofline (read x, write y) is one best copy and the training step's (also read dy and x, write dx) 2.5.
+The best copy is the true limit but moves with the host between days (44-62 GB/s here), so a second figure divides by
+the median copy of the row's own interleaved rounds instead: a ratio measured under the same load, which is the
+stable one (same-rounds ``/roofm``), and which flatters the kernels by as much as those rounds ran below the best rate.
 
 All running-statistics updates are included (the torch call gets running buffers too). Ratios are medians of
 the same interleaved rounds (see :mod:`.harness`).
@@ -118,10 +121,19 @@ class Case:
             numel *= n
         return 2 * numel * getattr(torch, self.dtype).itemsize / self.copy_seconds() / 1e9
 
+    def copies(self) -> float:
+        """Copies a pass count equals: fwd 1 copy = 2 passes (read x, write y); fwd+bwd 2.5 = 5 (also dy, x, dx)."""
+        return 1.0 if self.mode == "fwd" else 2.5
+
     def roofline(self) -> float:
-        """Seconds of the memory roofline: passes x the fastest copy (fwd 1 copy = 2 passes, fwd+bwd 2.5 = 5)."""
-        passes = 1.0 if self.mode == "fwd" else 2.5
-        return self.copy_seconds() * passes
+        """Seconds of the memory roofline: passes x the fastest copy."""
+        return self.copy_seconds() * self.copies()
+
+    def over_roofline_same_rounds(self) -> float:
+        """normlab's median / (passes x this row's median copy): both medians of the same interleaved rounds, so a
+        slower or faster host moves both (the stable figure; below the best-copy one by as much as the rounds' copies
+        ran slower than the best)."""
+        return self.timings["normlab"].median / (self.timings["copy"].median * self.copies())
 
     def as_dict(self) -> dict:
         return {
@@ -132,6 +144,7 @@ class Case:
             "copy_best_ms": self.copy_seconds() * 1e3, "copy_gbps": self.copy_gbps(),
             "roofline_ms": self.roofline() * 1e3,
             "normlab_over_roofline": self.timings["normlab"].median / self.roofline(),
+            "normlab_over_roofline_same_rounds": self.over_roofline_same_rounds(),
         }
 
     def fast_ratio_text(self) -> str:
@@ -286,6 +299,7 @@ HEADER_LINES = [
     "'copy' = median x.copy_ of this row's rounds; 'GB/s' = the shape's best copy rate: 2 x numel x itemsize bytes /",
     "the fastest copy over every round of both modes (a machine property: STREAM's best rate),",
     "'/roof' = normlab median / (passes x that fastest copy) (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
+    "'/roofm' = the same over this row's median copy (same rounds, same load: the figure that is stable between runs),",
     "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
 ]
 
@@ -296,7 +310,8 @@ def format_table(cases: list[Case]) -> str:
     cols = [c for c in COLUMNS if any(c in k.timings for k in cases)]
     variants = [v for v in VARIANTS if v in cols]
     head = (f"{'shape':<19}{'dtype':<9}{'mode':<9}" + "".join(f"{c:>15}" for c in cols)
-            + f"{'GB/s':>8}{'x torch':>9}{'fast x':>8}{'/roof':>8}" + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
+            + f"{'GB/s':>8}{'x torch':>9}{'fast x':>8}{'/roof':>8}{'/roofm':>8}"
+            + "".join(f"{v[:6] + '/bn':>10}" for v in variants))
     reason = kernels_off_reason()
     lines = [reason] if reason else []
     lines += HEADER_LINES + [head, "-" * len(head)]
@@ -305,7 +320,7 @@ def format_table(cases: list[Case]) -> str:
         for c in cols:
             row += f"{k.timings[c].median * 1e3:>15.3f}" if c in k.timings else f"{'':>15}"
         row += f"{k.copy_gbps():>8.1f}{k.ratio('normlab', 'torch'):>9.2f}{k.fast_ratio_text()}"
-        row += f" {k.timings['normlab'].median / k.roofline():>7.2f}"
+        row += f" {k.timings['normlab'].median / k.roofline():>7.2f} {k.over_roofline_same_rounds():>7.2f}"
         for v in variants:
             r = k.ratio("normlab-fast", v)
             row += f"{r:>10.2f}" if r is not None else f"{'':>10}"
