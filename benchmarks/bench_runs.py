@@ -1,6 +1,6 @@
-"""Several `normlab bench --json` runs judged together: per (shape, mode), the median over runs of 'x torch'
-(torch / normlab as dispatched), of '/roof' and of '/roofm' (the roofline over the best copy, and over the rows' own
-median copy), and the rows whose median misses "within 5% of torch or faster".
+"""Several `normlab bench --json` runs judged together: per (shape, mode), 'x torch' (torch / normlab as
+dispatched) per run and its median over runs, the median '/roof' (the roofline over the best copy), '/roofm' per run
+(over the row's own median copy), and the rows whose median 'x torch' misses "within 5% of torch or faster".
 
 Issue #16 judges "never slower than torch" on medians of interleaved rounds over three runs; one run's ratio at a
 small shape moves by +-5% on a 2-core machine, so a single table decides nothing there.

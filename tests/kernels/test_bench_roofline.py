@@ -1,5 +1,6 @@
 """`normlab bench`'s roofline is the shape's best copy over both modes' rounds (STREAM's best rate), not one row's
-copy median; the GB/s column is 2 x numel x itemsize / that best copy."""
+copy median; the GB/s column is 2 x numel x itemsize / that best copy. The second figure, '/roofm', divides by
+the row's own median copy (same interleaved rounds) instead."""
 
 from __future__ import annotations
 

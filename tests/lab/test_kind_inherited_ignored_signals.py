@@ -1,9 +1,10 @@
 """Kind: a process test that waits forever when the suite inherits ignored signals. Started as `nohup make test &`,
-the test run inherits SIGHUP (nohup) and SIGINT (a background job) ignored; exec keeps an ignored disposition, so a
-stand-in driver the test signals did not die and the test waited on it without a bound (the driver-group test hung
-for SIGHUP). Every process a test signals now starts with the default dispositions (`_procs.default_signals`), and
-the wait after the signal has a timeout. Here the signalled-driver tests run in a pytest started with SIGINT, SIGTERM
-and SIGHUP ignored, as `nohup ... &` starts it."""
+the test run inherits SIGHUP ignored (nohup) and SIGINT ignored (a background job of a non-interactive shell); exec
+keeps an ignored disposition, so a stand-in driver the test signals did not die and the test waited on it without a
+bound (the driver-group test hung for SIGHUP). Every process a test signals now starts with the default dispositions
+(`_procs.default_signals`), and the wait after the signal has a timeout. Here the signalled-driver tests run in a
+pytest started with SIGINT and SIGHUP ignored, as `nohup ... &` starts it, and SIGTERM ignored too so that the TERM
+case is covered by the same run."""
 
 from __future__ import annotations
 
