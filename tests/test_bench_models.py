@@ -177,3 +177,35 @@ def test_kind_missing_platform_counter_page_faults_is_none(monkeypatch):
     case = bench_models.ModelCase("cnn", 4, t, faults={v: None for v in t})
     assert bench_models.format_models_table([case]).splitlines()[-1].endswith("- / - / - / -")
     assert case.as_dict()["page_faults_per_step"] == {v: None for v in t}
+
+
+def test_kind_ceiling_measured_with_subnormals_free_step_flushes_them():
+    """Regression: the 'free' ResNet-20 (no normalization, logits ~850) sent subnormal gradients back through the
+    network, and subnormal arithmetic made its step 2.1x slower than with them flushed, so 'free x', the ceiling,
+    read 0.71 (below the real variants). The free step now runs with subnormals flushed and restores the caller's
+    setting, whether it was on or off and also when the step raises."""
+    seen = []
+
+    def step():
+        seen.append(bench_models._flushing_subnormals())
+        # a subnormal product is flushed to zero inside the step
+        seen.append(torch.tensor(1e-20, dtype=torch.float32).mul(torch.tensor(1e-20)).item())
+
+    def failing():
+        raise RuntimeError("step failed")
+
+    assert torch.set_flush_denormal(False), "this CPU cannot flush subnormals (no SSE3)"
+    try:
+        assert not bench_models._flushing_subnormals()
+        assert torch.tensor(1e-20).mul(torch.tensor(1e-20)).item() > 0.0  # subnormals kept by default
+        bench_models.without_subnormals(step)()
+        assert seen == [True, 0.0]
+        assert not bench_models._flushing_subnormals()  # off again after the step
+        with pytest.raises(RuntimeError, match="step failed"):
+            bench_models.without_subnormals(failing)()
+        assert not bench_models._flushing_subnormals()  # and after a step that raised
+        torch.set_flush_denormal(True)
+        bench_models.without_subnormals(step)()
+        assert bench_models._flushing_subnormals()  # a caller's 'on' stays on
+    finally:
+        torch.set_flush_denormal(False)

@@ -21,7 +21,11 @@ The limit, measured the same way: ``free``, the fused model with every norm laye
 returns its input, a NormAddAct only adds the residual: what remains is everything a norm layer cannot remove),
 trained with learning rate 0 (the optimizer's arithmetic per parameter is the same, and without normalization the
 weights must not move; the norms' own weight and bias, a few values per channel, are gone from the update).
-``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing.
+``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing. The free
+step runs with subnormal floats flushed to zero (:func:`without_subnormals`): without normalization ResNet-20's
+logits reach ~850, the saturated softmax sends subnormal gradients back through the network, and subnormal arithmetic
+made the free step 2.1x slower (325 against 152 ms, on 2026-12-02), a cost of removing the norm layers that no
+normalized model pays (flushing moved the three real variants by 1-4%, within noise).
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
@@ -125,6 +129,26 @@ def free_norms(model: nn.Module) -> nn.Module:
     return free
 
 
+def _flushing_subnormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero: under denormals-are-zero a subnormal input reads as 0
+    (torch has no getter for :func:`torch.set_flush_denormal`)."""
+    return torch.tensor(1e-39, dtype=torch.float32).mul(1.0).item() == 0.0
+
+
+def without_subnormals(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` run with subnormal floats flushed to zero (:func:`torch.set_flush_denormal`), the caller's setting
+    restored afterwards, also when ``step`` raises. For the ``free`` model only (see the module docstring)."""
+
+    def run() -> None:
+        was_flushing = _flushing_subnormals()
+        torch.set_flush_denormal(True)
+        try:
+            step()
+        finally:
+            torch.set_flush_denormal(was_flushing)
+    return run
+
+
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.01) -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
@@ -225,7 +249,7 @@ def run_models_bench(
         x = torch.randn((bs,) + shape, generator=gen)
         y = torch.randint(0, 10, (bs,), generator=gen)
         steps = {v: _train_step(models[v], x, y) for v in VARIANTS}
-        steps[FREE] = _train_step(free_norms(models["fused"]), x, y, lr=0.0)
+        steps[FREE] = without_subnormals(_train_step(free_norms(models["fused"]), x, y, lr=0.0))
         timings = interleaved(steps, reps=reps, warmup=warmup)
         fused = models["fused"]
         case = ModelCase(name, bs, timings, fused_pairs=sum(isinstance(m, NormAct) for m in fused.modules()),
@@ -249,7 +273,8 @@ def format_models_table(cases: list[ModelCase]) -> str:
         "(> 1: faster); 'BN %' = share of the step in the norm layers (torch.profiler; 'fused': BN + activation)",
         "'fused' = BNs fused / BNs (r: of them with the residual add, BN -> add -> ReLU)",
         "'free x' = torch-BN step / the step of the fused model with free norm layers (each returns its input, plus",
-        "the residual where it had one; learning rate 0): what a norm layer costing nothing would give (same rounds)",
+        "the residual where it had one; learning rate 0; subnormals flushed): what a norm layer costing nothing would",
+        "give (same rounds)",
         "'faults' = minor page faults per step (median of 3, getrusage): torch, normlab, fused, free",
     ]
     head = (f"{'model':<10}{'batch':>6}{'fused':>12}" + "".join(f"{v:>10}" for v in VARIANTS)
