@@ -16,11 +16,12 @@ and a copy of the same tensor (``copy_`` into a preallocated one) for the memory
 of the machine, so it is measured as STREAM measures bandwidth: the best (fastest) copy of that shape over every round
 of both modes, shown as a rate (a copy moves 2 x numel x itemsize bytes). A copy is 2 tensor passes, so the
 forward's roofline (read x, write y) is one best copy and the training step's (also read dy and x, write dx) 2.5.
-The best copy is the true limit but moves with the host between runs (40-64 GB/s here), so a second figure divides
-by the median copy of the row's own interleaved rounds instead (``/roofm``): a ratio measured under the same load,
-steadier between runs at large shapes (at 64x64x56x56 fwd+bwd 1.48-1.55 over three runs where ``/roof`` went
-1.75-2.85; at small shapes it moves as much as ``/roof``), and which flatters the kernels by as much as those rounds
-ran below the best rate.
+The best copy is the true limit but can move with a shared host between runs (at 64x64x56x56: 40-64 GB/s on one
+2-core machine, 26.1-26.5 GB/s on another), so a second figure divides by the median copy of the row's own interleaved
+rounds instead (``/roofm``): a ratio measured under the same load, which flatters the kernels by as much as those
+rounds ran below the best rate. It was steadier than ``/roof`` only where the best copy moved (first machine,
+64x64x56x56 fwd+bwd: 1.48-1.55 over three runs where ``/roof`` went 1.75-2.85); where the copy held (second machine)
+both moved with the kernels' own time, and at small shapes both move alike.
 
 All running-statistics updates are included (the torch call gets running buffers too). Ratios are medians of
 the same interleaved rounds (see :mod:`.harness`).
@@ -133,8 +134,8 @@ class Case:
 
     def over_roofline_same_rounds(self) -> float:
         """normlab's median / (passes x this row's median copy): both medians of the same interleaved rounds, so a
-        slower or faster host moves both (steadier than the best-copy one at large shapes, not at small ones; below it
-        by as much as the rounds' copies ran slower than the best)."""
+        slower or faster host moves both (steadier than the best-copy one only where the best copy moves between runs;
+        below it by as much as the rounds' copies ran slower than the best)."""
         return self.timings["normlab"].median / (self.timings["copy"].median * self.copies())
 
     def as_dict(self) -> dict:
@@ -301,7 +302,7 @@ HEADER_LINES = [
     "'copy' = median x.copy_ of this row's rounds; 'GB/s' = the shape's best copy rate: 2 x numel x itemsize bytes /",
     "the fastest copy over every round of both modes (a machine property: STREAM's best rate),",
     "'/roof' = normlab median / (passes x that fastest copy) (fwd: 1 copy = 2 passes; fwd+bwd: 2.5 copies = 5 passes),",
-    "'/roofm' = the same over this row's median copy (same rounds, same load: steadier at large shapes),",
+    "'/roofm' = the same over this row's median copy (same rounds, same load; below '/roof' as those copies ran slow),",
     "'<variant>/bn' = variant / normlab-fast (same kernels); 'fast-nocache' = normlab-fast without the buffer cache",
 ]
 
