@@ -24,8 +24,9 @@ weights must not move; the norms' own weight and bias, a few values per channel,
 ``free x`` = torch-BN step / that step is the speed-up over torch's BN of a norm layer costing nothing. The free
 step runs with subnormal floats flushed to zero (:func:`without_subnormals`): without normalization ResNet-20's
 logits reach ~850, the saturated softmax sends subnormal gradients back through the network, and subnormal arithmetic
-made the free step 2.1x slower (325 against 152 ms, on 2026-12-02), a cost of removing the norm layers that no
-normalized model pays (flushing moved the three real variants by 1-4%, within noise).
+made the free step about 2x slower (324-333 ms unflushed, 160-163 ms flushed, ``bench --models`` runs on 2026-12-02),
+a cost of removing the norm layers that no normalized model pays (flushing moved the three real variants by 1-4%,
+within noise).
 
 The variants of one model run in interleaved rounds (:func:`normlab.bench.harness.interleaved`), medians and
 ratios from the same run. BN's share of the step comes from ``torch.profiler``: the time inside the norm modules'
