@@ -182,8 +182,8 @@ def test_kind_missing_platform_counter_page_faults_is_none(monkeypatch):
 def test_kind_ceiling_measured_with_subnormals_free_step_flushes_them():
     """Regression: the 'free' ResNet-20 (no normalization, logits ~850) sent subnormal gradients back through the
     network, and subnormal arithmetic made its step about 2x slower than with them flushed (324-333 against
-    160-163 ms), so 'free x', the ceiling, read 0.71-0.72 (below the real variants). The free step now runs with subnormals flushed and restores the caller's
-    setting, whether it was on or off and also when the step raises."""
+    160-163 ms), so 'free x', the ceiling, read 0.71-0.72 (below the real variants). The free step now runs with
+    subnormals flushed and restores the caller's setting, whether it was on or off and also when the step raises."""
     seen = []
 
     def step():
