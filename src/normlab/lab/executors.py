@@ -752,6 +752,8 @@ def execute(configs: Sequence, store, *, executor: Any = "local", jobs: int = 1,
         ex.abort()
         if own_bar:
             bar.close()
+        # the count comes from the store: a Ctrl-C can land after a unit's COMMIT but before `done` counted it
+        tally.stored += sum(1 for i, _ in todo if results[i] is None and store.has(keys[i]))
         raise Interrupted(tally) from None
     finally:
         if owned:

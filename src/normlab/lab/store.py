@@ -159,7 +159,7 @@ class Store:
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback_open()
             raise
 
     def close(self) -> None:
@@ -206,9 +206,15 @@ class Store:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback_open()
             raise
         return True
+
+    def _rollback_open(self) -> None:
+        # A Ctrl-C (KeyboardInterrupt) can arrive after COMMIT or ROLLBACK finished in SQLite but before execute()
+        # returned: then no transaction is open, and a ROLLBACK would raise over the interrupt.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     # ------------------------------------------------------------------------------------------------- reading
     def has(self, key: str) -> bool:
